@@ -1,0 +1,1 @@
+//! Per-recipient message preparation (pure, no I/O).
