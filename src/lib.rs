@@ -4,4 +4,13 @@
 //! `submission → prepare → outbound → events → webhooks`, with `tracking`,
 //! `api` and `store` beside them.
 
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod metrics;
 pub mod prepare;
+pub mod serve;
+pub mod store;
+pub mod submission;
+pub mod time;
+pub mod tls;

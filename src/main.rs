@@ -1,1 +1,191 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use trackrelay::{cli, config};
+
+#[derive(Parser)]
+#[command(name = "trackrelay", version, about = "Self-hosted SMTP relay with open and click tracking")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Config file [default: $TRACKRELAY_CONFIG, then /etc/trackrelay/config.toml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay: SMTP submission, delivery, tracking, webhooks, admin API.
+    Serve(ConfigArg),
+    /// Validate the config file and print every problem found.
+    CheckConfig(ConfigArg),
+    /// Read a password on stdin and print its argon2id hash.
+    HashPassword,
+    /// Show and manage the delivery queue.
+    Queue {
+        #[command(subcommand)]
+        action: QueueCommand,
+    },
+    /// List stored events.
+    Events {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only events of this email id.
+        #[arg(long)]
+        email: Option<String>,
+        /// Only this type (email.opened or opened, ...).
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+        /// From this time on (RFC 3339, a date, or a duration back like 24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sending statistics, unique per recipient, human and machine apart.
+    Stats {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export emails (one row per recipient) or events as CSV.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// emails or events
+        what: String,
+        /// CSV (the only format, and the default).
+        #[arg(long)]
+        csv: bool,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Recipients waiting for delivery.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Every recipient, delivered and bounced ones too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Make an email's waiting recipients due now.
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        email_id: String,
+    },
+    /// Remove an email's waiting recipients from the queue.
+    Delete {
+        #[command(flatten)]
+        config: ConfigArg,
+        email_id: String,
+    },
+}
+
+fn load(arg: &ConfigArg) -> Result<config::Config, String> {
+    let path = config::resolve_path(arg.config.as_deref());
+    config::Config::load(&path).map_err(|e| e.to_string())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRACKRELAY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd the journal adds its own timestamps.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if journald {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve(c) => {
+            init_logging();
+            let config = load(&c)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the runtime: {e}"))?;
+            rt.block_on(trackrelay::serve::run(config))
+        }
+        Command::CheckConfig(c) => {
+            let path = config::resolve_path(c.config.as_deref());
+            let config = config::Config::load(&path).map_err(|e| e.to_string())?;
+            for w in config.warnings() {
+                println!("warning: {w}");
+            }
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Command::HashPassword => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+            let password = input.strip_suffix('\n').unwrap_or(&input);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            if password.is_empty() {
+                return Err("hash-password: empty password on stdin".into());
+            }
+            println!("{}", trackrelay::submission::auth::hash_password(password)?);
+            Ok(())
+        }
+        Command::Queue { action } => match action {
+            QueueCommand::List { config, json, all, limit } => cli::queue_list(&load(&config)?, json, all, limit),
+            QueueCommand::Retry { config, email_id } => cli::queue_retry(&load(&config)?, &email_id),
+            QueueCommand::Delete { config, email_id } => cli::queue_delete(&load(&config)?, &email_id),
+        },
+        Command::Events { config, email, kind, since, until, limit, json } => {
+            let args = cli::EventsArgs { email, kind, since, until, limit, json };
+            cli::events(&load(&config)?, &args)
+        }
+        Command::Stats { config, domain, since, until, json } => {
+            cli::stats(&load(&config)?, domain.as_deref(), &since, &until, json)
+        }
+        Command::Export { config, what, csv: _, since, until } => cli::export(&load(&config)?, &what, &since, &until),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trackrelay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The operator's read-side commands: queue, events, stats, export. Each
+//! opens the store named by the config, beside a running server if any.
+
+use crate::config::Config;
+use crate::events::StoredEvent;
+use crate::store::{self, events::EventFilter, Tx};
+use std::io::Write;
+
+pub type CliResult = Result<(), String>;
+
+fn reader(config: &Config) -> Result<rusqlite::Connection, String> {
+    store::open_reader(&config.database_path()).map_err(|e| e.to_string())
+}
+
+fn out() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::new(std::io::stdout().lock())
+}
+
+fn time_arg(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => store::parse_time(s).map(Some).ok_or_else(|| {
+            format!("--{name}: {s:?} is not a time (RFC 3339 like 2026-11-22T06:00:00Z, a date, or a duration back like 24h)")
+        }),
+    }
+}
+
+pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliResult {
+    let conn = reader(config)?;
+    let rows = store::queue::list(&conn, all, limit).map_err(|e| e.to_string())?;
+    let mut w = out();
+    if json {
+        for r in &rows {
+            let _ = writeln!(w, "{}", r.to_json());
+        }
+    } else {
+        let _ = writeln!(w, "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  last response", "email_id", "recipient", "status", "attempts", "next attempt");
+        for r in &rows {
+            let _ = writeln!(
+                w,
+                "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  {}",
+                r.email_id,
+                r.recipient,
+                r.status,
+                r.attempts,
+                r.next_attempt_at.map(store::rfc3339).unwrap_or_else(|| "-".into()),
+                r.last_response.as_deref().unwrap_or("-")
+            );
+        }
+        let _ = writeln!(w, "{} recipient(s)", rows.len());
+    }
+    Ok(())
+}
+
+pub fn queue_retry(config: &Config, id: &str) -> CliResult {
+    let conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
+    let n = store::queue::retry(&conn, id, store::now_ms()).map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err(format!("{id}: no waiting recipient with this email id"));
+    }
+    println!("{n} recipient(s) of {id} due now");
+    Ok(())
+}
+
+pub fn queue_delete(config: &Config, id: &str) -> CliResult {
+    let mut conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
+    let hooks = crate::serve::store_options(config).webhooks;
+    let txn = conn.transaction().map_err(|e| e.to_string())?;
+    let n = store::queue::delete(&Tx { conn: &txn, hooks: &hooks }, id, store::now_ms())
+        .map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+    if n == 0 {
+        return Err(format!("{id}: no waiting recipient with this email id"));
+    }
+    println!("{n} recipient(s) of {id} removed from the queue (recorded as email.failed)");
+    Ok(())
+}
+
+pub struct EventsArgs {
+    pub email: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: usize,
+    pub json: bool,
+}
+
+pub fn events(config: &Config, a: &EventsArgs) -> CliResult {
+    let kind = match &a.kind {
+        Some(t) => Some(
+            crate::events::EventType::parse(t)
+                .ok_or_else(|| format!("--type: {t:?} is not an event type"))?
+                .as_str()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let filter = EventFilter {
+        email_id: a.email.clone(),
+        kind,
+        since: time_arg("since", &a.since)?,
+        until: time_arg("until", &a.until)?,
+        after_id: None,
+        limit: a.limit,
+    };
+    let conn = reader(config)?;
+    let rows = store::events::list(&conn, &filter).map_err(|e| e.to_string())?;
+    let mut w = out();
+    if a.json {
+        for e in &rows {
+            let _ = writeln!(w, "{}", e.to_json());
+        }
+    } else {
+        for e in &rows {
+            let _ = writeln!(w, "{}", human_event(e));
+        }
+    }
+    Ok(())
+}
+
+fn human_event(e: &StoredEvent) -> String {
+    let mut s = format!(
+        "{}  {:<22}  {}  {}",
+        store::rfc3339(e.at),
+        e.kind,
+        e.email_id,
+        e.recipient.as_deref().unwrap_or("-")
+    );
+    if let Some(link) = &e.link {
+        s.push_str(&format!("  {link}"));
+    }
+    if e.machine == Some(true) {
+        s.push_str(&format!("  [machine: {}]", e.machine_reason.as_deref().unwrap_or("?")));
+    }
+    if let Some(r) = e.detail.as_ref().and_then(|d| d.get("response")).and_then(|r| r.as_str()) {
+        s.push_str(&format!("  {r}"));
+    }
+    s
+}
+
+pub fn stats(config: &Config, domain: Option<&str>, since: &Option<String>, until: &Option<String>, json: bool) -> CliResult {
+    let conn = reader(config)?;
+    let st = store::stats::compute(&conn, domain, time_arg("since", since)?, time_arg("until", until)?)
+        .map_err(|e| e.to_string())?;
+    let v = st.to_json();
+    if json {
+        println!("{v}");
+    } else if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            println!("{k:<18} {val}");
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_row(w: &mut impl Write, fields: &[String]) {
+    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+    let _ = write!(w, "{}\r\n", line.join(","));
+}
+
+pub fn export(config: &Config, what: &str, since: &Option<String>, until: &Option<String>) -> CliResult {
+    let conn = reader(config)?;
+    let (since, until) = (time_arg("since", since)?, time_arg("until", until)?);
+    let mut w = out();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let t = |v: Option<i64>| v.map(store::rfc3339).unwrap_or_default();
+    match what {
+        "emails" => {
+            csv_row(&mut w, &["email_id", "created_at", "domain", "from", "subject", "tags", "recipient", "status", "attempts", "delivered_at", "bounced_at", "opened_at", "clicked_at", "last_response"].map(String::from));
+            let emails = store::emails::list(&conn, since, until, 0).map_err(|e| e.to_string())?;
+            for e in emails {
+                for r in &e.recipients {
+                    csv_row(&mut w, &[
+                        e.id.clone(),
+                        store::rfc3339(e.created_at),
+                        e.domain.clone(),
+                        e.header_from.clone().unwrap_or_else(|| e.mail_from.clone()),
+                        opt(&e.subject),
+                        e.tags.join(" "),
+                        r.address.clone(),
+                        r.status.clone(),
+                        r.attempts.to_string(),
+                        t(r.delivered_at),
+                        t(r.bounced_at),
+                        t(r.opened_at),
+                        t(r.clicked_at),
+                        opt(&r.last_response),
+                    ]);
+                }
+            }
+        }
+        "events" => {
+            csv_row(&mut w, &["id", "email_id", "type", "recipient", "at", "ip", "user_agent", "referer", "link", "machine", "machine_reason"].map(String::from));
+            let filter = EventFilter { since, until, ..EventFilter::default() };
+            for e in store::events::list(&conn, &filter).map_err(|e| e.to_string())? {
+                csv_row(&mut w, &[
+                    e.id.to_string(),
+                    e.email_id.clone(),
+                    e.kind.clone(),
+                    opt(&e.recipient),
+                    store::rfc3339(e.at),
+                    opt(&e.ip),
+                    opt(&e.user_agent),
+                    opt(&e.referer),
+                    opt(&e.link),
+                    e.machine.map(|m| m.to_string()).unwrap_or_default(),
+                    opt(&e.machine_reason),
+                ]);
+            }
+        }
+        other => return Err(format!("export: {other:?} is not emails or events")),
+    }
+    Ok(())
+}

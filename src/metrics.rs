@@ -1,0 +1,136 @@
+//! Process-wide counters for `/metrics` (Prometheus text format). Plain
+//! atomics: the hot paths only ever add.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A latency histogram with fixed buckets (seconds).
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: LATENCY_BOUNDS,
+            buckets: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, labels: &str, out: &mut String) {
+        use std::fmt::Write;
+        let mut cumulative = 0;
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub smtp_sessions: Counter,
+    pub smtp_rejected_connections: Counter,
+    pub messages_accepted: Counter,
+    pub recipients_accepted: Counter,
+    pub messages_store_failed: Counter,
+    pub auth_failures: Counter,
+    pub delivered: Counter,
+    pub deferred: Counter,
+    pub bounced: Counter,
+    pub failed: Counter,
+    pub opens: Counter,
+    pub clicks: Counter,
+    pub tracking_invalid: Counter,
+    pub event_queue_overflow: Counter,
+    pub events_store_failed: Counter,
+    pub webhooks_delivered: Counter,
+    pub webhooks_retried: Counter,
+    pub webhooks_failed: Counter,
+    pub tracking_latency: Histogram,
+    pub api_latency: Histogram,
+    pub delivery_latency: Histogram,
+}
+
+impl Metrics {
+    /// Counters and histograms in the Prometheus text format; gauges read
+    /// from the store are appended by the caller.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let counters: [(&str, &str, &Counter); 18] = [
+            ("trackrelay_smtp_sessions_total", "SMTP submission sessions opened", &self.smtp_sessions),
+            ("trackrelay_smtp_rejected_connections_total", "connections refused by connection limits", &self.smtp_rejected_connections),
+            ("trackrelay_messages_accepted_total", "messages accepted (250 after DATA)", &self.messages_accepted),
+            ("trackrelay_recipients_accepted_total", "recipients of accepted messages", &self.recipients_accepted),
+            ("trackrelay_messages_store_failed_total", "messages refused with 451 because the store failed", &self.messages_store_failed),
+            ("trackrelay_auth_failures_total", "failed AUTH attempts", &self.auth_failures),
+            ("trackrelay_delivered_total", "recipients delivered", &self.delivered),
+            ("trackrelay_deferred_total", "delivery attempts deferred (temporary failure)", &self.deferred),
+            ("trackrelay_bounced_total", "recipients bounced", &self.bounced),
+            ("trackrelay_failed_total", "recipients failed for a local reason", &self.failed),
+            ("trackrelay_opens_total", "open pixel requests with a valid token", &self.opens),
+            ("trackrelay_clicks_total", "click requests with a valid token", &self.clicks),
+            ("trackrelay_tracking_invalid_total", "tracking requests with a token that failed verification", &self.tracking_invalid),
+            ("trackrelay_event_queue_overflow_total", "tracking events dropped because the event queue was full", &self.event_queue_overflow),
+            ("trackrelay_events_store_failed_total", "tracking events lost because the store failed", &self.events_store_failed),
+            ("trackrelay_webhooks_delivered_total", "webhook deliveries answered 2xx", &self.webhooks_delivered),
+            ("trackrelay_webhooks_retried_total", "webhook attempts that failed and will be retried", &self.webhooks_retried),
+            ("trackrelay_webhooks_failed_total", "webhook deliveries given up", &self.webhooks_failed),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+        }
+        for (name, help, h) in [
+            ("trackrelay_tracking_request_seconds", "tracking listener response time", &self.tracking_latency),
+            ("trackrelay_api_request_seconds", "admin API response time", &self.api_latency),
+            ("trackrelay_delivery_attempt_seconds", "time per delivery attempt (one connection)", &self.delivery_latency),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            h.render(name, "", &mut out);
+        }
+        out
+    }
+}

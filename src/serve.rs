@@ -1,0 +1,152 @@
+//! `trackrelay serve`: builds every part from the config, binds every
+//! listener before telling systemd it is ready, and on SIGTERM stops
+//! accepting, lets sessions in flight finish, and exits 0.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreOptions};
+use crate::submission::Submission;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The addresses actually bound (port 0 in a config becomes a real port).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub submission: Vec<SocketAddr>,
+    pub submission_tls: Vec<SocketAddr>,
+}
+
+async fn bind_all(key: &str, addrs: &[String]) -> Result<Vec<TcpListener>, String> {
+    let mut out = Vec::new();
+    for a in addrs {
+        let sa: SocketAddr = a
+            .parse()
+            .map_err(|_| format!("{key}: {a:?} is not an address:port"))?;
+        let l = TcpListener::bind(sa)
+            .await
+            .map_err(|e| format!("{key}: cannot listen on {sa}: {e}"))?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Makes the files trackrelay manages itself: the data directory and, when
+/// no certificate is configured, a self-signed one.
+fn prepare_data_dir(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("server.data_dir: cannot create {}: {e}", dir.display()))?;
+    let s = &config.submission;
+    let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let names = vec![config.server.hostname.clone(), "localhost".to_string()];
+            if crate::tls::ensure_self_signed(dir, &names)? {
+                let (c, _) = crate::tls::self_signed_paths(dir);
+                tracing::warn!(
+                    "no submission.tls_cert configured: generated a self-signed certificate for {} at {} \
+                     (fine for development; configure a real certificate for production)",
+                    config.server.hostname,
+                    c.display()
+                );
+            }
+            crate::tls::self_signed_paths(dir)
+        }
+    };
+    crate::tls::server_config(&cert, &key).map(Some)
+}
+
+pub async fn run(config: Config) -> Result<(), String> {
+    let (tx, rx) = watch::channel(false);
+    let signals = tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = tx.send(true);
+    });
+    let result = run_until(config, rx, |bound| {
+        tracing::info!(?bound, "trackrelay ready");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    })
+    .await;
+    signals.abort();
+    result
+}
+
+/// Runs until `shutdown` turns true; `ready` is called once every listener
+/// is bound.
+pub async fn run_until(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(&Bound),
+) -> Result<(), String> {
+    let submission_tls = prepare_data_dir(&config)?;
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    let store = Store::open(&config.database_path(), store_options(&config))
+        .map_err(|e| format!("store: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let new_mail = Arc::new(tokio::sync::Notify::new());
+
+    let plain = bind_all("submission.listen", &config.submission.listen).await?;
+    let implicit = bind_all("submission.listen_tls", &config.submission.listen_tls).await?;
+    let mut bound = Bound::default();
+    bound.submission = plain.iter().filter_map(|l| l.local_addr().ok()).collect();
+    bound.submission_tls = implicit.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let listeners: Vec<(TcpListener, bool)> = plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(implicit.into_iter().map(|l| (l, true)))
+        .collect();
+
+    let submission = Arc::new(Submission::new(
+        &config,
+        store.clone(),
+        submission_tls,
+        metrics.clone(),
+        Some(new_mail.clone()),
+    ));
+    let grace = config.server.shutdown_grace;
+    let submission_task = tokio::spawn(submission.serve(listeners, shutdown.clone(), grace));
+
+    ready(&bound);
+
+    let _ = submission_task.await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    let store_closing = store.clone();
+    let _ = tokio::task::spawn_blocking(move || store_closing.close()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        webhooks: config
+            .webhooks
+            .iter()
+            .map(|w| crate::store::webhooks::Subscription {
+                url: w.url.clone(),
+                events: w.events.clone(),
+                domains: w.domains.clone(),
+            })
+            .collect(),
+        busy_timeout: config.store.busy_timeout,
+        ..StoreOptions::default()
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing sessions in flight"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing sessions in flight"),
+    }
+}

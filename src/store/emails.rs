@@ -1,0 +1,209 @@
+//! Accepted emails: the message as submitted, and its recipients' queue rows.
+
+use super::Tx;
+use crate::events::{EmailSummary, EventType, NewEvent};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A message accepted at end of DATA, about to be made durable.
+#[derive(Debug, Clone)]
+pub struct NewEmail {
+    pub id: String,
+    pub created_at: i64,
+    pub domain: String,
+    pub mail_from: String,
+    pub header_from: Option<String>,
+    pub to_header: Option<String>,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    pub tags: Vec<String>,
+    pub auth_user: Option<String>,
+    pub client_ip: Option<String>,
+    pub smtputf8: bool,
+    pub received: Vec<u8>,
+    pub body: Vec<u8>,
+    pub recipients: Vec<String>,
+}
+
+/// The email row, one queued row per recipient due at once, and an
+/// `email.sent` event per recipient: all or nothing, in the caller's
+/// transaction.
+pub fn insert(tx: &Tx<'_>, e: &NewEmail) -> rusqlite::Result<()> {
+    let tags = serde_json::to_string(&e.tags).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "INSERT INTO emails (id, created_at, domain, mail_from, header_from, to_header, subject, message_id, tags,
+                             auth_user, client_ip, smtputf8, size, received, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        e.id,
+        e.created_at,
+        e.domain,
+        e.mail_from,
+        e.header_from,
+        e.to_header,
+        e.subject,
+        e.message_id,
+        tags,
+        e.auth_user,
+        e.client_ip,
+        e.smtputf8,
+        e.body.len() as i64,
+        e.received,
+        e.body,
+    ])?;
+    for (idx, rcpt) in e.recipients.iter().enumerate() {
+        tx.prepare_cached(
+            "INSERT INTO recipients (email_id, idx, address, status, next_attempt_at) VALUES (?1, ?2, ?3, 'queued', ?4)",
+        )?
+        .execute(params![e.id, idx as i64, rcpt, e.created_at])?;
+        let mut ev = NewEvent::new(e.id.clone(), EventType::Sent, e.created_at);
+        ev.rcpt_idx = Some(idx as u32);
+        ev.recipient = Some(rcpt.clone());
+        super::events::insert(tx, &ev)?;
+    }
+    Ok(())
+}
+
+pub fn summary(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailSummary>> {
+    conn.prepare_cached(
+        "SELECT created_at, domain, COALESCE(header_from, mail_from), subject, tags FROM emails WHERE id = ?1",
+    )?
+    .query_row(params![email_id], |r| {
+        let tags: String = r.get(4)?;
+        Ok(EmailSummary {
+            created_at: r.get(0)?,
+            domain: r.get(1)?,
+            from: r.get(2)?,
+            subject: r.get(3)?,
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+        })
+    })
+    .optional()
+}
+
+/// An email as the API and CLI show it.
+#[derive(Debug, Clone)]
+pub struct EmailInfo {
+    pub id: String,
+    pub created_at: i64,
+    pub domain: String,
+    pub mail_from: String,
+    pub header_from: Option<String>,
+    pub to_header: Option<String>,
+    pub subject: Option<String>,
+    pub message_id: Option<String>,
+    pub tags: Vec<String>,
+    pub size: i64,
+    pub pruned: bool,
+    pub recipients: Vec<RecipientInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecipientInfo {
+    pub idx: u32,
+    pub address: String,
+    pub status: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    pub last_response: Option<String>,
+    pub tls: Option<String>,
+    pub delivered_at: Option<i64>,
+    pub bounced_at: Option<i64>,
+    pub opened_at: Option<i64>,
+    pub clicked_at: Option<i64>,
+}
+
+pub fn get(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailInfo>> {
+    let email = conn
+        .prepare_cached(
+            "SELECT id, created_at, domain, mail_from, header_from, to_header, subject, message_id, tags, size,
+                    body IS NULL FROM emails WHERE id = ?1",
+        )?
+        .query_row(params![email_id], |r| {
+            let tags: String = r.get(8)?;
+            Ok(EmailInfo {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                domain: r.get(2)?,
+                mail_from: r.get(3)?,
+                header_from: r.get(4)?,
+                to_header: r.get(5)?,
+                subject: r.get(6)?,
+                message_id: r.get(7)?,
+                tags: serde_json::from_str(&tags).unwrap_or_default(),
+                size: r.get(9)?,
+                pruned: r.get(10)?,
+                recipients: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut email) = email else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, address, status, attempts, next_attempt_at, last_response, tls, delivered_at, bounced_at,
+                opened_at, clicked_at FROM recipients WHERE email_id = ?1 ORDER BY idx",
+    )?;
+    email.recipients = stmt
+        .query_map(params![email_id], |r| {
+            Ok(RecipientInfo {
+                idx: r.get::<_, i64>(0)? as u32,
+                address: r.get(1)?,
+                status: r.get(2)?,
+                attempts: r.get::<_, i64>(3)? as u32,
+                next_attempt_at: r.get(4)?,
+                last_response: r.get(5)?,
+                tls: r.get(6)?,
+                delivered_at: r.get(7)?,
+                bounced_at: r.get(8)?,
+                opened_at: r.get(9)?,
+                clicked_at: r.get(10)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(email))
+}
+
+/// The stored message bytes (NULL once pruned) and its trace header.
+pub fn body(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    conn.prepare_cached("SELECT received, body FROM emails WHERE id = ?1 AND body IS NOT NULL")?
+        .query_row(params![email_id], |r| {
+            Ok((
+                r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
+                r.get(1)?,
+            ))
+        })
+        .optional()
+}
+
+/// Drops the bodies of emails older than `before` whose recipients are all
+/// done (delivered, bounced, failed), at most `batch` at a time. Links keep
+/// working: the tokens carry everything a redirect needs.
+pub fn prune_bodies(conn: &Connection, before: i64, now: i64, batch: usize) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE emails SET body = NULL, pruned_at = ?2
+         WHERE id IN (
+            SELECT e.id FROM emails e
+            WHERE e.created_at < ?1 AND e.body IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id
+                              AND r.status IN ('queued', 'deferred', 'sending'))
+            ORDER BY e.created_at LIMIT ?3)",
+        params![before, now, batch as i64],
+    )
+}
+
+/// Emails created in a time range, for `export emails`.
+pub fn list(conn: &Connection, since: Option<i64>, until: Option<i64>, limit: usize) -> rusqlite::Result<Vec<EmailInfo>> {
+    let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM emails WHERE (?1 IS NULL OR created_at >= ?1) AND (?2 IS NULL OR created_at < ?2) ORDER BY created_at, id LIMIT ?3")?
+        .query_map(params![since, until, limit], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(e) = get(conn, &id)? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}

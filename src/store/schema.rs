@@ -1,0 +1,110 @@
+//! Numbered migrations, tracked with `PRAGMA user_version`. A migration is
+//! appended, never edited once released: databases in the field have run it.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the whole pipeline: accepted emails, one queue row per recipient,
+    // events, and the webhook outbox.
+    r#"
+    CREATE TABLE emails (
+        id            TEXT PRIMARY KEY,          -- UUIDv7, the email id of every reply, event and webhook
+        created_at    INTEGER NOT NULL,          -- unix milliseconds
+        domain        TEXT NOT NULL,             -- sending domain: the From: header's
+        mail_from     TEXT NOT NULL,             -- envelope sender as submitted
+        header_from   TEXT,
+        to_header     TEXT,
+        subject       TEXT,
+        message_id    TEXT,
+        tags          TEXT NOT NULL DEFAULT '[]',-- JSON array, from X-Tags
+        auth_user     TEXT,
+        client_ip     TEXT,
+        smtputf8      INTEGER NOT NULL DEFAULT 0,
+        size          INTEGER NOT NULL,
+        received      BLOB,                      -- our Received: trace header, prepended at delivery
+        body          BLOB,                      -- the message exactly as submitted; NULL once pruned
+        pruned_at     INTEGER
+    );
+    CREATE INDEX emails_created ON emails(created_at);
+    CREATE INDEX emails_domain_created ON emails(domain, created_at);
+
+    CREATE TABLE recipients (
+        email_id        TEXT NOT NULL REFERENCES emails(id) ON DELETE CASCADE,
+        idx             INTEGER NOT NULL,        -- recipient index, carried in tracking tokens
+        address         TEXT NOT NULL,
+        status          TEXT NOT NULL,           -- queued, sending, deferred, delivered, bounced, failed
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,                 -- unix ms; set while queued/deferred
+        lease_until     INTEGER,                 -- unix ms; set while sending
+        last_response   TEXT,
+        tls             TEXT,                    -- TLS version of the last attempt, NULL for plaintext
+        mx              TEXT,                    -- host of the last attempt
+        delivered_at    INTEGER,
+        bounced_at      INTEGER,
+        opened_at       INTEGER,
+        clicked_at      INTEGER,
+        PRIMARY KEY (email_id, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX recipients_due ON recipients(next_attempt_at)
+        WHERE status IN ('queued', 'deferred');
+    CREATE INDEX recipients_leased ON recipients(lease_until) WHERE status = 'sending';
+
+    CREATE TABLE events (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        email_id       TEXT NOT NULL,            -- no foreign key: events outlive pruned emails,
+                                                 -- and tokens from `preview` name unknown ids
+        rcpt_idx       INTEGER,
+        recipient      TEXT,
+        type           TEXT NOT NULL,
+        at             INTEGER NOT NULL,         -- unix ms
+        ip             TEXT,
+        user_agent     TEXT,
+        referer        TEXT,
+        link           TEXT,
+        machine        INTEGER,
+        machine_reason TEXT,
+        detail         TEXT                      -- JSON: delivery response, TLS, attempt ...
+    );
+    CREATE INDEX events_email ON events(email_id, id);
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX events_type_at ON events(type, at);
+
+    CREATE TABLE webhook_outbox (
+        id              TEXT PRIMARY KEY,        -- webhook-id header: stable across retries
+        endpoint        TEXT NOT NULL,           -- the endpoint URL it is for
+        event_id        INTEGER NOT NULL,
+        payload         TEXT NOT NULL,           -- the JSON body, fixed when the event is stored
+        status          TEXT NOT NULL,           -- pending, delivered, failed
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error      TEXT,
+        created_at      INTEGER NOT NULL,
+        delivered_at    INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_due ON webhook_outbox(next_attempt_at) WHERE status = 'pending';
+    CREATE INDEX webhook_created ON webhook_outbox(created_at);
+    "#,
+];
+
+/// Brings the database up to the newest schema, one transaction per step.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = current.max(0) as usize;
+    if current > MIGRATIONS.len() {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "database schema version {current} is newer than this trackrelay knows ({}); refusing to run an older binary on it",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+pub fn version() -> usize {
+    MIGRATIONS.len()
+}

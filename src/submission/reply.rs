@@ -1,0 +1,54 @@
+//! SMTP replies with enhanced status codes (RFC 5321, RFC 3463).
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: &'static str,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            status,
+            text: text.into(),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// One line, or several `code-` lines when the text has newlines.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let last = lines.len().saturating_sub(1);
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            // Replies never carry CR/LF from elsewhere: they would split the reply.
+            let line: String = line.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+            if self.status.is_empty() {
+                out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
+            } else {
+                out.extend_from_slice(format!("{}{sep}{} {line}\r\n", self.code, self.status).as_bytes());
+            }
+        }
+        if lines.is_empty() {
+            out.extend_from_slice(format!("{} {}\r\n", self.code, self.status).as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_multi_line() {
+        let mut out = Vec::new();
+        Reply::new(250, "2.0.0", "Ok").write_to(&mut out);
+        Reply::new(214, "2.0.0", "a\nb").write_to(&mut out);
+        assert_eq!(out, b"250 2.0.0 Ok\r\n214-2.0.0 a\r\n214 2.0.0 b\r\n");
+    }
+}

@@ -1,0 +1,413 @@
+//! Sockets for the submission session: listeners, connection limits, TLS,
+//! timeouts, and the durable commit behind `250 queued as`.
+
+use super::auth::{Authenticator, Throttle};
+use super::policy::{canonical, Identity, Policy};
+use super::session::{Action, Envelope, Session, SessionConfig};
+use crate::metrics::Metrics;
+use crate::store::{self, Durability, Store};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+pub struct Submission {
+    pub session: Arc<SessionConfig>,
+    pub policy: Arc<Policy>,
+    pub auth: Arc<Authenticator>,
+    pub throttle: Throttle,
+    pub store: Store,
+    pub tls: Option<TlsAcceptor>,
+    pub metrics: Arc<Metrics>,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    connections: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Tells the queue runner there is new work.
+    pub new_mail: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Holds a connection slot (global and per IP) for as long as it lives.
+struct Slot<'a> {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    owner: &'a Submission,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.owner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+enum End {
+    Closed,
+    StartTls,
+}
+
+impl Submission {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &crate::config::Config,
+        store: Store,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        metrics: Arc<Metrics>,
+        new_mail: Option<Arc<tokio::sync::Notify>>,
+    ) -> Self {
+        let s = &config.submission;
+        let session = SessionConfig {
+            hostname: config.server.hostname.clone(),
+            max_message_size: s.max_message_size,
+            max_recipients: s.max_recipients,
+            max_errors: s.max_errors.max(1),
+            starttls: tls.is_some(),
+            require_tls_for_auth: s.require_tls_for_auth,
+        };
+        Submission {
+            session: Arc::new(session),
+            policy: Arc::new(Policy::from_config(config)),
+            auth: Arc::new(Authenticator::new(
+                s.users
+                    .iter()
+                    .map(|u| (u.name.clone(), u.password_hash.clone())),
+            )),
+            throttle: Throttle::default(),
+            store,
+            tls: tls.map(TlsAcceptor::from),
+            metrics,
+            command_timeout: s.command_timeout,
+            data_timeout: s.data_timeout,
+            max_connections: s.max_connections,
+            max_connections_per_ip: s.max_connections_per_ip,
+            connections: Arc::new(Semaphore::new(s.max_connections)),
+            per_ip: Mutex::new(HashMap::new()),
+            new_mail,
+        }
+    }
+
+    fn try_slot(&self, ip: IpAddr) -> Option<Slot<'_>> {
+        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        let ip = canonical(ip);
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _permit: permit,
+            ip,
+            owner: self,
+        })
+    }
+
+    /// Accepts connections until shutdown, then waits (up to `grace`) for
+    /// the sessions in flight.
+    pub async fn serve(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, bool)>,
+        shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        let mut tasks = Vec::new();
+        for (listener, implicit_tls) in listeners {
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                this.accept_loop(listener, implicit_tls, shutdown).await
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Every session holds a permit: having them all back means all ended.
+        let all = self.max_connections as u32;
+        if tokio::time::timeout(grace, self.connections.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("sessions still open after {grace:?}; exiting anyway");
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        implicit_tls: bool,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, never spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                this.connection(tcp, peer, implicit_tls, shutdown).await;
+            });
+        }
+    }
+
+    async fn connection(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        implicit_tls: bool,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let Some(_slot) = self.try_slot(peer.ip()) else {
+            self.metrics.smtp_rejected_connections.inc();
+            if !implicit_tls {
+                let msg = format!(
+                    "421 4.7.0 {} Too many connections, try again later\r\n",
+                    self.session.hostname
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(msg.as_bytes())).await;
+            }
+            return;
+        };
+        self.metrics.smtp_sessions.inc();
+        let _ = tcp.set_nodelay(true);
+        let mut session = Session::new(self.session.clone(), self.policy.clone(), peer.ip(), implicit_tls);
+        if implicit_tls {
+            let Some(acceptor) = &self.tls else { return };
+            let tls = match tokio::time::timeout(self.command_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let mut tls = tls;
+            session.greeting();
+            self.drive(&mut tls, &mut session, peer, shutdown).await;
+            let _ = tls.shutdown().await;
+            return;
+        }
+        session.greeting();
+        match self.drive(&mut tcp, &mut session, peer, shutdown.clone()).await {
+            End::Closed => {}
+            End::StartTls => {
+                let Some(acceptor) = &self.tls else { return };
+                let mut tls = match tokio::time::timeout(self.command_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "STARTTLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                session.tls_started();
+                self.drive(&mut tls, &mut session, peer, shutdown).await;
+                let _ = tls.shutdown().await;
+            }
+        }
+    }
+
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        session: &mut Session,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> End {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        let mut data_started: Option<Instant> = None;
+        loop {
+            while !pending.is_empty() {
+                let (used, action) = session.feed(&pending);
+                pending.drain(..used);
+                match action {
+                    None => break,
+                    Some(Action::StartTls) => {
+                        // Bytes pipelined after STARTTLS were sent in the
+                        // clear and must not count as sent under TLS.
+                        let _ = write_out(stream, session).await;
+                        return End::StartTls;
+                    }
+                    Some(Action::Close) => {
+                        let _ = write_out(stream, session).await;
+                        return End::Closed;
+                    }
+                    Some(Action::Authenticate { username, password }) => {
+                        let user = self.check_password(peer.ip(), username, password).await;
+                        session.auth_result(user);
+                    }
+                    Some(Action::Queue(envelope)) => {
+                        let tls = session.is_tls();
+                        let result = self.queue(*envelope, peer, tls).await;
+                        session.queued(result);
+                    }
+                }
+            }
+            if session.has_output() && write_out(stream, session).await.is_err() {
+                return End::Closed;
+            }
+            if session.is_closing() {
+                return End::Closed;
+            }
+            if *shutdown.borrow() && !session.in_transaction() {
+                session.close_with(421, "4.3.2", "Service shutting down, closing connection");
+                let _ = write_out(stream, session).await;
+                return End::Closed;
+            }
+            let wait = if session.in_data() {
+                let started = *data_started.get_or_insert_with(Instant::now);
+                match self.data_timeout.checked_sub(started.elapsed()) {
+                    Some(left) => left.min(self.command_timeout),
+                    None => Duration::ZERO,
+                }
+            } else {
+                data_started = None;
+                self.command_timeout
+            };
+            let read = tokio::select! {
+                r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
+                _ = shutdown.changed(), if !session.in_transaction() => continue,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
+                Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+                Err(_) => {
+                    session.close_with(421, "4.4.2", "Timeout waiting for client, closing connection");
+                    let _ = write_out(stream, session).await;
+                    return End::Closed;
+                }
+            }
+        }
+    }
+
+    async fn check_password(&self, ip: IpAddr, username: String, password: String) -> Option<String> {
+        let delay = self.throttle.delay(canonical(ip));
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let auth = self.auth.clone();
+        let name = username.clone();
+        let ok = tokio::task::spawn_blocking(move || auth.verify_blocking(&name, &password))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.throttle.succeeded(canonical(ip));
+            Some(username)
+        } else {
+            self.throttle.failed(canonical(ip));
+            self.metrics.auth_failures.inc();
+            // The user name is logged so an operator can see which account is
+            // being guessed; never the password.
+            tracing::info!(%ip, user = %username, "AUTH failed");
+            None
+        }
+    }
+
+    async fn queue(&self, env: Envelope, peer: SocketAddr, tls: bool) -> Result<String, String> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let now = store::now_ms();
+        let with = match (&env.identity, tls) {
+            (Identity::User(_), true) => "ESMTPSA",
+            (Identity::User(_), false) => "ESMTPA",
+            (Identity::Trusted, true) => "ESMTPS",
+            (Identity::Trusted, false) => "ESMTP",
+        };
+        let received = format!(
+            "Received: from {} ([{}])\r\n\tby {} (trackrelay) with {with}\r\n\tid {id}; {}\r\n",
+            sanitize_helo(&env.helo),
+            canonical(peer.ip()),
+            self.session.hostname,
+            crate::time::rfc5322(now),
+        );
+        let recipients = env.recipients.len();
+        let email = store::emails::NewEmail {
+            id: id.clone(),
+            created_at: now,
+            domain: env.header.domain,
+            mail_from: env.mail_from,
+            header_from: Some(env.header.from),
+            to_header: env.header.to,
+            subject: env.header.subject,
+            message_id: env.header.message_id,
+            tags: env.header.tags,
+            auth_user: env.identity.user_name().map(str::to_string),
+            client_ip: Some(canonical(peer.ip()).to_string()),
+            smtputf8: env.smtputf8,
+            received: received.into_bytes(),
+            body: env.data,
+            recipients: env.recipients,
+        };
+        match self
+            .store
+            .write(Durability::Full, move |tx| store::emails::insert(tx, &email))
+            .await
+        {
+            Ok(()) => {
+                self.metrics.messages_accepted.inc();
+                self.metrics.recipients_accepted.add(recipients as u64);
+                if let Some(n) = &self.new_mail {
+                    n.notify_one();
+                }
+                tracing::info!(email_id = %id, %peer, recipients, "queued");
+                Ok(id)
+            }
+            Err(e) => {
+                self.metrics.messages_store_failed.inc();
+                tracing::error!(%peer, "could not store a message: {e}");
+                Err("the queue is unavailable".into())
+            }
+        }
+    }
+}
+
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> std::io::Result<()> {
+    let out = session.take_output();
+    if out.is_empty() {
+        return Ok(());
+    }
+    // A client that stops reading must not hold a session forever.
+    match tokio::time::timeout(Duration::from_secs(300), async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")),
+    }
+}
+
+/// The HELO name goes into a header: keep it to printable ASCII, no spaces.
+fn sanitize_helo(helo: &str) -> String {
+    let s: String = helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
+        .take(255)
+        .collect();
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s
+    }
+}
