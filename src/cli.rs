@@ -34,7 +34,11 @@ pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliRe
             let _ = writeln!(w, "{}", r.to_json());
         }
     } else {
-        let _ = writeln!(w, "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  last response", "email_id", "recipient", "status", "attempts", "next attempt");
+        let _ = writeln!(
+            w,
+            "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  last response",
+            "email_id", "recipient", "status", "attempts", "next attempt"
+        );
         for r in &rows {
             let _ = writeln!(
                 w,
@@ -43,7 +47,9 @@ pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliRe
                 r.recipient,
                 r.status,
                 r.attempts,
-                r.next_attempt_at.map(store::rfc3339).unwrap_or_else(|| "-".into()),
+                r.next_attempt_at
+                    .map(store::rfc3339)
+                    .unwrap_or_else(|| "-".into()),
                 r.last_response.as_deref().unwrap_or("-")
             );
         }
@@ -66,8 +72,15 @@ pub fn queue_delete(config: &Config, id: &str) -> CliResult {
     let mut conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
     let hooks = crate::serve::store_options(config).webhooks;
     let txn = conn.transaction().map_err(|e| e.to_string())?;
-    let n = store::queue::delete(&Tx { conn: &txn, hooks: &hooks }, id, store::now_ms())
-        .map_err(|e| e.to_string())?;
+    let n = store::queue::delete(
+        &Tx {
+            conn: &txn,
+            hooks: &hooks,
+        },
+        id,
+        store::now_ms(),
+    )
+    .map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())?;
     if n == 0 {
         return Err(format!("{id}: no waiting recipient with this email id"));
@@ -130,18 +143,37 @@ fn human_event(e: &StoredEvent) -> String {
         s.push_str(&format!("  {link}"));
     }
     if e.machine == Some(true) {
-        s.push_str(&format!("  [machine: {}]", e.machine_reason.as_deref().unwrap_or("?")));
+        s.push_str(&format!(
+            "  [machine: {}]",
+            e.machine_reason.as_deref().unwrap_or("?")
+        ));
     }
-    if let Some(r) = e.detail.as_ref().and_then(|d| d.get("response")).and_then(|r| r.as_str()) {
+    if let Some(r) = e
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("response"))
+        .and_then(|r| r.as_str())
+    {
         s.push_str(&format!("  {r}"));
     }
     s
 }
 
-pub fn stats(config: &Config, domain: Option<&str>, since: &Option<String>, until: &Option<String>, json: bool) -> CliResult {
+pub fn stats(
+    config: &Config,
+    domain: Option<&str>,
+    since: &Option<String>,
+    until: &Option<String>,
+    json: bool,
+) -> CliResult {
     let conn = reader(config)?;
-    let st = store::stats::compute(&conn, domain, time_arg("since", since)?, time_arg("until", until)?)
-        .map_err(|e| e.to_string())?;
+    let st = store::stats::compute(
+        &conn,
+        domain,
+        time_arg("since", since)?,
+        time_arg("until", until)?,
+    )
+    .map_err(|e| e.to_string())?;
     let v = st.to_json();
     if json {
         println!("{v}");
@@ -166,7 +198,12 @@ fn csv_row(w: &mut impl Write, fields: &[String]) {
     let _ = write!(w, "{}\r\n", line.join(","));
 }
 
-pub fn export(config: &Config, what: &str, since: &Option<String>, until: &Option<String>) -> CliResult {
+pub fn export(
+    config: &Config,
+    what: &str,
+    since: &Option<String>,
+    until: &Option<String>,
+) -> CliResult {
     let conn = reader(config)?;
     let (since, until) = (time_arg("since", since)?, time_arg("until", until)?);
     let mut w = out();
@@ -174,46 +211,91 @@ pub fn export(config: &Config, what: &str, since: &Option<String>, until: &Optio
     let t = |v: Option<i64>| v.map(store::rfc3339).unwrap_or_default();
     match what {
         "emails" => {
-            csv_row(&mut w, &["email_id", "created_at", "domain", "from", "subject", "tags", "recipient", "status", "attempts", "delivered_at", "bounced_at", "opened_at", "clicked_at", "last_response"].map(String::from));
+            csv_row(
+                &mut w,
+                &[
+                    "email_id",
+                    "created_at",
+                    "domain",
+                    "from",
+                    "subject",
+                    "tags",
+                    "recipient",
+                    "status",
+                    "attempts",
+                    "delivered_at",
+                    "bounced_at",
+                    "opened_at",
+                    "clicked_at",
+                    "last_response",
+                ]
+                .map(String::from),
+            );
             let emails = store::emails::list(&conn, since, until, 0).map_err(|e| e.to_string())?;
             for e in emails {
                 for r in &e.recipients {
-                    csv_row(&mut w, &[
-                        e.id.clone(),
-                        store::rfc3339(e.created_at),
-                        e.domain.clone(),
-                        e.header_from.clone().unwrap_or_else(|| e.mail_from.clone()),
-                        opt(&e.subject),
-                        e.tags.join(" "),
-                        r.address.clone(),
-                        r.status.clone(),
-                        r.attempts.to_string(),
-                        t(r.delivered_at),
-                        t(r.bounced_at),
-                        t(r.opened_at),
-                        t(r.clicked_at),
-                        opt(&r.last_response),
-                    ]);
+                    csv_row(
+                        &mut w,
+                        &[
+                            e.id.clone(),
+                            store::rfc3339(e.created_at),
+                            e.domain.clone(),
+                            e.header_from.clone().unwrap_or_else(|| e.mail_from.clone()),
+                            opt(&e.subject),
+                            e.tags.join(" "),
+                            r.address.clone(),
+                            r.status.clone(),
+                            r.attempts.to_string(),
+                            t(r.delivered_at),
+                            t(r.bounced_at),
+                            t(r.opened_at),
+                            t(r.clicked_at),
+                            opt(&r.last_response),
+                        ],
+                    );
                 }
             }
         }
         "events" => {
-            csv_row(&mut w, &["id", "email_id", "type", "recipient", "at", "ip", "user_agent", "referer", "link", "machine", "machine_reason"].map(String::from));
-            let filter = EventFilter { since, until, ..EventFilter::default() };
+            csv_row(
+                &mut w,
+                &[
+                    "id",
+                    "email_id",
+                    "type",
+                    "recipient",
+                    "at",
+                    "ip",
+                    "user_agent",
+                    "referer",
+                    "link",
+                    "machine",
+                    "machine_reason",
+                ]
+                .map(String::from),
+            );
+            let filter = EventFilter {
+                since,
+                until,
+                ..EventFilter::default()
+            };
             for e in store::events::list(&conn, &filter).map_err(|e| e.to_string())? {
-                csv_row(&mut w, &[
-                    e.id.to_string(),
-                    e.email_id.clone(),
-                    e.kind.clone(),
-                    opt(&e.recipient),
-                    store::rfc3339(e.at),
-                    opt(&e.ip),
-                    opt(&e.user_agent),
-                    opt(&e.referer),
-                    opt(&e.link),
-                    e.machine.map(|m| m.to_string()).unwrap_or_default(),
-                    opt(&e.machine_reason),
-                ]);
+                csv_row(
+                    &mut w,
+                    &[
+                        e.id.to_string(),
+                        e.email_id.clone(),
+                        e.kind.clone(),
+                        opt(&e.recipient),
+                        store::rfc3339(e.at),
+                        opt(&e.ip),
+                        opt(&e.user_agent),
+                        opt(&e.referer),
+                        opt(&e.link),
+                        e.machine.map(|m| m.to_string()).unwrap_or_default(),
+                        opt(&e.machine_reason),
+                    ],
+                );
             }
         }
         other => return Err(format!("export: {other:?} is not emails or events")),

@@ -372,9 +372,8 @@ mod duration_list {
         let list = Vec::<String>::deserialize(d)?;
         list.iter()
             .map(|s| {
-                humantime::parse_duration(s).map_err(|e| {
-                    serde::de::Error::custom(format!("{s:?} is not a duration ({e})"))
-                })
+                humantime::parse_duration(s)
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e})")))
             })
             .collect()
     }
@@ -503,10 +502,11 @@ impl Config {
     /// The key file of a DKIM entry: configured, or managed in data_dir.
     pub fn dkim_key_path(&self, domain: &str, dkim: &DkimConfig) -> PathBuf {
         dkim.private_key.clone().unwrap_or_else(|| {
-            self.server
-                .data_dir
-                .join("dkim")
-                .join(format!("{}.{}.pem", domain.to_ascii_lowercase(), dkim.selector))
+            self.server.data_dir.join("dkim").join(format!(
+                "{}.{}.pem",
+                domain.to_ascii_lowercase(),
+                dkim.selector
+            ))
         })
     }
 
@@ -549,7 +549,10 @@ impl Config {
             ("submission.max_message_size", s.max_message_size),
             ("submission.max_recipients", s.max_recipients),
             ("submission.max_connections", s.max_connections),
-            ("submission.max_connections_per_ip", s.max_connections_per_ip),
+            (
+                "submission.max_connections_per_ip",
+                s.max_connections_per_ip,
+            ),
         ] {
             if value == 0 {
                 p.push(format!("{key}: must be greater than 0"));
@@ -571,7 +574,9 @@ impl Config {
                 )),
             }
             if user.domains.is_empty() {
-                p.push(format!("{key}.domains: a user must be allowed at least one domain"));
+                p.push(format!(
+                    "{key}.domains: a user must be allowed at least one domain"
+                ));
             }
             for d in &user.domains {
                 if self.domain(d).is_none() {
@@ -706,7 +711,9 @@ impl Config {
             p.push("delivery.retry: needs at least one interval".into());
         }
         if d.max_concurrency == 0 || d.max_per_destination == 0 {
-            p.push("delivery.max_concurrency and max_per_destination must be greater than 0".into());
+            p.push(
+                "delivery.max_concurrency and max_per_destination must be greater than 0".into(),
+            );
         }
         if d.max_messages_per_connection == 0 {
             p.push("delivery.max_messages_per_connection: must be greater than 0".into());
@@ -771,7 +778,9 @@ impl Config {
             }
         }
         if self.submission.users.is_empty() && self.submission.trusted_networks.is_empty() {
-            w.push("submission: no users and no trusted_networks, so nobody can submit mail".into());
+            w.push(
+                "submission: no users and no trusted_networks, so nobody can submit mail".into(),
+            );
         }
         if self.api.token_hash.is_none() && !self.api.listen.is_empty() {
             w.push("api.token_hash: not set, so the admin API answers 401 to every request but /healthz".into());
@@ -785,7 +794,11 @@ fn decode_b64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
         .ok()
-        .or_else(|| base64::engine::general_purpose::STANDARD_NO_PAD.decode(s).ok())
+        .or_else(|| {
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(s)
+                .ok()
+        })
 }
 
 fn check_listen(key: &str, addrs: &[String], p: &mut Vec<String>) {
@@ -844,7 +857,10 @@ pub fn check_return_path(label: &str) -> Result<(), &'static str> {
     if !label.as_bytes()[label.len() - 1].is_ascii_alphanumeric() {
         return Err("must end with a letter or digit");
     }
-    if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err("may hold only letters, digits and hyphens");
     }
     Ok(())
@@ -854,7 +870,8 @@ pub fn check_return_path(label: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(text, Path::new("/etc/trackrelay/test.toml"))
@@ -915,8 +932,9 @@ mod tests {
 
     #[test]
     fn bad_duration_names_key() {
-        let e = parse("[server]\nhostname = \"r.example.com\"\n[delivery]\nexpire_after = \"soon\"\n")
-            .unwrap_err();
+        let e =
+            parse("[server]\nhostname = \"r.example.com\"\n[delivery]\nexpire_after = \"soon\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("expire_after"), "{e}");
     }
 

@@ -150,15 +150,15 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
     let mut data = Map::new();
     data.insert("email_id".into(), json!(ev.email_id));
     if let Some(e) = email {
-        data.insert("created_at".into(), json!(crate::store::rfc3339(e.created_at)));
+        data.insert(
+            "created_at".into(),
+            json!(crate::store::rfc3339(e.created_at)),
+        );
         data.insert("from".into(), json!(e.from));
         data.insert("subject".into(), json!(e.subject));
         data.insert("tags".into(), json!(e.tags));
     }
-    data.insert(
-        "to".into(),
-        json!(ev.recipient.iter().collect::<Vec<_>>()),
-    );
+    data.insert("to".into(), json!(ev.recipient.iter().collect::<Vec<_>>()));
     let at = crate::store::rfc3339(ev.at);
     match ev.kind {
         EventType::Clicked => {

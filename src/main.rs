@@ -4,7 +4,11 @@ use std::process::ExitCode;
 use trackrelay::{cli, config};
 
 #[derive(Parser)]
-#[command(name = "trackrelay", version, about = "Self-hosted SMTP relay with open and click tracking")]
+#[command(
+    name = "trackrelay",
+    version,
+    about = "Self-hosted SMTP relay with open and click tracking"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -165,18 +169,52 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Queue { action } => match action {
-            QueueCommand::List { config, json, all, limit } => cli::queue_list(&load(&config)?, json, all, limit),
-            QueueCommand::Retry { config, email_id } => cli::queue_retry(&load(&config)?, &email_id),
-            QueueCommand::Delete { config, email_id } => cli::queue_delete(&load(&config)?, &email_id),
+            QueueCommand::List {
+                config,
+                json,
+                all,
+                limit,
+            } => cli::queue_list(&load(&config)?, json, all, limit),
+            QueueCommand::Retry { config, email_id } => {
+                cli::queue_retry(&load(&config)?, &email_id)
+            }
+            QueueCommand::Delete { config, email_id } => {
+                cli::queue_delete(&load(&config)?, &email_id)
+            }
         },
-        Command::Events { config, email, kind, since, until, limit, json } => {
-            let args = cli::EventsArgs { email, kind, since, until, limit, json };
+        Command::Events {
+            config,
+            email,
+            kind,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let args = cli::EventsArgs {
+                email,
+                kind,
+                since,
+                until,
+                limit,
+                json,
+            };
             cli::events(&load(&config)?, &args)
         }
-        Command::Stats { config, domain, since, until, json } => {
-            cli::stats(&load(&config)?, domain.as_deref(), &since, &until, json)
-        }
-        Command::Export { config, what, csv: _, since, until } => cli::export(&load(&config)?, &what, &since, &until),
+        Command::Stats {
+            config,
+            domain,
+            since,
+            until,
+            json,
+        } => cli::stats(&load(&config)?, domain.as_deref(), &since, &until, json),
+        Command::Export {
+            config,
+            what,
+            csv: _,
+            since,
+            until,
+        } => cli::export(&load(&config)?, &what, &since, &until),
     }
 }
 

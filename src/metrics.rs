@@ -63,7 +63,11 @@ impl Histogram {
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {sum}");
         let _ = writeln!(out, "{name}_count{braces} {count}");
     }
@@ -101,32 +105,120 @@ impl Metrics {
         use std::fmt::Write;
         let mut out = String::new();
         let counters: [(&str, &str, &Counter); 18] = [
-            ("trackrelay_smtp_sessions_total", "SMTP submission sessions opened", &self.smtp_sessions),
-            ("trackrelay_smtp_rejected_connections_total", "connections refused by connection limits", &self.smtp_rejected_connections),
-            ("trackrelay_messages_accepted_total", "messages accepted (250 after DATA)", &self.messages_accepted),
-            ("trackrelay_recipients_accepted_total", "recipients of accepted messages", &self.recipients_accepted),
-            ("trackrelay_messages_store_failed_total", "messages refused with 451 because the store failed", &self.messages_store_failed),
-            ("trackrelay_auth_failures_total", "failed AUTH attempts", &self.auth_failures),
-            ("trackrelay_delivered_total", "recipients delivered", &self.delivered),
-            ("trackrelay_deferred_total", "delivery attempts deferred (temporary failure)", &self.deferred),
-            ("trackrelay_bounced_total", "recipients bounced", &self.bounced),
-            ("trackrelay_failed_total", "recipients failed for a local reason", &self.failed),
-            ("trackrelay_opens_total", "open pixel requests with a valid token", &self.opens),
-            ("trackrelay_clicks_total", "click requests with a valid token", &self.clicks),
-            ("trackrelay_tracking_invalid_total", "tracking requests with a token that failed verification", &self.tracking_invalid),
-            ("trackrelay_event_queue_overflow_total", "tracking events dropped because the event queue was full", &self.event_queue_overflow),
-            ("trackrelay_events_store_failed_total", "tracking events lost because the store failed", &self.events_store_failed),
-            ("trackrelay_webhooks_delivered_total", "webhook deliveries answered 2xx", &self.webhooks_delivered),
-            ("trackrelay_webhooks_retried_total", "webhook attempts that failed and will be retried", &self.webhooks_retried),
-            ("trackrelay_webhooks_failed_total", "webhook deliveries given up", &self.webhooks_failed),
+            (
+                "trackrelay_smtp_sessions_total",
+                "SMTP submission sessions opened",
+                &self.smtp_sessions,
+            ),
+            (
+                "trackrelay_smtp_rejected_connections_total",
+                "connections refused by connection limits",
+                &self.smtp_rejected_connections,
+            ),
+            (
+                "trackrelay_messages_accepted_total",
+                "messages accepted (250 after DATA)",
+                &self.messages_accepted,
+            ),
+            (
+                "trackrelay_recipients_accepted_total",
+                "recipients of accepted messages",
+                &self.recipients_accepted,
+            ),
+            (
+                "trackrelay_messages_store_failed_total",
+                "messages refused with 451 because the store failed",
+                &self.messages_store_failed,
+            ),
+            (
+                "trackrelay_auth_failures_total",
+                "failed AUTH attempts",
+                &self.auth_failures,
+            ),
+            (
+                "trackrelay_delivered_total",
+                "recipients delivered",
+                &self.delivered,
+            ),
+            (
+                "trackrelay_deferred_total",
+                "delivery attempts deferred (temporary failure)",
+                &self.deferred,
+            ),
+            (
+                "trackrelay_bounced_total",
+                "recipients bounced",
+                &self.bounced,
+            ),
+            (
+                "trackrelay_failed_total",
+                "recipients failed for a local reason",
+                &self.failed,
+            ),
+            (
+                "trackrelay_opens_total",
+                "open pixel requests with a valid token",
+                &self.opens,
+            ),
+            (
+                "trackrelay_clicks_total",
+                "click requests with a valid token",
+                &self.clicks,
+            ),
+            (
+                "trackrelay_tracking_invalid_total",
+                "tracking requests with a token that failed verification",
+                &self.tracking_invalid,
+            ),
+            (
+                "trackrelay_event_queue_overflow_total",
+                "tracking events dropped because the event queue was full",
+                &self.event_queue_overflow,
+            ),
+            (
+                "trackrelay_events_store_failed_total",
+                "tracking events lost because the store failed",
+                &self.events_store_failed,
+            ),
+            (
+                "trackrelay_webhooks_delivered_total",
+                "webhook deliveries answered 2xx",
+                &self.webhooks_delivered,
+            ),
+            (
+                "trackrelay_webhooks_retried_total",
+                "webhook attempts that failed and will be retried",
+                &self.webhooks_retried,
+            ),
+            (
+                "trackrelay_webhooks_failed_total",
+                "webhook deliveries given up",
+                &self.webhooks_failed,
+            ),
         ];
         for (name, help, c) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.get());
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
         }
         for (name, help, h) in [
-            ("trackrelay_tracking_request_seconds", "tracking listener response time", &self.tracking_latency),
-            ("trackrelay_api_request_seconds", "admin API response time", &self.api_latency),
-            ("trackrelay_delivery_attempt_seconds", "time per delivery attempt (one connection)", &self.delivery_latency),
+            (
+                "trackrelay_tracking_request_seconds",
+                "tracking listener response time",
+                &self.tracking_latency,
+            ),
+            (
+                "trackrelay_api_request_seconds",
+                "admin API response time",
+                &self.api_latency,
+            ),
+            (
+                "trackrelay_delivery_attempt_seconds",
+                "time per delivery attempt (one connection)",
+                &self.delivery_latency,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             h.render(name, "", &mut out);

@@ -36,7 +36,8 @@ async fn bind_all(key: &str, addrs: &[String]) -> Result<Vec<TcpListener>, Strin
 /// no certificate is configured, a self-signed one.
 fn prepare_data_dir(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     let dir = &config.server.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| format!("server.data_dir: cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("server.data_dir: cannot create {}: {e}", dir.display()))?;
     let s = &config.submission;
     let (cert, key) = match (&s.tls_cert, &s.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -92,7 +93,10 @@ pub async fn run_until(
     let implicit = bind_all("submission.listen_tls", &config.submission.listen_tls).await?;
     let mut bound = Bound::default();
     bound.submission = plain.iter().filter_map(|l| l.local_addr().ok()).collect();
-    bound.submission_tls = implicit.iter().filter_map(|l| l.local_addr().ok()).collect();
+    bound.submission_tls = implicit
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     let listeners: Vec<(TcpListener, bool)> = plain
         .into_iter()
         .map(|l| (l, false))

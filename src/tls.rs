@@ -63,7 +63,10 @@ pub fn server_config_with_resolver(
 /// Paths of the certificate made at first start when none is configured.
 pub fn self_signed_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     let dir = data_dir.join("tls");
-    (dir.join("selfsigned-cert.pem"), dir.join("selfsigned-key.pem"))
+    (
+        dir.join("selfsigned-cert.pem"),
+        dir.join("selfsigned-key.pem"),
+    )
 }
 
 /// Makes a self-signed certificate for `hostnames` unless one exists.

@@ -179,7 +179,12 @@ pub fn body(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<(Vec<u
 /// Drops the bodies of emails older than `before` whose recipients are all
 /// done (delivered, bounced, failed), at most `batch` at a time. Links keep
 /// working: the tokens carry everything a redirect needs.
-pub fn prune_bodies(conn: &Connection, before: i64, now: i64, batch: usize) -> rusqlite::Result<usize> {
+pub fn prune_bodies(
+    conn: &Connection,
+    before: i64,
+    now: i64,
+    batch: usize,
+) -> rusqlite::Result<usize> {
     conn.execute(
         "UPDATE emails SET body = NULL, pruned_at = ?2
          WHERE id IN (
@@ -193,7 +198,12 @@ pub fn prune_bodies(conn: &Connection, before: i64, now: i64, batch: usize) -> r
 }
 
 /// Emails created in a time range, for `export emails`.
-pub fn list(conn: &Connection, since: Option<i64>, until: Option<i64>, limit: usize) -> rusqlite::Result<Vec<EmailInfo>> {
+pub fn list(
+    conn: &Connection,
+    since: Option<i64>,
+    until: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<EmailInfo>> {
     let limit = if limit == 0 { i64::MAX } else { limit as i64 };
     let ids: Vec<String> = conn
         .prepare("SELECT id FROM emails WHERE (?1 IS NULL OR created_at >= ?1) AND (?2 IS NULL OR created_at < ?2) ORDER BY created_at, id LIMIT ?3")?

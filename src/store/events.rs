@@ -92,7 +92,11 @@ fn row_to_event(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
 
 /// Events in id order (oldest first).
 pub fn list(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
-    let limit = if f.limit == 0 { i64::MAX } else { f.limit as i64 };
+    let limit = if f.limit == 0 {
+        i64::MAX
+    } else {
+        f.limit as i64
+    };
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM events
          WHERE (?1 IS NULL OR email_id = ?1)

@@ -79,7 +79,12 @@ pub struct Claimed {
 }
 
 /// Leases up to `limit` due recipients until `now + lease_ms`.
-pub fn claim_due(tx: &Tx<'_>, now: i64, lease_ms: i64, limit: usize) -> rusqlite::Result<Vec<Claimed>> {
+pub fn claim_due(
+    tx: &Tx<'_>,
+    now: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Claimed>> {
     let claimed: Vec<Claimed> = tx
         .prepare_cached(
             "SELECT r.email_id, r.idx, r.address, r.attempts, e.created_at, e.domain, e.mail_from, e.smtputf8
@@ -135,7 +140,9 @@ pub fn recover_leases(conn: &Connection, now: i64, everything: bool) -> rusqlite
 pub enum Outcome {
     Delivered,
     /// Retry at the given time.
-    Deferred { next_attempt_at: i64 },
+    Deferred {
+        next_attempt_at: i64,
+    },
     /// Permanently refused by the receiver (or expired): a bounce.
     Bounced,
     /// Could not be sent for a local reason (or removed by the operator).
@@ -157,9 +164,11 @@ pub struct Attempt {
 pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
     let (status, next, kind) = match a.outcome {
         Outcome::Delivered => ("delivered", None, EventType::Delivered),
-        Outcome::Deferred { next_attempt_at } => {
-            ("deferred", Some(next_attempt_at), EventType::DeliveryDelayed)
-        }
+        Outcome::Deferred { next_attempt_at } => (
+            "deferred",
+            Some(next_attempt_at),
+            EventType::DeliveryDelayed,
+        ),
         Outcome::Bounced => ("bounced", None, EventType::Bounced),
         Outcome::Failed => ("failed", None, EventType::Failed),
     };

@@ -33,9 +33,13 @@ pub(super) fn enqueue(
 ) -> rusqlite::Result<()> {
     let domain = email.map(|e| e.domain.as_str());
     let mut payload: Option<String> = None;
-    for sub in tx.hooks.iter().filter(|s| s.wants(ev.kind.as_str(), domain)) {
-        let body = payload
-            .get_or_insert_with(|| crate::events::webhook_payload(ev, email).to_string());
+    for sub in tx
+        .hooks
+        .iter()
+        .filter(|s| s.wants(ev.kind.as_str(), domain))
+    {
+        let body =
+            payload.get_or_insert_with(|| crate::events::webhook_payload(ev, email).to_string());
         let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
         tx.execute(
             "INSERT INTO webhook_outbox (id, endpoint, event_id, payload, status, attempts, next_attempt_at, created_at)
@@ -57,7 +61,12 @@ pub struct OutboxItem {
 }
 
 /// Pending deliveries due now for one endpoint, oldest first.
-pub fn due(conn: &Connection, endpoint: &str, now: i64, limit: usize) -> rusqlite::Result<Vec<OutboxItem>> {
+pub fn due(
+    conn: &Connection,
+    endpoint: &str,
+    now: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<OutboxItem>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, endpoint, payload, attempts, created_at FROM webhook_outbox
          WHERE status = 'pending' AND endpoint = ?1 AND next_attempt_at <= ?2
@@ -95,7 +104,12 @@ pub fn mark_delivered(conn: &Connection, id: &str, at: i64) -> rusqlite::Result<
 }
 
 /// Records a failed attempt: retried at `next` or, when `next` is None, given up.
-pub fn mark_failed(conn: &Connection, id: &str, error: &str, next: Option<i64>) -> rusqlite::Result<()> {
+pub fn mark_failed(
+    conn: &Connection,
+    id: &str,
+    error: &str,
+    next: Option<i64>,
+) -> rusqlite::Result<()> {
     match next {
         Some(at) => conn.execute(
             "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = ?2, next_attempt_at = ?3 WHERE id = ?1",
@@ -124,7 +138,11 @@ pub struct OutboxRow {
 }
 
 /// For `webhooks list`: newest first.
-pub fn list(conn: &Connection, failed_only: bool, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+pub fn list(
+    conn: &Connection,
+    failed_only: bool,
+    limit: usize,
+) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare(
         "SELECT w.id, w.endpoint, e.type, e.email_id, w.status, w.attempts, w.next_attempt_at,
                 w.last_error, w.created_at, w.delivered_at

@@ -61,7 +61,11 @@ impl Authenticator {
             None => (self.decoy.as_str(), false),
         };
         let ok = PasswordHash::new(hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
             && known;
         if ok {

@@ -56,7 +56,11 @@ fn domain_of(address: &str) -> Option<&str> {
 impl Policy {
     pub fn from_config(c: &Config) -> Self {
         Policy {
-            domains: c.domains.iter().map(|d| d.name.to_ascii_lowercase()).collect(),
+            domains: c
+                .domains
+                .iter()
+                .map(|d| d.name.to_ascii_lowercase())
+                .collect(),
             users: c
                 .submission
                 .users
@@ -78,7 +82,9 @@ impl Policy {
     }
 
     pub fn plaintext_auth_allowed(&self, ip: IpAddr) -> bool {
-        self.plaintext_auth.iter().any(|n| n.contains(&canonical(ip)))
+        self.plaintext_auth
+            .iter()
+            .any(|n| n.contains(&canonical(ip)))
     }
 
     /// Why `identity` may not send as `domain`, if it may not.
@@ -120,11 +126,20 @@ impl Policy {
     /// Checks every From: address of the header block (exactly one From:
     /// header, whatever its display names say) and extracts what the store
     /// keeps.
-    pub fn check_header_from(&self, identity: &Identity, message: &[u8]) -> Result<HeaderInfo, Reply> {
+    pub fn check_header_from(
+        &self,
+        identity: &Identity,
+        message: &[u8],
+    ) -> Result<HeaderInfo, Reply> {
         let header_end = header_block_len(message);
         let parsed = mail_parser::MessageParser::new().parse_headers(&message[..header_end]);
         let Some(parsed) = parsed else {
-            return Err(Reply::new(550, "5.6.0", "Message refused: its header could not be parsed"));
+            // mail-parser finds nothing in an empty header block.
+            return Err(Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: it has no From: header",
+            ));
         };
         let from_headers: Vec<_> = parsed
             .headers()
@@ -132,17 +147,33 @@ impl Policy {
             .filter(|h| h.name.as_str().eq_ignore_ascii_case("From"))
             .collect();
         if from_headers.is_empty() {
-            return Err(Reply::new(550, "5.6.0", "Message refused: it has no From: header"));
+            return Err(Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: it has no From: header",
+            ));
         }
         if from_headers.len() > 1 {
-            return Err(Reply::new(550, "5.6.0", "Message refused: it has more than one From: header"));
+            return Err(Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: it has more than one From: header",
+            ));
         }
         let addresses: Vec<String> = parsed
             .from()
-            .map(|a| a.iter().filter_map(|x| x.address().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.address().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if addresses.is_empty() {
-            return Err(Reply::new(550, "5.6.0", "Message refused: its From: header holds no address"));
+            return Err(Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: its From: header holds no address",
+            ));
         }
         let mut first_domain = None;
         for addr in &addresses {
@@ -154,7 +185,11 @@ impl Policy {
                 ));
             };
             if let Some(why) = self.refuse(identity, domain) {
-                return Err(Reply::new(550, "5.7.1", format!("From: address {addr} refused: {why}")));
+                return Err(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!("From: address {addr} refused: {why}"),
+                ));
             }
             first_domain.get_or_insert_with(|| domain.to_ascii_lowercase());
         }
@@ -230,12 +265,20 @@ mod tests {
         assert!(p.check_mail_from(&app, "a@EXAMPLE.com").is_ok());
         let e = p.check_mail_from(&app, "a@example.org").unwrap_err();
         assert_eq!((e.code, e.status), (550, "5.7.1"));
-        assert!(e.text.contains("user app may not send as example.org"), "{}", e.text);
+        assert!(
+            e.text.contains("user app may not send as example.org"),
+            "{}",
+            e.text
+        );
         let e = p.check_mail_from(&app, "a@evil.test").unwrap_err();
         assert!(e.text.contains("not a domain this relay sends for"));
         assert!(p.check_mail_from(&app, "").is_err());
-        assert!(p.check_mail_from(&Identity::Trusted, "a@example.org").is_ok());
-        assert!(p.check_mail_from(&Identity::Trusted, "a@evil.test").is_err());
+        assert!(p
+            .check_mail_from(&Identity::Trusted, "a@example.org")
+            .is_ok());
+        assert!(p
+            .check_mail_from(&Identity::Trusted, "a@evil.test")
+            .is_err());
     }
 
     #[test]
@@ -257,9 +300,17 @@ mod tests {
         let p = policy();
         let app = Identity::User("app".into());
         let two = b"From: a@example.com\r\nFrom: b@evil.test\r\n\r\nx\r\n";
-        assert!(p.check_header_from(&app, two).unwrap_err().text.contains("more than one"));
+        assert!(p
+            .check_header_from(&app, two)
+            .unwrap_err()
+            .text
+            .contains("more than one"));
         let none = b"Subject: x\r\n\r\nx\r\n";
-        assert!(p.check_header_from(&app, none).unwrap_err().text.contains("no From:"));
+        assert!(p
+            .check_header_from(&app, none)
+            .unwrap_err()
+            .text
+            .contains("no From:"));
         let list = b"From: a@example.com, b@evil.test\r\n\r\nx\r\n";
         assert!(p.check_header_from(&app, list).is_err());
     }

@@ -31,7 +31,9 @@ impl Reply {
             if self.status.is_empty() {
                 out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
             } else {
-                out.extend_from_slice(format!("{}{sep}{} {line}\r\n", self.code, self.status).as_bytes());
+                out.extend_from_slice(
+                    format!("{}{sep}{} {line}\r\n", self.code, self.status).as_bytes(),
+                );
             }
         }
         if lines.is_empty() {

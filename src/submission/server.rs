@@ -184,13 +184,19 @@ impl Submission {
                     "421 4.7.0 {} Too many connections, try again later\r\n",
                     self.session.hostname
                 );
-                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(msg.as_bytes())).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(msg.as_bytes()))
+                    .await;
             }
             return;
         };
         self.metrics.smtp_sessions.inc();
         let _ = tcp.set_nodelay(true);
-        let mut session = Session::new(self.session.clone(), self.policy.clone(), peer.ip(), implicit_tls);
+        let mut session = Session::new(
+            self.session.clone(),
+            self.policy.clone(),
+            peer.ip(),
+            implicit_tls,
+        );
         if implicit_tls {
             let Some(acceptor) = &self.tls else { return };
             let tls = match tokio::time::timeout(self.command_timeout, acceptor.accept(tcp)).await {
@@ -208,18 +214,22 @@ impl Submission {
             return;
         }
         session.greeting();
-        match self.drive(&mut tcp, &mut session, peer, shutdown.clone()).await {
+        match self
+            .drive(&mut tcp, &mut session, peer, shutdown.clone())
+            .await
+        {
             End::Closed => {}
             End::StartTls => {
                 let Some(acceptor) = &self.tls else { return };
-                let mut tls = match tokio::time::timeout(self.command_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, "STARTTLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+                let mut tls =
+                    match tokio::time::timeout(self.command_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "STARTTLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
                 session.tls_started();
                 self.drive(&mut tls, &mut session, peer, shutdown).await;
                 let _ = tls.shutdown().await;
@@ -293,7 +303,11 @@ impl Submission {
                 Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
                 Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
                 Err(_) => {
-                    session.close_with(421, "4.4.2", "Timeout waiting for client, closing connection");
+                    session.close_with(
+                        421,
+                        "4.4.2",
+                        "Timeout waiting for client, closing connection",
+                    );
                     let _ = write_out(stream, session).await;
                     return End::Closed;
                 }
@@ -301,7 +315,12 @@ impl Submission {
         }
     }
 
-    async fn check_password(&self, ip: IpAddr, username: String, password: String) -> Option<String> {
+    async fn check_password(
+        &self,
+        ip: IpAddr,
+        username: String,
+        password: String,
+    ) -> Option<String> {
         let delay = self.throttle.delay(canonical(ip));
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -360,7 +379,9 @@ impl Submission {
         };
         match self
             .store
-            .write(Durability::Full, move |tx| store::emails::insert(tx, &email))
+            .write(Durability::Full, move |tx| {
+                store::emails::insert(tx, &email)
+            })
             .await
         {
             Ok(()) => {
@@ -381,7 +402,10 @@ impl Submission {
     }
 }
 
-async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session) -> std::io::Result<()> {
+async fn write_out<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    session: &mut Session,
+) -> std::io::Result<()> {
     let out = session.take_output();
     if out.is_empty() {
         return Ok(());
@@ -394,7 +418,10 @@ async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, session: &mut Session)
     .await
     {
         Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "write timeout",
+        )),
     }
 }
 

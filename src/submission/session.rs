@@ -63,7 +63,9 @@ enum Mode {
     SkipLine,
     AuthPlain,
     AuthLoginUser,
-    AuthLoginPass { username: String },
+    AuthLoginPass {
+        username: String,
+    },
     Data {
         rx: DataReceiver,
         /// Over the size limit: still read to the end, then refuse.
@@ -109,7 +111,12 @@ fn reply(out: &mut Vec<u8>, code: u16, status: &'static str, text: impl Into<Str
 }
 
 impl Session {
-    pub fn new(cfg: Arc<SessionConfig>, policy: Arc<Policy>, peer: IpAddr, implicit_tls: bool) -> Self {
+    pub fn new(
+        cfg: Arc<SessionConfig>,
+        policy: Arc<Policy>,
+        peer: IpAddr,
+        implicit_tls: bool,
+    ) -> Self {
         let trusted = policy.is_trusted(peer);
         let plaintext_auth_ok = policy.plaintext_auth_allowed(peer);
         Session {
@@ -235,7 +242,12 @@ impl Session {
         reply(&mut self.out, code, status, text);
         self.errors += 1;
         if self.errors >= self.cfg.max_errors {
-            reply(&mut self.out, 421, "4.7.0", format!("{} Too many errors, closing connection", self.cfg.hostname));
+            reply(
+                &mut self.out,
+                421,
+                "4.7.0",
+                format!("{} Too many errors, closing connection", self.cfg.hostname),
+            );
             self.closing = true;
         }
     }
@@ -306,9 +318,15 @@ impl Session {
     fn protocol_error(&mut self, e: ProtoError, line: &[u8]) {
         match e {
             ProtoError::UnknownCommand => self.error(500, "5.5.1", "Command unrecognized"),
-            ProtoError::InvalidSenderAddress => self.error(501, "5.1.7", "Bad sender address syntax"),
-            ProtoError::InvalidRecipientAddress => self.error(501, "5.1.3", "Bad recipient address syntax"),
-            ProtoError::SyntaxError { syntax } => self.error(501, "5.5.4", format!("Syntax: {syntax}")),
+            ProtoError::InvalidSenderAddress => {
+                self.error(501, "5.1.7", "Bad sender address syntax")
+            }
+            ProtoError::InvalidRecipientAddress => {
+                self.error(501, "5.1.3", "Bad recipient address syntax")
+            }
+            ProtoError::SyntaxError { syntax } => {
+                self.error(501, "5.5.4", format!("Syntax: {syntax}"))
+            }
             ProtoError::InvalidParameter { param } => {
                 self.error(501, "5.5.4", format!("Invalid parameter {param}"))
             }
@@ -392,11 +410,19 @@ impl Session {
             return None;
         }
         if self.tx.is_some() {
-            self.error(503, "5.5.1", "AUTH is not allowed during a mail transaction");
+            self.error(
+                503,
+                "5.5.1",
+                "AUTH is not allowed during a mail transaction",
+            );
             return None;
         }
         if !self.auth_allowed_here() {
-            self.error(538, "5.7.11", "Encryption required for requested authentication mechanism: use STARTTLS first");
+            self.error(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism: use STARTTLS first",
+            );
             return None;
         }
         match mechanism {
@@ -419,7 +445,11 @@ impl Session {
                 }
             }
             _ => {
-                self.error(504, "5.5.4", "Unrecognized authentication type (PLAIN and LOGIN are offered)");
+                self.error(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication type (PLAIN and LOGIN are offered)",
+                );
                 None
             }
         }
@@ -436,7 +466,11 @@ impl Session {
         match base64::engine::general_purpose::STANDARD.decode(line) {
             Ok(v) => Some(v),
             Err(_) => {
-                self.error(501, "5.5.2", "Cannot decode the authentication response (base64 expected)");
+                self.error(
+                    501,
+                    "5.5.2",
+                    "Cannot decode the authentication response (base64 expected)",
+                );
                 None
             }
         }
@@ -527,7 +561,10 @@ impl Session {
             return self.error(
                 552,
                 "5.3.4",
-                format!("Message size exceeds fixed limit of {} bytes", self.cfg.max_message_size),
+                format!(
+                    "Message size exceeds fixed limit of {} bytes",
+                    self.cfg.max_message_size
+                ),
             );
         }
         if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
@@ -536,7 +573,11 @@ impl Session {
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         let address = from.address.into_owned();
         if !address.is_ascii() && !smtputf8 {
-            return self.error(553, "5.6.7", "Non-ASCII sender address needs the SMTPUTF8 parameter");
+            return self.error(
+                553,
+                "5.6.7",
+                "Non-ASCII sender address needs the SMTPUTF8 parameter",
+            );
         }
         if let Err(r) = self.policy.check_mail_from(&identity, &address) {
             return self.error(r.code, r.status, r.text);
@@ -561,17 +602,39 @@ impl Session {
         };
         let address = to.address.into_owned();
         if !valid_recipient(&address) {
-            return self.error(501, "5.1.3", format!("Bad recipient address syntax: <{address}>"));
+            return self.error(
+                501,
+                "5.1.3",
+                format!("Bad recipient address syntax: <{address}>"),
+            );
         }
         if !address.is_ascii() && !tx.smtputf8 {
-            return self.error(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM");
+            return self.error(
+                553,
+                "5.6.7",
+                "Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM",
+            );
         }
-        if tx.recipients.iter().any(|r| r.eq_ignore_ascii_case(&address)) {
-            reply(&mut self.out, 250, "2.1.5", "Recipient ok (duplicate, sent once)");
+        if tx
+            .recipients
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&address))
+        {
+            reply(
+                &mut self.out,
+                250,
+                "2.1.5",
+                "Recipient ok (duplicate, sent once)",
+            );
             return;
         }
         if tx.recipients.len() >= max {
-            reply(&mut self.out, 452, "4.5.3", format!("Too many recipients (at most {max} per message)"));
+            reply(
+                &mut self.out,
+                452,
+                "4.5.3",
+                format!("Too many recipients (at most {max} per message)"),
+            );
             return;
         }
         tx.recipients.push(address);
@@ -589,7 +652,10 @@ impl Session {
                 // dot-stuffed first line is read right.
                 let mut primer = Vec::new();
                 rx.ingest(&mut b"\r\n".iter(), &mut primer);
-                self.mode = Mode::Data { rx, overflow: false };
+                self.mode = Mode::Data {
+                    rx,
+                    overflow: false,
+                };
                 reply(&mut self.out, 354, "", "End data with <CR><LF>.<CR><LF>");
             }
         }
@@ -675,7 +741,10 @@ impl Session {
                 self.error(
                     552,
                     "5.3.4",
-                    format!("Message size exceeds fixed limit of {} bytes", self.cfg.max_message_size),
+                    format!(
+                        "Message size exceeds fixed limit of {} bytes",
+                        self.cfg.max_message_size
+                    ),
                 );
             } else {
                 let n = tx.data.len();
@@ -695,7 +764,10 @@ impl Session {
             self.error(
                 552,
                 "5.3.4",
-                format!("Message size exceeds fixed limit of {} bytes", self.cfg.max_message_size),
+                format!(
+                    "Message size exceeds fixed limit of {} bytes",
+                    self.cfg.max_message_size
+                ),
             );
             return None;
         }
@@ -739,7 +811,12 @@ impl Session {
 
     /// Said when the server shuts down or a timeout fires.
     pub fn close_with(&mut self, code: u16, status: &'static str, text: &str) {
-        reply(&mut self.out, code, status, format!("{} {text}", self.cfg.hostname));
+        reply(
+            &mut self.out,
+            code,
+            status,
+            format!("{} {text}", self.cfg.hostname),
+        );
         self.closing = true;
     }
 }
@@ -762,6 +839,13 @@ fn valid_recipient(address: &str) -> bool {
     }
     !domain.is_empty()
         && domain.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,330 @@
+//! Starts the real `trackrelay` binary on loopback ports with a config in a
+//! temporary directory, and talks to it. Shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// argon2 takes a while even optimised: hash once per test process.
+pub fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| trackrelay::submission::auth::hash_password(PASSWORD).unwrap())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Relay {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub smtp: SocketAddr,
+    pub smtps: SocketAddr,
+    pub tracking: SocketAddr,
+    pub api: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// Config pieces a test can change; everything else is the harness default.
+pub struct Options {
+    /// Extra keys appended under [submission].
+    pub submission: String,
+    /// Whole extra sections appended at the end (e.g. [[webhooks]]).
+    pub extra: String,
+    /// Extra keys for the example.com [[domains]] entry.
+    pub domain: String,
+    /// Extra keys under [delivery].
+    pub delivery: String,
+    /// Extra keys under [tracking].
+    pub tracking: String,
+    /// Extra keys under [store].
+    pub store: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            submission: String::new(),
+            extra: String::new(),
+            domain: String::new(),
+            delivery: String::new(),
+            tracking: String::new(),
+            store: String::new(),
+        }
+    }
+}
+
+impl Relay {
+    pub fn start(opts: Options) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+        let sa = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+        let config = format!(
+            r#"
+[server]
+hostname = "relay.test"
+data_dir = "./data"
+shutdown_grace = "10s"
+
+[submission]
+listen = ["127.0.0.1:{p0}"]
+listen_tls = ["127.0.0.1:{p1}"]
+require_tls_for_auth = true
+{submission}
+
+[[submission.users]]
+name = "{USER}"
+password_hash = "{hash}"
+domains = ["example.com"]
+
+[tracking]
+listen = ["127.0.0.1:{p2}"]
+scheme = "http"
+{tracking}
+
+[[domains]]
+name = "example.com"
+{domain}
+
+[[domains]]
+name = "example.org"
+
+[delivery]
+{delivery}
+
+[store]
+{store}
+
+[api]
+listen = ["127.0.0.1:{p3}"]
+
+{extra}
+"#,
+            p0 = ports[0],
+            p1 = ports[1],
+            p2 = ports[2],
+            p3 = ports[3],
+            hash = password_hash(),
+            submission = opts.submission,
+            tracking = opts.tracking,
+            domain = opts.domain,
+            delivery = opts.delivery,
+            store = opts.store,
+            extra = opts.extra,
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut relay = Relay {
+            dir,
+            config_path,
+            smtp: sa(ports[0]),
+            smtps: sa(ports[1]),
+            tracking: sa(ports[2]),
+            api: sa(ports[3]),
+            child: None,
+            starts: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("relay-{}.log", self.starts))
+    }
+
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.starts {
+            let p = self.dir.path().join(format!("relay-{i}.log"));
+            all.push_str(&std::fs::read_to_string(p).unwrap_or_default());
+        }
+        all
+    }
+
+    /// Starts the binary and waits until it says it is ready.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("TRACKRELAY_LOG", "info,trackrelay=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start trackrelay");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if text.contains("trackrelay ready") {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("trackrelay exited ({status}) before it was ready:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trackrelay not ready in 60s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("trackrelay did not exit within 30s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data/trackrelay.sqlite3")
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_with_flags(
+            &self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    /// Runs a CLI subcommand against this relay's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .unwrap()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain SMTP conversation, line by line, to check exact replies.
+pub struct RawSmtp {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl RawSmtp {
+    pub fn connect(addr: SocketAddr) -> RawSmtp {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        RawSmtp { reader, stream }
+    }
+
+    /// Reads one whole reply (all its lines); returns its last line.
+    pub fn reply(&mut self) -> String {
+        let mut last = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return if last.is_empty() { "EOF".into() } else { last };
+            }
+            let done = line.len() < 4 || line.as_bytes()[3] != b'-';
+            last = line.trim_end().to_string();
+            if done {
+                return last;
+            }
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// True when the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+pub fn message(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{}@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n",
+        uuid::Uuid::new_v4()
+    )
+    .into_bytes()
+}
+
+/// The email id out of `250 2.0.0 Ok: queued as <id>`.
+pub fn queued_id(reply: &str) -> Option<String> {
+    reply
+        .split("queued as ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
