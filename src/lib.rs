@@ -4,4 +4,5 @@
 //! `submission → prepare → outbound → events → webhooks`, with `tracking`,
 //! `api` and `store` beside them.
 
+pub mod outbound;
 pub mod prepare;
