@@ -321,3 +321,25 @@ async fn refused_starttls_continues_in_plaintext_only_when_opportunistic() {
     );
     assert_no_plaintext_transaction(&mx);
 }
+
+#[tokio::test]
+async fn enforced_fails_against_a_helo_only_server() {
+    let mx = TestMx::start(MxConfig {
+        reject_ehlo: true,
+        ..Default::default()
+    })
+    .await;
+    let out = deliver(
+        mx.addr(),
+        "mx.test",
+        &config(TlsPolicy::Enforced),
+        &[message("a@example.net")],
+        &TlsMemory::default(),
+    )
+    .await;
+    assert!(
+        matches!(&out[0], Outcome::TempFail { reason, .. } if reason.contains("STARTTLS not offered")),
+        "{out:?}"
+    );
+    assert_no_plaintext_transaction(&mx);
+}

@@ -87,6 +87,8 @@ pub struct MxConfig {
     pub scripts: HashMap<String, Script>,
     /// Close the connection halfway through the first DATA it receives.
     pub drop_mid_data_once: bool,
+    /// Answer EHLO with 502, like a pre-ESMTP server (HELO still works).
+    pub reject_ehlo: bool,
     /// Replaces "220 {hostname} ESMTP".
     pub greeting: Option<String>,
     /// Store message bytes (off: a sink that only counts).
@@ -111,6 +113,7 @@ impl Default for MxConfig {
             auth_without_tls: false,
             scripts: HashMap::new(),
             drop_mid_data_once: false,
+            reject_ehlo: false,
             greeting: None,
             keep_data: true,
         }
@@ -438,6 +441,9 @@ impl Session {
             Err(_) => return self.reply("501 5.5.4 syntax error").await,
         };
         match request {
+            Request::Ehlo { .. } if self.cfg.reject_ehlo => {
+                self.reply("502 5.5.1 EHLO not implemented").await
+            }
             Request::Ehlo { .. } => {
                 self.helo = true;
                 self.tx = None;
