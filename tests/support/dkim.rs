@@ -12,7 +12,9 @@ use std::sync::Mutex;
 
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt};
+use mail_auth::{
+    AuthenticatedMessage, DkimResult, MessageAuthenticator, Parameters, ResolverCache, Txt,
+};
 
 /// A TXT "DNS" that only knows the records a test publishes.
 #[derive(Default)]
@@ -73,7 +75,10 @@ pub async fn mail_auth_verify(message: &[u8], records: &[(String, String)]) -> V
 /// dkimpy's verdict on every signature: `None` when python3 or dkimpy is
 /// missing (callers skip with a message), `Some(Ok(report))` when all pass,
 /// `Some(Err(report))` otherwise.
-pub fn dkimpy_verify(message: &[u8], records: &[(String, String)]) -> Option<Result<String, String>> {
+pub fn dkimpy_verify(
+    message: &[u8],
+    records: &[(String, String)],
+) -> Option<Result<String, String>> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/dkimverify.py");
     let mut cmd = Command::new("python3");
     cmd.arg(script);
