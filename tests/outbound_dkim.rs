@@ -340,3 +340,41 @@ async fn signed_message_delivered_through_the_mx_verifies() {
         true,
     );
 }
+
+/// Keys made elsewhere (OpenSSL writes PKCS#8 v1 without the public key,
+/// which ring alone would reject for Ed25519). Skipped without openssl.
+#[tokio::test]
+async fn openssl_generated_keys_load_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    for (alg, args) in [
+        ("ed25519", &["genpkey", "-algorithm", "ed25519"][..]),
+        (
+            "rsa",
+            &[
+                "genpkey",
+                "-algorithm",
+                "rsa",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ][..],
+        ),
+        ("rsa-pkcs1", &["genrsa", "-traditional", "2048"][..]),
+    ] {
+        let path = dir.path().join(format!("{alg}.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .arg("-out")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!(
+                "SKIPPED openssl_generated_keys_load_and_verify ({alg}): openssl not available"
+            );
+            continue;
+        }
+        let key =
+            DkimKey::load("example.com", "ossl", &path).unwrap_or_else(|e| panic!("{alg}: {e}"));
+        verifies("openssl_generated_keys_load_and_verify", vec![key]).await;
+    }
+}

@@ -193,7 +193,8 @@ pub async fn deliver(
         return all_temp(msgs.len(), &e, None);
     }
     let opportunistic = cfg.tls_policy == TlsPolicy::Opportunistic;
-    let starttls = !cfg.implicit_tls && !(opportunistic && tls_memory.is_broken(addr));
+    let known_broken = opportunistic && tls_memory.is_broken(addr);
+    let starttls = !cfg.implicit_tls && !known_broken;
     let first = attempt(addr, server_name, cfg, msgs, starttls).await;
     match first {
         Attempt::Done(outcomes) => outcomes,

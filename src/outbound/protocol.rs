@@ -303,7 +303,9 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn read_all(input: &[u8]) -> Vec<Result<Option<(Reply, Vec<u8>)>, ProtocolError>> {
+    type Parsed = Result<Option<(Reply, Vec<u8>)>, ProtocolError>;
+
+    fn read_all(input: &[u8]) -> Vec<Parsed> {
         let mut reader = ReplyReader::default();
         reader.feed(input);
         let mut out = Vec::new();
@@ -367,6 +369,34 @@ mod tests {
             let _ = read_all(junk);
         }
         assert!(read_all(b"HTTP/1.1 400\r\n")[0].is_err());
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        // xorshift: deterministic, no extra crate.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"0123456789 -.\r\n25045ABCxyz\xff\x00";
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let _ = read_all(&input);
+            let _ = Capabilities::from_ehlo(&input);
+            let mut reader = ReplyReader::default();
+            for chunk in input.chunks(3) {
+                reader.feed(chunk);
+                if reader.next_reply().is_err() {
+                    break;
+                }
+            }
+        }
     }
 
     #[test]
