@@ -485,3 +485,21 @@ async fn empty_batch_does_not_connect() {
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn sink_mode_counts_without_keeping() {
+    let mx = TestMx::start(MxConfig {
+        keep_data: false,
+        log_commands: false,
+        ..plain()
+    })
+    .await;
+    let msgs: Vec<_> = (0..20)
+        .map(|i| message(&format!("r{i}@example.net")))
+        .collect();
+    let out = send(&mx, &msgs).await;
+    assert!(out.iter().all(Outcome::is_delivered));
+    assert!(mx.wait_for(20, Duration::from_secs(1)).await);
+    assert!(mx.received().iter().all(|r| r.data.is_empty() && r.len > 0));
+    assert!(mx.commands().is_empty());
+}

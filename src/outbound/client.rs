@@ -277,7 +277,10 @@ async fn open(
     if !greeting.is_positive() {
         return Err(refuse(&mut conn, cfg, format!("greeting: {greeting}")).await);
     }
-    let mut caps = hello(&mut conn, cfg).await?;
+    let mut caps = match hello(&mut conn, cfg).await? {
+        Ok(caps) => caps,
+        Err(why) => return Err(refuse(&mut conn, cfg, why).await),
+    };
 
     if starttls && !conn.is_tls() {
         let enforced = cfg.tls_policy == TlsPolicy::Enforced;
@@ -292,10 +295,13 @@ async fn open(
                     .into_tls(server_name, t.tls_handshake)
                     .await
                     .map_err(|e| Setup::TlsFailed(e.0))?;
-                caps = hello(&mut conn, cfg).await.map_err(|e| match e {
-                    Setup::Failed(reason, _) => Setup::TlsFailed(reason),
-                    other => other,
-                })?;
+                // A TLS stack that breaks on the first encrypted exchange is
+                // as broken as one that fails the handshake.
+                caps = match hello(&mut conn, cfg).await {
+                    Ok(Ok(caps)) => caps,
+                    Ok(Err(why)) => return Err(refuse(&mut conn, cfg, why).await),
+                    Err(e) => return Err(Setup::TlsFailed(e.0)),
+                };
             } else if enforced || reply.is_closing() {
                 let why = format!("STARTTLS refused: {reply}");
                 return Err(refuse(&mut conn, cfg, why).await);
@@ -323,26 +329,32 @@ async fn refuse(conn: &mut Connection, cfg: &ClientConfig, reason: String) -> Se
     Setup::Failed(reason, tls)
 }
 
-async fn hello(conn: &mut Connection, cfg: &ClientConfig) -> Result<Capabilities, Setup> {
+/// EHLO (HELO as the fallback). `Err` only when the connection failed;
+/// `Ok(Err(reason))` when the server refused us.
+async fn hello(
+    conn: &mut Connection,
+    cfg: &ClientConfig,
+) -> Result<Result<Capabilities, String>, ConnError> {
     let t = &cfg.timeouts;
     let (reply, raw) = conn
         .command(&protocol::ehlo(&cfg.ehlo_name), t.command, "EHLO")
         .await?;
     if reply.is_positive() {
-        return Ok(Capabilities::from_ehlo(&raw));
+        return Ok(Ok(Capabilities::from_ehlo(&raw)));
     }
-    if reply.is_permanent() {
-        // RFC 5321 4.1.4: a server that does not know EHLO gets HELO, and
-        // with it no extensions.
-        let (helo, _) = conn
-            .command(&protocol::helo(&cfg.ehlo_name), t.command, "HELO")
-            .await?;
-        if helo.is_positive() {
-            return Ok(Capabilities::default());
-        }
-        return Err(refuse(conn, cfg, format!("HELO rejected: {helo}")).await);
+    if !reply.is_permanent() {
+        return Ok(Err(format!("EHLO rejected: {reply}")));
     }
-    Err(refuse(conn, cfg, format!("EHLO rejected: {reply}")).await)
+    // RFC 5321 4.1.4: a server that does not know EHLO gets HELO, and with
+    // it no extensions.
+    let (helo, _) = conn
+        .command(&protocol::helo(&cfg.ehlo_name), t.command, "HELO")
+        .await?;
+    if helo.is_positive() {
+        Ok(Ok(Capabilities::default()))
+    } else {
+        Ok(Err(format!("HELO rejected: {helo}")))
+    }
 }
 
 async fn authenticate(

@@ -93,6 +93,8 @@ pub struct MxConfig {
     pub greeting: Option<String>,
     /// Store message bytes (off: a sink that only counts).
     pub keep_data: bool,
+    /// Record command lines in [`ConnLog::commands`] (off for long runs).
+    pub log_commands: bool,
 }
 
 impl Default for MxConfig {
@@ -116,6 +118,7 @@ impl Default for MxConfig {
             reject_ehlo: false,
             greeting: None,
             keep_data: true,
+            log_commands: true,
         }
     }
 }
@@ -233,6 +236,22 @@ impl TestMx {
 
     pub fn connections(&self) -> Vec<ConnLog> {
         lock(&self.state).conns.clone()
+    }
+
+    pub fn message_count(&self) -> usize {
+        lock(&self.state).received.len()
+    }
+
+    /// Waits until `n` messages have been accepted; false on timeout.
+    pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.message_count() < n {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Every command line received, over all connections.
@@ -431,7 +450,9 @@ impl Session {
         } else {
             shown
         };
-        self.log(|c| c.commands.push(logged));
+        if self.cfg.log_commands {
+            self.log(|c| c.commands.push(logged));
+        }
         let mut receiver = RequestReceiver::default();
         let request = match receiver.ingest(&mut line.iter()) {
             Ok(r) => r.into_owned(),
