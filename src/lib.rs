@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod metrics;
+pub mod outbound;
 pub mod prepare;
 pub mod serve;
 pub mod store;

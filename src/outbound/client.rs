@@ -1,0 +1,594 @@
+//! The outbound SMTP client: several messages over one connection, each its
+//! own MAIL/RCPT/DATA transaction, under a TLS policy.
+//!
+//! Decisions worth knowing (see also DESIGN.md, "Outbound"):
+//! - AUTH credentials are only sent over TLS, or to a loopback address (a
+//!   local stunnel or test relay: the bytes never leave the host). Otherwise
+//!   every message fails temporarily; credentials are never exposed.
+//! - Credentials configured but no AUTH PLAIN/LOGIN offered, or AUTH
+//!   rejected: temporary failure, like Postfix's `smtp_sasl_auth_soft_bounce`;
+//!   a credentials problem must not bounce mail.
+//! - `needs_8bitmime` to a server without 8BITMIME: sent as is, without the
+//!   BODY parameter. Converting to 7 bit would break the DKIM signature, and
+//!   servers without 8BITMIME that reject 8-bit data are practically extinct.
+//! - Any failure between STARTTLS and the second EHLO counts as a failed
+//!   handshake: opportunistic delivery then reconnects in plaintext.
+//! - A connection lost after the data but before the final reply leaves the
+//!   message's fate unknown; it is a temporary failure (at least once).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::protocol::{self, Capabilities, MailParams, Reply};
+use super::session::{ConnError, Connection};
+use super::tls::TlsMemory;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// STARTTLS when offered; plaintext when not, or when the handshake fails.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must be offered and succeed with TLS 1.2+; never plaintext.
+    Enforced,
+}
+
+/// Per-step limits. Defaults follow RFC 5321 section 4.5.3.2 where it names
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// RFC 5321 has none; 30 s is what a reachable host needs, and a dead
+    /// one should not hold a delivery slot for minutes.
+    pub connect: Duration,
+    pub greeting: Duration,
+    /// EHLO, STARTTLS, AUTH, RSET.
+    pub command: Duration,
+    pub tls_handshake: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data_init: Duration,
+    /// Each 64 KiB block of the message.
+    pub data_block: Duration,
+    /// The reply to the final ".".
+    pub data_term: Duration,
+    /// QUIT is a courtesy; outcomes are known by then.
+    pub quit: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: min(5),
+            command: min(5),
+            tls_handshake: min(1),
+            mail: min(5),
+            rcpt: min(5),
+            data_init: min(2),
+            data_block: min(3),
+            data_term: min(10),
+            quit: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub ehlo_name: String,
+    pub tls_policy: TlsPolicy,
+    /// TLS from the first byte (smarthost on port 465). A failed handshake
+    /// is a temporary failure whatever the policy: there is no plaintext
+    /// service to fall back to.
+    pub implicit_tls: bool,
+    /// Smarthost AUTH (PLAIN, else LOGIN): user name and password.
+    pub auth: Option<(String, String)>,
+    pub timeouts: Timeouts,
+}
+
+impl ClientConfig {
+    /// Opportunistic TLS, no AUTH, default timeouts.
+    pub fn new(ehlo_name: impl Into<String>) -> Self {
+        ClientConfig {
+            ehlo_name: ehlo_name.into(),
+            tls_policy: TlsPolicy::Opportunistic,
+            implicit_tls: false,
+            auth: None,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    // The password stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("ehlo_name", &self.ehlo_name)
+            .field("tls_policy", &self.tls_policy)
+            .field("implicit_tls", &self.implicit_tls)
+            .field("auth_user", &self.auth.as_ref().map(|(u, _)| u))
+            .field("timeouts", &self.timeouts)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Envelope sender without angle brackets; empty for the null sender.
+    pub mail_from: String,
+    pub rcpt_to: String,
+    /// The exact message bytes (CRLF line ends), already signed.
+    pub data: Vec<u8>,
+    /// Non-ASCII envelope addresses set this implicitly.
+    pub needs_smtputf8: bool,
+    pub needs_8bitmime: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `response` is the final reply, e.g. "250 2.0.0 Ok: queued as X".
+    Delivered {
+        response: String,
+        tls: Option<String>,
+    },
+    /// Retry later: 4xx, connection or TLS-policy problems.
+    TempFail { reason: String, tls: Option<String> },
+    /// Bounce: 5xx, or a message this server can never take.
+    PermFail { reason: String, tls: Option<String> },
+}
+
+impl Outcome {
+    /// The TLS version the attempt ran under ("TLSv1.3"), if any.
+    pub fn tls(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered { tls, .. }
+            | Outcome::TempFail { tls, .. }
+            | Outcome::PermFail { tls, .. } => tls.as_deref(),
+        }
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered { .. })
+    }
+
+    /// The server's reply or the reason for the failure.
+    pub fn text(&self) -> &str {
+        match self {
+            Outcome::Delivered { response, .. } => response,
+            Outcome::TempFail { reason, .. } | Outcome::PermFail { reason, .. } => reason,
+        }
+    }
+}
+
+fn temp(reason: impl Into<String>, tls: Option<String>) -> Outcome {
+    Outcome::TempFail {
+        reason: reason.into(),
+        tls,
+    }
+}
+
+fn all_temp(n: usize, reason: &str, tls: Option<String>) -> Vec<Outcome> {
+    (0..n).map(|_| temp(reason, tls.clone())).collect()
+}
+
+/// Delivers `msgs` over one connection to `addr`, returning one outcome per
+/// message, in order. `server_name` is the host name (for SNI and messages).
+///
+/// Opportunistic TLS: when the STARTTLS handshake fails, the host is noted
+/// in `tls_memory` (see [`TlsMemory::broken_reason`]) and the messages go
+/// out in plaintext on a new connection; while remembered, the host is
+/// not offered STARTTLS again. Enforced TLS: anything short of a TLS 1.2+
+/// session makes every message a TempFail; nothing is sent in plaintext.
+pub async fn deliver(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: &ClientConfig,
+    msgs: &[OutgoingMessage],
+    tls_memory: &TlsMemory,
+) -> Vec<Outcome> {
+    if msgs.is_empty() {
+        return Vec::new();
+    }
+    if let Err(e) = protocol::check_ehlo_name(&cfg.ehlo_name) {
+        return all_temp(msgs.len(), &e, None);
+    }
+    let opportunistic = cfg.tls_policy == TlsPolicy::Opportunistic;
+    let known_broken = opportunistic && tls_memory.is_broken(addr);
+    let starttls = !cfg.implicit_tls && !known_broken;
+    let first = attempt(addr, server_name, cfg, msgs, starttls).await;
+    match first {
+        Attempt::Done(outcomes) => outcomes,
+        Attempt::TlsFailed(reason) if opportunistic => {
+            tracing::warn!(%addr, server_name, %reason, "STARTTLS failed; retrying in plaintext");
+            tls_memory.mark_broken(addr, reason.clone());
+            match attempt(addr, server_name, cfg, msgs, false).await {
+                Attempt::Done(outcomes) => outcomes,
+                // Unreachable without STARTTLS; kept total rather than panicking.
+                Attempt::TlsFailed(again) => all_temp(msgs.len(), &again, None),
+            }
+        }
+        Attempt::TlsFailed(reason) => all_temp(
+            msgs.len(),
+            &format!("TLS required, but STARTTLS with {server_name} [{addr}] failed: {reason}"),
+            None,
+        ),
+    }
+}
+
+enum Attempt {
+    Done(Vec<Outcome>),
+    TlsFailed(String),
+}
+
+async fn attempt(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: &ClientConfig,
+    msgs: &[OutgoingMessage],
+    starttls: bool,
+) -> Attempt {
+    let (mut conn, caps) = match open(addr, server_name, cfg, starttls).await {
+        Ok(open) => open,
+        Err(Setup::TlsFailed(reason)) => return Attempt::TlsFailed(reason),
+        Err(Setup::Failed(reason, tls)) => {
+            return Attempt::Done(all_temp(
+                msgs.len(),
+                &format!("{server_name} [{addr}]: {reason}"),
+                tls,
+            ))
+        }
+    };
+    let (outcomes, alive) = run_transactions(&mut conn, &caps, cfg, msgs).await;
+    if alive {
+        conn.quit(cfg.timeouts.quit).await;
+    }
+    Attempt::Done(outcomes)
+}
+
+enum Setup {
+    /// The session cannot be used; all messages fail temporarily.
+    Failed(String, Option<String>),
+    /// STARTTLS was attempted and did not produce a working TLS session.
+    TlsFailed(String),
+}
+
+impl From<ConnError> for Setup {
+    fn from(e: ConnError) -> Self {
+        Setup::Failed(e.0, None)
+    }
+}
+
+/// Connect, greeting, EHLO, STARTTLS per policy, AUTH.
+async fn open(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: &ClientConfig,
+    starttls: bool,
+) -> Result<(Connection, Capabilities), Setup> {
+    let t = &cfg.timeouts;
+    let mut conn = Connection::connect(addr, t.connect).await?;
+    if cfg.implicit_tls {
+        conn = conn
+            .into_tls(server_name, t.tls_handshake)
+            .await
+            .map_err(|e| Setup::Failed(format!("implicit TLS: {e}"), None))?;
+    }
+    let (greeting, _) = conn.read_reply(t.greeting, "greeting").await?;
+    if !greeting.is_positive() {
+        return Err(refuse(&mut conn, cfg, format!("greeting: {greeting}")).await);
+    }
+    let mut caps = match hello(&mut conn, cfg).await? {
+        Ok(caps) => caps,
+        Err(why) => return Err(refuse(&mut conn, cfg, why).await),
+    };
+
+    if starttls && !conn.is_tls() {
+        let enforced = cfg.tls_policy == TlsPolicy::Enforced;
+        if caps.starttls {
+            let reply = conn
+                .command(b"STARTTLS\r\n", t.command, "STARTTLS")
+                .await
+                .map_err(|e| Setup::TlsFailed(e.0))?
+                .0;
+            if reply.code == 220 {
+                conn = conn
+                    .into_tls(server_name, t.tls_handshake)
+                    .await
+                    .map_err(|e| Setup::TlsFailed(e.0))?;
+                // A TLS stack that breaks on the first encrypted exchange is
+                // as broken as one that fails the handshake.
+                caps = match hello(&mut conn, cfg).await {
+                    Ok(Ok(caps)) => caps,
+                    Ok(Err(why)) => return Err(refuse(&mut conn, cfg, why).await),
+                    Err(e) => return Err(Setup::TlsFailed(e.0)),
+                };
+            } else if enforced || reply.is_closing() {
+                let why = format!("STARTTLS refused: {reply}");
+                return Err(refuse(&mut conn, cfg, why).await);
+            } else {
+                // RFC 3207: after a refused STARTTLS the session goes on
+                // as before, in plaintext.
+                tracing::info!(%addr, server_name, %reply, "STARTTLS refused; continuing in plaintext");
+            }
+        } else if enforced {
+            let why = "STARTTLS not offered, and TLS is required".to_string();
+            return Err(refuse(&mut conn, cfg, why).await);
+        }
+    }
+
+    if let Some((user, pass)) = &cfg.auth {
+        authenticate(&mut conn, &caps, cfg, user, pass).await?;
+    }
+    Ok((conn, caps))
+}
+
+/// Ends a session the server (or our policy) will not let us use.
+async fn refuse(conn: &mut Connection, cfg: &ClientConfig, reason: String) -> Setup {
+    let tls = conn.tls_version();
+    conn.quit(cfg.timeouts.quit).await;
+    Setup::Failed(reason, tls)
+}
+
+/// EHLO (HELO as the fallback). `Err` only when the connection failed;
+/// `Ok(Err(reason))` when the server refused us.
+async fn hello(
+    conn: &mut Connection,
+    cfg: &ClientConfig,
+) -> Result<Result<Capabilities, String>, ConnError> {
+    let t = &cfg.timeouts;
+    let (reply, raw) = conn
+        .command(&protocol::ehlo(&cfg.ehlo_name), t.command, "EHLO")
+        .await?;
+    if reply.is_positive() {
+        return Ok(Ok(Capabilities::from_ehlo(&raw)));
+    }
+    if !reply.is_permanent() {
+        return Ok(Err(format!("EHLO rejected: {reply}")));
+    }
+    // RFC 5321 4.1.4: a server that does not know EHLO gets HELO, and with
+    // it no extensions.
+    let (helo, _) = conn
+        .command(&protocol::helo(&cfg.ehlo_name), t.command, "HELO")
+        .await?;
+    if helo.is_positive() {
+        Ok(Ok(Capabilities::default()))
+    } else {
+        Ok(Err(format!("HELO rejected: {helo}")))
+    }
+}
+
+async fn authenticate(
+    conn: &mut Connection,
+    caps: &Capabilities,
+    cfg: &ClientConfig,
+    user: &str,
+    pass: &str,
+) -> Result<(), Setup> {
+    let t = &cfg.timeouts;
+    if !conn.is_tls() && !conn.peer().ip().is_loopback() {
+        let why = "not sending AUTH credentials over an unencrypted connection".to_string();
+        return Err(refuse(conn, cfg, why).await);
+    }
+    let final_reply = if caps.auth_plain {
+        conn.command(&protocol::auth_plain(user, pass), t.command, "AUTH PLAIN")
+            .await?
+            .0
+    } else if caps.auth_login {
+        let mut reply = conn
+            .command(b"AUTH LOGIN\r\n", t.command, "AUTH LOGIN")
+            .await?
+            .0;
+        for secret in [user, pass] {
+            if reply.code != 334 {
+                break;
+            }
+            reply = conn
+                .command(&protocol::auth_login_line(secret), t.command, "AUTH LOGIN")
+                .await?
+                .0;
+        }
+        reply
+    } else {
+        let why = "credentials configured, but the server offers neither AUTH PLAIN nor LOGIN";
+        return Err(refuse(conn, cfg, why.to_string()).await);
+    };
+    if final_reply.code == 235 {
+        Ok(())
+    } else {
+        let why = format!("AUTH as {user:?} failed: {final_reply}");
+        Err(refuse(conn, cfg, why).await)
+    }
+}
+
+/// How one transaction ended, when the connection survived it.
+struct Tx {
+    outcome: Outcome,
+    /// False when the server may hold transaction state (RSET before the
+    /// next one).
+    clean: bool,
+}
+
+enum TxError {
+    /// The connection is gone; the message's fate is unknown.
+    Conn(String),
+    /// 421: the server is closing; this message's outcome is known.
+    Closing(Outcome),
+}
+
+impl From<ConnError> for TxError {
+    fn from(e: ConnError) -> Self {
+        TxError::Conn(e.0)
+    }
+}
+
+/// Returns the outcomes and whether the connection is still usable.
+async fn run_transactions(
+    conn: &mut Connection,
+    caps: &Capabilities,
+    cfg: &ClientConfig,
+    msgs: &[OutgoingMessage],
+) -> (Vec<Outcome>, bool) {
+    let mut outcomes = Vec::with_capacity(msgs.len());
+    let mut clean = true;
+    for msg in msgs {
+        let tls = conn.tls_version();
+        let rest = msgs.len() - outcomes.len();
+        if !clean {
+            match conn
+                .command(b"RSET\r\n", cfg.timeouts.command, "RSET")
+                .await
+            {
+                Ok((reply, _)) if reply.is_positive() => {}
+                Ok((reply, _)) => {
+                    let why = format!("not attempted: RSET refused: {reply}");
+                    outcomes.extend(all_temp(rest, &why, tls));
+                    return (outcomes, !reply.is_closing());
+                }
+                Err(e) => {
+                    let why = format!("not attempted: connection lost: {e}");
+                    outcomes.extend(all_temp(rest, &why, tls));
+                    return (outcomes, false);
+                }
+            }
+        }
+        match transaction(conn, caps, cfg, msg).await {
+            Ok(tx) => {
+                clean = tx.clean;
+                outcomes.push(tx.outcome);
+            }
+            Err(TxError::Conn(reason)) => {
+                outcomes.push(temp(reason.clone(), tls.clone()));
+                let why = format!("not attempted: connection lost: {reason}");
+                outcomes.extend(all_temp(rest - 1, &why, tls));
+                return (outcomes, false);
+            }
+            Err(TxError::Closing(outcome)) => {
+                let why = format!(
+                    "not attempted: server closed the session: {}",
+                    outcome.text()
+                );
+                outcomes.push(outcome);
+                outcomes.extend(all_temp(rest - 1, &why, tls));
+                return (outcomes, false);
+            }
+        }
+    }
+    (outcomes, true)
+}
+
+/// A refusal at `stage`: 5xx bounces, anything else (4xx, or a reply that
+/// makes no sense there) is retried.
+fn rejected(stage: &str, reply: &Reply, tls: Option<String>) -> Result<Tx, TxError> {
+    let reason = format!("{stage}: {reply}");
+    let outcome = if reply.is_permanent() {
+        Outcome::PermFail { reason, tls }
+    } else {
+        Outcome::TempFail { reason, tls }
+    };
+    if reply.is_closing() {
+        return Err(TxError::Closing(outcome));
+    }
+    Ok(Tx {
+        outcome,
+        clean: false,
+    })
+}
+
+async fn transaction(
+    conn: &mut Connection,
+    caps: &Capabilities,
+    cfg: &ClientConfig,
+    msg: &OutgoingMessage,
+) -> Result<Tx, TxError> {
+    let t = &cfg.timeouts;
+    let tls = conn.tls_version();
+    let refuse_locally = |reason: String| {
+        Ok(Tx {
+            outcome: Outcome::PermFail {
+                reason,
+                tls: tls.clone(),
+            },
+            clean: true,
+        })
+    };
+
+    let smtputf8 = msg.needs_smtputf8 || !msg.mail_from.is_ascii() || !msg.rcpt_to.is_ascii();
+    if smtputf8 && !caps.smtputf8 {
+        return refuse_locally(
+            "the message needs SMTPUTF8 (internationalized addresses or headers), \
+             which the receiving server does not offer"
+                .into(),
+        );
+    }
+    let size = protocol::message_size(&msg.data);
+    if let Some(limit) = caps.size.filter(|&limit| size > limit) {
+        return refuse_locally(format!(
+            "message size {size} exceeds the receiving server's limit of {limit} bytes"
+        ));
+    }
+    let params = MailParams {
+        size: caps.size.map(|_| size),
+        eight_bit_mime: msg.needs_8bitmime && caps.eight_bit_mime,
+        smtputf8,
+    };
+    let mail = match protocol::mail_from(&msg.mail_from, &params) {
+        Ok(cmd) => cmd,
+        Err(e) => return refuse_locally(format!("sender: {e}")),
+    };
+    let rcpt = match protocol::rcpt_to(&msg.rcpt_to) {
+        Ok(cmd) => cmd,
+        Err(e) => return refuse_locally(format!("recipient: {e}")),
+    };
+    let rcpt_stage = format!("RCPT TO:<{}>", protocol::sanitize(&msg.rcpt_to));
+
+    let data_reply = if caps.pipelining {
+        // RFC 2920: MAIL, RCPT and DATA in one write, replies in order.
+        let mut batch = mail;
+        batch.extend_from_slice(&rcpt);
+        batch.extend_from_slice(b"DATA\r\n");
+        conn.send(&batch, t.mail).await?;
+        let (mail_r, _) = conn.read_reply(t.mail, "MAIL FROM").await?;
+        let (rcpt_r, _) = conn.read_reply(t.rcpt, "RCPT TO").await?;
+        let (data_r, _) = conn.read_reply(t.data_init, "DATA").await?;
+        for (stage, reply) in [("MAIL FROM", &mail_r), (&rcpt_stage[..], &rcpt_r)] {
+            if !reply.is_positive() || reply.is_closing() {
+                if data_r.code == 354 {
+                    // The server took DATA although the envelope failed
+                    // (RFC 2920 says it must not); an empty message closes
+                    // it, and RSET discards it.
+                    conn.send(b".\r\n", t.data_block).await?;
+                    conn.read_reply(t.data_term, "end of empty DATA").await?;
+                }
+                return rejected(stage, reply, tls);
+            }
+        }
+        data_r
+    } else {
+        let (mail_r, _) = conn.command(&mail, t.mail, "MAIL FROM").await?;
+        if !mail_r.is_positive() {
+            return rejected("MAIL FROM", &mail_r, tls);
+        }
+        let (rcpt_r, _) = conn.command(&rcpt, t.rcpt, "RCPT TO").await?;
+        if !rcpt_r.is_positive() {
+            return rejected(&rcpt_stage, &rcpt_r, tls);
+        }
+        conn.command(b"DATA\r\n", t.data_init, "DATA").await?.0
+    };
+    if data_reply.code != 354 {
+        return rejected("DATA", &data_reply, tls);
+    }
+
+    conn.send(&protocol::dot_stuff(&msg.data), t.data_block)
+        .await?;
+    let (end, _) = conn.read_reply(t.data_term, "end of DATA").await?;
+    if end.is_positive() {
+        return Ok(Tx {
+            outcome: Outcome::Delivered {
+                response: end.to_string(),
+                tls,
+            },
+            clean: true,
+        });
+    }
+    rejected("end of DATA", &end, tls)
+}

@@ -1,0 +1,208 @@
+//! TLS mechanics for outbound SMTP: the rustls client configuration (ring,
+//! TLS 1.2+, no certificate verification) and the memory of hosts whose TLS
+//! is broken.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, ProtocolVersion, SignatureScheme};
+
+/// Accepts any certificate, like Postfix's `encrypt` level: most MX hosts
+/// present certificates that would fail WebPKI checks, and refusing them
+/// would only push mail back to plaintext. Handshake signatures are still
+/// checked, so the peer must hold the key of the certificate it shows.
+/// Certificate checks belong to MTA-STS/DANE, which build on this.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One configuration for the whole process, so TLS sessions resume across
+/// connections to the same host.
+pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                // TLS 1.2 is the floor for both policies; TLS 1.0/1.1 are
+                // not even offered.
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| format!("TLS configuration: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+/// SNI is the MX host name; an unusable name (or an IP literal) falls back
+/// to the address, for which rustls sends no SNI.
+pub(crate) fn server_name(name: &str, addr: SocketAddr) -> ServerName<'static> {
+    let name = name.trim_end_matches('.');
+    ServerName::try_from(name.to_string()).unwrap_or_else(|_| ServerName::from(addr.ip()))
+}
+
+pub(crate) fn version_name(version: ProtocolVersion) -> String {
+    match version {
+        ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
+        ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// TLS 1.2 or later, the minimum the `enforced` policy accepts.
+pub(crate) fn version_acceptable(version: ProtocolVersion) -> bool {
+    matches!(version, ProtocolVersion::TLSv1_2 | ProtocolVersion::TLSv1_3)
+}
+
+/// Hosts whose STARTTLS handshake failed recently. While an address is
+/// remembered, opportunistic delivery to it goes straight to plaintext
+/// instead of failing the handshake and reconnecting every time; after the
+/// expiry, TLS is tried again. Enforced delivery ignores this memory.
+///
+/// Shared between deliveries (`&TlsMemory` is enough: it locks inside).
+#[derive(Debug)]
+pub struct TlsMemory {
+    ttl: Duration,
+    hosts: Mutex<HashMap<SocketAddr, (Instant, String)>>,
+}
+
+impl Default for TlsMemory {
+    /// Four hours: long enough to spare a broken host a failed handshake on
+    /// every queue run, short enough to notice a repaired one the same day.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(4 * 3600))
+    }
+}
+
+impl TlsMemory {
+    pub fn new(ttl: Duration) -> Self {
+        TlsMemory {
+            ttl,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn mark_broken(&self, addr: SocketAddr, reason: impl Into<String>) {
+        let now = Instant::now();
+        let mut hosts = self.lock();
+        hosts.retain(|_, (until, _)| *until > now);
+        hosts.insert(addr, (now + self.ttl, reason.into()));
+    }
+
+    pub fn is_broken(&self, addr: SocketAddr) -> bool {
+        self.broken_reason(addr).is_some()
+    }
+
+    /// Why TLS to `addr` is considered broken, while it is.
+    pub fn broken_reason(&self, addr: SocketAddr) -> Option<String> {
+        let mut hosts = self.lock();
+        match hosts.get(&addr) {
+            Some((until, reason)) if *until > Instant::now() => Some(reason.clone()),
+            Some(_) => {
+                hosts.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn forget(&self, addr: SocketAddr) {
+        self.lock().remove(&addr);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (Instant, String)>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_expires() {
+        let addr: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        let memory = TlsMemory::new(Duration::from_millis(30));
+        assert!(!memory.is_broken(addr));
+        memory.mark_broken(addr, "handshake failed");
+        assert_eq!(
+            memory.broken_reason(addr).as_deref(),
+            Some("handshake failed")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!memory.is_broken(addr));
+        memory.mark_broken(addr, "again");
+        memory.forget(addr);
+        assert!(!memory.is_broken(addr));
+    }
+
+    #[test]
+    fn sni_falls_back_to_address() {
+        let addr: SocketAddr = "192.0.2.1:25".parse().unwrap();
+        assert_eq!(
+            server_name("mx.example.net.", addr),
+            ServerName::try_from("mx.example.net").unwrap()
+        );
+        assert_eq!(server_name("not a name", addr), ServerName::from(addr.ip()));
+    }
+
+    #[test]
+    fn config_builds() {
+        assert!(client_config().is_ok());
+        assert!(version_acceptable(ProtocolVersion::TLSv1_2));
+        assert!(!version_acceptable(ProtocolVersion::TLSv1_1));
+        assert_eq!(version_name(ProtocolVersion::TLSv1_3), "TLSv1.3");
+    }
+}
