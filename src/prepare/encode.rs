@@ -1,0 +1,277 @@
+//! Content-Transfer-Encoding: decode a part, and encode it back the same way.
+//!
+//! Quoted-printable is done here rather than with the `quoted_printable`
+//! crate because a rewritten part must decode to exactly the bytes we meant:
+//! that crate's decoder drops 8-bit bytes that real mail carries inside QP,
+//! and its encoder only writes CRLF, while a message stored with bare LF line
+//! ends must keep them. Base64 uses the `base64` crate.
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+
+/// Lines a QP or base64 encoder writes, not counting the line ending.
+const LINE: usize = 76;
+/// RFC 5321's limit for a line of a message, without the CRLF.
+pub(crate) const SMTP_LINE_LIMIT: usize = 998;
+
+/// Mail in the wild pads oddly or not at all; the content is what matters.
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cte {
+    /// 7bit, 8bit, binary or none: the body is the content.
+    Identity,
+    QuotedPrintable,
+    Base64,
+}
+
+impl Cte {
+    /// `None` for an encoding we do not know (x-uuencode, typos...): such a
+    /// part is left as it is.
+    pub fn from_header(value: Option<&str>) -> Option<Cte> {
+        let Some(v) = value.map(str::trim) else {
+            return Some(Cte::Identity);
+        };
+        if v.is_empty()
+            || ["7bit", "8bit", "binary"]
+                .iter()
+                .any(|k| v.eq_ignore_ascii_case(k))
+        {
+            Some(Cte::Identity)
+        } else if v.eq_ignore_ascii_case("quoted-printable") {
+            Some(Cte::QuotedPrintable)
+        } else if v.eq_ignore_ascii_case("base64") {
+            Some(Cte::Base64)
+        } else {
+            None
+        }
+    }
+}
+
+/// The line ending a body uses: its own first one, else the message's.
+pub(crate) fn body_line_ending(body: &[u8], fallback: &'static [u8]) -> &'static [u8] {
+    match memchr::memchr(b'\n', body) {
+        Some(i) if i > 0 && body[i - 1] == b'\r' => b"\r\n",
+        Some(_) => b"\n",
+        None => fallback,
+    }
+}
+
+pub(crate) fn longest_line(data: &[u8]) -> usize {
+    let mut longest = 0;
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', data) {
+        let mut end = nl;
+        if end > start && data[end - 1] == b'\r' {
+            end -= 1;
+        }
+        longest = longest.max(end - start);
+        start = nl + 1;
+    }
+    longest.max(data.len() - start)
+}
+
+/// Decodes a body. Base64 bodies keep their trailing blank lines apart
+/// (returned second) since they are not content.
+pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    match cte {
+        Cte::Identity => Ok((body.to_vec(), body.len())),
+        Cte::QuotedPrintable => Ok((qp_decode(body), body.len())),
+        Cte::Base64 => {
+            let content_len = body.trim_ascii_end().len();
+            let compact: Vec<u8> = body[..content_len]
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            LENIENT_BASE64
+                .decode(&compact)
+                .map(|d| (d, content_len))
+                .map_err(|e| format!("base64 body does not decode ({e})"))
+        }
+    }
+}
+
+/// Encodes `data` for a body whose lines end with `eol`.
+pub(crate) fn encode(cte: Cte, data: &[u8], eol: &[u8]) -> Vec<u8> {
+    match cte {
+        Cte::Identity => data.to_vec(),
+        Cte::QuotedPrintable => qp_encode(data, eol),
+        Cte::Base64 => {
+            let text = STANDARD.encode(data);
+            let mut out = Vec::with_capacity(text.len() + text.len() / LINE * eol.len() + 2);
+            for (i, line) in text.as_bytes().chunks(LINE).enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(eol);
+                }
+                out.extend_from_slice(line);
+            }
+            out
+        }
+    }
+}
+
+/// RFC 2045 6.7 decoding. Hard line breaks keep the bytes they were written
+/// with; trailing blanks on a line are transport padding and go; a `=` not
+/// followed by two hex digits is kept as it is (robust decoding).
+pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut pos = 0;
+    while pos < input.len() {
+        let next = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |i| pos + i + 1);
+        let mut end = next;
+        if end > pos && input[end - 1] == b'\n' {
+            end -= 1;
+            if end > pos && input[end - 1] == b'\r' {
+                end -= 1;
+            }
+        }
+        let eol = &input[end..next];
+        let mut line = &input[pos..end];
+        while let [rest @ .., b' ' | b'\t'] = line {
+            line = rest;
+        }
+        match line.strip_suffix(b"=") {
+            Some(soft) => qp_decode_segment(soft, &mut out),
+            None => {
+                qp_decode_segment(line, &mut out);
+                out.extend_from_slice(eol);
+            }
+        }
+        pos = next;
+    }
+    out
+}
+
+fn qp_decode_segment(mut seg: &[u8], out: &mut Vec<u8>) {
+    while let Some(i) = memchr::memchr(b'=', seg) {
+        out.extend_from_slice(&seg[..i]);
+        match (seg.get(i + 1).and_then(hex), seg.get(i + 2).and_then(hex)) {
+            (Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                seg = &seg[i + 3..];
+            }
+            _ => {
+                out.push(b'=');
+                seg = &seg[i + 1..];
+            }
+        }
+    }
+    out.extend_from_slice(seg);
+}
+
+fn hex(b: &u8) -> Option<u8> {
+    (*b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Encodes so that `qp_decode` gives `data` back exactly: `eol` in the data
+/// becomes a hard line break, every other CR or LF is escaped, and lines
+/// are at most 76 characters including the soft-break `=`.
+pub(crate) fn qp_encode(data: &[u8], eol: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    let mut rest = data;
+    loop {
+        let found = if eol == b"\r\n" {
+            memchr::memmem::find(rest, b"\r\n")
+        } else {
+            memchr::memchr(b'\n', rest)
+        };
+        match found {
+            Some(i) => {
+                qp_encode_line(&rest[..i], eol, &mut out);
+                out.extend_from_slice(eol);
+                rest = &rest[i + eol.len()..];
+            }
+            None => {
+                qp_encode_line(rest, eol, &mut out);
+                return out;
+            }
+        }
+    }
+}
+
+fn qp_encode_line(line: &[u8], eol: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut col = 0;
+    for (i, &b) in line.iter().enumerate() {
+        let last = i + 1 == line.len();
+        let literal = matches!(b, b'!'..=b'~') && b != b'=' || matches!(b, b' ' | b'\t') && !last;
+        let width = if literal { 1 } else { 3 };
+        // Leave room for the `=` of a soft break unless nothing follows.
+        let limit = if last { LINE } else { LINE - 1 };
+        if col + width > limit {
+            out.push(b'=');
+            out.extend_from_slice(eol);
+            col = 0;
+        }
+        if literal {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+        col += width;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_ok(encoded: &[u8]) -> bool {
+        encoded
+            .split(|&b| b == b'\n')
+            .all(|l| l.strip_suffix(b"\r").unwrap_or(l).len() <= LINE)
+    }
+
+    #[test]
+    fn qp_round_trips_awkward_bytes_in_both_line_ending_styles() {
+        let samples: Vec<Vec<u8>> = vec![
+            b"plain text\r\nsecond line \r\n\tlast\t".to_vec(),
+            b"bare\nlf and bare\rcr, =equals= and \x00\xff bytes".to_vec(),
+            vec![b'a'; 300],
+            [b"x".repeat(74), b" ".to_vec(), b"=".repeat(40)].concat(),
+            b"ends with crlf\r\n".to_vec(),
+            b"".to_vec(),
+            b"\r\n\r\n".to_vec(),
+        ];
+        for data in &samples {
+            for eol in [&b"\r\n"[..], b"\n"] {
+                let enc = qp_encode(data, eol);
+                assert!(lines_ok(&enc), "{}", String::from_utf8_lossy(&enc));
+                assert_eq!(&qp_decode(&enc), data, "eol {eol:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn qp_decode_handles_soft_breaks_padding_and_junk() {
+        assert_eq!(qp_decode(b"a=\r\nb=3D=3d  \r\nc"), b"ab==\r\nc");
+        assert_eq!(qp_decode(b"x=\ny\n"), b"xy\n");
+        assert_eq!(qp_decode(b"=G1 =\xe9"), b"=G1 =\xe9");
+        assert_eq!(qp_decode(b"end="), b"end");
+    }
+
+    #[test]
+    fn base64_wraps_at_76_and_keeps_trailing_blank_lines_apart() {
+        let data = vec![0xAB; 200];
+        let enc = encode(Cte::Base64, &data, b"\r\n");
+        assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 77));
+        let body = [enc.clone(), b"\r\n\r\n".to_vec()].concat();
+        let (dec, content_len) = decode(Cte::Base64, &body).unwrap();
+        assert_eq!(dec, data);
+        assert_eq!(content_len, enc.len());
+        assert!(decode(Cte::Base64, b"not*base64").is_err());
+    }
+
+    #[test]
+    fn longest_line_ignores_line_endings() {
+        assert_eq!(longest_line(b"ab\r\nabcd\nx"), 4);
+        assert_eq!(longest_line(b""), 0);
+    }
+}

@@ -1,0 +1,133 @@
+//! Which hrefs are tracked, and what goes into their tokens.
+
+use url::{Host, Url};
+
+/// Hosts whose links are never wrapped again.
+pub(crate) struct OwnHosts {
+    hosts: Vec<(String, Option<u16>)>,
+}
+
+impl OwnHosts {
+    pub fn new<'a>(hosts: impl IntoIterator<Item = &'a str>) -> Self {
+        let hosts = hosts
+            .into_iter()
+            .filter_map(|h| {
+                let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+                // "host:port" (an IPv6 literal keeps its brackets).
+                match h.rsplit_once(':') {
+                    Some((name, port)) if !name.ends_with(':') && !port.contains(']') => {
+                        port.parse().ok().map(|p| (name.to_owned(), Some(p)))
+                    }
+                    _ => Some((h, None)),
+                }
+            })
+            .filter(|(h, _)| !h.is_empty())
+            .collect();
+        OwnHosts { hosts }
+    }
+
+    fn contains(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.');
+        self.hosts.iter().any(|(h, port)| {
+            h.eq_ignore_ascii_case(host)
+                && port.is_none_or(|p| url.port_or_known_default() == Some(p))
+        })
+    }
+}
+
+/// Takes an href with its entities already decoded and returns the URL to
+/// put in the token, or `None` when the link is left alone.
+///
+/// Only absolute `http://` / `https://` URLs with a real host are tracked:
+/// mailto:, tel:, sms:, javascript:, anchors, relative URLs (whatever a
+/// `<base href>` says) and template placeholders such as `{{url}}`,
+/// `*|UNSUB|*`, `%%link%%` or `https://{{host}}/` are not. The URL is kept
+/// as written, less the surrounding blanks and the tabs and newlines a
+/// browser would drop too.
+pub(crate) fn trackable(href: &str, own: &OwnHosts) -> Option<String> {
+    let trimmed = href.trim_matches(|c: char| c <= ' ');
+    let cleaned: String = if trimmed.contains(['\t', '\n', '\r']) {
+        trimmed
+            .chars()
+            .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+            .collect()
+    } else {
+        trimmed.to_owned()
+    };
+    let head = cleaned.get(..8).unwrap_or(&cleaned).to_ascii_lowercase();
+    if !(head.starts_with("http://") || head.starts_with("https://")) {
+        return None;
+    }
+    let url = Url::parse(&cleaned).ok()?;
+    let real_host = match url.host()? {
+        Host::Domain(d) => {
+            !d.is_empty()
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+        Host::Ipv4(_) | Host::Ipv6(_) => true,
+    };
+    if !real_host || own.contains(&url) {
+        return None;
+    }
+    Some(cleaned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own() -> OwnHosts {
+        OwnHosts::new(["links.example.com", "old.example.com:8443"])
+    }
+
+    #[test]
+    fn tracks_only_absolute_http_urls_with_real_hosts() {
+        let o = own();
+        for yes in [
+            "https://example.com/a?b=1&c=2",
+            "HTTP://Example.com",
+            "  https://example.com/x\n",
+            "https://example.com/?id={{id}}",
+            "https://example.com/%%link%%",
+            "http://192.0.2.1/",
+            "https://b\u{fc}cher.example/",
+            "https://old.example.com/not-the-tracked-port",
+        ] {
+            assert!(trackable(yes, &o).is_some(), "{yes}");
+        }
+        for no in [
+            "mailto:a@example.com",
+            "tel:+123",
+            "sms:123",
+            "#top",
+            "/relative",
+            "page.html",
+            "javascript:alert(1)",
+            "{{url}}",
+            "*|UNSUB|*",
+            "%%link%%",
+            "https://{{host}}/x",
+            "http://*|ARCHIVE|*",
+            "https://",
+            "http:example.com",
+            "https://links.example.com/v1/track/click/abc",
+            "https://LINKS.example.com./x",
+            "https://old.example.com:8443/x",
+            "",
+        ] {
+            assert!(trackable(no, &o).is_none(), "{no}");
+        }
+    }
+
+    #[test]
+    fn keeps_the_url_as_written_less_blanks() {
+        assert_eq!(
+            trackable(" https://example.com/a\n/b\t ", &own()).as_deref(),
+            Some("https://example.com/a/b")
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! The MIME walk: finds the text/html parts with mail-parser, rewrites each
+//! one, and returns byte-range edits against the raw message, so that
+//! every byte outside those parts stays as it was.
+
+use super::charset::{self, TextCodec};
+use super::encode::{self, Cte, SMTP_LINE_LIMIT};
+use super::headers::{self, Field, HeaderBlock};
+use super::html::{self, Tracker};
+use super::splice::{apply, Splice};
+use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
+
+/// How deep a message/rfc822 body may nest inside another before we stop.
+const MAX_EMBEDDED_DEPTH: u32 = 3;
+
+pub(crate) struct Walk<'t> {
+    tracker: &'t Tracker<'t>,
+    pub links: u32,
+    pub pixels: u32,
+    pub notes: Vec<String>,
+}
+
+impl<'t> Walk<'t> {
+    pub fn new(tracker: &'t Tracker<'t>) -> Self {
+        Walk {
+            tracker,
+            links: 0,
+            pixels: 0,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Edits for one message (the top level or a message/rfc822 body).
+    pub fn message(&mut self, raw: &[u8], depth: u32) -> Vec<Splice> {
+        let Some(msg) = MessageParser::new().with_mime_headers().parse(raw) else {
+            self.notes
+                .push("the message could not be parsed as MIME; left as it is".into());
+            return Vec::new();
+        };
+        let top = HeaderBlock::scan(raw, 0);
+        let message_eol = headers::line_ending(raw, &top);
+        let mut edits = Vec::new();
+        for (i, part) in msg.parts.iter().enumerate() {
+            let result = match &part.body {
+                PartType::Html(_) if is_attachment(part) => {
+                    Err("an HTML attachment, not a body; left as it is".into())
+                }
+                PartType::Html(_) => self.html_part(raw, part, message_eol),
+                // A forwarded message is tracked only when it is the body
+                // itself; as an attachment it is someone else's mail.
+                PartType::Message(_) if i == 0 => self.embedded(raw, part, message_eol, depth),
+                PartType::Text(_) if is_html(part) => {
+                    Err("malformed (mail-parser reports an encoding problem); left intact".into())
+                }
+                _ => Ok(Vec::new()),
+            };
+            match result {
+                Ok(e) => edits.extend(e),
+                Err(reason) => {
+                    self.notes
+                        .push(format!("part {} ({}): {reason}", i + 1, describe(part)))
+                }
+            }
+        }
+        edits
+    }
+
+    fn html_part(
+        &mut self,
+        raw: &[u8],
+        part: &MessagePart,
+        message_eol: &'static [u8],
+    ) -> Result<Vec<Splice>, String> {
+        let p = PartBytes::locate(raw, part)?;
+        let (decoded, content_len) = encode::decode(p.cte, p.body)?;
+        let label = part.content_type().and_then(|c| c.attribute("charset"));
+        let codec = charset::resolve(label, &decoded)?;
+        let first_link = self.links;
+        let (new, links, pixel) = match codec {
+            TextCodec::Ascii(enc) => {
+                let r = html::rewrite(&decoded, enc, self.tracker, first_link)?;
+                (r.html, r.links, r.pixel)
+            }
+            other => {
+                let text = other.to_utf8(&decoded)?;
+                let r = html::rewrite(
+                    text.as_bytes(),
+                    encoding_rs::UTF_8,
+                    self.tracker,
+                    first_link,
+                )?;
+                let html = match r.html {
+                    Some(h) => {
+                        let h = String::from_utf8(h)
+                            .map_err(|_| "internal error: rewritten text is not UTF-8")?;
+                        Some(other.from_utf8(&h)?)
+                    }
+                    None => None,
+                };
+                (html, r.links, r.pixel)
+            }
+        };
+        let Some(new) = new else {
+            return Ok(Vec::new());
+        };
+        let eol = encode::body_line_ending(p.body, message_eol);
+        let mut edits = Vec::new();
+        let mut cte = p.cte;
+        // Longer tracked URLs can push a line past what SMTP carries; such a
+        // part travels as quoted-printable instead (binary has no limit).
+        if cte == Cte::Identity && !p.is_binary() && encode::longest_line(&new) > SMTP_LINE_LIMIT {
+            cte = Cte::QuotedPrintable;
+            edits.push(match p.cte_field {
+                Some(f) => Splice::replace(f.value.clone(), b" quoted-printable".to_vec()),
+                None => Splice::insert(
+                    p.header.end,
+                    [
+                        b"Content-Transfer-Encoding: quoted-printable",
+                        headers::line_ending(raw, &p.header),
+                    ]
+                    .concat(),
+                ),
+            });
+        }
+        edits.push(Splice::replace(
+            p.body_start..p.body_start + content_len,
+            encode::encode(cte, &new, eol),
+        ));
+        self.links += links;
+        self.pixels += u32::from(pixel);
+        Ok(edits)
+    }
+
+    fn embedded(
+        &mut self,
+        raw: &[u8],
+        part: &MessagePart,
+        message_eol: &'static [u8],
+        depth: u32,
+    ) -> Result<Vec<Splice>, String> {
+        if depth >= MAX_EMBEDDED_DEPTH {
+            return Err("message/rfc822 nested too deeply; left as it is".into());
+        }
+        let p = PartBytes::locate(raw, part)?;
+        let (decoded, content_len) = encode::decode(p.cte, p.body)?;
+        let inner = self.message(&decoded, depth + 1);
+        if inner.is_empty() {
+            return Ok(Vec::new());
+        }
+        let new = apply(&decoded, inner)?;
+        let eol = encode::body_line_ending(p.body, message_eol);
+        Ok(vec![Splice::replace(
+            p.body_start..p.body_start + content_len,
+            encode::encode(p.cte, &new, eol),
+        )])
+    }
+}
+
+/// A leaf part's bytes, checked against our own reading of its headers.
+struct PartBytes<'a> {
+    header: HeaderBlock,
+    cte_field: Option<Field>,
+    cte_value: Option<String>,
+    cte: Cte,
+    body_start: usize,
+    body: &'a [u8],
+}
+
+impl<'a> PartBytes<'a> {
+    fn locate(raw: &'a [u8], part: &MessagePart) -> Result<Self, String> {
+        let (hs, bs, be) = (
+            part.offset_header as usize,
+            part.offset_body as usize,
+            part.offset_end as usize,
+        );
+        if !(hs <= bs && bs <= be && be <= raw.len()) {
+            return Err(format!("part offsets {hs}/{bs}/{be} are out of range"));
+        }
+        // mail-parser accepts a boundary anywhere on a line; a part that does
+        // not end at a line-leading boundary (or the end) is not trusted.
+        let rest = &raw[be..];
+        let at_boundary = rest.is_empty()
+            || rest.starts_with(b"\r\n--")
+            || rest.starts_with(b"\n--")
+            || rest.starts_with(b"--") && (be == 0 || raw[be - 1] == b'\n');
+        if !at_boundary {
+            return Err("the part does not end at a boundary line".into());
+        }
+        let header = HeaderBlock::scan(raw, hs);
+        if header.body != bs || header.end == header.body {
+            return Err("the part's header block does not end where its body starts".into());
+        }
+        let cte_field = {
+            let mut ctes = header.named(raw, "Content-Transfer-Encoding");
+            match (ctes.next(), ctes.next()) {
+                (Some(_), Some(_)) => return Err("several Content-Transfer-Encoding fields".into()),
+                (first, _) => first.cloned(),
+            }
+        };
+        let cte_value = cte_field.as_ref().map(|f| headers::unfolded(raw, &f.value));
+        let cte = Cte::from_header(cte_value.as_deref()).ok_or_else(|| {
+            format!(
+                "unknown Content-Transfer-Encoding {:?}",
+                cte_value.as_deref().unwrap_or("")
+            )
+        })?;
+        Ok(PartBytes {
+            header,
+            cte_field,
+            cte_value,
+            cte,
+            body_start: bs,
+            body: &raw[bs..be],
+        })
+    }
+
+    fn is_binary(&self) -> bool {
+        self.cte_value
+            .as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case("binary"))
+    }
+}
+
+fn is_html(part: &MessagePart) -> bool {
+    part.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("text")
+            && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
+    })
+}
+
+fn is_attachment(part: &MessagePart) -> bool {
+    part.content_disposition()
+        .is_some_and(|d| d.is_attachment())
+}
+
+fn describe(part: &MessagePart) -> String {
+    part.content_type().map_or_else(
+        || "no Content-Type".into(),
+        |ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")),
+    )
+}
