@@ -302,3 +302,91 @@ pub fn export(
     }
     Ok(())
 }
+
+/// `dkim-keygen`: writes the key and prints the record name and value.
+pub fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+    out_path: &std::path::Path,
+) -> CliResult {
+    let alg = match algorithm.to_ascii_lowercase().as_str() {
+        "rsa" => crate::outbound::DkimAlgorithm::Rsa,
+        "ed25519" => crate::outbound::DkimAlgorithm::Ed25519,
+        other => return Err(format!("--algorithm: {other:?} is not rsa or ed25519")),
+    };
+    let key = crate::outbound::generate_key(domain, selector, alg, out_path)?;
+    println!("{}", key.dns_name());
+    println!("{}", key.dns_record());
+    eprintln!(
+        "wrote {} (mode 0600); publish a TXT record named {} with the value above",
+        out_path.display(),
+        key.dns_name()
+    );
+    Ok(())
+}
+
+/// `preview`: the message as it would be delivered to one recipient.
+pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading the message on stdin: {e}"))?;
+    let end = crate::submission::policy::header_block_len(&raw);
+    let from_domain = mail_parser::MessageParser::new()
+        .parse_headers(&raw[..end])
+        .and_then(|m| {
+            m.from()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        })
+        .ok_or("the message has no From: address, so no sending domain")?;
+    let domain = config.domain(&from_domain).ok_or_else(|| {
+        format!("{from_domain} (the From: domain) is not a configured [[domains]] entry")
+    })?;
+    let keys = crate::prepare::TokenKeys::load_or_create(
+        &config.tracking_secret_path(),
+        &config.tracking.previous_secret_files,
+    )
+    .map_err(|e| format!("tracking.secret_file: {e}"))?;
+    let email_id = uuid::Uuid::now_v7();
+    let tracking_host = domain.tracking_host();
+    let previous = domain.previous_tracking_hosts();
+    let opts = crate::prepare::TrackingOptions {
+        email_id,
+        rcpt_index: 0,
+        scheme: &config.tracking.scheme,
+        tracking_host: tracking_host.as_deref(),
+        other_tracking_hosts: &previous,
+        open_tracking: domain.open_tracking,
+        click_tracking: domain.click_tracking,
+    };
+    let prepared = crate::prepare::prepare(&raw, &opts, &keys);
+    let mut message = prepared.message;
+    if sign {
+        let mut all = crate::outbound::keys::domain_keys(config, false)
+            .map_err(|e| format!("{e}; or use --no-sign"))?;
+        let dkim = all.remove(&from_domain).unwrap_or_default();
+        if !dkim.is_empty() {
+            let mut signed = crate::outbound::sign(&message, &dkim)?;
+            signed.extend_from_slice(&message);
+            message = signed;
+        }
+    }
+    eprintln!("email_id: {email_id}");
+    if let Some(r) = rcpt {
+        eprintln!("recipient: {r} (index 0)");
+    }
+    eprintln!(
+        "links tracked: {}, pixels inserted: {}",
+        prepared.links_tracked, prepared.pixels_inserted
+    );
+    for why in prepared.unchanged_parts {
+        eprintln!("left unchanged: {why}");
+    }
+    std::io::stdout()
+        .write_all(&message)
+        .map_err(|e| format!("writing the message: {e}"))
+}

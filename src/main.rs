@@ -29,6 +29,31 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Read a password on stdin and print its argon2id hash.
     HashPassword,
+    /// Generate a DKIM key (PKCS#8 PEM, mode 0600) and print its DNS TXT record.
+    DkimKeygen {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// rsa (2048 bits) or ed25519
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// Where to write the private key (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print a message (read on stdin) exactly as it would be delivered: control
+    /// headers removed, links and pixel rewritten, DKIM-signed. Stores and sends nothing.
+    Preview {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The recipient the copy is for.
+        #[arg(long, value_name = "ADDR")]
+        rcpt: Option<String>,
+        /// Do not DKIM-sign.
+        #[arg(long)]
+        no_sign: bool,
+    },
     /// Show and manage the delivery queue.
     Queue {
         #[command(subcommand)]
@@ -168,6 +193,17 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", trackrelay::submission::auth::hash_password(password)?);
             Ok(())
         }
+        Command::DkimKeygen {
+            domain,
+            selector,
+            algorithm,
+            out,
+        } => cli::dkim_keygen(&domain, &selector, &algorithm, &out),
+        Command::Preview {
+            config,
+            rcpt,
+            no_sign,
+        } => cli::preview(&load(&config)?, rcpt.as_deref(), !no_sign),
         Command::Queue { action } => match action {
             QueueCommand::List {
                 config,

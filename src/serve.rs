@@ -88,6 +88,25 @@ pub async fn run_until(
         .map_err(|e| format!("store: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let new_mail = Arc::new(tokio::sync::Notify::new());
+    let dkim_keys = crate::outbound::keys::domain_keys(&config, true)?;
+    let token_keys = Arc::new(
+        crate::prepare::TokenKeys::load_or_create(
+            &config.tracking_secret_path(),
+            &config.tracking.previous_secret_files,
+        )
+        .map_err(|e| format!("tracking.secret_file: {e}"))?,
+    );
+    let resolver = Arc::new(crate::outbound::route::resolver(&config)?);
+    let router = crate::outbound::route::Router::new(&config, resolver)?;
+    let runner = Arc::new(crate::outbound::runner::Runner::new(
+        &config,
+        store.clone(),
+        router,
+        token_keys.clone(),
+        dkim_keys,
+        metrics.clone(),
+        new_mail.clone(),
+    ));
 
     let plain = bind_all("submission.listen", &config.submission.listen).await?;
     let implicit = bind_all("submission.listen_tls", &config.submission.listen_tls).await?;
@@ -113,9 +132,12 @@ pub async fn run_until(
     let grace = config.server.shutdown_grace;
     let submission_task = tokio::spawn(submission.serve(listeners, shutdown.clone(), grace));
 
+    let runner_task = tokio::spawn(runner.run(shutdown.clone(), grace));
+
     ready(&bound);
 
     let _ = submission_task.await;
+    let _ = runner_task.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let store_closing = store.clone();
     let _ = tokio::task::spawn_blocking(move || store_closing.close()).await;

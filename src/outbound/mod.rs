@@ -6,7 +6,10 @@
 
 pub mod client;
 pub mod dkim;
+pub mod keys;
 pub mod protocol;
+pub mod route;
+pub mod runner;
 mod session;
 pub mod tls;
 

@@ -58,7 +58,12 @@ impl Router {
                 let password = match &r.password_file {
                     Some(p) => Some(
                         std::fs::read_to_string(p)
-                            .map_err(|e| format!("delivery.relay.password_file: cannot read {}: {e}", p.display()))?
+                            .map_err(|e| {
+                                format!(
+                                    "delivery.relay.password_file: cannot read {}: {e}",
+                                    p.display()
+                                )
+                            })?
                             .trim_end_matches(['\r', '\n'])
                             .to_string(),
                     ),
@@ -135,8 +140,14 @@ impl Router {
 
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, RouteError> {
         let fqdn = format!("{}.", host.trim_end_matches('.'));
-        let v4 = self.resolver.ipv4_lookup(fqdn.as_str(), None::<&NoCache>).await;
-        let v6 = self.resolver.ipv6_lookup(fqdn.as_str(), None::<&NoCache>).await;
+        let v4 = self
+            .resolver
+            .ipv4_lookup(fqdn.as_str(), None::<&NoCache>)
+            .await;
+        let v6 = self
+            .resolver
+            .ipv6_lookup(fqdn.as_str(), None::<&NoCache>)
+            .await;
         let mut out: Vec<IpAddr> = Vec::new();
         let mut temp = None;
         match v4 {
@@ -160,7 +171,11 @@ impl Router {
 
     async fn mx_targets(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
-        let hosts: Vec<String> = match self.resolver.mx_lookup(fqdn.as_str(), None::<&NoCache>).await {
+        let hosts: Vec<String> = match self
+            .resolver
+            .mx_lookup(fqdn.as_str(), None::<&NoCache>)
+            .await
+        {
             Ok(set) => {
                 let mut hosts = Vec::new();
                 for mx in set.rrset.iter() {
@@ -170,19 +185,27 @@ impl Router {
                 }
                 // RFC 7505: a single MX of "." means the domain takes no mail.
                 if hosts.len() == 1 && hosts[0].is_empty() {
-                    return Err(RouteError::Permanent(format!("{domain} accepts no mail (null MX)")));
+                    return Err(RouteError::Permanent(format!(
+                        "{domain} accepts no mail (null MX)"
+                    )));
                 }
                 hosts.retain(|h| !h.is_empty());
                 hosts
             }
             Err(mail_auth::Error::Dns(DnsError::RecordNotFound(code))) => {
                 if code == mail_auth::hickory_resolver::proto::op::ResponseCode::NXDomain {
-                    return Err(RouteError::Permanent(format!("{domain} does not exist (NXDOMAIN)")));
+                    return Err(RouteError::Permanent(format!(
+                        "{domain} does not exist (NXDOMAIN)"
+                    )));
                 }
                 // No MX: the domain itself is the implicit MX (RFC 5321 5.1).
                 vec![domain.to_string()]
             }
-            Err(e) => return Err(RouteError::Temporary(format!("MX lookup for {domain}: {e}"))),
+            Err(e) => {
+                return Err(RouteError::Temporary(format!(
+                    "MX lookup for {domain}: {e}"
+                )))
+            }
         };
         let mut targets = Vec::new();
         let mut last_err = None;
@@ -202,7 +225,9 @@ impl Router {
         if targets.is_empty() {
             return Err(match last_err {
                 Some(RouteError::Temporary(e)) => RouteError::Temporary(e),
-                Some(RouteError::Permanent(e)) => RouteError::Permanent(format!("no MX host of {domain} has an address ({e})")),
+                Some(RouteError::Permanent(e)) => {
+                    RouteError::Permanent(format!("no MX host of {domain} has an address ({e})"))
+                }
                 None => RouteError::Permanent(format!("{domain} has no MX host")),
             });
         }
@@ -235,4 +260,32 @@ impl<K, V> mail_auth::ResolverCache<K, V> for NullCache {
         None
     }
     fn insert(&self, _: K, _: V, _: std::time::Instant) {}
+}
+
+/// The DNS resolver for MX and address lookups: `delivery.resolver` when
+/// set (tests point it at a stub), else the system's.
+pub fn resolver(config: &Config) -> Result<MessageAuthenticator, String> {
+    use mail_auth::hickory_resolver::config::{
+        ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+    };
+    let Some(addr) = &config.delivery.resolver else {
+        return MessageAuthenticator::new_system_conf()
+            .map_err(|e| format!("reading the system resolver configuration: {e}"));
+    };
+    let (host, port) = config::parse_host_port(addr, 53)
+        .ok_or_else(|| format!("delivery.resolver: {addr:?} is not ip[:port]"))?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("delivery.resolver: {addr:?} is not an IP address"))?;
+    let mut udp = ConnectionConfig::udp();
+    udp.port = port;
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = port;
+    let mut ns = NameServerConfig::udp_and_tcp(ip);
+    ns.connections = vec![udp, tcp];
+    let mut opts = ResolverOpts::default();
+    opts.timeout = std::time::Duration::from_secs(5);
+    opts.attempts = 2;
+    MessageAuthenticator::new(ResolverConfig::from_name_servers(vec![ns]), opts)
+        .map_err(|e| format!("delivery.resolver: {e}"))
 }

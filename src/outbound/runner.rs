@@ -122,10 +122,14 @@ impl Runner {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         let recovered = self
             .store
-            .write(Durability::Normal, |tx| store::queue::recover_leases(tx, store::now_ms(), true))
+            .write(Durability::Normal, |tx| {
+                store::queue::recover_leases(tx, store::now_ms(), true)
+            })
             .await;
         match recovered {
-            Ok(n) if n > 0 => tracing::info!("{n} recipient(s) were being delivered when trackrelay stopped; queued again"),
+            Ok(n) if n > 0 => tracing::info!(
+                "{n} recipient(s) were being delivered when trackrelay stopped; queued again"
+            ),
             Ok(_) => {}
             Err(e) => tracing::error!("recovering leases: {e}"),
         }
@@ -138,7 +142,9 @@ impl Runner {
                 last_recover = Instant::now();
                 let _ = self
                     .store
-                    .write(Durability::Normal, |tx| store::queue::recover_leases(tx, store::now_ms(), false))
+                    .write(Durability::Normal, |tx| {
+                        store::queue::recover_leases(tx, store::now_ms(), false)
+                    })
                     .await;
             }
             let free = self.in_flight.available_permits();
@@ -149,7 +155,9 @@ impl Runner {
                 let now = store::now_ms();
                 match self
                     .store
-                    .write(Durability::Normal, move |tx| store::queue::claim_due(tx, now, LEASE_MS, limit))
+                    .write(Durability::Normal, move |tx| {
+                        store::queue::claim_due(tx, now, LEASE_MS, limit)
+                    })
                     .await
                 {
                     Ok(c) => c,
@@ -184,7 +192,9 @@ impl Runner {
             .await
             .is_err()
         {
-            tracing::warn!("deliveries still in flight at shutdown; they are retried at the next start");
+            tracing::warn!(
+                "deliveries still in flight at shutdown; they are retried at the next start"
+            );
         }
     }
 
@@ -224,7 +234,12 @@ impl Runner {
             .unwrap_or(TlsPolicy::Opportunistic);
         // Through the smarthost, the stricter of its policy and the domain's.
         match self.router.relay() {
-            Some(r) if self.router.uses_relay(rcpt_domain(&c.address)) && r.tls == TlsPolicy::Enforced => TlsPolicy::Enforced,
+            Some(r)
+                if self.router.uses_relay(rcpt_domain(&c.address))
+                    && r.tls == TlsPolicy::Enforced =>
+            {
+                TlsPolicy::Enforced
+            }
             _ => domain_policy,
         }
     }
@@ -242,7 +257,9 @@ impl Runner {
         let dest = self.router.destination(&domain);
         let policy = self.policy_for(first);
         let slots = self.destination_slots(&dest);
-        let (Ok(_dest_permit), Ok(_global_permit)) = (slots.acquire().await, self.global.acquire().await) else {
+        let (Ok(_dest_permit), Ok(_global_permit)) =
+            (slots.acquire().await, self.global.acquire().await)
+        else {
             return;
         };
         let started = Instant::now();
@@ -274,7 +291,13 @@ impl Runner {
                 bodies.insert(claim.email_id.clone(), body);
             }
             let Some(Some((received, raw))) = bodies.get(&claim.email_id) else {
-                failed.push(attempt(&claim, QueueOutcome::Failed, "the message body is no longer stored".into(), None, None));
+                failed.push(attempt(
+                    &claim,
+                    QueueOutcome::Failed,
+                    "the message body is no longer stored".into(),
+                    None,
+                    None,
+                ));
                 continue;
             };
             let data = self.copy_for(&claim, received, raw);
@@ -304,7 +327,9 @@ impl Runner {
             rcpt_index: claim.idx,
             scheme: &self.scheme,
             tracking_host: domain.and_then(|d| d.tracking_host.as_deref()),
-            other_tracking_hosts: domain.map(|d| d.previous_tracking_hosts.as_slice()).unwrap_or(&no_hosts),
+            other_tracking_hosts: domain
+                .map(|d| d.previous_tracking_hosts.as_slice())
+                .unwrap_or(&no_hosts),
             open_tracking: domain.is_some_and(|d| d.open_tracking),
             click_tracking: domain.is_some_and(|d| d.click_tracking),
         };
@@ -337,7 +362,11 @@ impl Runner {
     /// return-path subdomain, so a bounce names the email and recipient.
     fn envelope_sender(&self, claim: &Claimed) -> String {
         let domain = claim.domain.to_ascii_lowercase();
-        match self.domains.get(&domain).and_then(|d| d.return_path.as_ref()) {
+        match self
+            .domains
+            .get(&domain)
+            .and_then(|d| d.return_path.as_ref())
+        {
             Some(rp) => {
                 let id = uuid::Uuid::parse_str(&claim.email_id)
                     .map(|u| u.simple().to_string())
@@ -370,7 +399,10 @@ impl Runner {
         let targets = match self.router.targets(domain).await {
             Ok(t) => t,
             Err(RouteError::Temporary(why)) => {
-                return ready.iter().map(|r| self.temp_failure(&r.claim, why.clone(), None, None)).collect();
+                return ready
+                    .iter()
+                    .map(|r| self.temp_failure(&r.claim, why.clone(), None, None))
+                    .collect();
             }
             Err(RouteError::Permanent(why)) => {
                 return ready
@@ -389,48 +421,86 @@ impl Runner {
             if pending.is_empty() {
                 break;
             }
-            let msgs: Vec<OutgoingMessage> = pending.iter().map(|(r, _)| r.message.clone()).collect();
+            let msgs: Vec<OutgoingMessage> =
+                pending.iter().map(|(r, _)| r.message.clone()).collect();
             let outcomes = client::deliver(*addr, name, &cfg, &msgs, &self.tls_memory).await;
             let mut still = Vec::new();
             for ((r, _), outcome) in pending.into_iter().zip(outcomes) {
                 let tls = outcome.tls().map(str::to_string);
                 match outcome {
-                    Outcome::Delivered { response, .. } => {
-                        done.push(attempt(&r.claim, QueueOutcome::Delivered, response, tls, Some(name.clone())))
-                    }
-                    Outcome::PermFail { reason, .. } => {
-                        done.push(attempt(&r.claim, QueueOutcome::Bounced, reason, tls, Some(name.clone())))
-                    }
+                    Outcome::Delivered { response, .. } => done.push(attempt(
+                        &r.claim,
+                        QueueOutcome::Delivered,
+                        response,
+                        tls,
+                        Some(name.clone()),
+                    )),
+                    Outcome::PermFail { reason, .. } => done.push(attempt(
+                        &r.claim,
+                        QueueOutcome::Bounced,
+                        reason,
+                        tls,
+                        Some(name.clone()),
+                    )),
                     // RFC 5321 5.1: a temporary failure at one MX host is
                     // worth trying at the next.
-                    Outcome::TempFail { reason, .. } => still.push((r, Some((reason, tls, name.clone())))),
+                    Outcome::TempFail { reason, .. } => {
+                        still.push((r, Some((reason, tls, name.clone()))))
+                    }
                 }
             }
             pending = still;
         }
         for (r, last) in pending {
-            let (reason, tls, host) = last.unwrap_or_else(|| ("no host could be reached".into(), None, String::new()));
-            done.push(self.temp_failure(&r.claim, reason, tls, Some(host).filter(|h| !h.is_empty())));
+            let (reason, tls, host) =
+                last.unwrap_or_else(|| ("no host could be reached".into(), None, String::new()));
+            done.push(self.temp_failure(
+                &r.claim,
+                reason,
+                tls,
+                Some(host).filter(|h| !h.is_empty()),
+            ));
         }
         done
     }
 
     /// Deferred on the retry schedule, or bounced once past `expire_after`.
-    fn temp_failure(&self, claim: &Claimed, reason: String, tls: Option<String>, host: Option<String>) -> Attempt {
+    fn temp_failure(
+        &self,
+        claim: &Claimed,
+        reason: String,
+        tls: Option<String>,
+        host: Option<String>,
+    ) -> Attempt {
         let now = store::now_ms();
         let n = claim.attempts as usize; // attempts before this one
-        let delay = self.retry.get(n).or(self.retry.last()).copied().unwrap_or(Duration::from_secs(3600));
+        let delay = self
+            .retry
+            .get(n)
+            .or(self.retry.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(3600));
         let next = now + delay.as_millis() as i64;
         let expires = claim.email_created_at + self.expire_after.as_millis() as i64;
         if next > expires {
             let why = format!(
                 "gave up after {} attempt(s) over {}: {reason}",
                 n + 1,
-                humantime::format_duration(Duration::from_millis((now - claim.email_created_at).max(0) as u64 / 1000 * 1000))
+                humantime::format_duration(Duration::from_millis(
+                    (now - claim.email_created_at).max(0) as u64 / 1000 * 1000
+                ))
             );
             return attempt(claim, QueueOutcome::Bounced, why, tls, host);
         }
-        attempt(claim, QueueOutcome::Deferred { next_attempt_at: next }, reason, tls, host)
+        attempt(
+            claim,
+            QueueOutcome::Deferred {
+                next_attempt_at: next,
+            },
+            reason,
+            tls,
+            host,
+        )
     }
 
     async fn record(&self, attempts: Vec<Attempt>) {
@@ -465,7 +535,13 @@ impl Runner {
     }
 }
 
-fn attempt(c: &Claimed, outcome: QueueOutcome, response: String, tls: Option<String>, mx: Option<String>) -> Attempt {
+fn attempt(
+    c: &Claimed,
+    outcome: QueueOutcome,
+    response: String,
+    tls: Option<String>,
+    mx: Option<String>,
+) -> Attempt {
     Attempt {
         email_id: c.email_id.clone(),
         idx: c.idx,

@@ -26,6 +26,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port with nothing listening.
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
 pub struct Relay {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -51,6 +56,8 @@ pub struct Options {
     pub tracking: String,
     /// Extra keys under [store].
     pub store: String,
+    /// Extra keys for the example.org [[domains]] entry.
+    pub domain_org: String,
 }
 
 impl Default for Options {
@@ -62,6 +69,7 @@ impl Default for Options {
             delivery: String::new(),
             tracking: String::new(),
             store: String::new(),
+            domain_org: String::new(),
         }
     }
 }
@@ -100,6 +108,7 @@ name = "example.com"
 
 [[domains]]
 name = "example.org"
+{domain_org}
 
 [delivery]
 {delivery}
@@ -120,7 +129,14 @@ listen = ["127.0.0.1:{p3}"]
             submission = opts.submission,
             tracking = opts.tracking,
             domain = opts.domain,
-            delivery = opts.delivery,
+            // Without a route of the test's own, mail goes nowhere fast (a
+            // closed loopback port) instead of to DNS.
+            delivery = if opts.delivery.is_empty() {
+                format!("routes = {{ \"example.net\" = \"127.0.0.1:{}\", \"example.org\" = \"127.0.0.1:{}\" }}", closed_port(), closed_port())
+            } else {
+                opts.delivery
+            },
+            domain_org = opts.domain_org,
             store = opts.store,
             extra = opts.extra,
         );

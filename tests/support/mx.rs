@@ -87,6 +87,9 @@ pub struct MxConfig {
     pub scripts: HashMap<String, Script>,
     /// Close the connection halfway through the first DATA it receives.
     pub drop_mid_data_once: bool,
+    /// Stop answering halfway through the first DATA it receives and hold
+    /// the connection open (a delivery caught in flight).
+    pub stall_mid_data_once: bool,
     /// Answer EHLO with 502, like a pre-ESMTP server (HELO still works).
     pub reject_ehlo: bool,
     /// Replaces "220 {hostname} ESMTP".
@@ -115,6 +118,7 @@ impl Default for MxConfig {
             auth_without_tls: false,
             scripts: HashMap::new(),
             drop_mid_data_once: false,
+            stall_mid_data_once: false,
             reject_ehlo: false,
             greeting: None,
             keep_data: true,
@@ -166,6 +170,9 @@ struct State {
     conns: Vec<ConnLog>,
     script_uses: HashMap<String, usize>,
     dropped_once: bool,
+    stalled_once: bool,
+    /// Connections currently held by `stall_mid_data_once`.
+    stalled: usize,
 }
 
 pub struct TestMx {
@@ -236,6 +243,11 @@ impl TestMx {
 
     pub fn connections(&self) -> Vec<ConnLog> {
         lock(&self.state).conns.clone()
+    }
+
+    /// Connections held open mid-DATA by `stall_mid_data_once`.
+    pub fn stalled(&self) -> usize {
+        lock(&self.state).stalled
     }
 
     pub fn message_count(&self) -> usize {
@@ -656,6 +668,10 @@ impl Session {
             let mut s = lock(&self.state);
             !std::mem::replace(&mut s.dropped_once, true)
         };
+        let stall_now = self.cfg.stall_mid_data_once && {
+            let mut s = lock(&self.state);
+            !std::mem::replace(&mut s.stalled_once, true)
+        };
         loop {
             let mut iter = self.buf.iter();
             let done = receiver.ingest(&mut iter, &mut data);
@@ -665,6 +681,10 @@ impl Session {
             // client cannot know whether the message was taken.
             if drop_now && !data.is_empty() {
                 return Err(self.close().await);
+            }
+            if stall_now && !data.is_empty() {
+                lock(&self.state).stalled += 1;
+                std::future::pending::<()>().await;
             }
             if done {
                 break;
