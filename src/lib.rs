@@ -15,3 +15,5 @@ pub mod store;
 pub mod submission;
 pub mod time;
 pub mod tls;
+pub mod tracking;
+pub mod webhooks;

@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         no_sign: bool,
     },
+    /// Webhook deliveries: list them, send them again.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksCommand,
+    },
     /// Show and manage the delivery queue.
     Queue {
         #[command(subcommand)]
@@ -107,6 +112,30 @@ enum Command {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// Deliveries, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only the ones given up.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery (by webhook id), or every one created since a time, again.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -204,6 +233,17 @@ fn run(cli: Cli) -> Result<(), String> {
             rcpt,
             no_sign,
         } => cli::preview(&load(&config)?, rcpt.as_deref(), !no_sign),
+        Command::Webhooks { action } => match action {
+            WebhooksCommand::List {
+                config,
+                failed,
+                limit,
+                json,
+            } => cli::webhooks_list(&load(&config)?, failed, limit, json),
+            WebhooksCommand::Replay { config, id, since } => {
+                cli::webhooks_replay(&load(&config)?, id.as_deref(), &since)
+            }
+        },
         Command::Queue { action } => match action {
             QueueCommand::List {
                 config,

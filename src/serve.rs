@@ -16,6 +16,8 @@ use tokio::sync::watch;
 pub struct Bound {
     pub submission: Vec<SocketAddr>,
     pub submission_tls: Vec<SocketAddr>,
+    pub tracking: Vec<SocketAddr>,
+    pub tracking_tls: Vec<SocketAddr>,
 }
 
 async fn bind_all(key: &str, addrs: &[String]) -> Result<Vec<TcpListener>, String> {
@@ -122,6 +124,51 @@ pub async fn run_until(
         .chain(implicit.into_iter().map(|l| (l, true)))
         .collect();
 
+    let tracking_acceptor = crate::tracking::server::acceptor(&config)?;
+    let tracking_plain = bind_all("tracking.listen", &config.tracking.listen).await?;
+    let tracking_tls = bind_all("tracking.listen_tls", &config.tracking.listen_tls).await?;
+    bound.tracking = tracking_plain
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    bound.tracking_tls = tracking_tls
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let (recorder, recorder_task) = crate::tracking::recorder::Recorder::start(
+        store.clone(),
+        metrics.clone(),
+        config.tracking.event_queue,
+        crate::tracking::recorder::StoreRules {
+            machine_click_window_ms: config.tracking.machine_click_window.as_millis() as i64,
+        },
+    );
+    let tracker = Arc::new(crate::tracking::listener::Tracker::new(
+        token_keys.clone(),
+        recorder,
+        config.tracking.trusted_proxies.clone(),
+        metrics.clone(),
+    ));
+    let tracking_task = tokio::spawn(crate::tracking::server::serve(
+        tracker,
+        tracking_plain,
+        tracking_tls,
+        tracking_acceptor,
+        shutdown.clone(),
+    ));
+    let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+        &config,
+        store.clone(),
+        metrics.clone(),
+    )?);
+    let webhooks_task = tokio::spawn(webhooks.run(shutdown.clone()));
+    let retention_task = tokio::spawn(crate::store::retention::run(
+        store.clone(),
+        config.store.retain_messages,
+        config.store.retain_events,
+        shutdown.clone(),
+    ));
+
     let submission = Arc::new(Submission::new(
         &config,
         store.clone(),
@@ -138,6 +185,12 @@ pub async fn run_until(
 
     let _ = submission_task.await;
     let _ = runner_task.await;
+    let _ = tracking_task.await;
+    let _ = retention_task.await;
+    let _ = webhooks_task.await;
+    // The tracker (and with it the last recorder handle) is gone once the
+    // listener has stopped: the recorder flushes what it holds and ends.
+    let _ = recorder_task.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     let store_closing = store.clone();
     let _ = tokio::task::spawn_blocking(move || store_closing.close()).await;

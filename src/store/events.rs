@@ -121,3 +121,29 @@ pub fn prune(conn: &Connection, before: i64, batch: usize) -> rusqlite::Result<u
         params![before, batch as i64],
     )
 }
+
+/// Stores an open or click from the tracking listener. A click is judged
+/// here against the recipient's delivery time, which the listener never
+/// reads: one that comes sooner than `window_ms` after delivery is a
+/// scanner following links, not a reader.
+pub fn insert_tracking(tx: &Tx<'_>, ev: &NewEvent, window_ms: i64) -> rusqlite::Result<i64> {
+    if ev.kind == EventType::Clicked && ev.machine != Some(true) {
+        if let Some(idx) = ev.rcpt_idx {
+            let delivered: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT delivered_at FROM recipients WHERE email_id = ?1 AND idx = ?2",
+                )?
+                .query_row(params![ev.email_id, idx], |r| r.get(0))
+                .optional()?
+                .flatten();
+            if crate::tracking::classify::too_soon_after_delivery(ev.at, delivered, window_ms) {
+                let mut flagged = ev.clone();
+                flagged.machine = Some(true);
+                flagged.machine_reason =
+                    Some(crate::tracking::classify::REASON_TOO_SOON.to_string());
+                return insert(tx, &flagged);
+            }
+        }
+    }
+    insert(tx, ev)
+}

@@ -16,6 +16,7 @@
 pub mod emails;
 pub mod events;
 pub mod queue;
+pub mod retention;
 pub mod schema;
 pub mod stats;
 pub mod webhooks;

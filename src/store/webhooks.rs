@@ -84,6 +84,23 @@ pub fn due(
     rows.collect()
 }
 
+/// Leases up to `limit` due deliveries of one endpoint until `now + lease_ms`.
+pub fn claim_due(
+    tx: &Tx<'_>,
+    endpoint: &str,
+    now: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<OutboxItem>> {
+    let items = due(tx, endpoint, now, limit)?;
+    let mut lease =
+        tx.prepare_cached("UPDATE webhook_outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
+    for item in &items {
+        lease.execute(params![item.id, now + lease_ms])?;
+    }
+    Ok(items)
+}
+
 /// When the next pending delivery for an endpoint is due, if any.
 pub fn next_due(conn: &Connection, endpoint: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row(

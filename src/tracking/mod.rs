@@ -1,0 +1,8 @@
+//! The tracking listener: the open pixel and the click redirect, answered
+//! from the token alone, with every valid request recorded as an event and
+//! machine activity flagged.
+
+pub mod classify;
+pub mod listener;
+pub mod recorder;
+pub mod server;

@@ -1,0 +1,190 @@
+//! Sockets for the tracking listener: plain HTTP (behind a TLS proxy) and
+//! HTTPS with the certificate picked by SNI among the tracking hosts'.
+
+use super::listener::Tracker;
+use crate::config::Config;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// Open connections beyond this wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 20_000;
+
+/// Serves every listener until shutdown, then lets requests in flight end.
+pub async fn serve(
+    tracker: Arc<Tracker>,
+    plain: Vec<TcpListener>,
+    tls: Vec<TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = Vec::new();
+    for l in plain {
+        tasks.push(tokio::spawn(accept_loop(
+            tracker.clone(),
+            l,
+            None,
+            shutdown.clone(),
+            slots.clone(),
+        )));
+    }
+    if let Some(acceptor) = acceptor {
+        for l in tls {
+            tasks.push(tokio::spawn(accept_loop(
+                tracker.clone(),
+                l,
+                Some(acceptor.clone()),
+                shutdown.clone(),
+                slots.clone(),
+            )));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        slots.acquire_many(MAX_CONNECTIONS as u32),
+    )
+    .await;
+}
+
+async fn accept_loop(
+    tracker: Arc<Tracker>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("tracking accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let tracker = tracker.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => connection(tracker, TokioIo::new(tcp), peer, shutdown).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        connection(tracker, TokioIo::new(stream), peer, shutdown).await;
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection<I>(
+    tracker: Arc<Tracker>,
+    io: I,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let tracker = tracker.clone();
+        async move { Ok::<_, std::convert::Infallible>(tracker.handle(&req, peer)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // A client that sends its request a byte a minute is not a mail client.
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        }
+    }
+}
+
+/// Certificates by server name: each tracking host (current and previous)
+/// gets the first of its domain's certificates that is valid for it; the
+/// default certificate answers anything else.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
+            .cloned()
+            .or_else(|| self.default.clone())
+    }
+}
+
+/// The HTTPS acceptor for `tracking.listen_tls`, or None when no
+/// certificate is configured (then `listen_tls` must be empty; checked here).
+pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+    let t = &config.tracking;
+    let default = match (&t.tls_cert, &t.tls_key) {
+        (Some(c), Some(k)) => {
+            Some(crate::tls::certified_key(c, k).map_err(|e| format!("tracking.tls_cert: {e}"))?)
+        }
+        _ => None,
+    };
+    let mut by_name = HashMap::new();
+    for (i, d) in config.domains.iter().enumerate() {
+        let (Some(c), Some(k)) = (&d.tracking_tls_cert, &d.tracking_tls_key) else {
+            continue;
+        };
+        let ck = crate::tls::certified_key(c, k)
+            .map_err(|e| format!("domains[{i}].tracking_tls_cert: {e}"))?;
+        let hosts = d
+            .tracking_host()
+            .into_iter()
+            .chain(d.previous_tracking_hosts());
+        for host in hosts {
+            let mut check = rustls::server::ResolvesServerCertUsingSni::new();
+            if check.add(&host, ck.as_ref().clone()).is_err() {
+                tracing::warn!("domains[{i}].tracking_tls_cert does not cover {host}; clients will refuse it there");
+            }
+            by_name.insert(host.to_ascii_lowercase(), ck.clone());
+        }
+    }
+    if by_name.is_empty() && default.is_none() {
+        if t.listen_tls.is_empty() {
+            return Ok(None);
+        }
+        return Err("tracking.listen_tls: no certificate (set tracking.tls_cert or a domain's tracking_tls_cert)".into());
+    }
+    let resolver = Arc::new(SniResolver { by_name, default });
+    let config = crate::tls::server_config_with_resolver(resolver, &[b"http/1.1"])?;
+    Ok(Some(TlsAcceptor::from(config)))
+}
