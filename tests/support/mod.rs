@@ -4,3 +4,4 @@
 
 pub mod dkim;
 pub mod mx;
+pub mod webhook;
