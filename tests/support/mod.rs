@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod dkim;
+pub mod dns;
 pub mod mx;
