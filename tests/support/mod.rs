@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod dkim;
+pub mod dns;
 pub mod mx;
 pub mod webhook;

@@ -1,0 +1,359 @@
+//! `trackrelay dns-check`: for each configured domain, the DNS records it
+//! needs, what is expected, what is published, and a status.
+//!
+//! Statuses, as hosted providers name them:
+//! - `verified`: found and matches.
+//! - `pending`: not found yet. Publish it; DNS may still be propagating.
+//! - `failed`: a record exists but is wrong (the note says why). A lookup
+//!   that could not be answered (timeout, SERVFAIL) is also `failed`, with
+//!   the error in the note: it is not known to be right.
+//! - `not_started`: nothing to check yet (the note says why), e.g. a managed
+//!   DKIM key that the first `serve` has not generated.
+//!
+//! Records: one DKIM TXT per `dkim` entry (the `p=` must be our key's), SPF
+//! at the domain (evaluated for the relay's addresses, see [`spf`]), DMARC
+//! (recommended, not required), the return-path MX and SPF when
+//! `return_path` is set, and the tracking host when `tracking_subdomain` is
+//! set. SPF at the bare domain is required only without `return_path`: with
+//! one, every envelope sender is under `{return_path}.{domain}` and that is
+//! where receivers check SPF.
+//!
+//! [`check`] is the core (no output), [`run`] the command.
+
+mod lookup;
+mod records;
+pub mod spf;
+
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mail_auth::hickory_resolver::config::{
+    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use mail_auth::MessageAuthenticator;
+use serde::Serialize;
+
+use crate::config::{parse_host_port, Config, DomainConfig};
+use lookup::{normalise, Dns};
+use spf::Relay;
+
+/// One line of clap `about` for the subcommand.
+pub const ABOUT: &str =
+    "Check the DNS records each domain needs: DKIM, SPF, DMARC, return path, tracking host";
+
+/// For clap `after_help`: what the statuses and the exit status mean.
+pub const HELP: &str = "\
+Statuses:
+  verified      found and matches
+  pending       not found yet: publish it (DNS may still be propagating)
+  failed        a record exists but is wrong, or the lookup failed (the note says why)
+  not_started   nothing to check yet (the note says why), e.g. a DKIM key not generated
+
+Exits 1 when any required record is not verified. DMARC is recommended, not
+required. Lookups use [delivery] resolver when set, else the system resolver.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    NotStarted,
+    Pending,
+    Verified,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::NotStarted => "not_started",
+            Status::Pending => "pending",
+            Status::Verified => "verified",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Dkim,
+    Spf,
+    ReturnPathMx,
+    ReturnPathSpf,
+    Dmarc,
+    Tracking,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Dkim => "dkim",
+            RecordKind::Spf => "spf",
+            RecordKind::ReturnPathMx => "return_path_mx",
+            RecordKind::ReturnPathSpf => "return_path_spf",
+            RecordKind::Dmarc => "dmarc",
+            RecordKind::Tracking => "tracking",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            RecordKind::Dkim => "DKIM",
+            RecordKind::Spf => "SPF",
+            RecordKind::ReturnPathMx => "Return-Path MX",
+            RecordKind::ReturnPathSpf => "Return-Path SPF",
+            RecordKind::Dmarc => "DMARC",
+            RecordKind::Tracking => "Tracking",
+        }
+    }
+}
+
+/// One record: what should be published, what is, and the verdict. With
+/// `--json`, serialised as one object per line with exactly these fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordCheck {
+    pub domain: String,
+    pub record: RecordKind,
+    /// The DNS name to publish at (empty when there is none yet).
+    pub name: String,
+    /// "TXT", "MX" or "CNAME".
+    #[serde(rename = "type")]
+    pub record_type: &'static str,
+    pub expected: String,
+    /// The relevant records published there, as found.
+    pub found: Vec<String>,
+    pub status: Status,
+    /// Whether dns-check's exit status depends on this record.
+    pub required: bool,
+    pub note: Option<String>,
+}
+
+/// The resolver dns-check (and the queue runner's MX lookups) use:
+/// `delivery.resolver` (`ip` or `ip:port`, UDP with TCP fallback) when set,
+/// else the system's (/etc/resolv.conf). /etc/hosts is ignored, because
+/// what matters is what the rest of the internet sees. Cached answers live
+/// at most 5 minutes (1 minute for "no such record"), so a long-running
+/// server notices changes; answers with TTL 0 are not cached at all.
+pub fn resolver(config: &Config) -> Result<MessageAuthenticator, String> {
+    let (servers, mut opts) = match &config.delivery.resolver {
+        Some(setting) => {
+            let (ip, port) = parse_host_port(setting, 53)
+                .and_then(|(h, p)| Some((h.parse::<IpAddr>().ok()?, p)))
+                .ok_or_else(|| {
+                    format!("delivery.resolver: {setting:?} is not an IP address (optionally with :port)")
+                })?;
+            let mut server = NameServerConfig::udp_and_tcp(ip);
+            for conn in &mut server.connections {
+                conn.port = port;
+            }
+            let mut opts = ResolverOpts::default();
+            opts.timeout = Duration::from_secs(5);
+            opts.attempts = 2;
+            (ResolverConfig::from_name_servers(vec![server]), opts)
+        }
+        None => mail_auth::hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+            format!("cannot read the system DNS configuration (/etc/resolv.conf): {e}")
+        })?,
+    };
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.positive_max_ttl = Some(Duration::from_secs(300));
+    opts.negative_max_ttl = Some(Duration::from_secs(60));
+    opts.try_tcp_on_error = true;
+    MessageAuthenticator::new(servers, opts).map_err(|e| format!("cannot set up DNS resolver: {e}"))
+}
+
+/// Checks every record `domain` needs, in a fixed order: DKIM, SPF,
+/// return path, DMARC, tracking. Never fails: problems are statuses.
+pub async fn check(
+    config: &Config,
+    resolver: &MessageAuthenticator,
+    domain: &DomainConfig,
+) -> Vec<RecordCheck> {
+    let mut dns = Dns::new(resolver);
+    let hostname = normalise(&config.server.hostname);
+    let (addrs, addr_error) = match dns.addrs(&hostname).await {
+        Ok(a) => (a, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let relay = Relay {
+        hostname,
+        addrs,
+        addr_error,
+    };
+    let name = normalise(&domain.name);
+    let mut out = Vec::new();
+
+    for entry in &domain.dkim {
+        out.push(records::dkim(&mut dns, config, domain, entry).await);
+    }
+    if domain.dkim.is_empty() {
+        out.push(RecordCheck {
+            domain: name.clone(),
+            record: RecordKind::Dkim,
+            name: String::new(),
+            record_type: "TXT",
+            expected: String::new(),
+            found: Vec::new(),
+            status: Status::NotStarted,
+            required: true,
+            note: Some(
+                "no dkim entry for this domain, so its mail is sent unsigned; add \
+                 dkim = [{ selector = \"s1\" }] and trackrelay generates the key"
+                    .into(),
+            ),
+        });
+    }
+
+    let spf_row = |record, at: &str, required, r: spf::SpfResult| RecordCheck {
+        domain: name.clone(),
+        record,
+        name: at.to_string(),
+        record_type: "TXT",
+        expected: r.expected,
+        found: r.found,
+        status: r.status,
+        required,
+        note: r.note,
+    };
+    let root = spf::check(&mut dns, &relay, &name).await;
+    let mut root = spf_row(RecordKind::Spf, &name, domain.return_path.is_none(), root);
+    if let Some(rp) = &domain.return_path {
+        let rp_domain = format!("{}.{name}", normalise(rp));
+        let why = format!("not required: receivers check SPF at {rp_domain}, the return path");
+        root.note = Some(match root.note.take() {
+            Some(note) => format!("{note}; {why}"),
+            None => why,
+        });
+        out.push(root);
+        out.push(records::return_path_mx(&mut dns, &relay, domain, &rp_domain).await);
+        let rp_spf = spf::check(&mut dns, &relay, &rp_domain).await;
+        out.push(spf_row(RecordKind::ReturnPathSpf, &rp_domain, true, rp_spf));
+    } else {
+        out.push(root);
+    }
+
+    out.push(records::dmarc(&mut dns, domain).await);
+    out.extend(records::tracking(&mut dns, &relay, domain).await);
+    out
+}
+
+/// Whether every required record is verified (dns-check's exit status).
+pub fn all_required_verified(checks: &[RecordCheck]) -> bool {
+    checks
+        .iter()
+        .all(|c| !c.required || c.status == Status::Verified)
+}
+
+/// One JSON object per record, one per line.
+pub fn render_json(checks: &[RecordCheck]) -> String {
+    checks
+        .iter()
+        .filter_map(|c| serde_json::to_string(c).ok())
+        .map(|line| line + "\n")
+        .collect()
+}
+
+/// A table per domain: status, record, type and name on one line; expected,
+/// found and note below it, unabridged so they can be copied into a zone.
+pub fn render_table(checks: &[RecordCheck]) -> String {
+    let mut out = String::new();
+    let Some(first) = checks.first() else {
+        return out;
+    };
+    let label = |c: &RecordCheck| {
+        let mut l = c.record.label().to_string();
+        if !c.required {
+            l.push_str(" (recommended)");
+        }
+        l
+    };
+    let width = checks.iter().map(|c| label(c).len()).max().unwrap_or(0);
+    out.push_str(&format!("{}\n", first.domain));
+    out.push_str(&format!(
+        "  {:<11}  {:<width$}  {:<5}  NAME\n",
+        "STATUS", "RECORD", "TYPE"
+    ));
+    for c in checks {
+        let name = if c.name.is_empty() { "-" } else { &c.name };
+        out.push_str(&format!(
+            "  {:<11}  {:<width$}  {:<5}  {name}\n",
+            c.status.as_str(),
+            label(c),
+            c.record_type
+        ));
+        let pad = " ".repeat(15);
+        if !c.expected.is_empty() {
+            out.push_str(&format!("{pad}expected  {}\n", c.expected));
+        }
+        if c.found.is_empty() {
+            out.push_str(&format!("{pad}found     (nothing)\n"));
+        }
+        for f in &c.found {
+            out.push_str(&format!("{pad}found     {f}\n"));
+        }
+        if let Some(note) = &c.note {
+            out.push_str(&format!("{pad}note      {note}\n"));
+        }
+    }
+    let required: Vec<_> = checks.iter().filter(|c| c.required).collect();
+    let verified = required
+        .iter()
+        .filter(|c| c.status == Status::Verified)
+        .count();
+    out.push_str(&format!(
+        "  {verified} of {} required records verified\n",
+        required.len()
+    ));
+    out
+}
+
+/// The command: checks the configured domains (or only `domain`), prints a
+/// table or JSON lines on stdout, and returns whether every required record
+/// is verified. Err: nothing could be checked (unknown domain, no domains,
+/// unusable resolver setting, stdout closed).
+pub async fn run(config: &Config, domain: Option<&str>, json: bool) -> Result<bool, String> {
+    // Not print!: a closed pipe (`| head`) must not panic.
+    run_to(config, domain, json, &mut std::io::stdout()).await
+}
+
+/// [`run`], writing to `out`.
+pub async fn run_to<W: Write>(
+    config: &Config,
+    domain: Option<&str>,
+    json: bool,
+    out: &mut W,
+) -> Result<bool, String> {
+    let domains: Vec<&DomainConfig> = match domain {
+        Some(d) => vec![config
+            .domain(d)
+            .ok_or_else(|| format!("{d:?} is not a configured [[domains]] entry"))?],
+        None => config.domains.iter().collect(),
+    };
+    if domains.is_empty() {
+        return Err("no [[domains]] configured: nothing to check".into());
+    }
+    let resolver = resolver(config)?;
+    let mut all_ok = true;
+    for (i, d) in domains.iter().enumerate() {
+        let checks = check(config, &resolver, d).await;
+        all_ok &= all_required_verified(&checks);
+        let text = if json {
+            render_json(&checks)
+        } else if i > 0 {
+            format!("\n{}", render_table(&checks))
+        } else {
+            render_table(&checks)
+        };
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(|e| format!("output: {e}"))?;
+    }
+    Ok(all_ok)
+}
