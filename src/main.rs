@@ -59,6 +59,17 @@ enum Command {
         #[command(subcommand)]
         action: WebhooksCommand,
     },
+    #[command(about = trackrelay::dnscheck::ABOUT, after_help = trackrelay::dnscheck::HELP)]
+    DnsCheck {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// One JSON object per record per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show and manage the delivery queue.
     Queue {
         #[command(subcommand)]
@@ -244,6 +255,22 @@ fn run(cli: Cli) -> Result<(), String> {
                 cli::webhooks_replay(&load(&config)?, id.as_deref(), &since)
             }
         },
+        Command::DnsCheck {
+            config,
+            domain,
+            json,
+        } => {
+            let config = load(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("starting the runtime: {e}"))?;
+            match rt.block_on(trackrelay::dnscheck::run(&config, domain.as_deref(), json))? {
+                true => Ok(()),
+                // The table says what is missing; the exit status says that something is.
+                false => std::process::exit(1),
+            }
+        }
         Command::Queue { action } => match action {
             QueueCommand::List {
                 config,

@@ -98,7 +98,7 @@ pub async fn run_until(
         )
         .map_err(|e| format!("tracking.secret_file: {e}"))?,
     );
-    let resolver = Arc::new(crate::outbound::route::resolver(&config)?);
+    let resolver = Arc::new(crate::dns::resolver(&config)?);
     let router = crate::outbound::route::Router::new(&config, resolver)?;
     let runner = Arc::new(crate::outbound::runner::Runner::new(
         &config,

@@ -261,31 +261,3 @@ impl<K, V> mail_auth::ResolverCache<K, V> for NullCache {
     }
     fn insert(&self, _: K, _: V, _: std::time::Instant) {}
 }
-
-/// The DNS resolver for MX and address lookups: `delivery.resolver` when
-/// set (tests point it at a stub), else the system's.
-pub fn resolver(config: &Config) -> Result<MessageAuthenticator, String> {
-    use mail_auth::hickory_resolver::config::{
-        ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
-    };
-    let Some(addr) = &config.delivery.resolver else {
-        return MessageAuthenticator::new_system_conf()
-            .map_err(|e| format!("reading the system resolver configuration: {e}"));
-    };
-    let (host, port) = config::parse_host_port(addr, 53)
-        .ok_or_else(|| format!("delivery.resolver: {addr:?} is not ip[:port]"))?;
-    let ip: IpAddr = host
-        .parse()
-        .map_err(|_| format!("delivery.resolver: {addr:?} is not an IP address"))?;
-    let mut udp = ConnectionConfig::udp();
-    udp.port = port;
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = port;
-    let mut ns = NameServerConfig::udp_and_tcp(ip);
-    ns.connections = vec![udp, tcp];
-    let mut opts = ResolverOpts::default();
-    opts.timeout = std::time::Duration::from_secs(5);
-    opts.attempts = 2;
-    MessageAuthenticator::new(ResolverConfig::from_name_servers(vec![ns]), opts)
-        .map_err(|e| format!("delivery.resolver: {e}"))
-}
