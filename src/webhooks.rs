@@ -158,7 +158,7 @@ impl Webhooks {
     async fn worker(self: Arc<Self>, ep: Arc<Endpoint>, mut shutdown: watch::Receiver<bool>) {
         // A lease outlives the request's own timeout, so a slow answer is
         // never raced by a second send of the same row.
-        let lease_ms = (ep.timeout.as_millis() as i64) * 2 + 30_000;
+        let lease_ms = (ep.timeout.as_millis() as i64) * 2 + 5_000;
         loop {
             if *shutdown.borrow() {
                 break;
