@@ -95,13 +95,12 @@ async fn starttls_plain_and_implicit_tls_login_store_exact_bytes() {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(
-            rcpts,
-            [
-                ("rcpt@example.net".into(), "queued".into()),
-                ("other@example.org".into(), "queued".into())
-            ]
-        );
+        let addresses: Vec<&str> = rcpts.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(addresses, ["rcpt@example.net", "other@example.org"]);
+        for (_, status) in &rcpts {
+            // The queue runner may already be at it (the test routes go nowhere).
+            assert!(["queued", "sending", "deferred"].contains(&status.as_str()), "{status}");
+        }
         let sent: i64 = relay
             .db()
             .query_row(
