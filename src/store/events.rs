@@ -127,23 +127,24 @@ pub fn prune(conn: &Connection, before: i64, batch: usize) -> rusqlite::Result<u
 /// reads: one that comes sooner than `window_ms` after delivery is a
 /// scanner following links, not a reader.
 pub fn insert_tracking(tx: &Tx<'_>, ev: &NewEvent, window_ms: i64) -> rusqlite::Result<i64> {
-    if ev.kind == EventType::Clicked && ev.machine != Some(true) {
-        if let Some(idx) = ev.rcpt_idx {
-            let delivered: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT delivered_at FROM recipients WHERE email_id = ?1 AND idx = ?2",
-                )?
-                .query_row(params![ev.email_id, idx], |r| r.get(0))
-                .optional()?
-                .flatten();
-            if crate::tracking::classify::too_soon_after_delivery(ev.at, delivered, window_ms) {
-                let mut flagged = ev.clone();
-                flagged.machine = Some(true);
-                flagged.machine_reason =
-                    Some(crate::tracking::classify::REASON_TOO_SOON.to_string());
-                return insert(tx, &flagged);
+    let mut ev = ev.clone();
+    if let (Some(idx), None) = (ev.rcpt_idx, &ev.recipient) {
+        // One lookup serves both: the address for the event, and the
+        // delivery time for the timing rule.
+        let row: Option<(String, Option<i64>)> = tx
+            .prepare_cached("SELECT address, delivered_at FROM recipients WHERE email_id = ?1 AND idx = ?2")?
+            .query_row(params![ev.email_id, idx], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((address, delivered_at)) = row {
+            ev.recipient = Some(address);
+            if ev.kind == EventType::Clicked
+                && ev.machine != Some(true)
+                && crate::tracking::classify::too_soon_after_delivery(ev.at, delivered_at, window_ms)
+            {
+                ev.machine = Some(true);
+                ev.machine_reason = Some(crate::tracking::classify::REASON_TOO_SOON.to_string());
             }
         }
     }
-    insert(tx, ev)
+    insert(tx, &ev)
 }
