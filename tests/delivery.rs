@@ -27,22 +27,6 @@ Content-Type: text/html; charset=utf-8\r\n\
 <html><body><p><a href=\"https://example.org/x?a=1&amp;b=2#top\">link</a> <a href=\"mailto:a@example.com\">mail</a></p></body></html>\r\n\
 --b1--\r\n";
 
-/// Submits over plain SMTP from a trusted network; returns the email id.
-fn submit(relay: &Relay, from: &str, to: &[&str], data: &[u8]) -> String {
-    let mut c = RawSmtp::connect(relay.smtp);
-    c.reply();
-    c.cmd("EHLO test.client");
-    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
-    for t in to {
-        assert!(c.cmd(&format!("RCPT TO:<{t}>")).starts_with("250"));
-    }
-    assert!(c.cmd("DATA").starts_with("354"));
-    c.send(data);
-    let r = c.cmd(".");
-    c.cmd("QUIT");
-    queued_id(&r).unwrap_or_else(|| panic!("not queued: {r}"))
-}
-
 fn trusted() -> String {
     "trusted_networks = [\"127.0.0.0/8\"]".into()
 }

@@ -99,7 +99,10 @@ async fn starttls_plain_and_implicit_tls_login_store_exact_bytes() {
         assert_eq!(addresses, ["rcpt@example.net", "other@example.org"]);
         for (_, status) in &rcpts {
             // The queue runner may already be at it (the test routes go nowhere).
-            assert!(["queued", "sending", "deferred"].contains(&status.as_str()), "{status}");
+            assert!(
+                ["queued", "sending", "deferred"].contains(&status.as_str()),
+                "{status}"
+            );
         }
         let sent: i64 = relay
             .db()

@@ -25,20 +25,6 @@ fn html_message() -> Vec<u8> {
     .into_bytes()
 }
 
-fn submit(relay: &Relay, to: &[&str], data: &[u8]) -> String {
-    let mut c = RawSmtp::connect(relay.smtp);
-    c.reply();
-    c.cmd("EHLO t");
-    c.cmd("MAIL FROM:<news@example.com>");
-    for t in to {
-        assert!(c.cmd(&format!("RCPT TO:<{t}>")).starts_with("250"));
-    }
-    c.cmd("DATA");
-    c.send(data);
-    let r = c.cmd(".");
-    queued_id(&r).unwrap_or_else(|| panic!("{r}"))
-}
-
 /// Every tracking URL path in a delivered copy, in order: (kind, path).
 fn tracking_paths(data: &[u8]) -> Vec<(String, String)> {
     let text = String::from_utf8_lossy(data);
@@ -79,6 +65,7 @@ async fn opens_and_clicks_are_attributed_and_redirect_exactly() {
     });
     let id = submit(
         &relay,
+        "news@example.com",
         &["one@example.net", "two@example.net"],
         &html_message(),
     );
@@ -331,7 +318,12 @@ async fn scanners_are_flagged_and_links_outlive_the_message() {
         store: "retain_messages = \"1s\"".into(),
         ..Options::default()
     });
-    let id = submit(&relay, &["one@example.net"], &html_message());
+    let id = submit(
+        &relay,
+        "news@example.com",
+        &["one@example.net"],
+        &html_message(),
+    );
     assert!(mx.wait_for(1, Duration::from_secs(30)).await);
     wait_for("delivered", Duration::from_secs(10), || {
         count(

@@ -33,20 +33,6 @@ fn the_receivers_verifier_agrees_with_the_specification_example() {
     assert!(!verify(SECRET, id, ts, br#"{"test": 2432232315}"#, good));
 }
 
-fn submit(relay: &Relay, to: &[&str], data: &[u8]) -> String {
-    let mut c = RawSmtp::connect(relay.smtp);
-    c.reply();
-    c.cmd("EHLO t");
-    c.cmd("MAIL FROM:<news@example.com>");
-    for t in to {
-        assert!(c.cmd(&format!("RCPT TO:<{t}>")).starts_with("250"));
-    }
-    c.cmd("DATA");
-    c.send(data);
-    let r = c.cmd(".");
-    queued_id(&r).unwrap_or_else(|| panic!("{r}"))
-}
-
 fn html(subject: &str) -> Vec<u8> {
     format!(
         "From: News <news@example.com>\r\nTo: x@example.net\r\nSubject: {subject}\r\nX-Tags: launch\r\n\
@@ -93,6 +79,7 @@ async fn every_event_type_arrives_signed_through_the_whole_path() {
     });
     let id = submit(
         &relay,
+        "news@example.com",
         &[
             "ok@example.net",
             "later@example.net",
@@ -242,6 +229,7 @@ async fn an_endpoint_outage_loses_nothing_and_duplicates_nothing() {
     for i in 0..10 {
         ids.push(submit(
             &relay,
+            "news@example.com",
             &["a@example.net", "b@example.net"],
             &html(&format!("outage {i}")),
         ));
@@ -293,7 +281,12 @@ async fn given_up_deliveries_are_listed_and_can_be_replayed() {
         ),
         ..Options::default()
     });
-    submit(&relay, &["a@example.net"], &html("replay"));
+    submit(
+        &relay,
+        "news@example.com",
+        &["a@example.net"],
+        &html("replay"),
+    );
     wait_for("the delivery given up", Duration::from_secs(20), || {
         let out = relay.cli(&["webhooks", "list", "--failed", "--json"]);
         !out.stdout.is_empty()

@@ -132,14 +132,20 @@ pub fn insert_tracking(tx: &Tx<'_>, ev: &NewEvent, window_ms: i64) -> rusqlite::
         // One lookup serves both: the address for the event, and the
         // delivery time for the timing rule.
         let row: Option<(String, Option<i64>)> = tx
-            .prepare_cached("SELECT address, delivered_at FROM recipients WHERE email_id = ?1 AND idx = ?2")?
+            .prepare_cached(
+                "SELECT address, delivered_at FROM recipients WHERE email_id = ?1 AND idx = ?2",
+            )?
             .query_row(params![ev.email_id, idx], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some((address, delivered_at)) = row {
             ev.recipient = Some(address);
             if ev.kind == EventType::Clicked
                 && ev.machine != Some(true)
-                && crate::tracking::classify::too_soon_after_delivery(ev.at, delivered_at, window_ms)
+                && crate::tracking::classify::too_soon_after_delivery(
+                    ev.at,
+                    delivered_at,
+                    window_ms,
+                )
             {
                 ev.machine = Some(true);
                 ev.machine_reason = Some(crate::tracking::classify::REASON_TOO_SOON.to_string());

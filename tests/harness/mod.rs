@@ -325,6 +325,23 @@ pub fn message(from: &str, to: &str, subject: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Submits over plain SMTP (the test relay trusts loopback when the test
+/// says so); returns the email id of the `250 ... queued as`.
+pub fn submit(relay: &Relay, from: &str, to: &[&str], data: &[u8]) -> String {
+    let mut c = RawSmtp::connect(relay.smtp);
+    c.reply();
+    c.cmd("EHLO test.client");
+    assert!(c.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    for t in to {
+        assert!(c.cmd(&format!("RCPT TO:<{t}>")).starts_with("250"));
+    }
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(data);
+    let r = c.cmd(".");
+    c.cmd("QUIT");
+    queued_id(&r).unwrap_or_else(|| panic!("not queued: {r}"))
+}
+
 /// The email id out of `250 2.0.0 Ok: queued as <id>`.
 pub fn queued_id(reply: &str) -> Option<String> {
     reply
