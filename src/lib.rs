@@ -15,3 +15,4 @@ pub mod store;
 pub mod submission;
 pub mod time;
 pub mod tls;
+pub mod tracking;
