@@ -4,6 +4,7 @@
 //! `submission → prepare → outbound → events → webhooks`, with `tracking`,
 //! `api` and `store` beside them.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dns;

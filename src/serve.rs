@@ -18,6 +18,7 @@ pub struct Bound {
     pub submission_tls: Vec<SocketAddr>,
     pub tracking: Vec<SocketAddr>,
     pub tracking_tls: Vec<SocketAddr>,
+    pub api: Vec<SocketAddr>,
 }
 
 async fn bind_all(key: &str, addrs: &[String]) -> Result<Vec<TcpListener>, String> {
@@ -156,6 +157,17 @@ pub async fn run_until(
         tracking_acceptor,
         shutdown.clone(),
     ));
+    let api = Arc::new(crate::api::Api::new(
+        &config,
+        store.clone(),
+        metrics.clone(),
+    )?);
+    let api_listeners = bind_all("api.listen", &config.api.listen).await?;
+    bound.api = api_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let api_task = tokio::spawn(crate::api::serve(api, api_listeners, shutdown.clone()));
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         &config,
         store.clone(),
@@ -188,6 +200,7 @@ pub async fn run_until(
     let _ = tracking_task.await;
     let _ = retention_task.await;
     let _ = webhooks_task.await;
+    let _ = api_task.await;
     // The tracker (and with it the last recorder handle) is gone once the
     // listener has stopped: the recorder flushes what it holds and ends.
     let _ = recorder_task.await;

@@ -148,7 +148,8 @@ pub fn insert_tracking(tx: &Tx<'_>, ev: &NewEvent, window_ms: i64) -> rusqlite::
                 )
             {
                 ev.machine = Some(true);
-                ev.machine_reason = Some(crate::tracking::classify::REASON_TOO_SOON.to_string());
+                ev.machine_reason =
+                    Some(crate::tracking::classify::reason::TOO_SOON_AFTER_DELIVERY.to_string());
             }
         }
     }

@@ -1,12 +1,21 @@
-//! Placeholder rules until the full rule set lands (being written beside).
+//! Tells opens and clicks made by people from those made by machines: mail
+//! providers' image proxies that prefetch, security gateways that follow
+//! every link, link checkers and scripts.
+//!
+//! Pure: the caller gathers the facts (method, client address, User-Agent,
+//! times, and whether the click is part of a [`ClickBurst`]) and stores the
+//! verdict with the event. Machine events are kept and flagged, never
+//! dropped, so an operator can always recount them.
+//!
+//! The rules run in a fixed order and the first that matches gives the
+//! reason. Every table the rules read is in the "Rule tables" section below,
+//! so a new scanner is a one-line change. README "Machine opens and clicks"
+//! documents the same rules for operators.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
-
-pub const REASON_BURST: &str = "burst_of_clicks";
-pub const REASON_TOO_SOON: &str = "too_soon_after_delivery";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -14,58 +23,728 @@ pub enum Kind {
     Click,
 }
 
+/// What is known about one tracking request.
+#[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub kind: Kind,
+    /// `HEAD` rather than `GET`.
     pub method_head: bool,
+    /// The client address (after trusted-proxy `X-Forwarded-For` handling).
     pub ip: Option<IpAddr>,
     pub user_agent: Option<&'a str>,
+    /// When the request arrived, unix milliseconds.
     pub at_ms: i64,
+    /// When this recipient's copy was delivered, if known.
     pub delivered_at_ms: Option<i64>,
 }
 
+/// Settings and per-request facts gathered outside this module.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    /// Clicks sooner than this after delivery are a gateway's scan
+    /// (config `tracking.machine_click_window`).
+    pub machine_click_window: Duration,
+    /// [`ClickBurst::observe`] said this click is one of several different
+    /// links of the message clicked within a second.
+    pub click_burst: bool,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            machine_click_window: Duration::from_secs(10),
+            click_burst: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub machine: bool,
+    /// A short stable code (see [`reason`]). Set for every machine verdict,
+    /// and for human opens that came through a provider's image proxy, so
+    /// reports can say how an open was seen.
     pub reason: Option<&'static str>,
 }
 
-pub fn classify(req: &Request) -> Verdict {
-    if req.method_head {
-        return Verdict {
-            machine: true,
-            reason: Some("head_request"),
-        };
-    }
-    Verdict {
+impl Verdict {
+    pub const HUMAN: Verdict = Verdict {
         machine: false,
         reason: None,
+    };
+
+    fn machine(reason: &'static str) -> Verdict {
+        Verdict {
+            machine: true,
+            reason: Some(reason),
+        }
+    }
+
+    /// A person's open, seen through a provider's proxy.
+    fn proxied(reason: &'static str) -> Verdict {
+        Verdict {
+            machine: false,
+            reason: Some(reason),
+        }
     }
 }
 
-pub fn too_soon_after_delivery(at_ms: i64, delivered_at_ms: Option<i64>, window_ms: i64) -> bool {
-    delivered_at_ms.is_some_and(|d| at_ms >= d && at_ms - d < window_ms)
+/// The `machine_reason` codes. Stable: stored with events, sent in webhooks.
+pub mod reason {
+    pub const HEAD_REQUEST: &str = "head_request";
+    pub const NO_USER_AGENT: &str = "no_user_agent";
+    pub const APPLE_MPP: &str = "apple_mpp";
+    pub const GOOGLE_IMAGE_PROXY: &str = "google_image_proxy";
+    pub const YAHOO_MAIL_PROXY: &str = "yahoo_mail_proxy";
+    pub const SECURITY_SCANNER: &str = "security_scanner";
+    pub const HEADLESS_BROWSER: &str = "headless_browser";
+    pub const KNOWN_BOT: &str = "known_bot";
+    pub const TOO_SOON_AFTER_DELIVERY: &str = "too_soon_after_delivery";
+    pub const BURST_OF_CLICKS: &str = "burst_of_clicks";
 }
 
+// ---------------------------------------------------------------------------
+// Rule tables. User-Agent tokens are matched case-insensitively as
+// substrings of the User-Agent; write them in lower case.
+// ---------------------------------------------------------------------------
+
+/// Apple's networks. Apple holds all of 17.0.0.0/8 (one of the original
+/// class A allocations) and 2620:149::/32 at ARIN; Mail Privacy Protection
+/// prefetches come from Apple's relay infrastructure. An open from these
+/// networks is Apple's machinery, not a reader's device.
+const APPLE_NETWORKS: &[Net] = &[
+    Net::v4(Ipv4Addr::new(17, 0, 0, 0), 8),
+    Net::v6(Ipv6Addr::new(0x2620, 0x149, 0, 0, 0, 0, 0, 0), 32),
+];
+
+/// Apple Mail Privacy Protection replaces the User-Agent of its prefetches
+/// with exactly this, nothing more (observed since 2021-09-20, reported in
+/// ua-parser/uap-core#509). No browser or mail client sends it bare.
+const MPP_USER_AGENT: &str = "mozilla/5.0";
+
+/// Providers' image proxies that fetch the pixel when the recipient views
+/// the message (not on delivery), so what they report is a person's open
+/// whose client and address are hidden behind the proxy.
+/// - Gmail rewrites every image to its caching proxy; the first view of a
+///   message makes the proxy fetch the pixel, later views are served from
+///   its cache (Word to the Wise, "Gmail deploys image proxy servers", 2013;
+///   User-Agent `... (via ggpht.com GoogleImageProxy)`).
+/// - Yahoo documents YahooMailProxy as the fetch proxy for content embedded
+///   in mail to its users (help.yahoo.com SLN28749).
+///
+/// Proxies fetch images; they do not follow links as a person does, so a
+/// click through one is a machine click.
+const VIEW_PROXIES: &[(&str, &str)] = &[
+    ("googleimageproxy", reason::GOOGLE_IMAGE_PROXY),
+    ("yahoomailproxy", reason::YAHOO_MAIL_PROXY),
+];
+
+/// Email security gateways and link-protection services that name
+/// themselves. Most scanners impersonate a browser (the timing and burst
+/// rules catch those); when one does name itself, the vendor's name never
+/// appears in a person's browser, so these matches are certain.
+const SCANNER_TOKENS: &[&str] = &[
+    "barracuda",
+    "mimecast",
+    "proofpoint",
+    "urldefense",
+    "ironport",
+    "symantec",
+    "trendmicro",
+    "trend micro",
+    "forcepoint",
+    "sophos",
+    "fortiguard",
+    "safelinks",
+    "zscaler",
+    "bitdefender",
+    "kaspersky",
+    "mcafee",
+    "cloudmark",
+    "vadesecure",
+    "spamtitan",
+];
+
+/// Browsers driven by scripts (sandboxes that "detonate" links use them).
+const HEADLESS_TOKENS: &[&str] = &[
+    "headlesschrome",
+    "phantomjs",
+    "puppeteer",
+    "playwright",
+    "selenium",
+    "slimerjs",
+];
+
+/// Crawlers, link previewers, link checkers and HTTP libraries: nothing a
+/// person reads mail with.
+const BOT_TOKENS: &[&str] = &[
+    // crawlers and previewers
+    "crawl",
+    "spider",
+    "scrape",
+    "slurp",
+    "facebookexternalhit",
+    "preview",
+    "linkcheck",
+    "link checker",
+    "validator",
+    // Office asks whether a link exists before opening the browser.
+    "existence discovery",
+    // "+http://..." is how crawlers give their info page.
+    "+http",
+    // HTTP libraries and command-line tools
+    "curl/",
+    "wget/",
+    "python-requests",
+    "python-urllib",
+    "python-httpx",
+    "aiohttp",
+    "go-http-client",
+    "java/",
+    "okhttp",
+    "apache-httpclient",
+    "libwww-perl",
+    "lwp::",
+    "node-fetch",
+    "axios/",
+    "guzzlehttp",
+    "ruby",
+    "faraday",
+    "postmanruntime",
+    "insomnia",
+    "httpie",
+    "windowspowershell",
+    "scrapy",
+];
+
+// ---------------------------------------------------------------------------
+// The rules.
+// ---------------------------------------------------------------------------
+
+/// Longer User-Agents are cut: real ones are a few hundred bytes, and this
+/// keeps the cost of a request bounded whatever a client sends.
+const MAX_UA: usize = 1024;
+
+/// The timing rule on its own, for the store: it alone knows the delivery
+/// time, and applies this rule when it records a click.
+pub fn too_soon_after_delivery(at_ms: i64, delivered_at_ms: Option<i64>, window_ms: i64) -> bool {
+    delivered_at_ms.is_some_and(|delivered| at_ms < delivered.saturating_add(window_ms))
+}
+
+pub fn classify(req: &Request, ctx: &Context) -> Verdict {
+    // Browsers and mail clients load images and follow links with GET;
+    // HEAD is a checker asking whether the URL is alive.
+    if req.method_head {
+        return Verdict::machine(reason::HEAD_REQUEST);
+    }
+    let ua = req.user_agent.map(str::trim).unwrap_or("");
+    if ua.is_empty() {
+        return Verdict::machine(reason::NO_USER_AGENT);
+    }
+    let ua = truncate(ua, MAX_UA).to_ascii_lowercase();
+
+    if req.kind == Kind::Open
+        && (ua == MPP_USER_AGENT || req.ip.is_some_and(|ip| in_any(APPLE_NETWORKS, ip)))
+    {
+        return Verdict::machine(reason::APPLE_MPP);
+    }
+    if let Some((_, why)) = VIEW_PROXIES.iter().find(|(t, _)| ua.contains(t)) {
+        return match req.kind {
+            Kind::Open => Verdict::proxied(why),
+            Kind::Click => Verdict::machine(why),
+        };
+    }
+    if contains_any(&ua, SCANNER_TOKENS) {
+        return Verdict::machine(reason::SECURITY_SCANNER);
+    }
+    if contains_any(&ua, HEADLESS_TOKENS) {
+        return Verdict::machine(reason::HEADLESS_BROWSER);
+    }
+    // A bare "Mozilla/5.0" on a click is no browser either (MPP's opens
+    // were handled above).
+    if ua == MPP_USER_AGENT || contains_any(&ua, BOT_TOKENS) || has_bot_word(&ua) {
+        return Verdict::machine(reason::KNOWN_BOT);
+    }
+
+    if req.kind == Kind::Click {
+        // Gateways scan links on delivery, some even before they accept the
+        // message (so before our delivered_at): a click earlier than that,
+        // or within the window after it, is not a person reading.
+        let window = i64::try_from(ctx.machine_click_window.as_millis()).unwrap_or(i64::MAX);
+        if too_soon_after_delivery(req.at_ms, req.delivered_at_ms, window) {
+            return Verdict::machine(reason::TOO_SOON_AFTER_DELIVERY);
+        }
+        if ctx.click_burst {
+            return Verdict::machine(reason::BURST_OF_CLICKS);
+        }
+    }
+    Verdict::HUMAN
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn contains_any(ua: &str, tokens: &[&str]) -> bool {
+    tokens.iter().any(|t| ua.contains(t))
+}
+
+/// "bot" ending a word (Googlebot, bingbot, Slackbot-LinkExpanding,
+/// python-bot_1), except the phone maker Cubot: the same exclusion the
+/// isbot project makes (`(?<! cu)bots?(?:\b|_)`).
+fn has_bot_word(ua: &str) -> bool {
+    let bytes = ua.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = ua[from..].find("bot") {
+        let start = from + pos;
+        let mut end = start + 3;
+        if bytes.get(end) == Some(&b's') {
+            end += 1;
+        }
+        let word_ends = bytes.get(end).is_none_or(|c| !c.is_ascii_alphanumeric());
+        let cubot = start >= 2 && &bytes[start - 2..start] == b"cu";
+        if word_ends && !cubot {
+            return true;
+        }
+        from = start + 3;
+    }
+    false
+}
+
+/// An address prefix, checkable without allocating.
+#[derive(Debug, Clone, Copy)]
+struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    const fn v4(addr: Ipv4Addr, prefix: u8) -> Net {
+        Net {
+            addr: IpAddr::V4(addr),
+            prefix,
+        }
+    }
+
+    const fn v6(addr: Ipv6Addr, prefix: u8) -> Net {
+        Net {
+            addr: IpAddr::V6(addr),
+            prefix,
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        // A v4 client seen on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+fn in_any(nets: &[Net], ip: IpAddr) -> bool {
+    nets.iter().any(|n| n.contains(ip))
+}
+
+// ---------------------------------------------------------------------------
+// Bursts of clicks.
+// ---------------------------------------------------------------------------
+
+const SHARDS: usize = 16;
+/// Clicks remembered per recipient's copy: a burst shows within a few.
+const RECENT: usize = 8;
+
+type Key = (uuid::Uuid, u32);
+
+/// Remembers recent clicks per (email id, recipient index), to flag several
+/// different links of one message clicked within `window`: a scanner
+/// following every link, since no reader can go to the browser and back to
+/// the next link that fast. (Marketo's bot filter uses the same sign:
+/// activities of one recipient less than a second apart.) The same link
+/// twice (a double click) is not a burst.
+///
+/// Events are classified as they arrive, so the first click of a burst
+/// looks human; the others are flagged. Scanners that click on delivery are
+/// caught by the delivery-window rule anyway.
+///
+/// Bounded: each of the 16 shards keeps two generations of at most
+/// `capacity / 16` recipients; when the current one fills it becomes the
+/// previous one and the old previous one is dropped. A recipient clicked
+/// within the window is always in one of the two unless more than
+/// `capacity / 16` other recipients of its shard were clicked meanwhile.
 pub struct ClickBurst {
     window_ms: i64,
-    capacity: usize,
-    seen: Mutex<HashMap<(uuid::Uuid, u32), (i64, u32)>>,
+    shard_capacity: usize,
+    shards: Vec<Mutex<Shard>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    current: HashMap<Key, Recent>,
+    previous: HashMap<Key, Recent>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Recent {
+    /// (link index, unix ms), oldest overwritten first.
+    clicks: [(u32, i64); RECENT],
+    len: usize,
+    next: usize,
+}
+
+impl Recent {
+    fn burst_with(&self, link: u32, at_ms: i64, window_ms: i64) -> bool {
+        self.clicks[..self.len]
+            .iter()
+            .any(|&(l, t)| l != link && at_ms.abs_diff(t) < window_ms.unsigned_abs())
+    }
+
+    fn push(&mut self, link: u32, at_ms: i64) {
+        self.clicks[self.next] = (link, at_ms);
+        self.next = (self.next + 1) % RECENT;
+        self.len = (self.len + 1).min(RECENT);
+    }
 }
 
 impl ClickBurst {
     pub fn new(window: Duration, capacity: usize) -> Self {
         ClickBurst {
-            window_ms: window.as_millis() as i64,
-            capacity,
-            seen: Mutex::new(HashMap::new()),
+            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+            shard_capacity: (capacity / SHARDS).max(1),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
+    /// Records a click on `link` of recipient `rcpt`'s copy of `email_id`;
+    /// true when another link of that copy was clicked within the window.
     pub fn observe(&self, email_id: uuid::Uuid, rcpt: u32, link: u32, at_ms: i64) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.capacity {
-            seen.clear();
+        let key = (email_id, rcpt);
+        let mut shard = self.shards[shard_of(&key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let recent = match shard.previous.remove(&key) {
+            Some(r) => r,
+            None => shard.current.get(&key).copied().unwrap_or_default(),
+        };
+        let burst = recent.burst_with(link, at_ms, self.window_ms);
+        let mut recent = recent;
+        recent.push(link, at_ms);
+        if !shard.current.contains_key(&key) && shard.current.len() >= self.shard_capacity {
+            shard.previous = std::mem::take(&mut shard.current);
         }
-        let prev = seen.insert((email_id, rcpt), (at_ms, link));
-        matches!(prev, Some((t, l)) if l != link && at_ms - t < self.window_ms)
+        shard.current.insert(key, recent);
+        burst
+    }
+}
+
+fn shard_of(key: &Key) -> usize {
+    // The low bytes of a UUIDv7 are random; its high bytes are a timestamp.
+    let b = key.0.as_bytes();
+    (usize::from(b[15]) ^ key.1 as usize) % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    const IPHONE_MAIL: &str =
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
+    const GMAIL_PROXY: &str =
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)";
+    const T: i64 = 1_800_000_000_000;
+
+    fn req(kind: Kind, ua: Option<&str>) -> Request<'_> {
+        Request {
+            kind,
+            method_head: false,
+            ip: Some("203.0.113.7".parse().unwrap()),
+            user_agent: ua,
+            at_ms: T,
+            delivered_at_ms: Some(T - 3_600_000),
+        }
+    }
+
+    fn verdict(r: &Request) -> Verdict {
+        classify(r, &Context::default())
+    }
+
+    fn is_machine(v: Verdict, why: &'static str) {
+        assert_eq!(v, Verdict::machine(why), "{v:?}");
+    }
+
+    #[test]
+    fn people_are_people() {
+        for ua in [
+            CHROME,
+            IPHONE_MAIL,
+            "Mozilla/4.0 (compatible; ms-office; MSOffice 16)",
+        ] {
+            assert_eq!(verdict(&req(Kind::Open, Some(ua))), Verdict::HUMAN, "{ua}");
+            assert_eq!(verdict(&req(Kind::Click, Some(ua))), Verdict::HUMAN, "{ua}");
+        }
+    }
+
+    #[test]
+    fn head_requests_are_checkers() {
+        let mut r = req(Kind::Click, Some(CHROME));
+        r.method_head = true;
+        is_machine(verdict(&r), reason::HEAD_REQUEST);
+        r.kind = Kind::Open;
+        is_machine(verdict(&r), reason::HEAD_REQUEST);
+    }
+
+    #[test]
+    fn no_user_agent_is_a_machine() {
+        is_machine(verdict(&req(Kind::Open, None)), reason::NO_USER_AGENT);
+        is_machine(
+            verdict(&req(Kind::Click, Some("  "))),
+            reason::NO_USER_AGENT,
+        );
+    }
+
+    #[test]
+    fn apple_mpp_by_user_agent() {
+        is_machine(
+            verdict(&req(Kind::Open, Some("Mozilla/5.0"))),
+            reason::APPLE_MPP,
+        );
+        // Not a browser on a click either, but not MPP's doing.
+        is_machine(
+            verdict(&req(Kind::Click, Some("Mozilla/5.0"))),
+            reason::KNOWN_BOT,
+        );
+    }
+
+    #[test]
+    fn apple_mpp_by_network() {
+        for ip in ["17.58.1.2", "::ffff:17.1.2.3", "2620:149:a:b::1"] {
+            let mut r = req(Kind::Open, Some(IPHONE_MAIL));
+            r.ip = Some(ip.parse().unwrap());
+            is_machine(verdict(&r), reason::APPLE_MPP);
+            // A person at Apple clicking a link is still a person.
+            r.kind = Kind::Click;
+            assert_eq!(verdict(&r), Verdict::HUMAN, "{ip}");
+        }
+        let mut r = req(Kind::Open, Some(IPHONE_MAIL));
+        r.ip = Some("18.0.0.1".parse().unwrap());
+        assert_eq!(verdict(&r), Verdict::HUMAN);
+    }
+
+    #[test]
+    fn gmail_proxy_opens_are_human_but_proxied() {
+        let v = verdict(&req(Kind::Open, Some(GMAIL_PROXY)));
+        assert_eq!(v, Verdict::proxied(reason::GOOGLE_IMAGE_PROXY));
+        assert!(!v.machine);
+        is_machine(
+            verdict(&req(Kind::Click, Some(GMAIL_PROXY))),
+            reason::GOOGLE_IMAGE_PROXY,
+        );
+    }
+
+    #[test]
+    fn yahoo_proxy_opens_are_human_but_proxied() {
+        let ua = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html";
+        assert_eq!(
+            verdict(&req(Kind::Open, Some(ua))),
+            Verdict::proxied(reason::YAHOO_MAIL_PROXY)
+        );
+        is_machine(
+            verdict(&req(Kind::Click, Some(ua))),
+            reason::YAHOO_MAIL_PROXY,
+        );
+    }
+
+    #[test]
+    fn named_security_scanners() {
+        for ua in [
+            "Mozilla/5.0 (compatible; Barracuda Sentinel)",
+            "Mimecast-URL-Protect/1.0",
+            "Proofpoint URL Defense",
+            "Mozilla/5.0 (Windows NT; Microsoft Office SafeLinks)",
+            "Cisco IronPort WSA",
+            "TrendMicro InterScan",
+        ] {
+            is_machine(
+                verdict(&req(Kind::Click, Some(ua))),
+                reason::SECURITY_SCANNER,
+            );
+        }
+    }
+
+    #[test]
+    fn headless_browsers() {
+        let ua = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36";
+        is_machine(
+            verdict(&req(Kind::Click, Some(ua))),
+            reason::HEADLESS_BROWSER,
+        );
+        is_machine(
+            verdict(&req(Kind::Open, Some("Mozilla/5.0 PhantomJS/2.1.1"))),
+            reason::HEADLESS_BROWSER,
+        );
+    }
+
+    #[test]
+    fn bots_crawlers_and_libraries() {
+        for ua in [
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "Mozilla/5.0 (compatible; bingbot/2.0)",
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+            "SomeCrawler/1.0",
+            "Mozilla/5.0 (compatible; Yahoo! Slurp)",
+            "facebookexternalhit/1.1",
+            "Mozilla/5.0 (Windows NT 10.0) BingPreview/1.0b",
+            "Microsoft Office Existence Discovery",
+            "python-requests/2.31.0",
+            "curl/8.5.0",
+            "Wget/1.21",
+            "Go-http-client/1.1",
+            "Java/17.0.2",
+            "okhttp/4.12.0",
+            "Apache-HttpClient/4.5.14 (Java/17)",
+            "libwww-perl/6.72",
+            "node-fetch/1.0",
+            "axios/1.6.0",
+        ] {
+            is_machine(verdict(&req(Kind::Click, Some(ua))), reason::KNOWN_BOT);
+        }
+        // The phone maker Cubot is not a bot.
+        let cubot = "Mozilla/5.0 (Linux; Android 9; CUBOT X19) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36";
+        assert_eq!(verdict(&req(Kind::Click, Some(cubot))), Verdict::HUMAN);
+        assert!(has_bot_word("robots"));
+        assert!(has_bot_word("my_bot_1"));
+        assert!(!has_bot_word("abbott labs"));
+    }
+
+    #[test]
+    fn clicks_soon_after_delivery() {
+        let mut r = req(Kind::Click, Some(CHROME));
+        r.delivered_at_ms = Some(T - 9_999);
+        is_machine(verdict(&r), reason::TOO_SOON_AFTER_DELIVERY);
+        // Scanned inline, before the receiver even answered 250.
+        r.delivered_at_ms = Some(T + 500);
+        is_machine(verdict(&r), reason::TOO_SOON_AFTER_DELIVERY);
+        r.delivered_at_ms = Some(T - 10_000);
+        assert_eq!(verdict(&r), Verdict::HUMAN);
+        r.delivered_at_ms = None;
+        assert_eq!(verdict(&r), Verdict::HUMAN);
+        // The window is the configured one.
+        r.delivered_at_ms = Some(T - 20_000);
+        let ctx = Context {
+            machine_click_window: Duration::from_secs(30),
+            ..Context::default()
+        };
+        assert_eq!(
+            classify(&r, &ctx),
+            Verdict::machine(reason::TOO_SOON_AFTER_DELIVERY)
+        );
+        // An open right after delivery is a reader watching for it.
+        let mut open = req(Kind::Open, Some(IPHONE_MAIL));
+        open.delivered_at_ms = Some(T - 1_000);
+        assert_eq!(verdict(&open), Verdict::HUMAN);
+    }
+
+    #[test]
+    fn bursts_of_clicks() {
+        let ctx = Context {
+            click_burst: true,
+            ..Context::default()
+        };
+        is_machine(
+            classify(&req(Kind::Click, Some(CHROME)), &ctx),
+            reason::BURST_OF_CLICKS,
+        );
+        // Bursts are about clicks only.
+        assert_eq!(
+            classify(&req(Kind::Open, Some(CHROME)), &ctx),
+            Verdict::HUMAN
+        );
+    }
+
+    #[test]
+    fn huge_user_agents_are_cut_not_feared() {
+        // 1024 falls inside a two-byte character.
+        let mut ua = format!("a{}", "é".repeat(5_000));
+        ua.push_str("bot");
+        assert_eq!(verdict(&req(Kind::Click, Some(&ua))), Verdict::HUMAN);
+    }
+
+    #[test]
+    fn click_burst_flags_different_links_within_the_window() {
+        let b = ClickBurst::new(Duration::from_secs(1), 1_000);
+        let id = uuid::Uuid::now_v7();
+        assert!(
+            !b.observe(id, 0, 0, T),
+            "the first click has nothing to compare with"
+        );
+        assert!(
+            !b.observe(id, 0, 0, T + 200),
+            "the same link again is a double click"
+        );
+        assert!(b.observe(id, 0, 1, T + 300), "another link 300 ms later");
+        assert!(b.observe(id, 0, 2, T + 400));
+        // Another recipient of the same message is someone else.
+        assert!(!b.observe(id, 1, 1, T + 400));
+        // Out of order arrivals count by distance.
+        assert!(b.observe(id, 1, 2, T + 100));
+        // Seconds later, the reader's next link.
+        assert!(!b.observe(id, 0, 3, T + 5_000));
+        assert!(!b.observe(uuid::Uuid::now_v7(), 0, 1, T + 300));
+    }
+
+    #[test]
+    fn click_burst_memory_is_bounded() {
+        let b = ClickBurst::new(Duration::from_secs(1), 64);
+        let first = uuid::Uuid::now_v7();
+        b.observe(first, 0, 0, T);
+        for i in 0..10_000u32 {
+            b.observe(uuid::Uuid::now_v7(), i, 0, T);
+        }
+        let total: usize = b
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                s.current.len() + s.previous.len()
+            })
+            .sum();
+        assert!(total <= 2 * 64, "{total}");
+        // Long forgotten: no burst from a click evicted long ago.
+        assert!(!b.observe(first, 0, 1, T + 10));
+    }
+
+    #[test]
+    fn click_burst_is_shared_between_threads() {
+        let b = std::sync::Arc::new(ClickBurst::new(Duration::from_secs(1), 1_000));
+        let id = uuid::Uuid::now_v7();
+        let hits: usize = (0..4u32)
+            .map(|link| {
+                let b = b.clone();
+                std::thread::spawn(move || b.observe(id, 0, link, T) as usize)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(hits, 3, "all but the first of four links");
     }
 }

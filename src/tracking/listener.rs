@@ -62,10 +62,10 @@ impl Tracker {
         }
         let path = req.uri().path();
         if let Some(token) = path.strip_prefix("/v1/track/open/") {
-            return self.open(req, peer, token, head);
+            return self.open(req, peer, token);
         }
         if let Some(token) = path.strip_prefix("/v1/track/click/") {
-            return self.click(req, peer, token, head);
+            return self.click(req, peer, token);
         }
         if path == "/healthz" {
             return plain(StatusCode::OK, "ok\n");
@@ -73,30 +73,21 @@ impl Tracker {
         plain(StatusCode::NOT_FOUND, "not found\n")
     }
 
-    fn open<B>(
-        &self,
-        req: &Request<B>,
-        peer: SocketAddr,
-        token: &str,
-        head: bool,
-    ) -> Response<Body> {
+    fn open<B>(&self, req: &Request<B>, peer: SocketAddr, token: &str) -> Response<Body> {
         match self.keys.verify(token) {
             Some(Token::Open {
                 email_id,
                 rcpt_index,
             }) => {
                 self.metrics.opens.inc();
-                let ev = self.event(
-                    req,
-                    peer,
-                    EventType::Opened,
+                let hit = Hit {
+                    kind: Kind::Open,
                     email_id,
                     rcpt_index,
-                    None,
-                    head,
-                    Kind::Open,
-                );
-                self.recorder.record(ev);
+                    link: None,
+                    burst: false,
+                };
+                self.recorder.record(self.event(req, peer, hit));
             }
             _ => self.metrics.tracking_invalid.inc(),
         }
@@ -115,13 +106,7 @@ impl Tracker {
         r
     }
 
-    fn click<B>(
-        &self,
-        req: &Request<B>,
-        peer: SocketAddr,
-        token: &str,
-        head: bool,
-    ) -> Response<Body> {
+    fn click<B>(&self, req: &Request<B>, peer: SocketAddr, token: &str) -> Response<Body> {
         let Some(Token::Click {
             email_id,
             rcpt_index,
@@ -139,23 +124,17 @@ impl Tracker {
             return plain(StatusCode::NOT_FOUND, "not found\n");
         };
         self.metrics.clicks.inc();
-        let now = crate::time::now_ms();
-        let burst = self.burst.observe(email_id, rcpt_index, link_index, now);
-        let mut ev = self.event(
-            req,
-            peer,
-            EventType::Clicked,
+        let burst = self
+            .burst
+            .observe(email_id, rcpt_index, link_index, crate::time::now_ms());
+        let hit = Hit {
+            kind: Kind::Click,
             email_id,
             rcpt_index,
-            Some(url),
-            head,
-            Kind::Click,
-        );
-        if burst && ev.machine != Some(true) {
-            ev.machine = Some(true);
-            ev.machine_reason = Some(classify::REASON_BURST.to_string());
-        }
-        self.recorder.record(ev);
+            link: Some(url),
+            burst,
+        };
+        self.recorder.record(self.event(req, peer, hit));
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::FOUND;
         let h = r.headers_mut();
@@ -164,18 +143,7 @@ impl Tracker {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn event<B>(
-        &self,
-        req: &Request<B>,
-        peer: SocketAddr,
-        kind: EventType,
-        email_id: uuid::Uuid,
-        rcpt_index: u32,
-        link: Option<String>,
-        head: bool,
-        class_kind: Kind,
-    ) -> NewEvent {
+    fn event<B>(&self, req: &Request<B>, peer: SocketAddr, hit: Hit) -> NewEvent {
         let ip = client_ip(req, peer, &self.trusted_proxies);
         let header = |name: hyper::header::HeaderName| {
             req.headers()
@@ -185,24 +153,46 @@ impl Tracker {
         };
         let user_agent = header(hyper::header::USER_AGENT);
         let at = crate::time::now_ms();
-        let verdict = classify::classify(&classify::Request {
-            kind: class_kind,
-            method_head: head,
-            ip: Some(ip),
-            user_agent: user_agent.as_deref(),
-            at_ms: at,
-            delivered_at_ms: None,
-        });
-        let mut ev = NewEvent::new(email_id.to_string(), kind, at);
-        ev.rcpt_idx = Some(rcpt_index);
+        // The delivery time is the store's to know; it applies the timing
+        // rule when it records a click.
+        let verdict = classify::classify(
+            &classify::Request {
+                kind: hit.kind,
+                method_head: req.method() == Method::HEAD,
+                ip: Some(ip),
+                user_agent: user_agent.as_deref(),
+                at_ms: at,
+                delivered_at_ms: None,
+            },
+            &classify::Context {
+                click_burst: hit.burst,
+                ..classify::Context::default()
+            },
+        );
+        let kind = match hit.kind {
+            Kind::Open => EventType::Opened,
+            Kind::Click => EventType::Clicked,
+        };
+        let mut ev = NewEvent::new(hit.email_id.to_string(), kind, at);
+        ev.rcpt_idx = Some(hit.rcpt_index);
         ev.ip = Some(ip.to_string());
         ev.user_agent = user_agent;
         ev.referer = header(hyper::header::REFERER);
-        ev.link = link;
+        ev.link = hit.link;
         ev.machine = Some(verdict.machine);
         ev.machine_reason = verdict.reason.map(str::to_string);
         ev
     }
+}
+
+/// What a valid tracking request says, before it becomes an event.
+struct Hit {
+    kind: Kind,
+    email_id: uuid::Uuid,
+    rcpt_index: u32,
+    link: Option<String>,
+    /// Part of a burst of different links of one message.
+    burst: bool,
 }
 
 /// The URL as a Location header: bytes a header cannot carry (non-ASCII,

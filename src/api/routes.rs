@@ -1,0 +1,315 @@
+//! The endpoints: each reads the store through its plain query functions
+//! and shapes the answer as the contract names it.
+
+use super::params::Params;
+use super::reply::{self, ApiError, Reply};
+use super::Api;
+use crate::events::StoredEvent;
+use crate::store::{self, emails::EmailInfo, events::EventFilter};
+use crate::time::rfc3339;
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Longest a health check waits for the store before calling it down.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The authenticated endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    Metrics,
+    Events,
+    Stats,
+    Email(&'a str),
+    EmailEvents(&'a str),
+}
+
+impl<'a> Endpoint<'a> {
+    /// `None`: no such path.
+    pub fn resolve(path: &'a str) -> Option<Endpoint<'a>> {
+        match path {
+            "/metrics" => Some(Endpoint::Metrics),
+            "/v1/events" => Some(Endpoint::Events),
+            "/v1/stats" => Some(Endpoint::Stats),
+            _ => match path.strip_prefix("/v1/emails/")?.split_once('/') {
+                None => Some(Endpoint::Email(path.strip_prefix("/v1/emails/")?)),
+                Some((id, "events")) => Some(Endpoint::EmailEvents(id)),
+                Some(_) => None,
+            },
+        }
+    }
+
+    pub async fn run(self, api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
+        match self {
+            Endpoint::Metrics => metrics(api, query).await,
+            Endpoint::Events => events(api, query).await,
+            Endpoint::Stats => stats(api, query).await,
+            Endpoint::Email(id) => email(api, id, query).await,
+            Endpoint::EmailEvents(id) => email_events(api, id, query).await,
+        }
+    }
+}
+
+/// Email ids are UUIDs, stored hyphenated in lower case; any spelling the
+/// uuid crate reads is accepted.
+fn email_id(raw: &str) -> Result<String, ApiError> {
+    uuid::Uuid::try_parse(raw)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| ApiError::bad_request(format!("{raw:?} is not an email id (a UUID)")))
+}
+
+fn no_such_email(id: &str) -> ApiError {
+    ApiError::not_found(format!("no email with id {id}"))
+}
+
+async fn read<T, F>(api: &Api, what: &str, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+{
+    api.store
+        .read(f)
+        .await
+        .map_err(|e| ApiError::internal(&format!("reading {what} from the store"), e))
+}
+
+/// `GET /v1/emails/{id}`: the email and its recipients' delivery state.
+async fn email(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Reply, ApiError> {
+    Params::parse(query, &[])?;
+    let id = email_id(raw_id)?;
+    let lookup = id.clone();
+    match read(api, "the email", move |c| store::emails::get(c, &lookup)).await? {
+        Some(e) => Ok(reply::ok(&email_json(&e))),
+        None => Err(no_such_email(&id)),
+    }
+}
+
+pub fn email_json(e: &EmailInfo) -> Value {
+    let t = |v: Option<i64>| v.map(rfc3339);
+    let recipients: Vec<Value> = e
+        .recipients
+        .iter()
+        .map(|r| {
+            json!({
+                "index": r.idx,
+                "recipient": r.address,
+                "status": r.status,
+                "attempts": r.attempts,
+                "next_attempt_at": t(r.next_attempt_at),
+                "last_response": r.last_response,
+                "tls": r.tls,
+                "delivered_at": t(r.delivered_at),
+                "bounced_at": t(r.bounced_at),
+                "opened_at": t(r.opened_at),
+                "clicked_at": t(r.clicked_at),
+            })
+        })
+        .collect();
+    json!({
+        "id": e.id,
+        "created_at": rfc3339(e.created_at),
+        "domain": e.domain,
+        "mail_from": e.mail_from,
+        "from": e.header_from,
+        "to": e.to_header,
+        "subject": e.subject,
+        "message_id": e.message_id,
+        "tags": e.tags,
+        "size": e.size,
+        "body_pruned": e.pruned,
+        "recipients": recipients,
+    })
+}
+
+const EVENT_PARAMS: &[&str] = &["type", "since", "until", "limit", "after"];
+
+fn event_filter(p: &Params, email_id: Option<String>) -> Result<EventFilter, ApiError> {
+    let limit = p.limit()?;
+    Ok(EventFilter {
+        email_id,
+        kind: p.event_type()?,
+        since: p.time("since")?,
+        until: p.time("until")?,
+        after_id: p.after()?,
+        // One more than asked, to know whether another page follows.
+        limit: limit + 1,
+    })
+}
+
+/// `{"data": [...], "next_after": id|null}`: `next_after` is set when more
+/// events follow, and is what the next request passes as `after`.
+fn page(mut rows: Vec<StoredEvent>, limit: usize) -> Value {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_after = if more {
+        rows.last().map(|e| e.id)
+    } else {
+        None
+    };
+    json!({
+        "data": rows.iter().map(StoredEvent::to_json).collect::<Vec<_>>(),
+        "next_after": next_after,
+    })
+}
+
+/// `GET /v1/events?type=&since=&until=&limit=&after=`: events in id order.
+async fn events(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
+    let p = Params::parse(query, EVENT_PARAMS)?;
+    let filter = event_filter(&p, None)?;
+    let limit = filter.limit - 1;
+    let rows = read(api, "events", move |c| store::events::list(c, &filter)).await?;
+    Ok(reply::ok(&page(rows, limit)))
+}
+
+/// `GET /v1/emails/{id}/events`: the same, for one email. Events of an id
+/// the store has no email for (pruned, or tokens from `preview`) are still
+/// shown; an id with neither is 404.
+async fn email_events(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Reply, ApiError> {
+    let p = Params::parse(query, EVENT_PARAMS)?;
+    let id = email_id(raw_id)?;
+    let filter = event_filter(&p, Some(id.clone()))?;
+    let limit = filter.limit - 1;
+    let lookup = id.clone();
+    let found = read(api, "events", move |c| {
+        let rows = store::events::list(c, &filter)?;
+        if !rows.is_empty() {
+            return Ok(Some(rows));
+        }
+        let known = store::emails::summary(c, &lookup)?.is_some()
+            || !store::events::list(
+                c,
+                &EventFilter {
+                    email_id: Some(lookup.clone()),
+                    limit: 1,
+                    ..EventFilter::default()
+                },
+            )?
+            .is_empty();
+        Ok(known.then_some(rows))
+    })
+    .await?;
+    match found {
+        Some(rows) => Ok(reply::ok(&page(rows, limit))),
+        None => Err(no_such_email(&id)),
+    }
+}
+
+/// `GET /v1/stats?domain=&since=&until=`: over the emails accepted in
+/// `[since, until)`, unique per recipient, human and machine apart.
+async fn stats(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
+    let p = Params::parse(query, &["domain", "since", "until"])?;
+    let domain = p.text("domain").map(str::to_string);
+    let (since, until) = (p.time("since")?, p.time("until")?);
+    let d = domain.clone();
+    let st = read(api, "stats", move |c| {
+        store::stats::compute(c, d.as_deref(), since, until)
+    })
+    .await?;
+    let mut v = st.to_json();
+    if let Value::Object(m) = &mut v {
+        // Echoed resolved, so "since=24h" says which window it was.
+        m.insert("domain".into(), json!(domain));
+        m.insert("since".into(), json!(since.map(rfc3339)));
+        m.insert("until".into(), json!(until.map(rfc3339)));
+    }
+    Ok(reply::ok(&v))
+}
+
+/// `GET /metrics`: the process's counters and histograms, and gauges read
+/// from the store. When the store does not answer, the counters are still
+/// served and `trackrelay_store_up` says 0.
+async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
+    use std::fmt::Write;
+    Params::parse(query, &[])?;
+    let mut out = api.metrics.render();
+    let gauges = api
+        .store
+        .read(|c| Ok((store::queue::depth(c)?, store::webhooks::counts(c)?)))
+        .await;
+    let mut gauge = |name: &str, help: &str, v: i64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    match gauges {
+        Ok((depth, (pending, _delivered, failed))) => {
+            gauge(
+                "trackrelay_store_up",
+                "1 when the store answered this scrape",
+                1,
+            );
+            gauge(
+                "trackrelay_queue_depth",
+                "recipients queued, deferred or being delivered",
+                depth,
+            );
+            gauge(
+                "trackrelay_webhook_outbox_pending",
+                "webhook deliveries waiting to be sent or retried",
+                pending,
+            );
+            gauge(
+                "trackrelay_webhook_outbox_failed",
+                "webhook deliveries given up",
+                failed,
+            );
+        }
+        Err(e) => {
+            tracing::warn!("admin API: /metrics: the store did not answer: {e}");
+            gauge(
+                "trackrelay_store_up",
+                "1 when the store answered this scrape",
+                0,
+            );
+        }
+    }
+    Ok(reply::text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        out,
+    ))
+}
+
+/// `GET /healthz` (no token): 200 when the store answers a trivial read.
+pub async fn healthz(api: &Api) -> Reply {
+    let probe = api
+        .store
+        .read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)));
+    let (status, body) = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: no answer within {}s\n", HEALTH_TIMEOUT.as_secs()),
+        ),
+    };
+    reply::text(status, "text/plain; charset=utf-8", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoint;
+
+    #[test]
+    fn resolves_paths() {
+        assert_eq!(Endpoint::resolve("/metrics"), Some(Endpoint::Metrics));
+        assert_eq!(Endpoint::resolve("/v1/events"), Some(Endpoint::Events));
+        assert_eq!(Endpoint::resolve("/v1/stats"), Some(Endpoint::Stats));
+        assert_eq!(
+            Endpoint::resolve("/v1/emails/x"),
+            Some(Endpoint::Email("x"))
+        );
+        assert_eq!(
+            Endpoint::resolve("/v1/emails/x/events"),
+            Some(Endpoint::EmailEvents("x"))
+        );
+        for none in [
+            "/",
+            "/v1",
+            "/v1/events/",
+            "/v1/emails/x/y",
+            "/v1/emails/x/events/z",
+            "/metricsx",
+        ] {
+            assert_eq!(Endpoint::resolve(none), None, "{none}");
+        }
+    }
+}
