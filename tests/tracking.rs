@@ -61,6 +61,7 @@ async fn opens_and_clicks_are_attributed_and_redirect_exactly() {
             .into(),
         tracking: "machine_click_window = \"0s\"".into(),
         delivery: format!("routes = {{ \"example.net\" = \"{}\" }}", mx.addr()),
+        api_token: true,
         ..Options::default()
     });
     let id = submit(
@@ -305,6 +306,32 @@ async fn opens_and_clicks_are_attributed_and_redirect_exactly() {
     assert_eq!(stats["clicked"], 2);
     assert_eq!(stats["clicked_human"], 2);
     assert_eq!(stats["open_rate"], 1.0);
+
+    // The admin API of the running server says the same.
+    let bearer = format!("Bearer {API_TOKEN}");
+    let auth = ("Authorization", bearer.as_str());
+    assert_eq!(
+        http(relay.api, "GET", &format!("/v1/emails/{id}"), &[]).0,
+        401
+    );
+    let (status, _, body) = http(relay.api, "GET", &format!("/v1/emails/{id}"), &[auth]);
+    assert_eq!(status, 200);
+    let email: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(email["recipients"].as_array().unwrap().len(), 2);
+    let (status, _, body) = http(relay.api, "GET", "/v1/stats", &[auth]);
+    assert_eq!(status, 200);
+    let api_stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(api_stats["clicked_human"], 2);
+    let (status, _, body) = http(relay.api, "GET", "/metrics", &[auth]);
+    assert_eq!(status, 200);
+    let metrics = String::from_utf8(body).unwrap();
+    assert!(metrics.contains("trackrelay_clicks_total 5"), "{metrics}");
+    assert!(metrics.contains("trackrelay_opens_total 3"), "{metrics}");
+    assert!(
+        metrics.contains("trackrelay_delivered_total 2"),
+        "{metrics}"
+    );
+    assert_eq!(http(relay.api, "GET", "/healthz", &[]).0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

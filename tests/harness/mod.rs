@@ -18,6 +18,13 @@ pub fn password_hash() -> &'static str {
     HASH.get_or_init(|| trackrelay::submission::auth::hash_password(PASSWORD).unwrap())
 }
 
+pub const API_TOKEN: &str = "test-api-token-7f3a";
+
+pub fn api_token_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| trackrelay::submission::auth::hash_password(API_TOKEN).unwrap())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -58,6 +65,8 @@ pub struct Options {
     pub store: String,
     /// Extra keys for the example.org [[domains]] entry.
     pub domain_org: String,
+    /// Give the admin API the token `API_TOKEN`.
+    pub api_token: bool,
 }
 
 impl Default for Options {
@@ -70,6 +79,7 @@ impl Default for Options {
             tracking: String::new(),
             store: String::new(),
             domain_org: String::new(),
+            api_token: false,
         }
     }
 }
@@ -118,6 +128,7 @@ name = "example.org"
 
 [api]
 listen = ["127.0.0.1:{p3}"]
+{api}
 
 {extra}
 "#,
@@ -137,6 +148,11 @@ listen = ["127.0.0.1:{p3}"]
                 opts.delivery
             },
             domain_org = opts.domain_org,
+            api = if opts.api_token {
+                format!("token_hash = \"{}\"", api_token_hash())
+            } else {
+                String::new()
+            },
             store = opts.store,
             extra = opts.extra,
         );
