@@ -21,6 +21,13 @@ pub struct Bound {
     pub api: Vec<SocketAddr>,
 }
 
+fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
+}
+
 async fn bind_all(key: &str, addrs: &[String]) -> Result<Vec<TcpListener>, String> {
     let mut out = Vec::new();
     for a in addrs {
@@ -113,12 +120,11 @@ pub async fn run_until(
 
     let plain = bind_all("submission.listen", &config.submission.listen).await?;
     let implicit = bind_all("submission.listen_tls", &config.submission.listen_tls).await?;
-    let mut bound = Bound::default();
-    bound.submission = plain.iter().filter_map(|l| l.local_addr().ok()).collect();
-    bound.submission_tls = implicit
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    let mut bound = Bound {
+        submission: local_addrs(&plain),
+        submission_tls: local_addrs(&implicit),
+        ..Bound::default()
+    };
     let listeners: Vec<(TcpListener, bool)> = plain
         .into_iter()
         .map(|l| (l, false))
@@ -128,14 +134,8 @@ pub async fn run_until(
     let tracking_acceptor = crate::tracking::server::acceptor(&config)?;
     let tracking_plain = bind_all("tracking.listen", &config.tracking.listen).await?;
     let tracking_tls = bind_all("tracking.listen_tls", &config.tracking.listen_tls).await?;
-    bound.tracking = tracking_plain
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
-    bound.tracking_tls = tracking_tls
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    bound.tracking = local_addrs(&tracking_plain);
+    bound.tracking_tls = local_addrs(&tracking_tls);
     let (recorder, recorder_task) = crate::tracking::recorder::Recorder::start(
         store.clone(),
         metrics.clone(),
@@ -163,10 +163,7 @@ pub async fn run_until(
         metrics.clone(),
     )?);
     let api_listeners = bind_all("api.listen", &config.api.listen).await?;
-    bound.api = api_listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    bound.api = local_addrs(&api_listeners);
     let api_task = tokio::spawn(crate::api::serve(api, api_listeners, shutdown.clone()));
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         &config,

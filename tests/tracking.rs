@@ -50,6 +50,17 @@ fn count(relay: &Relay, sql: &str) -> i64 {
     relay.db().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// type, recipient, ip, user_agent, referer, link, machine
+type EventRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+);
+
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Thunderbird/128.3.1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,15 +211,7 @@ async fn opens_and_clicks_are_attributed_and_redirect_exactly() {
     );
 
     // Attribution, IPs, User-Agent, Referer, link.
-    let rows: Vec<(
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        bool,
-    )> = relay
+    let rows: Vec<EventRow> = relay
         .db()
         .prepare(
             "SELECT type, recipient, ip, user_agent, referer, link, machine FROM events

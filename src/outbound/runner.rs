@@ -55,6 +55,12 @@ pub struct Runner {
     wake: Arc<Notify>,
 }
 
+/// A stored message: our trace header and the bytes as submitted.
+type Stored = (Vec<u8>, Vec<u8>);
+
+/// The last temporary failure of a message: reason, TLS version, host.
+type LastFailure = (String, Option<String>, String);
+
 /// A recipient's copy, ready for the wire.
 struct Ready {
     claim: Claimed,
@@ -274,7 +280,8 @@ impl Runner {
     /// Prepares, stamps and signs each recipient's copy. Recipients whose
     /// message is gone come back as failed attempts.
     async fn build(&self, batch: Vec<Claimed>) -> (Vec<Ready>, Vec<Attempt>) {
-        let mut bodies: HashMap<String, Option<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+        // Email id to its (trace header, body), read once per batch.
+        let mut bodies: HashMap<String, Option<Stored>> = HashMap::new();
         let mut ready = Vec::new();
         let mut failed = Vec::new();
         for claim in batch {
@@ -414,7 +421,7 @@ impl Runner {
         let cfg = self.client_config(domain, policy);
         // Each message still to settle, with its last temporary failure
         // (reason, TLS version, host).
-        let mut pending: Vec<(Ready, Option<(String, Option<String>, String)>)> =
+        let mut pending: Vec<(Ready, Option<LastFailure>)> =
             ready.into_iter().map(|r| (r, None)).collect();
         let mut done = Vec::new();
         for Target { addr, name } in &targets {

@@ -58,7 +58,6 @@ enum End {
 }
 
 impl Submission {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &crate::config::Config,
         store: Store,

@@ -757,9 +757,7 @@ impl Session {
     }
 
     fn finish_message(&mut self, overflow: bool) -> Option<Action> {
-        let Some(tx) = self.tx.take() else {
-            return None;
-        };
+        let tx = self.tx.take()?;
         if overflow {
             self.error(
                 552,

@@ -185,9 +185,7 @@ fn auth_before_tls_is_refused() {
 #[test]
 fn sender_must_be_the_users() {
     let mut s = session("192.0.2.1", true);
-    let input = format!(
-        "EHLO c\r\nAUTH PLAIN AGFwcABwdw==\r\nMAIL FROM:<a@example.org>\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nFrom: x@example.org\r\n\r\nbody\r\n.\r\n"
-    );
+    let input = "EHLO c\r\nAUTH PLAIN AGFwcABwdw==\r\nMAIL FROM:<a@example.org>\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nFrom: x@example.org\r\n\r\nbody\r\n.\r\n";
     let (out, env) = run(&mut s, input.as_bytes(), true);
     assert_eq!(
         codes(&out),

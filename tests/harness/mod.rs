@@ -50,6 +50,7 @@ pub struct Relay {
 }
 
 /// Config pieces a test can change; everything else is the harness default.
+#[derive(Default)]
 pub struct Options {
     /// Extra keys appended under [submission].
     pub submission: String,
@@ -67,21 +68,6 @@ pub struct Options {
     pub domain_org: String,
     /// Give the admin API the token `API_TOKEN`.
     pub api_token: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            submission: String::new(),
-            extra: String::new(),
-            domain: String::new(),
-            delivery: String::new(),
-            tracking: String::new(),
-            store: String::new(),
-            domain_org: String::new(),
-            api_token: false,
-        }
-    }
 }
 
 impl Relay {
@@ -255,7 +241,7 @@ listen = ["127.0.0.1:{p3}"]
 
     pub fn db(&self) -> rusqlite::Connection {
         let c = rusqlite::Connection::open_with_flags(
-            &self.db_path(),
+            self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
