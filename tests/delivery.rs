@@ -599,3 +599,105 @@ async fn return_path_managed_key_and_preview() {
         .unwrap()
         .starts_with("From: News"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mx_routing_through_dns() {
+    let mx = TestMx::start(MxConfig::default()).await;
+    let dns = support::dns::DnsStub::start().await;
+    // example.net: the preferred MX answers nowhere, the second one is ours.
+    dns.mx("example.net", 10, "mx1.example.net")
+        .mx("example.net", 20, "mx2.example.net")
+        .a("mx1.example.net", "127.0.0.2".parse().unwrap())
+        .a("mx2.example.net", "127.0.0.1".parse().unwrap())
+        // implicit.test has no MX: its own address is the implicit MX.
+        .a("implicit.test", "127.0.0.1".parse().unwrap())
+        // nullmx.test takes no mail (RFC 7505).
+        .mx("nullmx.test", 0, ".");
+    let relay = Relay::start(Options {
+        submission: trusted(),
+        delivery: format!(
+            "resolver = \"{}\"\nmx_port = {}",
+            dns.resolver(),
+            mx.addr().port()
+        ),
+        ..Options::default()
+    });
+    let msg = message("news@example.com", "x@example.net", "mx", "hello");
+    let id = submit(
+        &relay,
+        "news@example.com",
+        &[
+            "a@example.net",
+            "b@implicit.test",
+            "c@nullmx.test",
+            "d@nxdomain.test",
+        ],
+        &msg,
+    );
+    wait_status(&relay, &id, "a@example.net", "delivered", 30);
+    wait_status(&relay, &id, "b@implicit.test", "delivered", 30);
+    wait_status(&relay, &id, "c@nullmx.test", "bounced", 30);
+    wait_status(&relay, &id, "d@nxdomain.test", "bounced", 30);
+    let responses: Vec<(String, String)> = relay
+        .db()
+        .prepare("SELECT address, COALESCE(last_response, '') || ' @' || COALESCE(mx, '') FROM recipients WHERE email_id = ?1 ORDER BY idx")
+        .unwrap()
+        .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        responses[0].1.ends_with("@mx2.example.net"),
+        "{responses:?}"
+    );
+    assert!(responses[1].1.ends_with("@implicit.test"), "{responses:?}");
+    assert!(responses[2].1.contains("null MX"), "{responses:?}");
+    assert!(responses[3].1.contains("does not exist"), "{responses:?}");
+    assert_eq!(mx.received().len(), 2);
+}
+
+#[test]
+fn config_errors_name_the_key_and_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nhostname = \"relay.test\"\ndata_dir = \"./data\"\n[submission]\nlisten = [\"127.0.0.1:notaport\"]\n\
+             tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n\
+             [[submission.users]]\nname = \"app\"\npassword_hash = \"{}\"\ndomains = [\"example.org\"]\n\
+             [[domains]]\nname = \"example.com\"\n",
+            password_hash()
+        ),
+    )
+    .unwrap();
+    for cmd in ["check-config", "serve"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args([cmd, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for key in [
+            "submission.listen",
+            "submission.tls_cert",
+            "submission.tls_key",
+            "submission.users[0].domains: \"example.org\" is not a configured [[domains]] entry",
+        ] {
+            assert!(err.contains(key), "{cmd}: {key} not named in:\n{err}");
+        }
+    }
+    std::fs::write(
+        &path,
+        "[server]\nhostname = \"relay.test\"\nhostnme = \"typo\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hostnme"));
+}

@@ -621,3 +621,54 @@ async fn stub_survives_malformed_packets() {
     let ips = r.resolver().lookup_ip("ok.example.net.").await.unwrap();
     assert_eq!(ips.iter().count(), 1);
 }
+
+/// The command as an operator runs it: exit 0 when everything required is
+/// verified, 1 otherwise, one JSON object per record with --json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_exits_by_what_is_verified() {
+    let (s, key) = full_setup().await;
+    let config = s.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"{RELAY}\"\ndata_dir = \"{dir}/data\"\n[[domains]]\nname = \"example.com\"\n{domain}\n\
+             [delivery]\nresolver = \"{resolver}\"\n",
+            dir = s.dir.path().display(),
+            domain = FULL.replace("{dir}", &s.dir.path().display().to_string()),
+            resolver = s.dns.resolver(),
+        ),
+    )
+    .unwrap();
+    // The stub answers on this runtime, so the command runs off it.
+    let run = |json: bool| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"));
+            cmd.args(["dns-check", "--config"]).arg(&config);
+            if json {
+                cmd.arg("--json");
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let out = run(false).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "nothing published yet");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pending"));
+    publish_all(&s.dns, &key);
+    let out = run(true).await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().all(|l| l["status"] == "verified"), "{lines:?}");
+    assert!(lines
+        .iter()
+        .any(|l| l["record"] == "dkim" && l["name"] == "s1._domainkey.example.com"));
+}

@@ -423,4 +423,62 @@ async fn scanners_are_flagged_and_links_outlive_the_message() {
     let (status, headers, _) = http(relay.tracking, "GET", &paths[0].1, &[host]);
     assert_eq!(status, 302);
     assert_eq!(header(&headers, "location"), Some(LINK_AMP));
+    // A token from `preview` names an email the store never saw: the
+    // redirect works and the click is still recorded.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+        .args(["preview", "--no-sign", "--config"])
+        .arg(&relay.config_path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&html_message())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    let preview_id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("email_id: "))
+        .unwrap()
+        .to_string();
+    let preview_paths = tracking_paths(&out.stdout);
+    assert_eq!(
+        http(
+            relay.tracking,
+            "GET",
+            &preview_paths[0].1,
+            &[host, ("User-Agent", UA)]
+        )
+        .0,
+        302
+    );
+    wait_for("the preview click stored", Duration::from_secs(10), || {
+        count(
+            &relay,
+            &format!("SELECT COUNT(*) FROM events WHERE email_id = '{preview_id}'"),
+        ) == 1
+    });
+    let out = relay.cli(&["export", "events", "--csv"]);
+    assert!(out.status.success());
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        csv.starts_with(
+            "id,email_id,type,recipient,at,ip,user_agent,referer,link,machine,machine_reason\r\n"
+        ),
+        "{csv}"
+    );
+    assert!(csv.contains(&preview_id));
+    assert!(
+        csv.contains("\"https://example.org/x?a=1&b=2#top\"")
+            || csv.contains("https://example.org/x?a=1&b=2#top")
+    );
+    let out = relay.cli(&["export", "emails", "--csv"]);
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.lines().nth(1).unwrap().starts_with(&id), "{csv}");
 }
