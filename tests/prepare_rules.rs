@@ -5,7 +5,7 @@ mod prepare_util;
 
 use base64::Engine;
 use prepare_util::*;
-use trackrelay::prepare::{ControlHeaders, Token, TrackingOptions, control_headers, prepare};
+use trackrelay::prepare::{control_headers, prepare, ControlHeaders, Token, TrackingOptions};
 
 /// A single-part 8bit HTML message; the HTML keeps its own line ends.
 fn html_message(html: &str) -> Vec<u8> {
@@ -48,9 +48,15 @@ fn control_headers_are_read_case_insensitively_with_folding() {
             tags: vec!["welcome".into(), "onboarding".into(), "café".into()],
         }
     );
-    assert_eq!(control_headers(b"From: a\r\n\r\n"), ControlHeaders::default());
+    assert_eq!(
+        control_headers(b"From: a\r\n\r\n"),
+        ControlHeaders::default()
+    );
     // An unreadable flag leaves the domain default in force.
-    assert_eq!(control_headers(b"X-Track-Opens: maybe\r\n\r\n").track_opens, None);
+    assert_eq!(
+        control_headers(b"X-Track-Opens: maybe\r\n\r\n").track_opens,
+        None
+    );
 }
 
 #[test]
@@ -137,7 +143,10 @@ fn only_the_href_values_and_the_pixel_change() {
     assert_eq!((out.links_tracked, out.pixels_inserted), (4, 1));
     let body = body_of(&out.message);
     let (back, tokens) = untrack(&body);
-    assert_eq!(back, html, "everything outside hrefs and the pixel is byte-identical");
+    assert_eq!(
+        back, html,
+        "everything outside hrefs and the pixel is byte-identical"
+    );
     assert_eq!(
         urls(&tokens),
         [
@@ -152,9 +161,17 @@ fn only_the_href_values_and_the_pixel_change() {
     assert!(body.contains(&format!("href={CLICK}")));
     // Pixel right before </BODY>.
     let pixel_at = body.find(&format!("<img src=\"{OPEN}")).unwrap();
-    assert!(body[pixel_at..].contains("\"></BODY>") || body[pixel_at..].find('>').map(|e| &body[pixel_at + e + 1..pixel_at + e + 8]) == Some("</BODY>"));
+    assert!(
+        body[pixel_at..].contains("\"></BODY>")
+            || body[pixel_at..]
+                .find('>')
+                .map(|e| &body[pixel_at + e + 1..pixel_at + e + 8])
+                == Some("</BODY>")
+    );
     // Headers are untouched.
-    assert!(out.message.starts_with(&raw[..raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]));
+    assert!(out
+        .message
+        .starts_with(&raw[..raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap()]));
 }
 
 #[test]
@@ -194,14 +211,29 @@ fn link_indexes_follow_document_order_and_are_the_same_for_every_recipient() {
 #[test]
 fn entities_are_decoded_before_the_url_goes_into_the_token() {
     let hrefs = [
-        ("https://e.example/?a=1&amp;b=2", "https://e.example/?a=1&b=2"),
-        ("https://e.example/?a=1&#38;b=2", "https://e.example/?a=1&b=2"),
-        ("https://e.example/?a=1&#x26;b=2", "https://e.example/?a=1&b=2"),
+        (
+            "https://e.example/?a=1&amp;b=2",
+            "https://e.example/?a=1&b=2",
+        ),
+        (
+            "https://e.example/?a=1&#38;b=2",
+            "https://e.example/?a=1&b=2",
+        ),
+        (
+            "https://e.example/?a=1&#x26;b=2",
+            "https://e.example/?a=1&b=2",
+        ),
         ("https://e.example/caf&eacute;", "https://e.example/café"),
         ("https&#58;//e.example/colon", "https://e.example/colon"),
         // In attributes, a legacy entity without ';' before '=' stays text.
-        ("https://e.example/?x=1&copy=2", "https://e.example/?x=1&copy=2"),
-        ("https://e.example/?q=&quot;hi&quot;", "https://e.example/?q=\"hi\""),
+        (
+            "https://e.example/?x=1&copy=2",
+            "https://e.example/?x=1&copy=2",
+        ),
+        (
+            "https://e.example/?q=&quot;hi&quot;",
+            "https://e.example/?q=\"hi\"",
+        ),
     ];
     let html: String = hrefs
         .iter()
@@ -294,14 +326,20 @@ fn vml_and_links_inside_outlook_conditional_comments_are_rewritten() {
     );
     assert_eq!(back, html.replace("&amp;", "&"));
     assert!(body.contains("href=\"https://example.com/commented-out\""));
-    assert!(body.contains(&format!("<v:roundrect xmlns:v=\"urn:schemas-microsoft-com:vml\" href=\"{CLICK}")));
+    assert!(body.contains(&format!(
+        "<v:roundrect xmlns:v=\"urn:schemas-microsoft-com:vml\" href=\"{CLICK}"
+    )));
 }
 
 // ---- pixel -----------------------------------------------------------------
 
 #[test]
 fn the_pixel_goes_before_the_last_body_end_tag_or_at_the_end() {
-    let out = run_with(&html_message("<body>a</body>\n<body>b</BODY>\n</html>\n"), true, false);
+    let out = run_with(
+        &html_message("<body>a</body>\n<body>b</BODY>\n</html>\n"),
+        true,
+        false,
+    );
     let body = body_of(&out.message);
     assert_eq!(count(&body, OPEN), 1);
     let pixel_end = body.find(OPEN).unwrap();
@@ -349,7 +387,10 @@ fn every_html_alternative_gets_one_pixel_and_text_parts_none() {
     let text = String::from_utf8(out.message).unwrap();
     assert!(text.contains("\r\n\r\nhttps://example.com/ </body>\r\n--alt\r\n"));
     let (_, tokens) = untrack(&parts[1]);
-    assert!(matches!(tokens[0], Token::Click { link_index: 1, .. }), "indexes run across parts");
+    assert!(
+        matches!(tokens[0], Token::Click { link_index: 1, .. }),
+        "indexes run across parts"
+    );
 }
 
 // ---- MIME ------------------------------------------------------------------
@@ -377,7 +418,10 @@ fn nested_multiparts_at_any_depth_and_bytes_outside_html_parts_unchanged() {
     assert_eq!(cut(&before), cut(&after));
     let html = &html_parts(after.as_bytes())[0];
     let (back, _) = untrack(html);
-    assert_eq!(back, "<body><a href=\"https://example.com/deep\">d</a></body>");
+    assert_eq!(
+        back,
+        "<body><a href=\"https://example.com/deep\">d</a></body>"
+    );
 }
 
 #[test]
@@ -398,10 +442,7 @@ fn quoted_printable_soft_breaks_inside_an_href_are_decoded_and_lines_re_encoded(
     assert!(!body.replace("\r\n", "").contains('\n'), "CRLF only");
     let html = &html_parts(&out.message)[0];
     let (back, tokens) = untrack(html);
-    assert_eq!(
-        urls(&tokens),
-        ["https://www.example.com/path?a=1&b=2"]
-    );
+    assert_eq!(urls(&tokens), ["https://www.example.com/path?a=1&b=2"]);
     assert_eq!(
         back,
         "<html><body><p>Café <a href=\"https://www.example.com/path?a=1&b=2\">link</a></p></body></html>\r\n"
@@ -417,7 +458,10 @@ fn a_message_with_bare_lf_line_ends_keeps_them() {
     assert_eq!(out.links_tracked, 1);
     assert!(!out.message.contains(&b'\r'));
     let (back, _) = untrack(&html_parts(&out.message)[0]);
-    assert_eq!(back, "<body>\n<a href=\"https://example.com/x\">x</a>\n</body>\n");
+    assert_eq!(
+        back,
+        "<body>\n<a href=\"https://example.com/x\">x</a>\n</body>\n"
+    );
 }
 
 #[test]
@@ -462,9 +506,20 @@ fn utf16_parts_stay_utf16() {
          Content-Type: text/html; charset=utf-16\nContent-Transfer-Encoding: base64\n\n{b64}\n--x--\n"
     ));
     let out = run(&raw);
-    assert_eq!((out.links_tracked, out.pixels_inserted), (1, 1), "{:?}", out.unchanged_parts);
+    assert_eq!(
+        (out.links_tracked, out.pixels_inserted),
+        (1, 1),
+        "{:?}",
+        out.unchanged_parts
+    );
     let text = String::from_utf8(out.message).unwrap();
-    let b64 = text.split("\r\n\r\n").nth(2).unwrap().split("\r\n--x--").next().unwrap();
+    let b64 = text
+        .split("\r\n\r\n")
+        .nth(2)
+        .unwrap()
+        .split("\r\n--x--")
+        .next()
+        .unwrap();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(b64.replace("\r\n", ""))
         .unwrap();
@@ -490,8 +545,18 @@ fn iso_2022_jp_parts_stay_iso_2022_jp() {
     ]
     .concat();
     let out = run(&raw);
-    assert_eq!((out.links_tracked, out.pixels_inserted), (1, 1), "{:?}", out.unchanged_parts);
-    let body = &out.message[out.message.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(
+        (out.links_tracked, out.pixels_inserted),
+        (1, 1),
+        "{:?}",
+        out.unchanged_parts
+    );
+    let body = &out.message[out
+        .message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap()
+        + 4..];
     assert!(body.iter().all(|b| b.is_ascii()), "still 7-bit ISO-2022-JP");
     let (text, had_errors) = encoding_rs::ISO_2022_JP.decode_without_bom_handling(body);
     assert!(!had_errors);
@@ -524,7 +589,12 @@ fn malformed_html_parts_are_left_intact_with_a_reason() {
     assert_eq!(out.links_tracked, 0);
 
     // Not even a header block.
-    for junk in [&b""[..], b"\r\n\r\n", b"<html>no headers</html>", b"\xff\xfe\x00garbage"] {
+    for junk in [
+        &b""[..],
+        b"\r\n\r\n",
+        b"<html>no headers</html>",
+        b"\xff\xfe\x00garbage",
+    ] {
         let out = run(junk);
         assert_eq!(out.message, junk);
     }
@@ -553,7 +623,12 @@ fn a_message_rfc822_body_is_tracked() {
          Content-Type: text/html\n\n<body><a href=\"https://example.com/inner\">i</a></body>\n",
     );
     let out = run(&raw);
-    assert_eq!((out.links_tracked, out.pixels_inserted), (1, 1), "{:?}", out.unchanged_parts);
+    assert_eq!(
+        (out.links_tracked, out.pixels_inserted),
+        (1, 1),
+        "{:?}",
+        out.unchanged_parts
+    );
     let text = String::from_utf8(out.message).unwrap();
     let (back, _) = untrack(&text);
     assert_eq!(back.into_bytes(), raw);
@@ -596,7 +671,11 @@ fn raw_without_cte(raw: &[u8]) -> Vec<u8> {
 #[test]
 fn a_tracking_host_that_is_not_a_host_turns_tracking_off_with_a_reason() {
     let raw = html_message("<a href=\"https://example.com/\">x</a>");
-    for host in ["links.example.com/path", "user@links.example.com", "bad host"] {
+    for host in [
+        "links.example.com/path",
+        "user@links.example.com",
+        "bad host",
+    ] {
         let opts = TrackingOptions {
             tracking_host: Some(host),
             ..options(true, true)
@@ -617,5 +696,46 @@ fn an_idn_tracking_host_is_written_as_ascii() {
     };
     let out = prepare(&raw, &opts, &keys());
     let body = body_of(&out.message);
-    assert!(body.contains("href=\"http://liens.xn--bcher-kva.example/v1/track/click/"), "{body}");
+    assert!(
+        body.contains("href=\"http://liens.xn--bcher-kva.example/v1/track/click/"),
+        "{body}"
+    );
+}
+
+#[test]
+fn mail_that_readers_take_apart_differently_is_left_alone() {
+    // Two Content-Type fields on one part: clients disagree on what it is.
+    let two_types = crlf(
+        "From: a@example.com\nContent-Type: multipart/related; boundary=r\n\n--r\n\
+         Content-Type: multipart/alternative; boundary=a\nContent-Type: text/plain\n\n--a\n\
+         Content-Type: text/html\n\n<a href=\"https://example.com/\">x</a>\n--a--\n--r--\n",
+    );
+    // A blank-looking first line: some readers see no headers at all.
+    let leading_blank = [
+        b"   \r\n".as_slice(),
+        &html_message("<a href=\"https://example.com/\">x</a>"),
+    ]
+    .concat();
+    for raw in [two_types, leading_blank] {
+        let out = run(&raw);
+        assert_eq!(out.message, raw);
+        assert_eq!(out.unchanged_parts.len(), 1, "{:?}", out.unchanged_parts);
+    }
+}
+
+#[test]
+fn quoted_printable_trailing_blanks_survive_as_content() {
+    let raw = crlf(
+        "From: a@example.com\nContent-Type: text/html\nContent-Transfer-Encoding: quoted-printable\n\n\
+         <p>word  \n<a href=3D\"https://example.com/\">x</a>   \n</p>",
+    );
+    let out = run(&raw);
+    let (back, _) = untrack(&html_parts(&out.message)[0]);
+    assert_eq!(
+        back,
+        "<p>word  \r\n<a href=\"https://example.com/\">x</a>   \r\n</p>"
+    );
+    assert!(String::from_utf8(out.message)
+        .unwrap()
+        .contains("word =20\r\n"));
 }

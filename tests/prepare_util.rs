@@ -2,7 +2,7 @@
 //! target too).
 #![allow(dead_code)]
 
-use trackrelay::prepare::{Prepared, Token, TokenKeys, TrackingOptions, prepare};
+use trackrelay::prepare::{prepare, Prepared, Token, TokenKeys, TrackingOptions};
 use uuid::Uuid;
 
 pub const HOST: &str = "links.example.com";
@@ -107,5 +107,7 @@ pub fn html_parts(raw: &[u8]) -> Vec<String> {
 
 /// A message with CRLF line ends made from LF-written source text.
 pub fn crlf(text: &str) -> Vec<u8> {
-    text.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes()
+    text.replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
 }

@@ -118,8 +118,11 @@ pub(crate) fn encode(cte: Cte, data: &[u8], eol: &[u8]) -> Vec<u8> {
 }
 
 /// RFC 2045 6.7 decoding. Hard line breaks keep the bytes they were written
-/// with; trailing blanks on a line are transport padding and go; a `=` not
-/// followed by two hex digits is kept as it is (robust decoding).
+/// with; a `=` not followed by two hex digits is kept as it is (robust
+/// decoding). RFC 2045 lets a decoder drop blanks at the end of a line as
+/// transport padding, but many readers keep them and senders do write them:
+/// keeping them means the part reads the same everywhere after we re-encode
+/// them as `=20`. Blanks after a soft-break `=` are padding.
 pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut pos = 0;
@@ -133,11 +136,8 @@ pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
             }
         }
         let eol = &input[end..next];
-        let mut line = &input[pos..end];
-        while let [rest @ .., b' ' | b'\t'] = line {
-            line = rest;
-        }
-        match line.strip_suffix(b"=") {
+        let line = &input[pos..end];
+        match line.trim_ascii_end().strip_suffix(b"=") {
             Some(soft) => qp_decode_segment(soft, &mut out),
             None => {
                 qp_decode_segment(line, &mut out);
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn qp_decode_handles_soft_breaks_padding_and_junk() {
-        assert_eq!(qp_decode(b"a=\r\nb=3D=3d  \r\nc"), b"ab==\r\nc");
+        assert_eq!(qp_decode(b"a= \r\nb=3D=3d  \r\nc"), b"ab==  \r\nc");
         assert_eq!(qp_decode(b"x=\ny\n"), b"xy\n");
         assert_eq!(qp_decode(b"=G1 =\xe9"), b"=G1 =\xe9");
         assert_eq!(qp_decode(b"end="), b"end");

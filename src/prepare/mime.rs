@@ -36,6 +36,10 @@ impl<'t> Walk<'t> {
                 .push("the message could not be parsed as MIME; left as it is".into());
             return Vec::new();
         };
+        if let Err(reason) = structure_agrees(raw, &msg.parts) {
+            self.notes.push(format!("{reason}; message left as it is"));
+            return Vec::new();
+        }
         let top = HeaderBlock::scan(raw, 0);
         let message_eol = headers::line_ending(raw, &top);
         let mut edits = Vec::new();
@@ -218,6 +222,27 @@ impl<'a> PartBytes<'a> {
             .as_deref()
             .is_some_and(|v| v.eq_ignore_ascii_case("binary"))
     }
+}
+
+/// Mail that readers can take apart differently (a header block mail-parser
+/// ends elsewhere than a plain line reader, a part with two Content-Types)
+/// is not rewritten: we cannot know which reading the recipient's client
+/// will use.
+fn structure_agrees(raw: &[u8], parts: &[MessagePart]) -> Result<(), String> {
+    for (i, part) in parts.iter().enumerate() {
+        let start = part.offset_header as usize;
+        let block = HeaderBlock::scan(raw, start);
+        if block.body != part.offset_body as usize {
+            return Err(format!(
+                "part {}: MIME readers disagree on where its headers end",
+                i + 1
+            ));
+        }
+        if block.named(raw, "Content-Type").nth(1).is_some() {
+            return Err(format!("part {}: several Content-Type fields", i + 1));
+        }
+    }
+    Ok(())
 }
 
 fn is_html(part: &MessagePart) -> bool {
