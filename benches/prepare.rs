@@ -1,1 +1,168 @@
-fn main() {}
+//! Throughput of `prepare` on the corpus's largest HTML emails, beside the
+//! ceiling: lol_html passing the same HTML through with no handlers.
+//!
+//!   CARGO_TARGET_DIR=... cargo bench --bench prepare [-- SECONDS_PER_CASE]
+//!
+//! Each HTML file is sent as a multipart/alternative message whose HTML part
+//! is 8bit, then quoted-printable (the common case for real mail). MB/s are
+//! HTML bytes per second (10^6), for both columns, so the ratio is fair.
+
+use lol_html::{HtmlRewriter, Settings};
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use trackrelay::prepare::{prepare, TokenKeys, TrackingOptions};
+
+const LARGEST: usize = 5;
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2.0);
+    let budget = Duration::from_secs_f64(secs);
+    let inputs = inputs();
+    let keys = TokenKeys::new([7; 32], vec![]);
+    let hosts: Vec<String> = Vec::new();
+    let opts = TrackingOptions {
+        email_id: uuid::Uuid::now_v7(),
+        rcpt_index: 0,
+        scheme: "https",
+        tracking_host: Some("links.example.com"),
+        other_tracking_hosts: &hosts,
+        open_tracking: true,
+        click_tracking: true,
+    };
+
+    println!(
+        "{:<44} {:>8} {:>12} {:>12} {:>12} {:>7} {:>7}",
+        "html", "KB", "lol_html", "prepare 8bit", "prepare QP", "8bit %", "QP %"
+    );
+    let mut totals = [0f64; 3]; // seconds per byte summed as time for all bytes
+    let mut bytes_total = 0usize;
+    for (name, html) in &inputs {
+        let plain = message(html, "8bit");
+        let qp = message(html, "quoted-printable");
+        let mut sink = Vec::with_capacity(html.len() * 2);
+        let ceiling = rate(html.len(), budget, || {
+            sink.clear();
+            let mut r = HtmlRewriter::new(Settings::new(), |c: &[u8]| sink.extend_from_slice(c));
+            r.write(html).unwrap();
+            r.end().unwrap();
+            black_box(&sink);
+        });
+        let eight = rate(html.len(), budget, || {
+            black_box(prepare(&plain, &opts, &keys));
+        });
+        let quoted = rate(html.len(), budget, || {
+            black_box(prepare(&qp, &opts, &keys));
+        });
+        let probe = prepare(&plain, &opts, &keys);
+        assert!(
+            probe.pixels_inserted == 1,
+            "{name}: {:?}",
+            probe.unchanged_parts
+        );
+        println!(
+            "{:<44} {:>8.1} {:>9.1} MB/s {:>7.1} MB/s {:>7.1} MB/s {:>6.0}% {:>6.0}%",
+            name,
+            html.len() as f64 / 1024.0,
+            ceiling,
+            eight,
+            quoted,
+            100.0 * eight / ceiling,
+            100.0 * quoted / ceiling
+        );
+        for (t, r) in totals.iter_mut().zip([ceiling, eight, quoted]) {
+            *t += html.len() as f64 / (r * 1e6);
+        }
+        bytes_total += html.len();
+    }
+    let mbps = |t: f64| bytes_total as f64 / t / 1e6;
+    let (c, e, q) = (mbps(totals[0]), mbps(totals[1]), mbps(totals[2]));
+    println!(
+        "{:<44} {:>8.1} {:>9.1} MB/s {:>7.1} MB/s {:>7.1} MB/s {:>6.0}% {:>6.0}%",
+        "ALL (bytes / total time)",
+        bytes_total as f64 / 1024.0,
+        c,
+        e,
+        q,
+        100.0 * e / c,
+        100.0 * q / c
+    );
+}
+
+/// Runs `f` repeatedly for about `budget` and returns MB/s of `len` bytes.
+fn rate(len: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f(); // warm up caches and allocator
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        f();
+        n += 1;
+    }
+    len as f64 * n as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn inputs() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/html");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort_by_key(|p| std::cmp::Reverse(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)));
+    let picked: Vec<_> = files
+        .into_iter()
+        .take(LARGEST)
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, crlf(&std::fs::read(&p).unwrap()))
+        })
+        .collect();
+    if picked.is_empty() {
+        println!("../shared/corpus not found: benchmarking a synthetic newsletter instead");
+        return vec![("synthetic".into(), synthetic())];
+    }
+    picked
+}
+
+fn crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 20);
+    for (i, &b) in data.iter().enumerate() {
+        if b == b'\n' && (i == 0 || data[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn message(html: &[u8], cte: &str) -> Vec<u8> {
+    let body = if cte == "8bit" {
+        html.to_vec()
+    } else {
+        quoted_printable::encode(html)
+    };
+    let head = format!(
+        "From: a@example.com\r\nTo: b@example.net\r\nSubject: bench\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/alternative; boundary=\"b\"\r\n\r\n--b\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\nplain\r\n--b\r\n\
+         Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: {cte}\r\n\r\n"
+    );
+    [head.into_bytes(), body, b"\r\n--b--\r\n".to_vec()].concat()
+}
+
+fn synthetic() -> Vec<u8> {
+    let mut html =
+        String::from("<!DOCTYPE html><html><head><style>td{padding:0}</style></head><body>\r\n");
+    for i in 0..400 {
+        html.push_str(&format!(
+            "<table role=\"presentation\"><tr><td style=\"font-family:Arial;color:#333\">Item {i} \
+             <a href=\"https://shop.example.com/p/{i}?utm_source=news&amp;utm_medium=email\">view</a>\
+             </td></tr></table>\r\n"
+        ));
+    }
+    html.push_str("</body></html>\r\n");
+    html.into_bytes()
+}
