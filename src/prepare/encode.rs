@@ -9,6 +9,7 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+use std::borrow::Cow;
 
 /// Lines a QP or base64 encoder writes, not counting the line ending.
 const LINE: usize = 76;
@@ -79,10 +80,10 @@ pub(crate) fn longest_line(data: &[u8]) -> usize {
 
 /// Decodes a body. Base64 bodies keep their trailing blank lines apart
 /// (returned second) since they are not content.
-pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Vec<u8>, usize), String> {
+pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Cow<'_, [u8]>, usize), String> {
     match cte {
-        Cte::Identity => Ok((body.to_vec(), body.len())),
-        Cte::QuotedPrintable => Ok((qp_decode(body), body.len())),
+        Cte::Identity => Ok((Cow::Borrowed(body), body.len())),
+        Cte::QuotedPrintable => Ok((Cow::Owned(qp_decode(body)), body.len())),
         Cte::Base64 => {
             let content_len = body.trim_ascii_end().len();
             let compact: Vec<u8> = body[..content_len]
@@ -92,19 +93,19 @@ pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Vec<u8>, usize), String> 
                 .collect();
             LENIENT_BASE64
                 .decode(&compact)
-                .map(|d| (d, content_len))
+                .map(|d| (Cow::Owned(d), content_len))
                 .map_err(|e| format!("base64 body does not decode ({e})"))
         }
     }
 }
 
 /// Encodes `data` for a body whose lines end with `eol`.
-pub(crate) fn encode(cte: Cte, data: &[u8], eol: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(cte: Cte, data: Vec<u8>, eol: &[u8]) -> Vec<u8> {
     match cte {
-        Cte::Identity => data.to_vec(),
-        Cte::QuotedPrintable => qp_encode(data, eol),
+        Cte::Identity => data,
+        Cte::QuotedPrintable => qp_encode(&data, eol),
         Cte::Base64 => {
-            let text = STANDARD.encode(data);
+            let text = STANDARD.encode(&data);
             let mut out = Vec::with_capacity(text.len() + text.len() / LINE * eol.len() + 2);
             for (i, line) in text.as_bytes().chunks(LINE).enumerate() {
                 if i > 0 {
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn base64_wraps_at_76_and_keeps_trailing_blank_lines_apart() {
         let data = vec![0xAB; 200];
-        let enc = encode(Cte::Base64, &data, b"\r\n");
+        let enc = encode(Cte::Base64, data.clone(), b"\r\n");
         assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 77));
         let body = [enc.clone(), b"\r\n\r\n".to_vec()].concat();
         let (dec, content_len) = decode(Cte::Base64, &body).unwrap();

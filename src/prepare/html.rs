@@ -54,7 +54,12 @@ pub(crate) fn rewrite(
         next_link: first_link,
         splices: Vec::new(),
     });
-    let body_end = scan(&state, html, 0, encoding, false)?;
+    let wants = Wants {
+        links: tracker.click_prefix.is_some() || contains_ignore_case(html, b"data-notrack"),
+        body_end: tracker.pixel.is_some(),
+        comments: has_conditional_comment(html),
+    };
+    let body_end = scan(&state, html, 0, encoding, Some(wants))?;
     let mut state = state.into_inner();
     let links = state.next_link - first_link;
     let pixel = tracker.pixel.as_ref().map(|tag| {
@@ -86,51 +91,83 @@ struct Scan<'a> {
     splices: Vec<Splice>,
 }
 
-/// Scans `input`, which starts at `base` in the part. Returns where the last
-/// `</body>` end tag starts (top level only).
+/// Which handlers a top-level scan needs. Each makes lol_html tokenize
+/// more of the document, so none is installed without a use.
+#[derive(Clone, Copy)]
+struct Wants {
+    links: bool,
+    body_end: bool,
+    /// Outlook conditional comments.
+    comments: bool,
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `[if` starts every conditional comment's content and is rare elsewhere.
+fn has_conditional_comment(html: &[u8]) -> bool {
+    memchr::memchr_iter(b'[', html).any(|i| {
+        html.get(i + 1..i + 3)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"if"))
+    })
+}
+
+/// Scans `input`, which starts at `base` in the part; `wants` is `None` for
+/// the contents of a conditional comment. Returns where the last `</body>`
+/// end tag starts (top level only).
 fn scan(
     state: &RefCell<Scan>,
     input: &[u8],
     base: usize,
     encoding: AsciiCompatibleEncoding,
-    in_comment: bool,
+    wants: Option<Wants>,
 ) -> Result<Option<usize>, String> {
     let body_end = Rc::new(Cell::new(None));
     let nested_error = RefCell::new(None);
     let mut settings = Settings::new().with_encoding(encoding).with_strict(false);
-    if in_comment {
-        // Outlook-only markup: VML shapes (v:roundrect, v:rect...) carry
-        // hrefs too. Few elements live in comments, so match them all.
-        settings = settings.append_element_content_handler(element!("*", |el| {
-            let tag = el.tag_name();
-            if tag == "a" || tag == "area" || tag.starts_with("v:") {
-                state.borrow_mut().link(el, base);
-            }
-            Ok(())
-        }));
-    } else {
-        let be = body_end.clone();
-        settings = settings
-            .append_element_content_handler(element!("a, area", |el| {
-                state.borrow_mut().link(el, base);
-                Ok(())
-            }))
-            .append_element_content_handler(element!("body", move |el| {
-                if let Some(handlers) = el.end_tag_handlers() {
-                    let be = be.clone();
-                    handlers.push(end_tag!(move |end| {
-                        be.set(Some(end.source_location().bytes().start));
-                        Ok(())
-                    }));
-                }
-                Ok(())
-            }))
-            .append_document_content_handler(doc_comments!(|c| {
-                if let Err(e) = conditional_comment(state, c, input, base, encoding) {
-                    *nested_error.borrow_mut() = Some(e);
+    match wants {
+        None => {
+            // Outlook-only markup: VML shapes (v:roundrect, v:rect...) carry
+            // hrefs too. Few elements live in comments, so match them all.
+            settings = settings.append_element_content_handler(element!("*", |el| {
+                let tag = el.tag_name();
+                if tag == "a" || tag == "area" || tag.starts_with("v:") {
+                    state.borrow_mut().link(el, base);
                 }
                 Ok(())
             }));
+        }
+        Some(wants) => {
+            if wants.links {
+                settings = settings.append_element_content_handler(element!("a, area", |el| {
+                    state.borrow_mut().link(el, base);
+                    Ok(())
+                }));
+            }
+            if wants.body_end {
+                let be = body_end.clone();
+                settings = settings.append_element_content_handler(element!("body", move |el| {
+                    if let Some(handlers) = el.end_tag_handlers() {
+                        let be = be.clone();
+                        handlers.push(end_tag!(move |end| {
+                            be.set(Some(end.source_location().bytes().start));
+                            Ok(())
+                        }));
+                    }
+                    Ok(())
+                }));
+            }
+            if wants.comments {
+                settings = settings.append_document_content_handler(doc_comments!(|c| {
+                    if let Err(e) = conditional_comment(state, c, input, base, encoding) {
+                        *nested_error.borrow_mut() = Some(e);
+                    }
+                    Ok(())
+                }));
+            }
+        }
     }
     let mut rewriter = HtmlRewriter::new(settings, |_: &[u8]| {});
     rewriter
@@ -165,7 +202,7 @@ fn conditional_comment(
     if head.len() < 3 || !head[..3].eq_ignore_ascii_case(b"[if") {
         return Ok(());
     }
-    scan(state, inner, base + range.start + 4, encoding, true).map(|_| ())
+    scan(state, inner, base + range.start + 4, encoding, None).map(|_| ())
 }
 
 impl Scan<'_> {

@@ -127,7 +127,7 @@ impl<'t> Walk<'t> {
         }
         edits.push(Splice::replace(
             p.body_start..p.body_start + content_len,
-            encode::encode(cte, &new, eol),
+            encode::encode(cte, new, eol),
         ));
         self.links += links;
         self.pixels += u32::from(pixel);
@@ -154,7 +154,7 @@ impl<'t> Walk<'t> {
         let eol = encode::body_line_ending(p.body, message_eol);
         Ok(vec![Splice::replace(
             p.body_start..p.body_start + content_len,
-            encode::encode(p.cte, &new, eol),
+            encode::encode(p.cte, new, eol),
         )])
     }
 }
