@@ -161,13 +161,8 @@ fn only_the_href_values_and_the_pixel_change() {
     assert!(body.contains(&format!("href={CLICK}")));
     // Pixel right before </BODY>.
     let pixel_at = body.find(&format!("<img src=\"{OPEN}")).unwrap();
-    assert!(
-        body[pixel_at..].contains("\"></BODY>")
-            || body[pixel_at..]
-                .find('>')
-                .map(|e| &body[pixel_at + e + 1..pixel_at + e + 8])
-                == Some("</BODY>")
-    );
+    let pixel_end = body[pixel_at..].find('>').unwrap() + pixel_at + 1;
+    assert!(body[pixel_end..].starts_with("</BODY>"));
     // Headers are untouched.
     assert!(out
         .message
@@ -343,7 +338,7 @@ fn the_pixel_goes_before_the_last_body_end_tag_or_at_the_end() {
     let body = body_of(&out.message);
     assert_eq!(count(&body, OPEN), 1);
     let pixel_end = body.find(OPEN).unwrap();
-    assert!(body[pixel_end..].contains(">b") == false);
+    assert!(!body[pixel_end..].contains(">b"));
     assert!(body.ends_with("\"></BODY>\n</html>\n"));
     assert!(body.starts_with("<body>a</body>\n<body>b<img src="));
 
@@ -575,7 +570,7 @@ fn malformed_html_parts_are_left_intact_with_a_reason() {
     let out = run(&bad_base64);
     assert_eq!(out.message, bad_base64);
     assert_eq!(out.unchanged_parts.len(), 3, "{:?}", out.unchanged_parts);
-    assert!(out.unchanged_parts[0].contains("malformed"));
+    assert!(out.unchanged_parts[0].contains("base64"));
     assert!(out.unchanged_parts[1].contains("x-uuencode"));
     assert!(out.unchanged_parts[2].contains("iso-2022-kr"));
 

@@ -199,7 +199,12 @@ fn conditional_comment(
         .or_else(|| inner.strip_suffix(b"--!>"))
         .unwrap_or(inner);
     let head = inner.trim_ascii_start();
-    if head.len() < 3 || !head[..3].eq_ignore_ascii_case(b"[if") {
+    // Most conditional comments only open or close a table for Outlook; a
+    // second scanner is built only for those that can hold a link.
+    if head.len() < 3
+        || !head[..3].eq_ignore_ascii_case(b"[if")
+        || !contains_ignore_case(inner, b"href")
+    {
         return Ok(());
     }
     scan(state, inner, base + range.start + 4, encoding, None).map(|_| ())
@@ -285,6 +290,9 @@ fn attribute_value(value: &str, quote: Option<u8>) -> Vec<u8> {
         && value
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b"\"'=<>`".contains(&b));
+    if !needs_quotes && !value.bytes().any(|b| matches!(b, b'&' | b'"' | b'\'')) {
+        return value.as_bytes().to_vec();
+    }
     let quote = quote.or(needs_quotes.then_some(b'"'));
     let mut out = Vec::with_capacity(value.len() + 2);
     if needs_quotes {
