@@ -54,10 +54,12 @@ pub(crate) fn rewrite(
         next_link: first_link,
         splices: Vec::new(),
     });
+    let links = tracker.click_prefix.is_some() || contains_ignore_case(html, b"data-notrack");
     let wants = Wants {
-        links: tracker.click_prefix.is_some() || contains_ignore_case(html, b"data-notrack"),
+        links,
         body_end: tracker.pixel.is_some(),
-        comments: has_conditional_comment(html),
+        // Comment contents are only scanned for links.
+        comments: links && has_conditional_comment(html),
     };
     let body_end = scan(&state, html, 0, encoding, Some(wants))?;
     let mut state = state.into_inner();
