@@ -217,10 +217,17 @@ impl Scan<'_> {
         let mut href = None;
         let mut notrack = None;
         for attr in el.attributes() {
-            match attr.name().as_str() {
-                "href" if href.is_none() => href = Some(attr),
-                "data-notrack" if notrack.is_none() => notrack = Some(attr),
-                _ => {}
+            // Names are compared in the source bytes: no allocation per attribute.
+            let Some(name) = attr
+                .name_source_location()
+                .and_then(|l| self.src.get(base + l.bytes().start..base + l.bytes().end))
+            else {
+                continue;
+            };
+            if href.is_none() && name.eq_ignore_ascii_case(b"href") {
+                href = Some(attr);
+            } else if notrack.is_none() && name.eq_ignore_ascii_case(b"data-notrack") {
+                notrack = Some(attr);
             }
         }
         if let Some(attr) = notrack {
