@@ -254,7 +254,7 @@ impl Scan<'_> {
                 }
             }
         }
-        while start > tag_start && self.src[start - 1].is_ascii_whitespace() {
+        while start > tag_start && self.src.get(start - 1).is_some_and(u8::is_ascii_whitespace) {
             start -= 1;
         }
         self.splices.push(Splice::replace(start..end, Vec::new()));
