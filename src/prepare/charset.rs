@@ -119,7 +119,7 @@ impl TextCodec {
 
     /// Decodes a transcoded part, refusing anything that would not come back
     /// byte for byte.
-    pub fn to_utf8(&self, data: &[u8]) -> Result<String, String> {
+    pub fn decode(&self, data: &[u8]) -> Result<String, String> {
         let bad = || format!("{} text does not decode cleanly", self.name());
         match *self {
             TextCodec::Ascii(_) => String::from_utf8(data.to_vec()).map_err(|_| bad()),
@@ -135,7 +135,7 @@ impl TextCodec {
                     .decode_without_bom_handling_and_without_replacement(data)
                     .ok_or_else(bad)?
                     .into_owned();
-                if self.from_utf8(&text)? != data {
+                if self.encode(&text)? != data {
                     return Err("ISO-2022-JP text would not re-encode to the same bytes".into());
                 }
                 Ok(text)
@@ -143,7 +143,7 @@ impl TextCodec {
         }
     }
 
-    pub fn from_utf8(&self, text: &str) -> Result<Vec<u8>, String> {
+    pub fn encode(&self, text: &str) -> Result<Vec<u8>, String> {
         match *self {
             TextCodec::Ascii(_) => Ok(text.as_bytes().to_vec()),
             TextCodec::Utf16 { big_endian, bom } => {
@@ -216,18 +216,18 @@ mod tests {
             big_endian: false,
             bom: true,
         };
-        let bytes = codec.from_utf8("<p>h\u{e9} \u{1F600}</p>").unwrap();
-        assert_eq!(codec.to_utf8(&bytes).unwrap(), "<p>h\u{e9} \u{1F600}</p>");
-        assert!(codec.to_utf8(b"\xFF\xFE\x00\xD8").is_err());
+        let bytes = codec.encode("<p>h\u{e9} \u{1F600}</p>").unwrap();
+        assert_eq!(codec.decode(&bytes).unwrap(), "<p>h\u{e9} \u{1F600}</p>");
+        assert!(codec.decode(b"\xFF\xFE\x00\xD8").is_err());
     }
 
     #[test]
     fn iso_2022_jp_refuses_text_that_would_not_come_back() {
         let codec = TextCodec::Iso2022Jp;
-        let bytes = codec.from_utf8("<p>\u{65e5}\u{672c}</p>").unwrap();
-        assert!(codec.to_utf8(&bytes).is_ok());
+        let bytes = codec.encode("<p>\u{65e5}\u{672c}</p>").unwrap();
+        assert!(codec.decode(&bytes).is_ok());
         // A redundant escape decodes fine but would be dropped on the way back.
         let redundant = [b"\x1b(B".as_slice(), &bytes].concat();
-        assert!(codec.to_utf8(&redundant).is_err());
+        assert!(codec.decode(&redundant).is_err());
     }
 }

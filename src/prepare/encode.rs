@@ -9,6 +9,7 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+use std::borrow::Cow;
 
 /// Lines a QP or base64 encoder writes, not counting the line ending.
 const LINE: usize = 76;
@@ -79,10 +80,10 @@ pub(crate) fn longest_line(data: &[u8]) -> usize {
 
 /// Decodes a body. Base64 bodies keep their trailing blank lines apart
 /// (returned second) since they are not content.
-pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Vec<u8>, usize), String> {
+pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Cow<'_, [u8]>, usize), String> {
     match cte {
-        Cte::Identity => Ok((body.to_vec(), body.len())),
-        Cte::QuotedPrintable => Ok((qp_decode(body), body.len())),
+        Cte::Identity => Ok((Cow::Borrowed(body), body.len())),
+        Cte::QuotedPrintable => Ok((Cow::Owned(qp_decode(body)), body.len())),
         Cte::Base64 => {
             let content_len = body.trim_ascii_end().len();
             let compact: Vec<u8> = body[..content_len]
@@ -92,19 +93,19 @@ pub(crate) fn decode(cte: Cte, body: &[u8]) -> Result<(Vec<u8>, usize), String> 
                 .collect();
             LENIENT_BASE64
                 .decode(&compact)
-                .map(|d| (d, content_len))
+                .map(|d| (Cow::Owned(d), content_len))
                 .map_err(|e| format!("base64 body does not decode ({e})"))
         }
     }
 }
 
 /// Encodes `data` for a body whose lines end with `eol`.
-pub(crate) fn encode(cte: Cte, data: &[u8], eol: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(cte: Cte, data: Vec<u8>, eol: &[u8]) -> Vec<u8> {
     match cte {
-        Cte::Identity => data.to_vec(),
-        Cte::QuotedPrintable => qp_encode(data, eol),
+        Cte::Identity => data,
+        Cte::QuotedPrintable => qp_encode(&data, eol),
         Cte::Base64 => {
-            let text = STANDARD.encode(data);
+            let text = STANDARD.encode(&data);
             let mut out = Vec::with_capacity(text.len() + text.len() / LINE * eol.len() + 2);
             for (i, line) in text.as_bytes().chunks(LINE).enumerate() {
                 if i > 0 {
@@ -118,8 +119,11 @@ pub(crate) fn encode(cte: Cte, data: &[u8], eol: &[u8]) -> Vec<u8> {
 }
 
 /// RFC 2045 6.7 decoding. Hard line breaks keep the bytes they were written
-/// with; trailing blanks on a line are transport padding and go; a `=` not
-/// followed by two hex digits is kept as it is (robust decoding).
+/// with; a `=` not followed by two hex digits is kept as it is (robust
+/// decoding). RFC 2045 lets a decoder drop blanks at the end of a line as
+/// transport padding, but many readers keep them and senders do write them:
+/// keeping them means the part reads the same everywhere after we re-encode
+/// them as `=20`. Blanks after a soft-break `=` are padding.
 pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut pos = 0;
@@ -133,11 +137,8 @@ pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
             }
         }
         let eol = &input[end..next];
-        let mut line = &input[pos..end];
-        while let [rest @ .., b' ' | b'\t'] = line {
-            line = rest;
-        }
-        match line.strip_suffix(b"=") {
+        let line = &input[pos..end];
+        match line.trim_ascii_end().strip_suffix(b"=") {
             Some(soft) => qp_decode_segment(soft, &mut out),
             None => {
                 qp_decode_segment(line, &mut out);
@@ -174,48 +175,87 @@ fn hex(b: &u8) -> Option<u8> {
 /// becomes a hard line break, every other CR or LF is escaped, and lines
 /// are at most 76 characters including the soft-break `=`.
 pub(crate) fn qp_encode(data: &[u8], eol: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
-    let mut rest = data;
-    loop {
-        let found = if eol == b"\r\n" {
-            memchr::memmem::find(rest, b"\r\n")
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8 + 16);
+    let crlf = eol == b"\r\n";
+    let mut line_start = 0;
+    let mut search = 0;
+    while let Some(i) = memchr::memchr(b'\n', &data[search..]).map(|i| search + i) {
+        // With CRLF line ends a bare LF is content, not a line break.
+        let line_end = if crlf {
+            if i == line_start || data[i - 1] != b'\r' {
+                search = i + 1;
+                continue;
+            }
+            i - 1
         } else {
-            memchr::memchr(b'\n', rest)
+            i
         };
-        match found {
-            Some(i) => {
-                qp_encode_line(&rest[..i], eol, &mut out);
-                out.extend_from_slice(eol);
-                rest = &rest[i + eol.len()..];
-            }
-            None => {
-                qp_encode_line(rest, eol, &mut out);
-                return out;
-            }
-        }
+        qp_encode_line(&data[line_start..line_end], eol, &mut out);
+        out.extend_from_slice(eol);
+        line_start = i + 1;
+        search = line_start;
     }
+    qp_encode_line(&data[line_start..], eol, &mut out);
+    out
 }
+
+/// Bytes written as themselves (blanks too, except at the end of a line).
+const LITERAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = b'!';
+    while b <= b'~' {
+        t[b as usize] = b != b'=';
+        b += 1;
+    }
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t
+};
 
 fn qp_encode_line(line: &[u8], eol: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let n = line.len();
     let mut col = 0;
-    for (i, &b) in line.iter().enumerate() {
-        let last = i + 1 == line.len();
-        let literal = matches!(b, b'!'..=b'~') && b != b'=' || matches!(b, b' ' | b'\t') && !last;
-        let width = if literal { 1 } else { 3 };
-        // Leave room for the `=` of a soft break unless nothing follows.
-        let limit = if last { LINE } else { LINE - 1 };
-        if col + width > limit {
-            out.push(b'=');
-            out.extend_from_slice(eol);
-            col = 0;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j < n && LITERAL[usize::from(line[j])] {
+            j += 1;
         }
-        if literal {
-            out.push(b);
-        } else {
+        if j == n && matches!(line[n - 1], b' ' | b'\t') {
+            j -= 1; // a blank ending a line would be taken for padding
+        }
+        // Copy the literal run, breaking softly so that every output line
+        // keeps room for its `=`; only a line's final byte may use column 76.
+        while i < j {
+            let room = LINE - 1 - col;
+            let take = if j == n && j - i == room + 1 {
+                j - i
+            } else {
+                (j - i).min(room)
+            };
+            if take == 0 {
+                out.push(b'=');
+                out.extend_from_slice(eol);
+                col = 0;
+                continue;
+            }
+            out.extend_from_slice(&line[i..i + take]);
+            col += take;
+            i += take;
+        }
+        if i < n {
+            let b = line[i];
+            let limit = if i + 1 == n { LINE } else { LINE - 1 };
+            if col + 3 > limit {
+                out.push(b'=');
+                out.extend_from_slice(eol);
+                col = 0;
+            }
             out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            col += 3;
+            i += 1;
         }
-        col += width;
     }
 }
 
@@ -250,8 +290,31 @@ mod tests {
     }
 
     #[test]
+    fn qp_round_trips_random_data() {
+        let alphabet = b"  \t\r\n=a.b\xff\x00~";
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let len = (next() % 400) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            for eol in [&b"\r\n"[..], b"\n"] {
+                let enc = qp_encode(&data, eol);
+                assert!(lines_ok(&enc), "{}", String::from_utf8_lossy(&enc));
+                assert_eq!(qp_decode(&enc), data);
+            }
+        }
+    }
+
+    #[test]
     fn qp_decode_handles_soft_breaks_padding_and_junk() {
-        assert_eq!(qp_decode(b"a=\r\nb=3D=3d  \r\nc"), b"ab==\r\nc");
+        assert_eq!(qp_decode(b"a= \r\nb=3D=3d  \r\nc"), b"ab==  \r\nc");
         assert_eq!(qp_decode(b"x=\ny\n"), b"xy\n");
         assert_eq!(qp_decode(b"=G1 =\xe9"), b"=G1 =\xe9");
         assert_eq!(qp_decode(b"end="), b"end");
@@ -260,7 +323,7 @@ mod tests {
     #[test]
     fn base64_wraps_at_76_and_keeps_trailing_blank_lines_apart() {
         let data = vec![0xAB; 200];
-        let enc = encode(Cte::Base64, &data, b"\r\n");
+        let enc = encode(Cte::Base64, data.clone(), b"\r\n");
         assert!(enc.split(|&b| b == b'\n').all(|l| l.len() <= 77));
         let body = [enc.clone(), b"\r\n\r\n".to_vec()].concat();
         let (dec, content_len) = decode(Cte::Base64, &body).unwrap();

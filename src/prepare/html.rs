@@ -54,7 +54,14 @@ pub(crate) fn rewrite(
         next_link: first_link,
         splices: Vec::new(),
     });
-    let body_end = scan(&state, html, 0, encoding, false)?;
+    let links = tracker.click_prefix.is_some() || contains_ignore_case(html, b"data-notrack");
+    let wants = Wants {
+        links,
+        body_end: tracker.pixel.is_some(),
+        // Comment contents are only scanned for links.
+        comments: links && has_conditional_comment(html),
+    };
+    let body_end = scan(&state, html, 0, encoding, Some(wants))?;
     let mut state = state.into_inner();
     let links = state.next_link - first_link;
     let pixel = tracker.pixel.as_ref().map(|tag| {
@@ -86,51 +93,83 @@ struct Scan<'a> {
     splices: Vec<Splice>,
 }
 
-/// Scans `input`, which starts at `base` in the part. Returns where the last
-/// `</body>` end tag starts (top level only).
+/// Which handlers a top-level scan needs. Each makes lol_html tokenize
+/// more of the document, so none is installed without a use.
+#[derive(Clone, Copy)]
+struct Wants {
+    links: bool,
+    body_end: bool,
+    /// Outlook conditional comments.
+    comments: bool,
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// `[if` starts every conditional comment's content and is rare elsewhere.
+fn has_conditional_comment(html: &[u8]) -> bool {
+    memchr::memchr_iter(b'[', html).any(|i| {
+        html.get(i + 1..i + 3)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"if"))
+    })
+}
+
+/// Scans `input`, which starts at `base` in the part; `wants` is `None` for
+/// the contents of a conditional comment. Returns where the last `</body>`
+/// end tag starts (top level only).
 fn scan(
     state: &RefCell<Scan>,
     input: &[u8],
     base: usize,
     encoding: AsciiCompatibleEncoding,
-    in_comment: bool,
+    wants: Option<Wants>,
 ) -> Result<Option<usize>, String> {
     let body_end = Rc::new(Cell::new(None));
     let nested_error = RefCell::new(None);
     let mut settings = Settings::new().with_encoding(encoding).with_strict(false);
-    if in_comment {
-        // Outlook-only markup: VML shapes (v:roundrect, v:rect...) carry
-        // hrefs too. Few elements live in comments, so match them all.
-        settings = settings.append_element_content_handler(element!("*", |el| {
-            let tag = el.tag_name();
-            if tag == "a" || tag == "area" || tag.starts_with("v:") {
-                state.borrow_mut().link(el, base);
-            }
-            Ok(())
-        }));
-    } else {
-        let be = body_end.clone();
-        settings = settings
-            .append_element_content_handler(element!("a, area", |el| {
-                state.borrow_mut().link(el, base);
-                Ok(())
-            }))
-            .append_element_content_handler(element!("body", move |el| {
-                if let Some(handlers) = el.end_tag_handlers() {
-                    let be = be.clone();
-                    handlers.push(end_tag!(move |end| {
-                        be.set(Some(end.source_location().bytes().start));
-                        Ok(())
-                    }));
-                }
-                Ok(())
-            }))
-            .append_document_content_handler(doc_comments!(|c| {
-                if let Err(e) = conditional_comment(state, c, input, base, encoding) {
-                    *nested_error.borrow_mut() = Some(e);
+    match wants {
+        None => {
+            // Outlook-only markup: VML shapes (v:roundrect, v:rect...) carry
+            // hrefs too. Few elements live in comments, so match them all.
+            settings = settings.append_element_content_handler(element!("*", |el| {
+                let tag = el.tag_name();
+                if tag == "a" || tag == "area" || tag.starts_with("v:") {
+                    state.borrow_mut().link(el, base);
                 }
                 Ok(())
             }));
+        }
+        Some(wants) => {
+            if wants.links {
+                settings = settings.append_element_content_handler(element!("a, area", |el| {
+                    state.borrow_mut().link(el, base);
+                    Ok(())
+                }));
+            }
+            if wants.body_end {
+                let be = body_end.clone();
+                settings = settings.append_element_content_handler(element!("body", move |el| {
+                    if let Some(handlers) = el.end_tag_handlers() {
+                        let be = be.clone();
+                        handlers.push(end_tag!(move |end| {
+                            be.set(Some(end.source_location().bytes().start));
+                            Ok(())
+                        }));
+                    }
+                    Ok(())
+                }));
+            }
+            if wants.comments {
+                settings = settings.append_document_content_handler(doc_comments!(|c| {
+                    if let Err(e) = conditional_comment(state, c, input, base, encoding) {
+                        *nested_error.borrow_mut() = Some(e);
+                    }
+                    Ok(())
+                }));
+            }
+        }
     }
     let mut rewriter = HtmlRewriter::new(settings, |_: &[u8]| {});
     rewriter
@@ -162,10 +201,15 @@ fn conditional_comment(
         .or_else(|| inner.strip_suffix(b"--!>"))
         .unwrap_or(inner);
     let head = inner.trim_ascii_start();
-    if head.len() < 3 || !head[..3].eq_ignore_ascii_case(b"[if") {
+    // Most conditional comments only open or close a table for Outlook; a
+    // second scanner is built only for those that can hold a link.
+    if head.len() < 3
+        || !head[..3].eq_ignore_ascii_case(b"[if")
+        || !contains_ignore_case(inner, b"href")
+    {
         return Ok(());
     }
-    scan(state, inner, base + range.start + 4, encoding, true).map(|_| ())
+    scan(state, inner, base + range.start + 4, encoding, None).map(|_| ())
 }
 
 impl Scan<'_> {
@@ -173,10 +217,17 @@ impl Scan<'_> {
         let mut href = None;
         let mut notrack = None;
         for attr in el.attributes() {
-            match attr.name().as_str() {
-                "href" if href.is_none() => href = Some(attr),
-                "data-notrack" if notrack.is_none() => notrack = Some(attr),
-                _ => {}
+            // Names are compared in the source bytes: no allocation per attribute.
+            let Some(name) = attr
+                .name_source_location()
+                .and_then(|l| self.src.get(base + l.bytes().start..base + l.bytes().end))
+            else {
+                continue;
+            };
+            if href.is_none() && name.eq_ignore_ascii_case(b"href") {
+                href = Some(attr);
+            } else if notrack.is_none() && name.eq_ignore_ascii_case(b"data-notrack") {
+                notrack = Some(attr);
             }
         }
         if let Some(attr) = notrack {
@@ -203,7 +254,7 @@ impl Scan<'_> {
                 }
             }
         }
-        while start > tag_start && self.src[start - 1].is_ascii_whitespace() {
+        while start > tag_start && self.src.get(start - 1).is_some_and(u8::is_ascii_whitespace) {
             start -= 1;
         }
         self.splices.push(Splice::replace(start..end, Vec::new()));
@@ -248,6 +299,9 @@ fn attribute_value(value: &str, quote: Option<u8>) -> Vec<u8> {
         && value
             .bytes()
             .any(|b| b.is_ascii_whitespace() || b"\"'=<>`".contains(&b));
+    if !needs_quotes && !value.bytes().any(|b| matches!(b, b'&' | b'"' | b'\'')) {
+        return value.as_bytes().to_vec();
+    }
     let quote = quote.or(needs_quotes.then_some(b'"'));
     let mut out = Vec::with_capacity(value.len() + 2);
     if needs_quotes {

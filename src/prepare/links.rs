@@ -57,8 +57,12 @@ pub(crate) fn trackable(href: &str, own: &OwnHosts) -> Option<String> {
     } else {
         trimmed.to_owned()
     };
-    let head = cleaned.get(..8).unwrap_or(&cleaned).to_ascii_lowercase();
-    if !(head.starts_with("http://") || head.starts_with("https://")) {
+    let starts = |p: &str| {
+        cleaned
+            .get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+    };
+    if !(starts("http://") || starts("https://")) {
         return None;
     }
     let url = Url::parse(&cleaned).ok()?;

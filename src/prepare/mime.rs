@@ -7,7 +7,7 @@ use super::encode::{self, Cte, SMTP_LINE_LIMIT};
 use super::headers::{self, Field, HeaderBlock};
 use super::html::{self, Tracker};
 use super::splice::{apply, Splice};
-use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{HeaderName, MessageParser, MessagePart, MimeHeaders, PartType};
 
 /// How deep a message/rfc822 body may nest inside another before we stop.
 const MAX_EMBEDDED_DEPTH: u32 = 3;
@@ -31,11 +31,22 @@ impl<'t> Walk<'t> {
 
     /// Edits for one message (the top level or a message/rfc822 body).
     pub fn message(&mut self, raw: &[u8], depth: u32) -> Vec<Splice> {
-        let Some(msg) = MessageParser::new().with_mime_headers().parse(raw) else {
+        // mail-parser reads the structure only: it is told to skip
+        // Content-Transfer-Encoding, so it does not decode bodies that we
+        // decode ourselves (byte-exactly) or never need (attachments). That
+        // halves the cost of a quoted-printable message.
+        let parser = MessageParser::new()
+            .with_mime_headers()
+            .ignore_header(HeaderName::ContentTransferEncoding);
+        let Some(msg) = parser.parse(raw) else {
             self.notes
                 .push("the message could not be parsed as MIME; left as it is".into());
             return Vec::new();
         };
+        if let Err(reason) = structure_agrees(raw, &msg.parts) {
+            self.notes.push(format!("{reason}; message left as it is"));
+            return Vec::new();
+        }
         let top = HeaderBlock::scan(raw, 0);
         let message_eol = headers::line_ending(raw, &top);
         let mut edits = Vec::new();
@@ -49,7 +60,7 @@ impl<'t> Walk<'t> {
                 // itself; as an attachment it is someone else's mail.
                 PartType::Message(_) if i == 0 => self.embedded(raw, part, message_eol, depth),
                 PartType::Text(_) if is_html(part) => {
-                    Err("malformed (mail-parser reports an encoding problem); left intact".into())
+                    Err("malformed MIME (no closing boundary or similar); left intact".into())
                 }
                 _ => Ok(Vec::new()),
             };
@@ -81,7 +92,7 @@ impl<'t> Walk<'t> {
                 (r.html, r.links, r.pixel)
             }
             other => {
-                let text = other.to_utf8(&decoded)?;
+                let text = other.decode(&decoded)?;
                 let r = html::rewrite(
                     text.as_bytes(),
                     encoding_rs::UTF_8,
@@ -92,7 +103,7 @@ impl<'t> Walk<'t> {
                     Some(h) => {
                         let h = String::from_utf8(h)
                             .map_err(|_| "internal error: rewritten text is not UTF-8")?;
-                        Some(other.from_utf8(&h)?)
+                        Some(other.encode(&h)?)
                     }
                     None => None,
                 };
@@ -123,7 +134,7 @@ impl<'t> Walk<'t> {
         }
         edits.push(Splice::replace(
             p.body_start..p.body_start + content_len,
-            encode::encode(cte, &new, eol),
+            encode::encode(cte, new, eol),
         ));
         self.links += links;
         self.pixels += u32::from(pixel);
@@ -150,7 +161,7 @@ impl<'t> Walk<'t> {
         let eol = encode::body_line_ending(p.body, message_eol);
         Ok(vec![Splice::replace(
             p.body_start..p.body_start + content_len,
-            encode::encode(p.cte, &new, eol),
+            encode::encode(p.cte, new, eol),
         )])
     }
 }
@@ -218,6 +229,27 @@ impl<'a> PartBytes<'a> {
             .as_deref()
             .is_some_and(|v| v.eq_ignore_ascii_case("binary"))
     }
+}
+
+/// Mail that readers can take apart differently (a header block mail-parser
+/// ends elsewhere than a plain line reader, a part with two Content-Types)
+/// is not rewritten: we cannot know which reading the recipient's client
+/// will use.
+fn structure_agrees(raw: &[u8], parts: &[MessagePart]) -> Result<(), String> {
+    for (i, part) in parts.iter().enumerate() {
+        let start = part.offset_header as usize;
+        let block = HeaderBlock::scan(raw, start);
+        if block.body != part.offset_body as usize {
+            return Err(format!(
+                "part {}: MIME readers disagree on where its headers end",
+                i + 1
+            ));
+        }
+        if block.named(raw, "Content-Type").nth(1).is_some() {
+            return Err(format!("part {}: several Content-Type fields", i + 1));
+        }
+    }
+    Ok(())
 }
 
 fn is_html(part: &MessagePart) -> bool {

@@ -226,9 +226,14 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     }
     #[cfg(not(fuzzing))]
     {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
-            tracing::error!("prepare panicked; message sent without tracking");
-            "internal error (panic) while rewriting; message left unchanged".to_owned()
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "prepare panicked; message sent without tracking");
+            format!("internal error (panic: {what}) while rewriting; message left unchanged")
         })
     }
 }
