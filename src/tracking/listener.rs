@@ -195,19 +195,34 @@ struct Hit {
     burst: bool,
 }
 
-/// The URL as a Location header: bytes a header cannot carry (non-ASCII,
-/// spaces, controls) percent-encoded, as a browser encodes them when it
-/// follows such an href; everything else exactly as written.
+/// The URL as a Location header: exactly as written when it is printable
+/// ASCII; otherwise bytes a header cannot carry (non-ASCII, spaces,
+/// controls) are percent-encoded, as a browser encodes them when it follows
+/// such an href, and an internationalised host name becomes its punycode.
 pub fn location_value(url: &str) -> String {
-    let mut out = String::with_capacity(url.len());
-    for b in url.bytes() {
-        if (0x21..0x7f).contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+    if url.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return url.to_string();
+    }
+    let host_is_ascii = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            let raw_host = url.split("://").nth(1)?.split(['/', '?', '#']).next()?;
+            Some((u, raw_host.is_ascii()))
+        });
+    match host_is_ascii {
+        Some((parsed, false)) => parsed.to_string(),
+        _ => {
+            let mut out = String::with_capacity(url.len() + 16);
+            for b in url.bytes() {
+                if (0x21..0x7f).contains(&b) {
+                    out.push(b as char);
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
         }
     }
-    out
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
