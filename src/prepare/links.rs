@@ -27,15 +27,49 @@ impl OwnHosts {
     }
 
     fn contains(&self, url: &Url) -> bool {
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        let host = host.trim_end_matches('.');
-        self.hosts.iter().any(|(h, port)| {
-            h.eq_ignore_ascii_case(host)
-                && port.is_none_or(|p| url.port_or_known_default() == Some(p))
-        })
+        match url.host_str() {
+            Some(host) => self.contains_host(host, url.port_or_known_default()),
+            None => false,
+        }
     }
+
+    fn contains_host(&self, host: &str, port: Option<u16>) -> bool {
+        let host = host.trim_end_matches('.');
+        self.hosts
+            .iter()
+            .any(|(h, p)| h.eq_ignore_ascii_case(host) && p.is_none_or(|p| port == Some(p)))
+    }
+}
+
+/// The common case without a full URL parse (which costs more than the
+/// rest of a link's work): `scheme://host[:port][/?#...]` with a plain
+/// ASCII host name or IPv4 address and no user info. `Some(tracked)` is the
+/// verdict; `None` means "not simple, ask the URL parser".
+fn simple_verdict(url: &str, own: &OwnHosts) -> Option<bool> {
+    let (default_port, rest) = if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+        (443, &url[8..])
+    } else if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
+        (80, &url[7..])
+    } else {
+        return None;
+    };
+    let end = rest
+        .find(['/', '?', '#', '\\'])
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()?),
+        None => (authority, default_port),
+    };
+    let plain = !host.is_empty()
+        && !host.starts_with('.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !plain {
+        return None;
+    }
+    Some(!own.contains_host(host, Some(port)))
 }
 
 /// Takes an href with its entities already decoded and returns the URL to
@@ -64,6 +98,9 @@ pub(crate) fn trackable(href: &str, own: &OwnHosts) -> Option<String> {
     };
     if !(starts("http://") || starts("https://")) {
         return None;
+    }
+    if let Some(tracked) = simple_verdict(&cleaned, own) {
+        return tracked.then_some(cleaned);
     }
     let url = Url::parse(&cleaned).ok()?;
     let real_host = match url.host()? {
@@ -100,6 +137,9 @@ mod tests {
             "http://192.0.2.1/",
             "https://b\u{fc}cher.example/",
             "https://old.example.com/not-the-tracked-port",
+            "https://user:pw@example.com/",
+            "https://example.com:8080/p",
+            "https://[2001:db8::1]/",
         ] {
             assert!(trackable(yes, &o).is_some(), "{yes}");
         }
@@ -120,6 +160,9 @@ mod tests {
             "http:example.com",
             "https://links.example.com/v1/track/click/abc",
             "https://LINKS.example.com./x",
+            "https://links.example.com:443/x",
+            "https://example.com:99999/",
+            "https://exa mple.com/",
             "https://old.example.com:8443/x",
             "",
         ] {
