@@ -115,43 +115,6 @@ proc_cpu_s() {         # proc_cpu_s PID: user+system CPU seconds used so far (al
 }
 
 # ---------------------------------------------------------------- summaries
-# summarize FILE LABEL KEY...: median and min-max of numeric KEYs over the JSON lines in FILE
-summarize() {
-  python3 - "$@" <<'PY'
-import json, statistics, sys
-path, label, keys = sys.argv[1], sys.argv[2], sys.argv[3:]
-rows = []
-for l in open(path):
-    l = l.strip()
-    if l.startswith("{"):
-        rows.append(json.loads(l))
-for k in keys:
-    v = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
-    if not v:
-        print(f"{label:34s} {k:18s} (no data)")
-        continue
-    m = statistics.median(v)
-    f = (lambda x: f"{x:,.0f}") if m >= 100 else (lambda x: f"{x:.2f}")
-    print(f"{label:34s} {k:18s} median {f(m):>9s}   min-max {f(min(v))}-{f(max(v))}   n={len(v)}")
-PY
-}
-
-median_of() {          # median_of FILE KEY: bare median (empty when none)
-  python3 - "$1" "$2" <<'PY'
-import json, statistics, sys
-v = []
-for l in open(sys.argv[1]):
-    l = l.strip()
-    if l.startswith("{"):
-        x = json.loads(l).get(sys.argv[2])
-        if isinstance(x, (int, float)):
-            v.append(x)
-print(statistics.median(v) if v else "")
-PY
-}
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b == 0) print "n/a"; else printf "%.2f\n", a/b }'; }
-
 # add_fields 'JSON' key=value...: merge numeric or string fields into a JSON line
 add_fields() {
   python3 - "$@" <<'PY'

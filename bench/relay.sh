@@ -114,6 +114,8 @@ warmup() {             # warmup ADDR: WARMUP messages, to the sink, untimed
     || log "warm-up against $1 had failures"
 }
 
+hooks_received() { curl -s "http://127.0.0.1:$HOOK_PORT/count" | grep -o '"received":[0-9]*' | cut -d: -f2; }
+
 # run_trackrelay NAME RUN EXTRA_CONFIG: a fresh trackrelay (own data dir) per run
 run_trackrelay() {
   local name=$1 i=$2 extra=${3:-} dir=$WORK/$1-$2
@@ -127,7 +129,7 @@ run_trackrelay() {
     # the warm-up's webhooks first, so they do not count in this run
     local want=$((2 * WARMUP)) k
     for k in $(seq 600); do
-      hooks_base=$(curl -s "http://127.0.0.1:$HOOK_PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["received"])')
+      hooks_base=$(hooks_received)
       [ "$hooks_base" -ge "$((HOOKS_SEEN + want))" ] && break; sleep 0.1
     done
   fi
@@ -148,7 +150,7 @@ run_trackrelay() {
     # every message makes email.sent + email.delivered
     local want=$((hooks_base + 2 * MSGS)) got=0 k hook_s=""
     for k in $(seq $((TIMEOUT * 10))); do
-      got=$(curl -s "http://127.0.0.1:$HOOK_PORT/count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["received"])')
+      got=$(hooks_received)
       if [ "$got" -ge "$want" ]; then hook_s=$(awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN{printf "%.3f", t1-t0}'); break; fi
       sleep 0.1
     done
@@ -207,22 +209,11 @@ if [ "$WEBHOOKS" = 1 ]; then curl -s "http://127.0.0.1:$HOOK_PORT/count" | tee "
 {
   echo
   echo "## relay summary: $MSGS msgs x ${SIZE} B, $SESS sessions, $RUNS run(s); median and min-max (msg/s)"
-  for sys in raw postfix trackrelay trackrelay+webhooks; do
-    grep -q "\"system\": \"$sys\"" "$OUT/runs.jsonl" || continue
-    grep "\"system\": \"$sys\"" "$OUT/runs.jsonl" >"$WORK/sys.jsonl"
-    keys=(rate e2e_rate data_reply_ms_p99 busy_before busy_during failed)
-    case $sys in trackrelay*) keys+=(tr_cpu_s) ;; esac
-    if [ "$sys" = trackrelay+webhooks ]; then keys+=(webhooks_rate webhooks_s); fi
-    summarize "$WORK/sys.jsonl" "$sys" "${keys[@]}"
-  done
+  python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rate:accept/s e2e_rate:e2e/s data_reply_ms_p99:250_p99_ms \
+    webhooks_s:all_hooks_s tr_cpu_s:tr_cpu_s busy_before busy_during failed \
+    --ratio trackrelay/postfix:rate --ratio trackrelay/postfix:e2e_rate \
+    --ratio trackrelay+webhooks/postfix:rate --ratio trackrelay+webhooks/postfix:e2e_rate
   if [ "$SKIP_POSTFIX" != 1 ]; then
-    grep '"system": "postfix"' "$OUT/runs.jsonl" >"$WORK/pf.jsonl"
-    for sys in trackrelay trackrelay+webhooks; do
-      grep -q "\"system\": \"$sys\"" "$OUT/runs.jsonl" || continue
-      grep "\"system\": \"$sys\"" "$OUT/runs.jsonl" >"$WORK/tr.jsonl"
-      echo "ratio $sys/postfix (medians): accept $(ratio "$(median_of "$WORK/tr.jsonl" rate)" "$(median_of "$WORK/pf.jsonl" rate)")," \
-           "end-to-end $(ratio "$(median_of "$WORK/tr.jsonl" e2e_rate)" "$(median_of "$WORK/pf.jsonl" e2e_rate)")"
-    done
     echo "postfix maillog: sent=$(grep -c 'status=sent' "$WORK/postfix/maillog" || true)" \
          "deferred=$(grep -c 'status=deferred' "$WORK/postfix/maillog" || true)" \
          "bounced=$(grep -c 'status=bounced' "$WORK/postfix/maillog" || true)"

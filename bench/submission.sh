@@ -120,15 +120,7 @@ done
 {
   echo
   echo "## submission summary: smtp-source -s $SESS -m $MSGS -l $LEN, $RUNS run(s); accepted msg/s, median and min-max"
-  for sys in postfix trackrelay; do
-    grep -q "\"system\": \"$sys\"" "$OUT/runs.jsonl" || continue
-    grep "\"system\": \"$sys\"" "$OUT/runs.jsonl" >"$WORK/sys.jsonl"
-    summarize "$WORK/sys.jsonl" "$sys" rate busy_before busy_during stderr_lines
-  done
-  if [ "$SKIP_POSTFIX" != 1 ]; then
-    grep '"system": "postfix"' "$OUT/runs.jsonl" >"$WORK/pf.jsonl"
-    grep '"system": "trackrelay"' "$OUT/runs.jsonl" >"$WORK/tr.jsonl"
-    echo "ratio trackrelay/postfix (medians): $(ratio "$(median_of "$WORK/tr.jsonl" rate)" "$(median_of "$WORK/pf.jsonl" rate)")"
-  fi
+  python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rate:accepted/s seconds busy_before busy_during stderr_lines \
+    --ratio trackrelay/postfix:rate
   echo "(runs: $OUT/runs.jsonl)"
 } | tee "$OUT/summary.txt"

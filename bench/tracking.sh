@@ -247,19 +247,10 @@ done
 {
   echo
   echo "## tracking summary: wrk -t$THREADS -c$CONNS -d$DUR, $RUNS run(s); median and min-max"
+  python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rps:req/s p99_ms p50_ms non_2xx_3xx busy_before busy_during tr_cpu_s \
+    --ratio trackrelay-click/nginx-click:rps --ratio trackrelay-open/nginx-open:rps
+  echo "(target: trackrelay >= 0.50 x nginx)"
   for kind in "${KINDS[@]}"; do
-    for sys in nginx trackrelay; do
-      grep -q "\"system\": \"$sys-$kind\"" "$OUT/runs.jsonl" || continue
-      grep "\"system\": \"$sys-$kind\"" "$OUT/runs.jsonl" >"$WORK/sys.jsonl"
-      keys=(rps p99_ms p50_ms busy_before non_2xx_3xx)
-      if [ "$sys" = trackrelay ]; then keys+=(tr_cpu_s); fi
-      summarize "$WORK/sys.jsonl" "$sys $kind" "${keys[@]}"
-    done
-    if [ "$SKIP_NGINX" != 1 ]; then
-      grep "\"system\": \"nginx-$kind\"" "$OUT/runs.jsonl" >"$WORK/ng.jsonl"
-      grep "\"system\": \"trackrelay-$kind\"" "$OUT/runs.jsonl" >"$WORK/tr.jsonl"
-      echo "ratio trackrelay/nginx $kind (median req/s): $(ratio "$(median_of "$WORK/tr.jsonl" rps)" "$(median_of "$WORK/ng.jsonl" rps)") (target >= 0.50)"
-    fi
     echo "$kind accounting per run (wrk = 302/200 responses wrk counted; server = trackrelay's counter, n/a without /metrics):"
     python3 - "$OUT/runs.jsonl" "trackrelay-$kind" <<'PY'
 import json, sys
