@@ -5,7 +5,9 @@
   summary.py RUNS.jsonl KEY[:LABEL]... [--ratio SYSTEM/BASELINE:KEY]...
 
 Rows come in the order systems first appear. --ratio prints
-median(SYSTEM, KEY) / median(BASELINE, KEY) for each pair given.
+median(SYSTEM, KEY) / median(BASELINE, KEY) for each pair given, and the
+ratio run by run (the scripts interleave the systems, so the n-th runs were
+measured side by side).
 """
 import json
 import statistics
@@ -71,7 +73,10 @@ def main():
         a, _, b = pair.partition("/")
         va, vb = values(a, key), values(b, key)
         if va and vb and statistics.median(vb):
-            print(f"ratio {a}/{b} {key}: {statistics.median(va) / statistics.median(vb):.2f}")
+            # runs are interleaved, so the n-th run of each was measured side by side
+            pairs = [f"{x / y:.2f}" for x, y in zip(va, vb) if y]
+            print(f"ratio {a}/{b} {key}: {statistics.median(va) / statistics.median(vb):.2f} of the medians"
+                  f" (run by run: {', '.join(pairs)})")
     return 0
 
 
