@@ -16,6 +16,8 @@
 #   RUNS=1 DUR=5s bench/tracking.sh                    # smoke
 #
 # Env: RUNS DUR CONNS THREADS RCPTS=20 LINKS=100 OPEN=1 (also the pixel) SKIP_NGINX=1
+#      STATIC=1 (also nginx with one fixed path and no wrk Lua script: how much the
+#      script costs wrk; the comparison itself uses the same script for both)
 #      NGINX_PORT TR_PORT TR_TRACK_PORT TR_API_PORT PERF=1 (perf record trackrelay)
 #      QUIET_MAX_BUSY=15 QUIET_TIMEOUT=300 SKIP_BUILD=1 KEEP_WORK=1
 # Needs: wrk (apt-get install wrk), nginx for the baseline (apt-get install nginx-light),
@@ -29,6 +31,7 @@ THREADS=${THREADS:-2}
 RCPTS=${RCPTS:-20}
 LINKS=${LINKS:-100}
 OPEN=${OPEN:-1}
+STATIC=${STATIC:-1}
 SKIP_NGINX=${SKIP_NGINX:-0}
 NGINX_PORT=${NGINX_PORT:-18088}
 TR_PORT=${TR_PORT:-14587}
@@ -91,20 +94,25 @@ log "tokens: $NCLICK click, $NOPEN open; check: $check; tampered token: $bad"
 
 cat >"$WORK/paths.lua" <<'EOF'
 -- cycles through the request paths in $PATHS (one per line), each thread
--- from its own offset, with the tracking host's Host header
+-- from its own offset, with the tracking host's Host header. Requests are
+-- formatted once in init(): building them per request in Lua costs wrk
+-- more than the fastest server's answer.
 local paths = {}
 for line in io.lines(os.getenv("PATHS")) do paths[#paths + 1] = line end
 local host = os.getenv("HOST_HDR")
-local i = 0
+local reqs, n, i = {}, 0, 0
 function setup(thread)
   thread:set("start", math.random(1, #paths))
 end
 function init(args)
+  for k, p in ipairs(paths) do reqs[k] = wrk.format("GET", p, { ["Host"] = host }) end
+  n = #reqs
   i = start or 0
 end
 function request()
   i = i + 1
-  return wrk.format("GET", paths[(i % #paths) + 1], { ["Host"] = host })
+  if i > n then i = 1 end
+  return reqs[i]
 end
 EOF
 
@@ -169,13 +177,19 @@ print(json.dumps({"rps": float(rps.group(1)) if rps else None, "requests": int(r
 PY
 }
 
-# wrk_run NAME PORT PATHS: one measured wrk run, prints a JSON line
+# wrk_run NAME PORT PATHS [static]: one measured wrk run, prints a JSON line; with
+# "static", wrk sends the first path only, without a Lua script (wrk's own ceiling)
 wrk_run() {
   local name=$1 port=$2 paths=$3 busy s
   busy=$(quiet_wait)
   s=$(cpu_sample)
-  PATHS=$paths HOST_HDR=$HOST_HDR wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$WORK/paths.lua" \
-    "http://127.0.0.1:$port" >"$OUT/wrk-$name-$RUN.txt" 2>&1 || true
+  if [ "${4:-}" = static ]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -H "Host: $HOST_HDR" \
+      "http://127.0.0.1:$port$(head -1 "$paths")" >"$OUT/wrk-$name-$RUN.txt" 2>&1 || true
+  else
+    PATHS=$paths HOST_HDR=$HOST_HDR wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency -s "$WORK/paths.lua" \
+      "http://127.0.0.1:$port" >"$OUT/wrk-$name-$RUN.txt" 2>&1 || true
+  fi
   add_fields "$(parse_wrk "$OUT/wrk-$name-$RUN.txt")" "system=$name" "busy_before=$busy" "busy_during=$(busy_since "$s")"
 }
 
@@ -239,7 +253,12 @@ KINDS=(click); [ "$OPEN" = 1 ] && KINDS+=(open)
 for RUN in $(seq "$RUNS"); do
   log "=== run $RUN/$RUNS"
   for kind in "${KINDS[@]}"; do
-    if [ "$SKIP_NGINX" != 1 ]; then wrk_run "nginx-$kind" "$NGINX_PORT" "$WORK/$kind.paths" | tee -a "$OUT/runs.jsonl"; fi
+    if [ "$SKIP_NGINX" != 1 ]; then
+      wrk_run "nginx-$kind" "$NGINX_PORT" "$WORK/$kind.paths" | tee -a "$OUT/runs.jsonl"
+      if [ "$STATIC" = 1 ]; then
+        wrk_run "nginx-$kind-static" "$NGINX_PORT" "$WORK/$kind.paths" static | tee -a "$OUT/runs.jsonl"
+      fi
+    fi
     tr_run "$kind" | tee -a "$OUT/runs.jsonl"
   done
 done
