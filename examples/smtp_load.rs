@@ -119,16 +119,54 @@ fn parse_args() -> Opts {
 // ---------------------------------------------------------------- message
 
 const WORDS: &[&str] = &[
-    "spring", "collection", "offer", "members", "free", "shipping", "new", "arrivals", "this",
-    "week", "our", "favourite", "picks", "for", "you", "discover", "the", "latest", "styles",
-    "and", "save", "on", "everything", "you", "love", "limited", "time", "only", "read", "more",
-    "about", "how", "we", "make", "them", "sustainably", "in", "small", "batches", "with",
+    "spring",
+    "collection",
+    "offer",
+    "members",
+    "free",
+    "shipping",
+    "new",
+    "arrivals",
+    "this",
+    "week",
+    "our",
+    "favourite",
+    "picks",
+    "for",
+    "you",
+    "discover",
+    "the",
+    "latest",
+    "styles",
+    "and",
+    "save",
+    "on",
+    "everything",
+    "you",
+    "love",
+    "limited",
+    "time",
+    "only",
+    "read",
+    "more",
+    "about",
+    "how",
+    "we",
+    "make",
+    "them",
+    "sustainably",
+    "in",
+    "small",
+    "batches",
+    "with",
 ];
 
 fn sentence(seed: &mut u64, n: usize) -> String {
     let mut s = String::new();
     for i in 0..n {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let w = WORDS[(*seed >> 33) as usize % WORDS.len()];
         if i > 0 {
             s.push(' ');
@@ -185,7 +223,10 @@ fn generated_body_with(html_target: usize, links: usize) -> String {
             sentence(&mut seed, 5)
         ));
         while html.len() - start < per_block.saturating_sub(260) {
-            html.push_str(&format!("<p style=\"margin:0 0 12px;\">{}</p>\n", sentence(&mut seed, 14)));
+            html.push_str(&format!(
+                "<p style=\"margin:0 0 12px;\">{}</p>\n",
+                sentence(&mut seed, 14)
+            ));
         }
         html.push_str(&format!(
             "<a class=\"btn\" href=\"{url}\" target=\"_blank\" style=\"color:#ffffff;\">Shop item {i}</a>\n</td></tr>\n"
@@ -292,7 +333,9 @@ impl Conn {
             if line.len() < 4 {
                 return Err(format!("bad reply line {line:?}"));
             }
-            let code: u16 = line[..3].parse().map_err(|_| format!("bad reply {line:?}"))?;
+            let code: u16 = line[..3]
+                .parse()
+                .map_err(|_| format!("bad reply {line:?}"))?;
             if line.as_bytes()[3] != b'-' {
                 return Ok((code, all.trim_end().to_string()));
             }
@@ -314,7 +357,10 @@ impl Conn {
         self.send(format!("{line}\r\n").as_bytes()).await?;
         let (code, text) = self.reply().await?;
         if code != want {
-            return Err(format!("{}: {text}", line.split(' ').next().unwrap_or(line)));
+            return Err(format!(
+                "{}: {text}",
+                line.split(' ').next().unwrap_or(line)
+            ));
         }
         Ok(text)
     }
@@ -383,9 +429,14 @@ async fn open(o: &Opts, tls: &Option<tokio_rustls::TlsConnector>) -> Result<Conn
     c.cmd(&format!("EHLO {}", o.helo), 250).await?;
     if let Some(connector) = tls {
         c.cmd("STARTTLS", 220).await?;
-        let host = o.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("localhost");
-        let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-            .map_err(|e| format!("server name: {e}"))?;
+        let host = o
+            .addr
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or("localhost");
+        let name =
+            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .map_err(|e| format!("server name: {e}"))?;
         let raw = c.io.into_inner();
         let tls = tokio::time::timeout(IO_TIMEOUT, connector.connect(name, raw))
             .await
@@ -408,7 +459,8 @@ async fn open(o: &Opts, tls: &Option<tokio_rustls::TlsConnector>) -> Result<Conn
 /// (session still usable), Err: the session is broken.
 async fn transaction(c: &mut Conn, o: &Opts, data: &[u8]) -> Result<Result<(), String>, String> {
     let (code, text) = {
-        c.send(format!("MAIL FROM:<{}>\r\n", o.from).as_bytes()).await?;
+        c.send(format!("MAIL FROM:<{}>\r\n", o.from).as_bytes())
+            .await?;
         c.reply().await?
     };
     if code != 250 {
@@ -460,7 +512,12 @@ impl Shared {
     }
 }
 
-async fn session(o: Arc<Opts>, src: Arc<Source>, sh: Arc<Shared>, tls: Option<tokio_rustls::TlsConnector>) {
+async fn session(
+    o: Arc<Opts>,
+    src: Arc<Source>,
+    sh: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsConnector>,
+) {
     let mut connect_failures = 0u32;
     loop {
         let first = match sh.claim(o.messages) {
@@ -495,7 +552,10 @@ async fn session(o: Arc<Opts>, src: Arc<Source>, sh: Arc<Shared>, tls: Option<to
             match transaction(&mut c, &o, &data).await {
                 Ok(Ok(())) => {
                     sh.accepted.fetch_add(1, Ordering::Relaxed);
-                    sh.latencies_us.lock().unwrap().push(t.elapsed().as_micros() as u64);
+                    sh.latencies_us
+                        .lock()
+                        .unwrap()
+                        .push(t.elapsed().as_micros() as u64);
                 }
                 Ok(Err(why)) => sh.fail(why),
                 Err(e) => {
@@ -528,17 +588,26 @@ async fn session(o: Arc<Opts>, src: Arc<Source>, sh: Arc<Shared>, tls: Option<to
 /// The last `mesg=N` in the file's tail (or a bare number), 0 when absent.
 fn sink_count(path: &str) -> u64 {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return 0 };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
     let len = f.seek(SeekFrom::End(0)).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(512)));
     let mut tail = Vec::new();
     let _ = f.read_to_end(&mut tail);
     let tail = String::from_utf8_lossy(&tail);
     if let Some(pos) = tail.rfind("mesg=") {
-        let digits: String = tail[pos + 5..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = tail[pos + 5..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         return digits.parse().unwrap_or(0);
     }
-    tail.trim().rsplit(|c: char| c.is_whitespace()).next().and_then(|s| s.parse().ok()).unwrap_or(0)
+    tail.trim()
+        .rsplit(|c: char| c.is_whitespace())
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -590,7 +659,10 @@ async fn main() {
     if !finished {
         // In flight or never sent: not accepted either.
         failed = (o.messages as u64).saturating_sub(accepted);
-        sh.errors.lock().unwrap().push(format!("timeout after {}s", o.timeout.as_secs()));
+        sh.errors
+            .lock()
+            .unwrap()
+            .push(format!("timeout after {}s", o.timeout.as_secs()));
     }
 
     // End to end: until the sink has counted every accepted message.
@@ -628,12 +700,14 @@ async fn main() {
     if o.sink_counter.is_some() {
         out["sink_counted"] = serde_json::json!(sink_got);
         out["e2e_seconds"] = serde_json::json!(e2e.map(|s| (s * 1000.0).round() / 1000.0));
-        out["e2e_rate"] = serde_json::json!(e2e.map(|s| ((accepted as f64 / s) * 10.0).round() / 10.0));
+        out["e2e_rate"] =
+            serde_json::json!(e2e.map(|s| ((accepted as f64 / s) * 10.0).round() / 10.0));
     }
     if !errors.is_empty() {
         out["errors"] = serde_json::json!(errors);
     }
     println!("{out}");
-    let ok = failed == 0 && accepted == o.messages as u64 && (o.sink_counter.is_none() || e2e.is_some());
+    let ok =
+        failed == 0 && accepted == o.messages as u64 && (o.sink_counter.is_none() || e2e.is_some());
     std::process::exit(if ok { 0 } else { 1 });
 }

@@ -29,11 +29,17 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-async fn session(s: TcpStream, o: Arc<Opts>, count: Arc<AtomicU64>, saved: Arc<AtomicU64>) -> std::io::Result<()> {
+async fn session(
+    s: TcpStream,
+    o: Arc<Opts>,
+    count: Arc<AtomicU64>,
+    saved: Arc<AtomicU64>,
+) -> std::io::Result<()> {
     let _ = s.set_nodelay(true);
     let (r, mut w) = s.into_split();
     let mut r = BufReader::with_capacity(64 * 1024, r);
-    w.write_all(b"220 sink.example ESMTP bench sink\r\n").await?;
+    w.write_all(b"220 sink.example ESMTP bench sink\r\n")
+        .await?;
     let mut line = Vec::with_capacity(1024);
     let mut out = Vec::with_capacity(256);
     loop {
@@ -98,7 +104,11 @@ async fn session(s: TcpStream, o: Arc<Opts>, count: Arc<AtomicU64>, saved: Arc<A
 
 #[tokio::main]
 async fn main() {
-    let mut o = Opts { listen: String::new(), save_dir: None, save_max: 5 };
+    let mut o = Opts {
+        listen: String::new(),
+        save_dir: None,
+        save_max: 5,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -140,7 +150,9 @@ async fn main() {
         });
     }
     loop {
-        let Ok((s, _)) = listener.accept().await else { continue };
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
         let (o, c, sv) = (o.clone(), count.clone(), saved.clone());
         tokio::spawn(async move {
             let _ = session(s, o, c, sv).await;

@@ -56,7 +56,9 @@ async fn handle(
             "bad_signatures": c.bad_signatures,
             "by_type": c.by_type,
         });
-        return Ok(Response::new(Full::new(Bytes::from(body.to_string() + "\n"))));
+        return Ok(Response::new(Full::new(Bytes::from(
+            body.to_string() + "\n",
+        ))));
     }
     let header = |n: &str| {
         req.headers()
@@ -65,13 +67,18 @@ async fn handle(
             .unwrap_or("")
             .to_string()
     };
-    let (id, ts, sig) = (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+    let (id, ts, sig) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
     let body = req.into_body().collect().await?.to_bytes();
     let good = match key.as_ref() {
         None => true,
         Some(k) => {
             let want = expected_signature(k, &id, &ts, &body);
-            sig.split(' ').any(|s| s.strip_prefix("v1,") == Some(want.as_str()))
+            sig.split(' ')
+                .any(|s| s.strip_prefix("v1,") == Some(want.as_str()))
         }
     };
     let ty = serde_json::from_slice::<serde_json::Value>(&body)
@@ -119,11 +126,14 @@ async fn main() {
     });
     let counts = Arc::new(Mutex::new(Counts::default()));
     loop {
-        let Ok((s, _)) = listener.accept().await else { continue };
+        let Ok((s, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = s.set_nodelay(true);
         let (key, counts) = (key.clone(), counts.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, key.clone(), counts.clone()));
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, key.clone(), counts.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(s), svc)
                 .await;

@@ -72,15 +72,8 @@ pub fn queue_delete(config: &Config, id: &str) -> CliResult {
     let mut conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
     let hooks = crate::serve::store_options(config).webhooks;
     let txn = conn.transaction().map_err(|e| e.to_string())?;
-    let n = store::queue::delete(
-        &Tx {
-            conn: &txn,
-            hooks: &hooks,
-        },
-        id,
-        store::now_ms(),
-    )
-    .map_err(|e| e.to_string())?;
+    let n = store::queue::delete(&Tx::new(&txn, &hooks), id, store::now_ms())
+        .map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())?;
     if n == 0 {
         return Err(format!("{id}: no waiting recipient with this email id"));

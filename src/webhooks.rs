@@ -159,36 +159,50 @@ impl Webhooks {
         // A lease outlives the request's own timeout, so a slow answer is
         // never raced by a second send of the same row.
         let lease_ms = (ep.timeout.as_millis() as i64) * 2 + 5_000;
+        let wake = self.store.outbox_wake();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let free = ep.slots.available_permits();
-            let due = if free == 0 {
-                Vec::new()
-            } else {
-                let url = ep.url.clone();
-                let limit = FETCH.min(free * 4).max(1);
-                self.store
-                    .write(Durability::Normal, move |tx| {
-                        store::webhooks::claim_due(tx, &url, store::now_ms(), lease_ms, limit)
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(endpoint = %ep.url, "reading the webhook outbox: {e}");
-                        Vec::new()
-                    })
+            // Wait for a free slot rather than poll: the endpoint's own
+            // pace sets ours, and nothing is claimed that cannot start now.
+            let first = tokio::select! {
+                p = ep.slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = shutdown.changed() => continue,
             };
+            let limit = (1 + ep.slots.available_permits()).min(FETCH);
+            let url = ep.url.clone();
+            let due = self
+                .store
+                .write(Durability::Normal, move |tx| {
+                    store::webhooks::claim_due(tx, &url, store::now_ms(), lease_ms, limit)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(endpoint = %ep.url, "reading the webhook outbox: {e}");
+                    Vec::new()
+                });
             if due.is_empty() {
+                drop(first);
+                // New rows wake us at once; retries fall due on the poll.
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
+                    _ = wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
+            let mut first = Some(first);
             for item in due {
-                let Ok(permit) = ep.slots.clone().acquire_owned().await else {
-                    return;
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match ep.slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
                 };
                 let this = self.clone();
                 let ep = ep.clone();

@@ -279,19 +279,21 @@ pub fn message_size(data: &[u8]) -> usize {
 /// then the terminating ".\r\n". Nothing else changes, so the receiver
 /// un-stuffs exactly the bytes that were signed.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let dots = data.iter().filter(|&&b| b == b'.').count();
-    let mut out = Vec::with_capacity(data.len() + dots.min(1024) + 5);
-    let mut line_start = true;
-    for &b in data {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        // A bare LF also starts a line here: lenient receivers end DATA at
-        // "\n.\r\n", so an unstuffed dot after a bare LF could end the
-        // message early and smuggle the rest in as commands.
-        line_start = b == b'\n';
+    let mut out = Vec::with_capacity(data.len() + 64 + 5);
+    if data.first() == Some(&b'.') {
+        out.push(b'.');
     }
+    // A bare LF also starts a line here: lenient receivers end DATA at
+    // "\n.\r\n", so an unstuffed dot after a bare LF could end the message
+    // early and smuggle the rest in as commands.
+    let mut rest = data;
+    let finder = memchr::memmem::Finder::new(b"\n.");
+    while let Some(p) = finder.find(rest) {
+        out.extend_from_slice(&rest[..=p]);
+        out.push(b'.');
+        rest = &rest[p + 1..];
+    }
+    out.extend_from_slice(rest);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }

@@ -53,9 +53,7 @@ fn simple_verdict(url: &str, own: &OwnHosts) -> Option<bool> {
     } else {
         return None;
     };
-    let end = rest
-        .find(['/', '?', '#', '\\'])
-        .unwrap_or(rest.len());
+    let end = rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len());
     let authority = &rest[..end];
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().ok()?),

@@ -79,6 +79,19 @@ type JobFn = Box<dyn FnOnce(&Tx<'_>) -> JobResult + Send>;
 pub struct Tx<'a> {
     pub conn: &'a Transaction<'a>,
     pub hooks: &'a [webhooks::Subscription],
+    /// Set when a job added webhook outbox rows: the webhook workers are
+    /// woken after the commit.
+    pub outbox_added: std::cell::Cell<bool>,
+}
+
+impl<'a> Tx<'a> {
+    pub fn new(conn: &'a Transaction<'a>, hooks: &'a [webhooks::Subscription]) -> Self {
+        Tx {
+            conn,
+            hooks,
+            outbox_added: std::cell::Cell::new(false),
+        }
+    }
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -125,6 +138,7 @@ struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 pub use crate::time::{now_ms, parse_time, rfc3339};
@@ -189,9 +203,11 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>();
         let max_batch = options.max_batch.max(1);
         let hooks = options.webhooks.clone();
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let wake = outbox_wake.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, hooks))
+            .spawn(move || writer_loop(conn, rx, max_batch, hooks, wake))
             .map_err(|e| StoreError::msg(format!("starting the writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -200,12 +216,18 @@ impl Store {
                 jobs: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(writer)),
+                outbox_wake,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Notified after every commit that added webhook outbox rows.
+    pub fn outbox_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.outbox_wake.clone()
     }
 
     /// Runs `f` in the writer's next transaction and waits for the commit.
@@ -296,6 +318,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Job>,
     max_batch: usize,
     hooks: Vec<webhooks::Subscription>,
+    outbox_wake: Arc<tokio::sync::Notify>,
 ) {
     let mut sync_full = true;
     while let Ok(first) = rx.recv() {
@@ -313,17 +336,20 @@ fn writer_loop(
                 sync_full = want_full;
             }
         }
-        run_batch(&mut conn, batch, sync_full || !want_full, &hooks);
+        if run_batch(&mut conn, batch, sync_full || !want_full, &hooks) {
+            outbox_wake.notify_waiters();
+        }
     }
 }
 
 /// One transaction for the whole batch; each job under its own savepoint.
+/// Returns true when a committed job added webhook outbox rows.
 fn run_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
     durable_enough: bool,
     hooks: &[webhooks::Subscription],
-) {
+) -> bool {
     if !durable_enough {
         // Could not switch to FULL: refuse durable jobs rather than
         // acknowledge them on a weaker commit.
@@ -332,7 +358,7 @@ fn run_batch(
                 .reply
                 .send(Err(StoreError::msg("could not enable synchronous=FULL")));
         }
-        return;
+        return false;
     }
     let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -343,11 +369,11 @@ fn run_batch(
                     "starting a transaction: {msg}"
                 ))));
             }
-            return;
+            return false;
         }
     };
     let mut results = Vec::with_capacity(batch.len());
-    let ctx = Tx { conn: &tx, hooks };
+    let ctx = Tx::new(&tx, hooks);
     for job in batch {
         let outcome = match tx.execute_batch("SAVEPOINT job") {
             Ok(()) => {
@@ -367,11 +393,14 @@ fn run_batch(
         };
         results.push((job.reply, outcome));
     }
+    let outbox_added = ctx.outbox_added.get();
+    drop(ctx);
     match tx.commit() {
         Ok(()) => {
             for (reply, outcome) in results {
                 let _ = reply.send(outcome);
             }
+            outbox_added
         }
         Err(e) => {
             // The transaction is rolled back when the commit fails (or when
@@ -381,6 +410,7 @@ fn run_batch(
                 let _ = reply.send(Err(StoreError::msg(format!("commit failed: {msg}"))));
             }
             let _ = conn.execute_batch("ROLLBACK");
+            false
         }
     }
 }

@@ -46,6 +46,7 @@ pub(super) fn enqueue(
              VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5)",
             params![id, sub.url, event_id, body.as_str(), ev.at.max(super::now_ms())],
         )?;
+        tx.outbox_added.set(true);
     }
     Ok(())
 }

@@ -203,12 +203,10 @@ pub fn location_value(url: &str) -> String {
     if url.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return url.to_string();
     }
-    let host_is_ascii = url::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            let raw_host = url.split("://").nth(1)?.split(['/', '?', '#']).next()?;
-            Some((u, raw_host.is_ascii()))
-        });
+    let host_is_ascii = url::Url::parse(url).ok().and_then(|u| {
+        let raw_host = url.split("://").nth(1)?.split(['/', '?', '#']).next()?;
+        Some((u, raw_host.is_ascii()))
+    });
     match host_is_ascii {
         Some((parsed, false)) => parsed.to_string(),
         _ => {
