@@ -520,5 +520,9 @@ fn queue_list_json_fields() {
         ["queued", "sending", "deferred"].contains(&v["status"].as_str().unwrap()),
         "{v}"
     );
-    assert!(v["next_attempt_at"].as_str().unwrap().ends_with('Z'));
+    // A recipient being delivered right now has no next attempt.
+    match v["status"].as_str().unwrap() {
+        "sending" => assert!(v["next_attempt_at"].is_null(), "{v}"),
+        _ => assert!(v["next_attempt_at"].as_str().unwrap().ends_with('Z'), "{v}"),
+    }
 }
