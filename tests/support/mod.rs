@@ -1,5 +1,7 @@
-//! Shared helpers for integration tests: `mod support;` then `support::mx`,
-//! `support::dkim`.
+//! Test doubles for what lies outside the system, speaking the real
+//! protocols on loopback: `mx` (a receiving SMTP server), `dns` (a DNS
+//! server), `webhook` (a webhook endpoint), plus `dkim` (independent
+//! signature checks). Use with `mod support;`.
 #![allow(dead_code)]
 
 pub mod dkim;
