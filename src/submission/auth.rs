@@ -84,9 +84,13 @@ impl Authenticator {
 
 /// An argon2id PHC string with a random salt (argon2's default parameters).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::PasswordHasher;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "the system random generator failed".to_string())?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
     Argon2::default()
-        .hash_password(password.as_bytes())
+        .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
 }
