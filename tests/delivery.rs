@@ -550,22 +550,10 @@ async fn return_path_managed_key_and_preview() {
         "{}",
         relay.log()
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
-        .args(["preview", "--rcpt", "someone@example.net", "--config"])
-        .arg(&relay.config_path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(HTML_MESSAGE.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = relay.cli_with_stdin(
+        &["preview", "--rcpt", "someone@example.net"],
+        HTML_MESSAGE.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -581,20 +569,7 @@ async fn return_path_managed_key_and_preview() {
     );
     assert!(!text.contains("X-Tags:"));
     // --no-sign leaves the signature out.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
-        .args(["preview", "--no-sign", "--config"])
-        .arg(&relay.config_path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(HTML_MESSAGE.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = relay.cli_with_stdin(&["preview", "--no-sign"], HTML_MESSAGE.as_bytes());
     assert!(String::from_utf8(out.stdout)
         .unwrap()
         .starts_with("From: News"));

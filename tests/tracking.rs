@@ -425,22 +425,7 @@ async fn scanners_are_flagged_and_links_outlive_the_message() {
     assert_eq!(header(&headers, "location"), Some(LINK_AMP));
     // A token from `preview` names an email the store never saw: the
     // redirect works and the click is still recorded.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
-        .args(["preview", "--no-sign", "--config"])
-        .arg(&relay.config_path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&html_message())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = relay.cli_with_stdin(&["preview", "--no-sign"], &html_message());
     let err = String::from_utf8(out.stderr).unwrap();
     let preview_id = err
         .lines()
