@@ -13,18 +13,7 @@ use trackrelay::outbound::{deliver, ClientConfig, Outcome, OutgoingMessage, Time
 fn config() -> ClientConfig {
     let t = Duration::from_secs(10);
     ClientConfig {
-        timeouts: Timeouts {
-            connect: t,
-            greeting: t,
-            command: t,
-            tls_handshake: t,
-            mail: t,
-            rcpt: t,
-            data_init: t,
-            data_block: t,
-            data_term: t,
-            quit: Duration::from_secs(2),
-        },
+        timeouts: Timeouts::uniform(t),
         ..ClientConfig::new("relay.test")
     }
 }

@@ -24,18 +24,7 @@ fn smarthost(
         tls_policy: policy,
         implicit_tls,
         auth,
-        timeouts: Timeouts {
-            connect: t,
-            greeting: t,
-            command: t,
-            tls_handshake: t,
-            mail: t,
-            rcpt: t,
-            data_init: t,
-            data_block: t,
-            data_term: t,
-            quit: Duration::from_secs(2),
-        },
+        timeouts: Timeouts::uniform(t),
         ..ClientConfig::new("relay.test")
     }
 }

@@ -14,18 +14,7 @@ fn config(policy: TlsPolicy) -> ClientConfig {
     let t = Duration::from_secs(10);
     ClientConfig {
         tls_policy: policy,
-        timeouts: Timeouts {
-            connect: t,
-            greeting: t,
-            command: t,
-            tls_handshake: t,
-            mail: t,
-            rcpt: t,
-            data_init: t,
-            data_block: t,
-            data_term: t,
-            quit: Duration::from_secs(2),
-        },
+        timeouts: Timeouts::uniform(t),
         ..ClientConfig::new("relay.test")
     }
 }

@@ -73,6 +73,25 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// The same limit for every step (QUIT gets at most 2 s): for tests and
+    /// tools that want failures fast rather than RFC-patient.
+    pub fn uniform(t: Duration) -> Self {
+        Timeouts {
+            connect: t,
+            greeting: t,
+            command: t,
+            tls_handshake: t,
+            mail: t,
+            rcpt: t,
+            data_init: t,
+            data_block: t,
+            data_term: t,
+            quit: t.min(Duration::from_secs(2)),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     pub ehlo_name: String,
