@@ -394,7 +394,6 @@ fn run_batch(
         results.push((job.reply, outcome));
     }
     let outbox_added = ctx.outbox_added.get();
-    drop(ctx);
     match tx.commit() {
         Ok(()) => {
             for (reply, outcome) in results {
