@@ -8,14 +8,14 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 /// address from the queue when only its index is known, and sets the
 /// recipient's first `opened_at` / `clicked_at`.
 pub fn insert(tx: &Tx<'_>, ev: &NewEvent) -> rusqlite::Result<i64> {
-    let mut ev = ev.clone();
-    if ev.recipient.is_none() {
-        if let Some(idx) = ev.rcpt_idx {
-            ev.recipient = tx
-                .prepare_cached("SELECT address FROM recipients WHERE email_id = ?1 AND idx = ?2")?
-                .query_row(params![ev.email_id, idx], |r| r.get(0))
-                .optional()?;
-        }
+    // Copied only when the address has to be filled in.
+    let mut ev = std::borrow::Cow::Borrowed(ev);
+    if let (None, Some(idx)) = (&ev.recipient, ev.rcpt_idx) {
+        let address: Option<String> = tx
+            .prepare_cached("SELECT address FROM recipients WHERE email_id = ?1 AND idx = ?2")?
+            .query_row(params![ev.email_id, idx], |r| r.get(0))
+            .optional()?;
+        ev.to_mut().recipient = address;
     }
     let detail = ev.detail.as_ref().map(|d| d.to_string());
     tx.prepare_cached(
