@@ -106,11 +106,12 @@ pub fn claim_due(
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut lease = tx.prepare_cached(
-        "UPDATE recipients SET status = 'sending', lease_until = ?3, next_attempt_at = NULL
+        "UPDATE recipients SET status = 'sending', lease_until = ?3, next_attempt_at = NULL,
+                attempt_started_at = ?4
          WHERE email_id = ?1 AND idx = ?2",
     )?;
     for c in &claimed {
-        lease.execute(params![c.email_id, c.idx, now + lease_ms])?;
+        lease.execute(params![c.email_id, c.idx, now + lease_ms, now])?;
     }
     Ok(claimed)
 }

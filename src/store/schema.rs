@@ -84,6 +84,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX webhook_due ON webhook_outbox(next_attempt_at) WHERE status = 'pending';
     CREATE INDEX webhook_created ON webhook_outbox(created_at);
     "#,
+    // 2: leases with an owner, and the start of the latest delivery attempt
+    // (a scanner at the receiver follows links during or right after the
+    // `250`, before `delivered_at` is known).
+    r#"
+    ALTER TABLE recipients ADD COLUMN lease_id TEXT;          -- owner of the lease while sending
+    ALTER TABLE recipients ADD COLUMN attempt_started_at INTEGER; -- unix ms, set when an attempt is claimed
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
