@@ -268,11 +268,10 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
     ))
 }
 
-/// `GET /healthz` (no token): 200 when the store answers a trivial read.
+/// `GET /healthz` (no token): 200 when the store can take writes (its
+/// writer answers, its file is the one opened, real pages read back).
 pub async fn healthz(api: &Api) -> Reply {
-    let probe = api
-        .store
-        .read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)));
+    let probe = api.store.health();
     let (status, body) = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
