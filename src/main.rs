@@ -24,7 +24,21 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay: SMTP submission, delivery, tracking, webhooks, admin API.
-    Serve(ConfigArg),
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Create an empty database although the data directory shows one
+        /// existed (its tracking key, DKIM or TLS keys are there). Without it,
+        /// a missing database there stops the start: it was lost or moved.
+        #[arg(long)]
+        init_store: bool,
+        /// Once every listener is up, write the bound addresses there as JSON
+        /// (`{"submission":["127.0.0.1:2587"],"submission_tls":[..],"tracking":[..],
+        /// "tracking_tls":[..],"api":[..]}`); with port 0 in the config, the
+        /// ports the system chose.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<PathBuf>,
+    },
     /// Validate the config file and print every problem found.
     CheckConfig(ConfigArg),
     /// Read a password on stdin and print its argon2id hash.
@@ -185,17 +199,21 @@ fn load(arg: &ConfigArg) -> Result<config::Config, String> {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRACKRELAY_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Under systemd the journal adds its own timestamps.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colour only for a person at a terminal: a file or the journal would
+    // keep the escape codes as text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
-    if journald {
-        builder.without_time().with_ansi(false).init();
+        .with_target(false)
+        .with_ansi(colour);
+    // Under systemd the journal adds its own timestamps.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
     } else {
         builder.init();
     }
@@ -203,14 +221,22 @@ fn init_logging() {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve(c) => {
+        Command::Serve {
+            config,
+            init_store,
+            ready_file,
+        } => {
             init_logging();
-            let config = load(&c)?;
+            let config = load(&config)?;
+            let options = trackrelay::serve::ServeOptions {
+                init_store,
+                ready_file,
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| format!("starting the runtime: {e}"))?;
-            rt.block_on(trackrelay::serve::run(config))
+            rt.block_on(trackrelay::serve::run(config, options))
         }
         Command::CheckConfig(c) => {
             let path = config::resolve_path(c.config.as_deref());

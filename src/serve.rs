@@ -7,12 +7,14 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreOptions};
 use crate::submission::Submission;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// The addresses actually bound (port 0 in a config becomes a real port).
-#[derive(Debug, Clone, Default)]
+/// Written as JSON to `--ready-file` and into the ready log line.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Bound {
     pub submission: Vec<SocketAddr>,
     pub submission_tls: Vec<SocketAddr>,
@@ -46,7 +48,7 @@ async fn bind_all(key: &str, addrs: &[String]) -> Result<Vec<TcpListener>, Strin
 /// no certificate is configured, a self-signed one.
 fn prepare_data_dir(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     let dir = &config.server.data_dir;
-    std::fs::create_dir_all(dir)
+    crate::store::create_private_dir(dir)
         .map_err(|e| format!("server.data_dir: cannot create {}: {e}", dir.display()))?;
     let s = &config.submission;
     let (cert, key) = match (&s.tls_cert, &s.tls_key) {
@@ -68,34 +70,177 @@ fn prepare_data_dir(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>
     crate::tls::server_config(&cert, &key).map(Some)
 }
 
-pub async fn run(config: Config) -> Result<(), String> {
+/// What `serve` is told on its command line besides the config.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Create an empty database even though the data directory shows that
+    /// one existed (see `check_store_present`).
+    pub init_store: bool,
+    /// Write the bound addresses here, as JSON, once every listener is up.
+    pub ready_file: Option<PathBuf>,
+}
+
+pub async fn run(config: Config, options: ServeOptions) -> Result<(), String> {
     let (tx, rx) = watch::channel(false);
+    let stop = tx.clone();
     let signals = tokio::spawn(async move {
         wait_for_signal().await;
         let _ = tx.send(true);
     });
-    let result = run_until(config, rx, |bound| {
-        tracing::info!(?bound, "trackrelay ready");
+    let mut ready_failed = None;
+    let result = run_until(config, options.init_store, rx, |bound| {
+        let json = serde_json::to_string(bound).unwrap_or_default();
+        if let Some(path) = &options.ready_file {
+            if let Err(e) = write_ready_file(path, &json) {
+                // Whoever waits for the file would wait for ever: stop.
+                tracing::error!("{e}; stopping");
+                ready_failed = Some(e);
+                let _ = stop.send(true);
+                return;
+            }
+        }
+        tracing::info!(addresses = %json, "trackrelay ready");
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     })
     .await;
     signals.abort();
-    result
+    match ready_failed {
+        Some(e) => Err(e),
+        None => result,
+    }
+}
+
+/// Written whole under a temporary name, then renamed, so a reader never
+/// sees half of it.
+fn write_ready_file(path: &Path, json: &str) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{json}\n"))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("--ready-file: cannot write {}: {e}", path.display()))
+}
+
+/// Files only an earlier `serve` makes in the data directory: when one of
+/// them exists, so did a database.
+fn signs_of_use(config: &Config) -> Vec<PathBuf> {
+    let dir = &config.server.data_dir;
+    let mut files = Vec::new();
+    if config.tracking.secret_file.is_none() {
+        files.push(config.tracking_secret_path());
+    }
+    for d in &config.domains {
+        for k in d.dkim.iter().filter(|k| k.private_key.is_none()) {
+            files.push(config.dkim_key_path(&d.name, k));
+        }
+    }
+    files.push(crate::tls::self_signed_paths(dir).1);
+    files.retain(|f| f.exists());
+    files
+}
+
+/// Refuses to start on a missing database in a data directory that was in
+/// use: a fresh empty store would hide that the real one was lost (deleted,
+/// moved, or a wrong `data_dir`). A new data directory just starts.
+fn check_store_present(config: &Config, init_store: bool) -> Result<(), String> {
+    let db = config.database_path();
+    if init_store || db.exists() {
+        return Ok(());
+    }
+    let used = signs_of_use(config);
+    if used.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = used.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "the database {} is missing, but server.data_dir {} was in use ({} exist{}); \
+         it was deleted or moved, or data_dir points at the wrong place. Restore it from \
+         a backup, or run `trackrelay serve --init-store` once to start with an empty one \
+         (the queue, emails and events of the past are then gone)",
+        db.display(),
+        config.server.data_dir.display(),
+        list.join(", "),
+        if used.len() == 1 { "s" } else { "" },
+    ))
+}
+
+/// Secret files that group or others may read, each with its mode.
+pub fn exposed_secrets(config: &Config) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut secrets: Vec<(String, PathBuf)> = Vec::new();
+    let mut add = |what: String, p: &Option<PathBuf>| {
+        if let Some(p) = p {
+            secrets.push((what, p.clone()));
+        }
+    };
+    add("submission.tls_key".into(), &config.submission.tls_key);
+    add("tracking.tls_key".into(), &config.tracking.tls_key);
+    for (i, d) in config.domains.iter().enumerate() {
+        add(
+            format!("domains[{i}].tracking_tls_key"),
+            &d.tracking_tls_key,
+        );
+        for (j, k) in d.dkim.iter().enumerate() {
+            add(
+                format!("domains[{i}].dkim[{j}] key"),
+                &Some(config.dkim_key_path(&d.name, k)),
+            );
+        }
+    }
+    add(
+        "tracking secret".into(),
+        &Some(config.tracking_secret_path()),
+    );
+    for (i, p) in config.tracking.previous_secret_files.iter().enumerate() {
+        add(
+            format!("tracking.previous_secret_files[{i}]"),
+            &Some(p.clone()),
+        );
+    }
+    if let Some(relay) = &config.delivery.relay {
+        add(
+            "delivery.relay.password_file".into(),
+            &relay.password_file,
+        );
+    }
+    if config.submission.tls_key.is_none() {
+        add(
+            "the self-signed TLS key".into(),
+            &Some(crate::tls::self_signed_paths(&config.server.data_dir).1),
+        );
+    }
+    secrets
+        .into_iter()
+        .filter_map(|(what, p)| {
+            let mode = std::fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+            (mode & 0o044 != 0).then(|| {
+                format!(
+                    "{what} {} is readable by {} (mode {mode:04o}); make it 0600 (chmod 600)",
+                    p.display(),
+                    if mode & 0o004 != 0 { "everyone" } else { "its group" }
+                )
+            })
+        })
+        .collect()
 }
 
 /// Runs until `shutdown` turns true; `ready` is called once every listener
 /// is bound.
 pub async fn run_until(
     config: Config,
+    init_store: bool,
     shutdown: watch::Receiver<bool>,
     ready: impl FnOnce(&Bound),
 ) -> Result<(), String> {
+    check_store_present(&config, init_store)?;
+    // Before any other file of the data directory is made, so that a start
+    // that fails half-way does not leave keys without a database.
+    let store = Store::open(&config.database_path(), store_options(&config))
+        .map_err(|e| format!("store: {e}"))?;
     let submission_tls = prepare_data_dir(&config)?;
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
-    let store = Store::open(&config.database_path(), store_options(&config))
-        .map_err(|e| format!("store: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let new_mail = Arc::new(tokio::sync::Notify::new());
     let dkim_keys = crate::outbound::keys::domain_keys(&config, true)?;
@@ -106,6 +251,9 @@ pub async fn run_until(
         )
         .map_err(|e| format!("tracking.secret_file: {e}"))?,
     );
+    for w in exposed_secrets(&config) {
+        tracing::warn!("{w}");
+    }
     let resolver = Arc::new(crate::dns::resolver(&config)?);
     let router = crate::outbound::route::Router::new(&config, resolver)?;
     let runner = Arc::new(crate::outbound::runner::Runner::new(

@@ -77,7 +77,8 @@ pub fn ensure_self_signed(data_dir: &Path, hostnames: &[String]) -> Result<bool,
         return Ok(false);
     }
     let dir = cert_path.parent().unwrap_or(data_dir);
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    crate::store::create_private_dir(dir)
+        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let key = rcgen::KeyPair::generate().map_err(|e| format!("generating a TLS key: {e}"))?;
     let params = rcgen::CertificateParams::new(hostnames.to_vec())
         .map_err(|e| format!("certificate parameters: {e}"))?;

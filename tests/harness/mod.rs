@@ -25,6 +25,9 @@ pub fn api_token_hash() -> &'static str {
     HASH.get_or_init(|| trackrelay::submission::auth::hash_password(API_TOKEN).unwrap())
 }
 
+/// A port that was free a moment ago. Racy (another program may take it
+/// before it is used): prefer binding port 0 and reading the address back.
+/// Kept for tests that must write a port into a file before anything runs.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -33,9 +36,62 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A loopback port with nothing listening.
+/// A loopback port with nothing listening, for as long as the test process
+/// lives: a socket bound to it that never listens, so connections are
+/// refused and the system gives the port to nobody else.
 pub fn closed_port() -> u16 {
-    free_port()
+    use std::mem::{size_of, zeroed};
+    // SAFETY: plain socket calls on a local sockaddr_in of the right size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_in = zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let sa = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(
+            libc::bind(fd, sa, len),
+            0,
+            "bind: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(libc::getsockname(fd, sa, &mut len), 0);
+        // The descriptor is never closed: the port stays ours, and closed.
+        u16::from_be(addr.sin_port)
+    }
+}
+
+/// The addresses `serve --ready-file` reports.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Bound {
+    pub submission: Vec<SocketAddr>,
+    pub submission_tls: Vec<SocketAddr>,
+    pub tracking: Vec<SocketAddr>,
+    pub tracking_tls: Vec<SocketAddr>,
+    pub api: Vec<SocketAddr>,
+}
+
+/// Waits for `serve --ready-file` to appear (it is written whole, by a
+/// rename) and reads it; panics with the log if the process exits first.
+pub fn wait_ready(child: &mut Child, ready_file: &Path, log_path: &Path) -> Bound {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready_file) {
+            return serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
+        }
+        let log = || std::fs::read_to_string(log_path).unwrap_or_default();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("trackrelay exited ({status}) before it was ready:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trackrelay not ready in 60s:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub struct Relay {
@@ -45,6 +101,8 @@ pub struct Relay {
     pub smtps: SocketAddr,
     pub tracking: SocketAddr,
     pub api: SocketAddr,
+    /// Every address of the last start, as `serve` reported it.
+    pub bound: Bound,
     child: Option<Child>,
     starts: u32,
 }
@@ -73,8 +131,6 @@ pub struct Options {
 impl Relay {
     pub fn start(opts: Options) -> Relay {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-        let sa = |p: u16| -> SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
         let config = format!(
             r#"
 [server]
@@ -83,8 +139,8 @@ data_dir = "./data"
 shutdown_grace = "10s"
 
 [submission]
-listen = ["127.0.0.1:{p0}"]
-listen_tls = ["127.0.0.1:{p1}"]
+listen = ["127.0.0.1:0"]
+listen_tls = ["127.0.0.1:0"]
 require_tls_for_auth = true
 {submission}
 
@@ -94,7 +150,7 @@ password_hash = "{hash}"
 domains = ["example.com"]
 
 [tracking]
-listen = ["127.0.0.1:{p2}"]
+listen = ["127.0.0.1:0"]
 scheme = "http"
 {tracking}
 
@@ -113,15 +169,11 @@ name = "example.org"
 {store}
 
 [api]
-listen = ["127.0.0.1:{p3}"]
+listen = ["127.0.0.1:0"]
 {api}
 
 {extra}
 "#,
-            p0 = ports[0],
-            p1 = ports[1],
-            p2 = ports[2],
-            p3 = ports[3],
             hash = password_hash(),
             submission = opts.submission,
             tracking = opts.tracking,
@@ -147,10 +199,12 @@ listen = ["127.0.0.1:{p3}"]
         let mut relay = Relay {
             dir,
             config_path,
-            smtp: sa(ports[0]),
-            smtps: sa(ports[1]),
-            tracking: sa(ports[2]),
-            api: sa(ports[3]),
+            // Filled in by `spawn` from what the relay reports.
+            smtp: unbound(),
+            smtps: unbound(),
+            tracking: unbound(),
+            api: unbound(),
+            bound: Bound::default(),
             child: None,
             starts: 0,
         };
@@ -171,37 +225,33 @@ listen = ["127.0.0.1:{p3}"]
         all
     }
 
-    /// Starts the binary and waits until it says it is ready.
+    /// Starts the binary and waits until it says it is ready. The listeners
+    /// bind port 0, so each start has new ports: the address fields are
+    /// updated here.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+        let ready_file = self.dir.path().join(format!("ready-{}.json", self.starts));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trackrelay"))
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("TRACKRELAY_LOG", "info,trackrelay=debug")
-            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start trackrelay");
+        let bound = wait_ready(&mut child, &ready_file, &self.log_path());
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-            if text.contains("trackrelay ready") {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("trackrelay exited ({status}) before it was ready:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trackrelay not ready in 60s:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let first = |v: &[SocketAddr]| v.first().copied().unwrap_or_else(unbound);
+        self.smtp = first(&bound.submission);
+        self.smtps = first(&bound.submission_tls);
+        self.tracking = first(&bound.tracking);
+        self.api = first(&bound.api);
+        self.bound = bound;
     }
 
     pub fn pid(&self) -> u32 {
@@ -277,6 +327,11 @@ listen = ["127.0.0.1:{p3}"]
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+}
+
+/// Stands for a listener the config does not have: nothing answers there.
+fn unbound() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], closed_port()))
 }
 
 impl Drop for Relay {
