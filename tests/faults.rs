@@ -98,10 +98,12 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
     let next = Arc::new(AtomicUsize::new(0));
     let acked: Arc<Mutex<HashMap<String, usize>>> = Arc::new(Mutex::new(HashMap::new()));
     let client_errors = Arc::new(AtomicUsize::new(0));
-    let addr = relay.smtp;
+    // Each start listens on a new port (port 0): clients follow the relay.
+    let addr = Arc::new(Mutex::new(relay.smtp));
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let (next, acked, errors) = (next.clone(), acked.clone(), client_errors.clone());
+        let addr = addr.clone();
         clients.push(std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(300);
             let mut session: Option<RawSmtp> = None;
@@ -115,8 +117,11 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
                 loop {
                     assert!(Instant::now() < deadline, "client gave up");
                     if session.is_none() {
-                        session = connect(addr);
+                        let current = *addr.lock().unwrap();
+                        session = connect(current);
                         if session.is_none() {
+                            // Retry pace while the relay is down, as a real
+                            // client would back off; not a synchronisation.
                             std::thread::sleep(Duration::from_millis(50));
                             continue;
                         }
@@ -139,9 +144,14 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
         wait_for("acknowledgements", Duration::from_secs(240), || {
             acked.lock().unwrap().len() >= threshold
         });
+        let errors_before = client_errors.load(Ordering::SeqCst);
         relay.kill();
-        std::thread::sleep(Duration::from_millis(300));
+        // Clients must hit the outage, not just the restart.
+        wait_for("a client to see the relay gone", Duration::from_secs(30), || {
+            client_errors.load(Ordering::SeqCst) > errors_before
+        });
         relay.spawn();
+        *addr.lock().unwrap() = relay.smtp;
     }
     for c in clients {
         c.join().unwrap();

@@ -297,12 +297,11 @@ fn connection_limit_per_ip() {
     let r = extra.reply();
     assert!(r.starts_with("421 4.7.0"), "{r}");
     drop(held.pop());
-    std::thread::sleep(Duration::from_millis(200));
-    let mut again = RawSmtp::connect(relay.smtp);
-    assert!(
-        again.reply().starts_with("220"),
-        "a freed slot is usable again"
-    );
+    // The server frees the slot when it sees the close; until then a new
+    // connection is still refused with 421.
+    wait_for("a freed slot to be usable again", Duration::from_secs(10), || {
+        RawSmtp::connect(relay.smtp).reply().starts_with("220")
+    });
 }
 
 #[test]
@@ -471,14 +470,22 @@ fn sigterm_lets_a_message_in_flight_finish() {
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    // New connections are no longer accepted...
-    assert!(
-        std::net::TcpStream::connect(relay.smtp).is_err() || {
-            let mut n = RawSmtp::connect(relay.smtp);
-            n.reply() == "EOF"
+    // New connections are no longer accepted (once the signal is handled)...
+    wait_for("the listener to close", Duration::from_secs(10), || {
+        match std::net::TcpStream::connect(relay.smtp) {
+            Err(_) => true,
+            Ok(stream) => {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut n = RawSmtp {
+                    reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+                    stream,
+                };
+                n.reply() == "EOF"
+            }
         }
-    );
+    });
     // ...but the message in flight completes.
     c.send(&msg[40..]);
     let r = c.cmd(".");
