@@ -198,10 +198,7 @@ pub fn exposed_secrets(config: &Config) -> Vec<String> {
         );
     }
     if let Some(relay) = &config.delivery.relay {
-        add(
-            "delivery.relay.password_file".into(),
-            &relay.password_file,
-        );
+        add("delivery.relay.password_file".into(), &relay.password_file);
     }
     if config.submission.tls_key.is_none() {
         add(
@@ -217,7 +214,11 @@ pub fn exposed_secrets(config: &Config) -> Vec<String> {
                 format!(
                     "{what} {} is readable by {} (mode {mode:04o}); make it 0600 (chmod 600)",
                     p.display(),
-                    if mode & 0o004 != 0 { "everyone" } else { "its group" }
+                    if mode & 0o004 != 0 {
+                        "everyone"
+                    } else {
+                        "its group"
+                    }
                 )
             })
         })

@@ -71,7 +71,10 @@ fn the_example_config_runs_as_is() {
     let bound = wait_ready(&mut child, &ready_file, &log_path);
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("trackrelay ready"), "{log}");
-    assert!(!log.contains('\x1b'), "no terminal escapes in a file: {log:?}");
+    assert!(
+        !log.contains('\x1b'),
+        "no terminal escapes in a file: {log:?}"
+    );
     let data = dir.path().join("data");
     assert!(data.join("tls/selfsigned-cert.pem").exists());
     assert!(data.join("dkim/example.com.s1.pem").exists());
@@ -83,10 +86,7 @@ fn the_example_config_runs_as_is() {
     );
 
     // The example trusts loopback, so a local tool can submit right away.
-    assert_eq!(
-        (bound.submission.len(), bound.submission_tls.len()),
-        (1, 1)
-    );
+    assert_eq!((bound.submission.len(), bound.submission_tls.len()), (1, 1));
     assert_eq!((bound.tracking.len(), bound.api.len()), (1, 1));
     let mut c = RawSmtp::connect(bound.submission[0]);
     assert!(c.reply().starts_with("220 relay.example.com"));

@@ -147,9 +147,11 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
         let errors_before = client_errors.load(Ordering::SeqCst);
         relay.kill();
         // Clients must hit the outage, not just the restart.
-        wait_for("a client to see the relay gone", Duration::from_secs(30), || {
-            client_errors.load(Ordering::SeqCst) > errors_before
-        });
+        wait_for(
+            "a client to see the relay gone",
+            Duration::from_secs(30),
+            || client_errors.load(Ordering::SeqCst) > errors_before,
+        );
         relay.spawn();
         *addr.lock().unwrap() = relay.smtp;
     }

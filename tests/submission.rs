@@ -299,9 +299,11 @@ fn connection_limit_per_ip() {
     drop(held.pop());
     // The server frees the slot when it sees the close; until then a new
     // connection is still refused with 421.
-    wait_for("a freed slot to be usable again", Duration::from_secs(10), || {
-        RawSmtp::connect(relay.smtp).reply().starts_with("220")
-    });
+    wait_for(
+        "a freed slot to be usable again",
+        Duration::from_secs(10),
+        || RawSmtp::connect(relay.smtp).reply().starts_with("220"),
+    );
 }
 
 #[test]
@@ -471,8 +473,10 @@ fn sigterm_lets_a_message_in_flight_finish() {
         libc::kill(pid as i32, libc::SIGTERM);
     }
     // New connections are no longer accepted (once the signal is handled)...
-    wait_for("the listener to close", Duration::from_secs(10), || {
-        match std::net::TcpStream::connect(relay.smtp) {
+    wait_for(
+        "the listener to close",
+        Duration::from_secs(10),
+        || match std::net::TcpStream::connect(relay.smtp) {
             Err(_) => true,
             Ok(stream) => {
                 stream
@@ -484,8 +488,8 @@ fn sigterm_lets_a_message_in_flight_finish() {
                 };
                 n.reply() == "EOF"
             }
-        }
-    });
+        },
+    );
     // ...but the message in flight completes.
     c.send(&msg[40..]);
     let r = c.cmd(".");

@@ -247,15 +247,19 @@ async fn an_endpoint_outage_loses_nothing_and_duplicates_nothing() {
     });
     // Duplicates would come from a row sent again: wait until the store has
     // every row delivered, after which nothing sends them any more.
-    wait_for("every outbox row delivered", Duration::from_secs(30), || {
-        let out = relay.cli(&["webhooks", "list", "--json"]);
-        let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        rows.len() == 40 && rows.iter().all(|r| r["status"] == "delivered")
-    });
+    wait_for(
+        "every outbox row delivered",
+        Duration::from_secs(30),
+        || {
+            let out = relay.cli(&["webhooks", "list", "--json"]);
+            let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            rows.len() == 40 && rows.iter().all(|r| r["status"] == "delivered")
+        },
+    );
     let accepted = hooks.accepted();
     let unique: HashSet<&str> = accepted.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(accepted.len(), 40, "no webhook-id accepted twice");

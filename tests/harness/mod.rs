@@ -75,15 +75,29 @@ pub struct Bound {
 /// Waits for `serve --ready-file` to appear (it is written whole, by a
 /// rename) and reads it; panics with the log if the process exits first.
 pub fn wait_ready(child: &mut Child, ready_file: &Path, log_path: &Path) -> Bound {
+    try_wait_ready(child, ready_file, log_path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like `wait_ready`, but an exit before ready is an `Err` with the status
+/// and the log.
+pub fn try_wait_ready(
+    child: &mut Child,
+    ready_file: &Path,
+    log_path: &Path,
+) -> Result<Bound, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(text) = std::fs::read_to_string(ready_file) {
-            return serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("ready file {text:?}: {e}"));
+            return Ok(
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("ready file {text:?}: {e}"))
+            );
         }
         let log = || std::fs::read_to_string(log_path).unwrap_or_default();
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("trackrelay exited ({status}) before it was ready:\n{}", log());
+            return Err(format!(
+                "trackrelay exited ({status}) before it was ready:\n{}",
+                log()
+            ));
         }
         assert!(
             Instant::now() < deadline,
@@ -229,6 +243,12 @@ listen = ["127.0.0.1:0"]
     /// bind port 0, so each start has new ports: the address fields are
     /// updated here.
     pub fn spawn(&mut self) {
+        self.spawn_with(&[], &[]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `spawn` with extra `serve` arguments and environment; an exit before
+    /// ready is an `Err` with the status and the log.
+    pub fn spawn_with(&mut self, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
@@ -239,12 +259,14 @@ listen = ["127.0.0.1:0"]
             .arg(&self.config_path)
             .arg("--ready-file")
             .arg(&ready_file)
+            .args(args)
             .env("TRACKRELAY_LOG", "info,trackrelay=debug")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start trackrelay");
-        let bound = wait_ready(&mut child, &ready_file, &self.log_path());
+        let bound = try_wait_ready(&mut child, &ready_file, &self.log_path())?;
         self.child = Some(child);
         let first = |v: &[SocketAddr]| v.first().copied().unwrap_or_else(unbound);
         self.smtp = first(&bound.submission);
@@ -252,6 +274,7 @@ listen = ["127.0.0.1:0"]
         self.tracking = first(&bound.tracking);
         self.api = first(&bound.api);
         self.bound = bound;
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {
