@@ -298,9 +298,10 @@ async fn size_limit_is_respected() {
 
 #[tokio::test]
 async fn refused_connection_is_tempfail_for_all() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Bound but never listening: refused, and nobody else can take the port.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = closed.local_addr().unwrap();
     let out = deliver(
         addr,
         "gone.test",

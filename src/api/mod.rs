@@ -7,7 +7,7 @@
 //! GET /v1/events               all events, paged      ?type=&since=&until=&limit=&after=
 //! GET /v1/stats                counts and rates       ?domain=&since=&until=
 //! GET /metrics                 Prometheus text
-//! GET /healthz                 "ok" when the store answers (no token)
+//! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
 //! Errors are `{"error": "..."}` with the status that fits. Request bodies
 //! are never read.

@@ -774,11 +774,7 @@ mod tests {
         let (d, mut rd) = job(insert("d"));
         run_batch(&mut c, vec![a, b, d], true, &[]);
         assert!(ra.try_recv().unwrap().is_ok());
-        let err = rb
-            .try_recv()
-            .unwrap()
-            .err()
-            .expect("the panicking job fails");
+        let err = rb.try_recv().unwrap().expect_err("the panicking job fails");
         assert!(err.to_string().contains("panicked"), "{err}");
         assert!(rd.try_recv().unwrap().is_ok());
         assert_eq!(rows(&c), ["a", "d"]);
