@@ -195,7 +195,7 @@ listen = ["127.0.0.1:0"]
             // Without a route of the test's own, mail goes nowhere fast (a
             // closed loopback port) instead of to DNS.
             delivery = if opts.delivery.is_empty() {
-                format!("routes = {{ \"example.net\" = \"127.0.0.1:{}\", \"example.org\" = \"127.0.0.1:{}\" }}", closed_port(), closed_port())
+                format!("routes = {{ \"example.net\" = \"127.0.0.1:{p}\", \"example.org\" = \"127.0.0.1:{p}\" }}", p = shared_closed_port())
             } else {
                 opts.delivery
             },
@@ -352,9 +352,17 @@ listen = ["127.0.0.1:0"]
     }
 }
 
-/// Stands for a listener the config does not have: nothing answers there.
+/// Stands for a listener the config does not have: connecting to port 0
+/// is refused.
 fn unbound() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], closed_port()))
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// One closed port for every relay of the test process (each `closed_port`
+/// holds a descriptor for good).
+fn shared_closed_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(closed_port)
 }
 
 impl Drop for Relay {
