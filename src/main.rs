@@ -211,12 +211,33 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(colour);
-    // Under systemd the journal adds its own timestamps.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    // The journal adds its own timestamps.
+    if stderr_is_journal() {
         builder.without_time().init();
     } else {
         builder.init();
     }
+}
+
+/// systemd sets JOURNAL_STREAM to the `device:inode` of the stream it
+/// connected; a unit that redirects stderr elsewhere keeps the variable, so
+/// the stream itself is compared.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    // SAFETY: fstat fills the zeroed struct it is given, for fd 2.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev as u64 == dev && st.st_ino as u64 == ino
 }
 
 fn run(cli: Cli) -> Result<(), String> {

@@ -87,6 +87,17 @@ pub async fn run(config: Config, options: ServeOptions) -> Result<(), String> {
         wait_for_signal().await;
         let _ = tx.send(true);
     });
+    if let Some(path) = &options.ready_file {
+        // A file left by an earlier run must not pass for this one's.
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(format!(
+                    "--ready-file: cannot remove {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
     let mut ready_failed = None;
     let result = run_until(config, options.init_store, rx, |bound| {
         let json = serde_json::to_string(bound).unwrap_or_default();

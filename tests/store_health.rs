@@ -7,7 +7,7 @@
 mod harness;
 
 use harness::*;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 fn trusted() -> Options {
@@ -165,8 +165,24 @@ fn logs_are_plain_text_off_a_terminal_and_untimed_under_journald() {
         "a timestamp off the journal: {first}"
     );
     relay.stop();
+    // The variable alone, naming another stream (a unit redirecting
+    // stderr to a file keeps it): timestamps stay.
     relay
         .spawn_with(&[], &[("JOURNAL_STREAM", "8:12345")])
+        .unwrap();
+    relay.stop();
+    let redirected = std::fs::read_to_string(relay.log_path()).unwrap();
+    assert!(
+        redirected.starts_with(|c: char| c.is_ascii_digit()),
+        "{redirected}"
+    );
+    // The variable naming stderr itself, as systemd sets it: no timestamps.
+    let next = relay.next_log_path();
+    std::fs::File::create(&next).unwrap();
+    let meta = std::fs::metadata(&next).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    relay
+        .spawn_with(&[], &[("JOURNAL_STREAM", &stream)])
         .unwrap();
     relay.stop();
     let journal = std::fs::read_to_string(relay.log_path()).unwrap();

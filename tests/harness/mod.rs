@@ -230,6 +230,13 @@ listen = ["127.0.0.1:0"]
         self.dir.path().join(format!("relay-{}.log", self.starts))
     }
 
+    /// Where the next `spawn` will write its log.
+    pub fn next_log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("relay-{}.log", self.starts + 1))
+    }
+
     pub fn log(&self) -> String {
         let mut all = String::new();
         for i in 1..=self.starts {
