@@ -176,15 +176,7 @@ async fn email_events(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Re
             return Ok(Some(rows));
         }
         let known = store::emails::summary(c, &lookup)?.is_some()
-            || !store::events::list(
-                c,
-                &EventFilter {
-                    email_id: Some(lookup.clone()),
-                    limit: 1,
-                    ..EventFilter::default()
-                },
-            )?
-            .is_empty();
+            || store::events::exists_for_email(c, &lookup)?;
         Ok(known.then_some(rows))
     })
     .await?;
@@ -270,9 +262,7 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
 
 /// `GET /healthz` (no token): 200 when the store answers a trivial read.
 pub async fn healthz(api: &Api) -> Reply {
-    let probe = api
-        .store
-        .read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)));
+    let probe = api.store.read(store::sql::probe);
     let (status, body) = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
         Ok(Ok(_)) => (StatusCode::OK, "ok\n".to_string()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")),
