@@ -152,8 +152,8 @@ const MIGRATIONS: &[&str] = &[
         FROM recipients r JOIN emails e ON e.id = r.email_id
         GROUP BY 1, 2;
 
-    DROP INDEX events_type_at;
-    CREATE INDEX events_type_id ON events(type, id);
+    DROP INDEX IF EXISTS events_type_at;
+    CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
     "#,
 ];
 
