@@ -13,6 +13,9 @@
 #
 #   bench/submission.sh                      # RUNS=3 MSGS=5000 SESS=20 LEN=50000
 #   RUNS=1 MSGS=500 bench/submission.sh      # smoke
+#   TR_STORE=/tmp/trackrelay-bench-queries-1000000-10000000/trackrelay.sqlite3 bench/submission.sh
+#     also measures trackrelay on a copy of that prepared store (bench/queries.sh
+#     makes one), as "trackrelay-big", beside trackrelay on an empty store
 #
 # Env: RUNS MSGS SESS LEN WARMUP=200 (untimed, before each measurement) SKIP_POSTFIX=1 SINK_PORT PF_PORT TR_PORT TR_TRACK_PORT TR_API_PORT
 #      QUIET_MAX_BUSY=15 QUIET_TIMEOUT=300 SKIP_BUILD=1 KEEP_WORK=1
@@ -105,22 +108,32 @@ for i in $(seq "$RUNS"); do
     one_run postfix "127.0.0.1:$PF_PORT" | tee -a "$OUT/runs.jsonl"
     EXPECT=$((EXPECT + MSGS)); sink_wait "$EXPECT" || true; pf_wait_empty || true
   fi
-  dir=$WORK/tr-$i; mkdir -p "$dir"
-  write_tr_config "$dir/config.toml" "$dir/data" "$TR_PORT" "$TR_TRACK_PORT" "$TR_API_PORT" "$WORK/dkim.pem" "$API_HASH" "$ROUTES"
+  for sys in trackrelay ${TR_STORE:+trackrelay-big}; do
+  dir=$WORK/$sys-$i; mkdir -p "$dir/data"
+  base=0
+  if [ "$sys" = trackrelay-big ]; then
+    # A copy per run, so every run starts from the same prepared store.
+    cp "$TR_STORE" "$dir/data/trackrelay.sqlite3"
+    base=$(sqlite3 "$dir/data/trackrelay.sqlite3" "SELECT COUNT(*) FROM emails")
+  fi
+  write_tr_config "$dir/config.toml" "$dir/data" "$TR_PORT" "$TR_TRACK_PORT" "$TR_API_PORT" "$WORK/dkim.pem" "$API_HASH" "$ROUTES" \
+    "$( [ "$sys" = trackrelay-big ] && printf '[store]\nretain_messages = "3650d"\nretain_events = "3650d"\n' )"
   start_trackrelay "$dir/config.toml" "$TR_PORT" "$dir/trackrelay.log"
   warmup "127.0.0.1:$TR_PORT"
-  res=$(one_run trackrelay "127.0.0.1:$TR_PORT")
+  res=$(one_run "$sys" "127.0.0.1:$TR_PORT")
   EXPECT=$((EXPECT + MSGS)); sink_wait "$EXPECT" || true
-  emails=$(( $(sqlite3 "$dir/data/trackrelay.sqlite3" "SELECT COUNT(*) FROM emails") - WARMUP ))
+  emails=$(( $(sqlite3 "$dir/data/trackrelay.sqlite3" "SELECT COUNT(*) FROM emails") - WARMUP - base ))
   st=$(sqlite3 "$dir/data/trackrelay.sqlite3" "SELECT status || '=' || COUNT(*) FROM recipients GROUP BY status" | paste -sd,)
   echo "$(add_fields "$res" "stored_emails=$emails" "store=$st")" | tee -a "$OUT/runs.jsonl"
   stop_tracked "$TR_PID"
+  if [ "$sys" = trackrelay-big ]; then rm -rf "$dir/data"; fi
+  done
 done
 
 {
   echo
   echo "## submission summary: smtp-source -s $SESS -m $MSGS -l $LEN, $RUNS run(s); accepted msg/s, median and min-max"
   python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rate:accepted/s seconds busy_before busy_during stderr_lines \
-    --ratio trackrelay/postfix:rate
+    --ratio trackrelay/postfix:rate ${TR_STORE:+--ratio trackrelay-big/trackrelay:rate}
   echo "(runs: $OUT/runs.jsonl)"
 } | tee "$OUT/summary.txt"

@@ -110,18 +110,48 @@ pub fn events(config: &Config, a: &EventsArgs) -> CliResult {
         limit: a.limit,
     };
     let conn = reader(config)?;
-    let rows = store::events::list(&conn, &filter).map_err(|e| e.to_string())?;
     let mut w = out();
-    if a.json {
-        for e in &rows {
-            let _ = writeln!(w, "{}", e.to_json());
+    let json = a.json;
+    let done = store::events::each(&conn, &filter, |e| {
+        if json {
+            writeln!(w, "{}", e.to_json()).map_err(Stop::Io)
+        } else {
+            writeln!(w, "{}", human_event(&e)).map_err(Stop::Io)
         }
-    } else {
-        for e in &rows {
-            let _ = writeln!(w, "{}", human_event(e));
+    });
+    finish(done, w)
+}
+
+/// Why streaming output stopped: the store, or stdout (a closed pipe, as
+/// with `| head`, is a normal end).
+enum Stop {
+    Db(rusqlite::Error),
+    Io(std::io::Error),
+}
+
+impl From<rusqlite::Error> for Stop {
+    fn from(e: rusqlite::Error) -> Self {
+        Stop::Db(e)
+    }
+}
+
+impl From<csv::Error> for Stop {
+    fn from(e: csv::Error) -> Self {
+        match e.into_kind() {
+            csv::ErrorKind::Io(e) => Stop::Io(e),
+            other => Stop::Io(std::io::Error::other(format!("{other:?}"))),
         }
     }
-    Ok(())
+}
+
+fn finish(done: Result<(), Stop>, mut w: impl Write) -> CliResult {
+    let flushed = done.and_then(|()| w.flush().map_err(Stop::Io));
+    match flushed {
+        Ok(()) => Ok(()),
+        Err(Stop::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(Stop::Io(e)) => Err(format!("writing the output: {e}")),
+        Err(Stop::Db(e)) => Err(format!("reading the store: {e}")),
+    }
 }
 
 fn human_event(e: &StoredEvent) -> String {
@@ -178,19 +208,48 @@ pub fn stats(
     Ok(())
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+/// A cell as a spreadsheet may safely open it: one that begins with `=`,
+/// `+`, `-`, `@`, a tab or a CR would be read as a formula (User-Agent,
+/// Referer, subject, tags and remote replies are attacker-controlled), so
+/// it gets a leading `'`, as OWASP recommends for CSV injection.
+pub fn csv_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
     } else {
-        s.to_string()
+        s.into()
     }
 }
 
-fn csv_row(w: &mut impl Write, fields: &[String]) {
-    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-    let _ = write!(w, "{}\r\n", line.join(","));
+fn csv_writer(w: impl Write) -> csv::Writer<impl Write> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(w)
 }
 
+fn csv_row<W: Write>(w: &mut csv::Writer<W>, fields: &[&str]) -> Result<(), Stop> {
+    w.write_record(fields.iter().map(|f| csv_cell(f).into_owned()))?;
+    Ok(())
+}
+
+const EMAIL_CSV_FIELDS: [&str; 14] = [
+    "email_id",
+    "created_at",
+    "domain",
+    "from",
+    "subject",
+    "tags",
+    "recipient",
+    "status",
+    "attempts",
+    "delivered_at",
+    "bounced_at",
+    "opened_at",
+    "clicked_at",
+    "last_response",
+];
+
+/// `export emails|events --csv`: one row per recipient / event, written as
+/// it is read.
 pub fn export(
     config: &Config,
     what: &str,
@@ -199,101 +258,68 @@ pub fn export(
 ) -> CliResult {
     let conn = reader(config)?;
     let (since, until) = (time_arg("since", since)?, time_arg("until", until)?);
-    let mut w = out();
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let mut w = csv_writer(out());
     let t = |v: Option<i64>| v.map(store::rfc3339).unwrap_or_default();
-    match what {
-        "emails" => {
-            csv_row(
-                &mut w,
-                &[
-                    "email_id",
-                    "created_at",
-                    "domain",
-                    "from",
-                    "subject",
-                    "tags",
-                    "recipient",
-                    "status",
-                    "attempts",
-                    "delivered_at",
-                    "bounced_at",
-                    "opened_at",
-                    "clicked_at",
-                    "last_response",
-                ]
-                .map(String::from),
-            );
-            let emails = store::emails::list(&conn, since, until, 0).map_err(|e| e.to_string())?;
-            for e in emails {
+    let done = match what {
+        "emails" => csv_row(&mut w, &EMAIL_CSV_FIELDS).and_then(|()| {
+            store::emails::each(&conn, since, until, |e| {
+                let created = store::rfc3339(e.created_at);
+                let from = e.header_from.as_deref().unwrap_or(&e.mail_from);
+                let tags = e.tags.join(" ");
                 for r in &e.recipients {
+                    let attempts = r.attempts.to_string();
+                    let times = [r.delivered_at, r.bounced_at, r.opened_at, r.clicked_at].map(t);
                     csv_row(
                         &mut w,
                         &[
-                            e.id.clone(),
-                            store::rfc3339(e.created_at),
-                            e.domain.clone(),
-                            e.header_from.clone().unwrap_or_else(|| e.mail_from.clone()),
-                            opt(&e.subject),
-                            e.tags.join(" "),
-                            r.address.clone(),
-                            r.status.clone(),
-                            r.attempts.to_string(),
-                            t(r.delivered_at),
-                            t(r.bounced_at),
-                            t(r.opened_at),
-                            t(r.clicked_at),
-                            opt(&r.last_response),
+                            &e.id,
+                            &created,
+                            &e.domain,
+                            from,
+                            e.subject.as_deref().unwrap_or_default(),
+                            &tags,
+                            &r.address,
+                            &r.status,
+                            &attempts,
+                            &times[0],
+                            &times[1],
+                            &times[2],
+                            &times[3],
+                            r.last_response.as_deref().unwrap_or_default(),
                         ],
-                    );
+                    )?;
                 }
-            }
-        }
-        "events" => {
-            csv_row(
-                &mut w,
-                &[
-                    "id",
-                    "email_id",
-                    "type",
-                    "recipient",
-                    "at",
-                    "ip",
-                    "user_agent",
-                    "referer",
-                    "link",
-                    "machine",
-                    "machine_reason",
-                ]
-                .map(String::from),
-            );
+                Ok(())
+            })
+        }),
+        "events" => csv_row(&mut w, &store::sql::EVENT_FIELDS).and_then(|()| {
             let filter = EventFilter {
                 since,
                 until,
                 ..EventFilter::default()
             };
-            for e in store::events::list(&conn, &filter).map_err(|e| e.to_string())? {
-                csv_row(
-                    &mut w,
-                    &[
-                        e.id.to_string(),
-                        e.email_id.clone(),
-                        e.kind.clone(),
-                        opt(&e.recipient),
-                        store::rfc3339(e.at),
-                        opt(&e.ip),
-                        opt(&e.user_agent),
-                        opt(&e.referer),
-                        opt(&e.link),
-                        e.machine.map(|m| m.to_string()).unwrap_or_default(),
-                        opt(&e.machine_reason),
-                    ],
-                );
-            }
-        }
+            store::events::each(&conn, &filter, |e| {
+                let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+                let cells: [String; 11] = [
+                    e.id.to_string(),
+                    e.email_id.clone(),
+                    e.kind.clone(),
+                    opt(&e.recipient),
+                    store::rfc3339(e.at),
+                    opt(&e.ip),
+                    opt(&e.user_agent),
+                    opt(&e.referer),
+                    opt(&e.link),
+                    e.machine.map(|m| m.to_string()).unwrap_or_default(),
+                    opt(&e.machine_reason),
+                ];
+                csv_row(&mut w, &cells.each_ref().map(String::as_str))
+            })
+        }),
         other => return Err(format!("export: {other:?} is not emails or events")),
-    }
-    Ok(())
+    };
+    let done = done.and_then(|()| w.flush().map_err(Stop::Io));
+    finish(done, std::io::sink())
 }
 
 /// `dkim-keygen`: writes the key and prints the record name and value.

@@ -176,15 +176,7 @@ async fn email_events(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Re
             return Ok(Some(rows));
         }
         let known = store::emails::summary(c, &lookup)?.is_some()
-            || !store::events::list(
-                c,
-                &EventFilter {
-                    email_id: Some(lookup.clone()),
-                    limit: 1,
-                    ..EventFilter::default()
-                },
-            )?
-            .is_empty();
+            || store::events::exists_for_email(c, &lookup)?;
         Ok(known.then_some(rows))
     })
     .await?;
@@ -226,6 +218,11 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
         .store
         .read(|c| Ok((store::queue::depth(c)?, store::webhooks::counts(c)?)))
         .await;
+    // Up means what /healthz means: the writer answers and the file is ours.
+    let healthy = matches!(
+        tokio::time::timeout(HEALTH_TIMEOUT, api.store.health()).await,
+        Ok(Ok(_))
+    );
     let mut gauge = |name: &str, help: &str, v: i64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
@@ -233,8 +230,8 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
         Ok((depth, (pending, _delivered, failed))) => {
             gauge(
                 "trackrelay_store_up",
-                "1 when the store answered this scrape",
-                1,
+                "1 when the store answered this scrape and passed its health check",
+                healthy as i64,
             );
             gauge(
                 "trackrelay_queue_depth",
@@ -256,7 +253,7 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
             tracing::warn!("admin API: /metrics: the store did not answer: {e}");
             gauge(
                 "trackrelay_store_up",
-                "1 when the store answered this scrape",
+                "1 when the store answered this scrape and passed its health check",
                 0,
             );
         }

@@ -1,5 +1,6 @@
 //! Accepted emails: the message as submitted, and its recipients' queue rows.
 
+use super::sql::Where;
 use super::Tx;
 use crate::events::{EmailSummary, EventType, NewEvent};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -197,23 +198,35 @@ pub fn prune_bodies(
     )
 }
 
-/// Emails created in a time range, for `export emails`.
-pub fn list(
+/// The ids of the emails accepted in `[since, until)`, oldest first.
+pub fn list_query(since: Option<i64>, until: Option<i64>) -> Where {
+    let mut w = Where::default();
+    if let Some(t) = since {
+        w.and("created_at >= ?", t);
+    }
+    if let Some(t) = until {
+        w.and("created_at < ?", t);
+    }
+    w.wrap("SELECT id FROM emails", "ORDER BY created_at, id")
+}
+
+/// Emails accepted in `[since, until)` with their recipients, for `export
+/// emails`, handed to `on` one at a time as they are read: memory stays
+/// one email's worth however many the window holds.
+pub fn each<E: From<rusqlite::Error>>(
     conn: &Connection,
     since: Option<i64>,
     until: Option<i64>,
-    limit: usize,
-) -> rusqlite::Result<Vec<EmailInfo>> {
-    let limit = if limit == 0 { i64::MAX } else { limit as i64 };
-    let ids: Vec<String> = conn
-        .prepare("SELECT id FROM emails WHERE (?1 IS NULL OR created_at >= ?1) AND (?2 IS NULL OR created_at < ?2) ORDER BY created_at, id LIMIT ?3")?
-        .query_map(params![since, until, limit], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
+    mut on: impl FnMut(EmailInfo) -> Result<(), E>,
+) -> Result<(), E> {
+    let q = list_query(since, until);
+    let mut stmt = conn.prepare(q.sql())?;
+    let mut ids = stmt.query(q.params())?;
+    while let Some(row) = ids.next()? {
+        let id: String = row.get(0)?;
         if let Some(e) = get(conn, &id)? {
-            out.push(e);
+            on(e)?;
         }
     }
-    Ok(out)
+    Ok(())
 }

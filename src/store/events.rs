@@ -1,12 +1,14 @@
 //! Events: one row per thing that happened to a recipient's copy.
 
+use super::sql::{event_from_row, Where, EVENT_COLUMNS};
 use super::Tx;
 use crate::events::{EventType, NewEvent, StoredEvent};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// Stores an event (and its webhook outbox rows). Fills in the recipient
-/// address from the queue when only its index is known, and sets the
-/// recipient's first `opened_at` / `clicked_at`.
+/// address from the queue when only its index is known, sets the
+/// recipient's first `opened_at` / `clicked_at`, and counts it in the
+/// hourly rollups (see `rollups`), all in the caller's transaction.
 pub fn insert(tx: &Tx<'_>, ev: &NewEvent) -> rusqlite::Result<i64> {
     // Copied only when the address has to be filled in.
     let mut ev = std::borrow::Cow::Borrowed(ev);
@@ -38,17 +40,7 @@ pub fn insert(tx: &Tx<'_>, ev: &NewEvent) -> rusqlite::Result<i64> {
     ])?;
     let id = tx.last_insert_rowid();
     if let Some(idx) = ev.rcpt_idx {
-        let column = match ev.kind {
-            EventType::Opened => Some("opened_at"),
-            EventType::Clicked => Some("clicked_at"),
-            _ => None,
-        };
-        if let Some(col) = column {
-            tx.prepare_cached(&format!(
-                "UPDATE recipients SET {col} = ?3 WHERE email_id = ?1 AND idx = ?2 AND {col} IS NULL"
-            ))?
-            .execute(params![ev.email_id, idx, ev.at])?;
-        }
+        super::rollups::record(tx, &ev.email_id, idx, &ev)?;
     }
     if !tx.hooks.is_empty() {
         let summary = super::emails::summary(tx, &ev.email_id)?;
@@ -69,48 +61,87 @@ pub struct EventFilter {
     pub limit: usize,
 }
 
-const COLUMNS: &str =
-    "id, email_id, type, recipient, at, ip, user_agent, referer, link, machine, machine_reason, detail";
-
-fn row_to_event(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let detail: Option<String> = r.get(11)?;
-    Ok(StoredEvent {
-        id: r.get(0)?,
-        email_id: r.get(1)?,
-        kind: r.get(2)?,
-        recipient: r.get(3)?,
-        at: r.get(4)?,
-        ip: r.get(5)?,
-        user_agent: r.get(6)?,
-        referer: r.get(7)?,
-        link: r.get(8)?,
-        machine: r.get(9)?,
-        machine_reason: r.get(10)?,
-        detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
-    })
+impl EventFilter {
+    /// The statement for these filters: only the filters given appear in
+    /// it, so SQLite can pick an index for each combination. Which index is
+    /// chosen here rather than left to the planner, which has no
+    /// statistics: a unary `+` keeps a column's index out of the race.
+    /// - one email: `events_email (email_id, id)`, pages by id within it;
+    /// - one type: `events_type_id (type, id)`, in id order, no sort;
+    /// - a window from `since`, first page: ids start at the smallest id
+    ///   of an event at or after `since` (read from the covering index
+    ///   `events_at`), so the walk in id order starts where the window
+    ///   does instead of at the store's first event. Exact: no event of
+    ///   the window has a smaller id. Later pages start from `after`.
+    /// - `until` alone: the id order walk finds the oldest events first
+    ///   and stops at the page size.
+    pub fn query(&self) -> Where {
+        let mut w = Where::default();
+        let by_email = self.email_id.is_some();
+        if let Some(id) = &self.email_id {
+            w.and("email_id = ?", id.clone());
+        }
+        if let Some(kind) = &self.kind {
+            w.and(
+                if by_email { "+type = ?" } else { "type = ?" },
+                kind.clone(),
+            );
+        }
+        if let Some(t) = self.since {
+            w.and("+at >= ?", t);
+            if !by_email && self.after_id.is_none() {
+                w.and(
+                    "id >= (SELECT min(id) FROM events INDEXED BY events_at WHERE at >= ?)",
+                    t,
+                );
+            }
+        }
+        if let Some(t) = self.until {
+            w.and("+at < ?", t);
+        }
+        if let Some(id) = self.after_id {
+            w.and("id > ?", id);
+        }
+        let tail = if self.limit == 0 {
+            "ORDER BY id"
+        } else {
+            w.bind(self.limit as i64);
+            "ORDER BY id LIMIT ?"
+        };
+        w.wrap(&format!("SELECT {} FROM events", *EVENT_COLUMNS), tail)
+    }
 }
 
-/// Events in id order (oldest first).
+/// Events in id order (oldest first). For a page: `limit` bounds the Vec.
 pub fn list(conn: &Connection, f: &EventFilter) -> rusqlite::Result<Vec<StoredEvent>> {
-    let limit = if f.limit == 0 {
-        i64::MAX
-    } else {
-        f.limit as i64
-    };
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events
-         WHERE (?1 IS NULL OR email_id = ?1)
-           AND (?2 IS NULL OR type = ?2)
-           AND (?3 IS NULL OR at >= ?3)
-           AND (?4 IS NULL OR at < ?4)
-           AND (?5 IS NULL OR id > ?5)
-         ORDER BY id LIMIT ?6"
-    ))?;
-    let rows = stmt.query_map(
-        params![f.email_id, f.kind, f.since, f.until, f.after_id, limit],
-        row_to_event,
-    )?;
-    rows.collect()
+    let mut out = Vec::new();
+    each(conn, f, |e| {
+        out.push(e);
+        Ok::<_, rusqlite::Error>(())
+    })?;
+    Ok(out)
+}
+
+/// Events in id order, handed to `on` one at a time as SQLite reads them,
+/// so a million events cost one row of memory. Stops at `on`'s first error.
+pub fn each<E: From<rusqlite::Error>>(
+    conn: &Connection,
+    f: &EventFilter,
+    mut on: impl FnMut(StoredEvent) -> Result<(), E>,
+) -> Result<(), E> {
+    let q = f.query();
+    let mut stmt = conn.prepare_cached(q.sql())?;
+    let mut rows = stmt.query(q.params())?;
+    while let Some(row) = rows.next()? {
+        on(event_from_row(row)?)?;
+    }
+    Ok(())
+}
+
+/// Whether any event names this email id (events outlive pruned emails).
+pub fn exists_for_email(conn: &Connection, email_id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE email_id = ?1)")?
+        .query_row(params![email_id], |r| r.get(0))
 }
 
 /// Removes events older than `before`, at most `batch` rows, so pruning

@@ -17,7 +17,9 @@ pub mod emails;
 pub mod events;
 pub mod queue;
 pub mod retention;
+pub mod rollups;
 pub mod schema;
+pub mod sql;
 pub mod stats;
 pub mod webhooks;
 

@@ -91,6 +91,70 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recipients ADD COLUMN lease_id TEXT;          -- owner of the lease while sending
     ALTER TABLE recipients ADD COLUMN attempt_started_at INTEGER; -- unix ms, set when an attempt is claimed
     "#,
+    // queries: hourly per-domain rollups, so stats over any window read a
+    // few hundred rows instead of every recipient and its events. A row
+    // counts recipients, each once per counter, in the hour its email was
+    // accepted (the window stats have always used). `recipients.counted`
+    // holds which counters a recipient is already in (see
+    // store/rollups.rs), which is what makes the counts unique. Paging
+    // events of one type walks (type, id) in id order instead of sorting
+    // every event of that type.
+    r#"
+    ALTER TABLE recipients ADD COLUMN counted INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE rollups (
+        hour            INTEGER NOT NULL,        -- unix ms, start of the hour the emails were accepted
+        domain          TEXT NOT NULL,           -- sending domain, lower case
+        sent            INTEGER NOT NULL DEFAULT 0,
+        delivered       INTEGER NOT NULL DEFAULT 0,
+        delayed         INTEGER NOT NULL DEFAULT 0,
+        bounced         INTEGER NOT NULL DEFAULT 0,
+        failed          INTEGER NOT NULL DEFAULT 0,
+        complained      INTEGER NOT NULL DEFAULT 0,
+        opened          INTEGER NOT NULL DEFAULT 0,
+        opened_human    INTEGER NOT NULL DEFAULT 0,
+        opened_machine  INTEGER NOT NULL DEFAULT 0,
+        clicked         INTEGER NOT NULL DEFAULT 0,
+        clicked_human   INTEGER NOT NULL DEFAULT 0,
+        clicked_machine INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (hour, domain)
+    ) WITHOUT ROWID;
+
+    -- Existing stores: what each recipient already counts for. Events
+    -- pruned by retention can no longer say a recipient was delayed or a
+    -- human opened; opened_at/clicked_at still say it opened or clicked.
+    UPDATE recipients SET counted = 1
+        | (CASE WHEN status = 'delivered' THEN 2 ELSE 0 END)
+        | (CASE WHEN EXISTS (SELECT 1 FROM events v WHERE v.email_id = recipients.email_id
+                AND v.rcpt_idx = recipients.idx AND v.type = 'email.delivery_delayed') THEN 4 ELSE 0 END)
+        | (CASE WHEN status = 'bounced' THEN 8 ELSE 0 END)
+        | (CASE WHEN status = 'failed' THEN 16 ELSE 0 END)
+        | (CASE WHEN opened_at IS NOT NULL THEN 64 ELSE 0 END)
+        | (CASE WHEN EXISTS (SELECT 1 FROM events v WHERE v.email_id = recipients.email_id
+                AND v.rcpt_idx = recipients.idx AND v.type = 'email.opened'
+                AND NOT COALESCE(v.machine, 0)) THEN 128 ELSE 0 END)
+        | (CASE WHEN EXISTS (SELECT 1 FROM events v WHERE v.email_id = recipients.email_id
+                AND v.rcpt_idx = recipients.idx AND v.type = 'email.opened'
+                AND COALESCE(v.machine, 0)) THEN 256 ELSE 0 END)
+        | (CASE WHEN clicked_at IS NOT NULL THEN 512 ELSE 0 END)
+        | (CASE WHEN EXISTS (SELECT 1 FROM events v WHERE v.email_id = recipients.email_id
+                AND v.rcpt_idx = recipients.idx AND v.type = 'email.clicked'
+                AND NOT COALESCE(v.machine, 0)) THEN 1024 ELSE 0 END)
+        | (CASE WHEN EXISTS (SELECT 1 FROM events v WHERE v.email_id = recipients.email_id
+                AND v.rcpt_idx = recipients.idx AND v.type = 'email.clicked'
+                AND COALESCE(v.machine, 0)) THEN 2048 ELSE 0 END);
+    INSERT INTO rollups (hour, domain, sent, delivered, delayed, bounced, failed, opened, opened_human,
+                         opened_machine, clicked, clicked_human, clicked_machine)
+        SELECT (e.created_at / 3600000) * 3600000, lower(e.domain), COUNT(*),
+               SUM((r.counted & 2) != 0), SUM((r.counted & 4) != 0), SUM((r.counted & 8) != 0),
+               SUM((r.counted & 16) != 0), SUM((r.counted & 64) != 0), SUM((r.counted & 128) != 0),
+               SUM((r.counted & 256) != 0), SUM((r.counted & 512) != 0), SUM((r.counted & 1024) != 0),
+               SUM((r.counted & 2048) != 0)
+        FROM recipients r JOIN emails e ON e.id = r.email_id
+        GROUP BY 1, 2;
+
+    DROP INDEX IF EXISTS events_type_at;
+    CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

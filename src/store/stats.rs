@@ -1,8 +1,9 @@
 //! Sending statistics, unique per recipient: a recipient who opened five
 //! times counts once. Machine activity (image proxies that prefetch,
-//! scanners) is counted apart from human activity.
+//! scanners) is counted apart from human activity. Read from the hourly
+//! rollups (`rollups`), never from the events.
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use serde_json::json;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -16,6 +17,10 @@ pub struct Stats {
     pub opened_human: i64,
     pub clicked: i64,
     pub clicked_human: i64,
+    /// Kept in the rollups for a dashboard; not in the contract's JSON yet.
+    pub complained: i64,
+    pub opened_machine: i64,
+    pub clicked_machine: i64,
 }
 
 impl Stats {
@@ -57,46 +62,14 @@ impl Stats {
     }
 }
 
-/// Over the emails accepted in `[since, until)`, optionally of one sending domain.
+/// Over the emails accepted in `[since, until)`, optionally of one sending
+/// domain, read from the hourly rollups (exact for any window: see
+/// `rollups`).
 pub fn compute(
     conn: &Connection,
     domain: Option<&str>,
     since: Option<i64>,
     until: Option<i64>,
 ) -> rusqlite::Result<Stats> {
-    conn.query_row(
-        "SELECT
-            COUNT(*),
-            COALESCE(SUM(r.status = 'delivered'), 0),
-            COALESCE(SUM(EXISTS (SELECT 1 FROM events v WHERE v.email_id = r.email_id AND v.rcpt_idx = r.idx
-                                 AND v.type = 'email.delivery_delayed')), 0),
-            COALESCE(SUM(r.status = 'bounced'), 0),
-            COALESCE(SUM(r.status = 'failed'), 0),
-            COALESCE(SUM(EXISTS (SELECT 1 FROM events v WHERE v.email_id = r.email_id AND v.rcpt_idx = r.idx
-                                 AND v.type = 'email.opened')), 0),
-            COALESCE(SUM(EXISTS (SELECT 1 FROM events v WHERE v.email_id = r.email_id AND v.rcpt_idx = r.idx
-                                 AND v.type = 'email.opened' AND NOT COALESCE(v.machine, 0))), 0),
-            COALESCE(SUM(EXISTS (SELECT 1 FROM events v WHERE v.email_id = r.email_id AND v.rcpt_idx = r.idx
-                                 AND v.type = 'email.clicked')), 0),
-            COALESCE(SUM(EXISTS (SELECT 1 FROM events v WHERE v.email_id = r.email_id AND v.rcpt_idx = r.idx
-                                 AND v.type = 'email.clicked' AND NOT COALESCE(v.machine, 0))), 0)
-         FROM recipients r JOIN emails e ON e.id = r.email_id
-         WHERE (?1 IS NULL OR e.domain = ?1 COLLATE NOCASE)
-           AND (?2 IS NULL OR e.created_at >= ?2)
-           AND (?3 IS NULL OR e.created_at < ?3)",
-        params![domain, since, until],
-        |r| {
-            Ok(Stats {
-                sent: r.get(0)?,
-                delivered: r.get(1)?,
-                delayed: r.get(2)?,
-                bounced: r.get(3)?,
-                failed: r.get(4)?,
-                opened: r.get(5)?,
-                opened_human: r.get(6)?,
-                clicked: r.get(7)?,
-                clicked_human: r.get(8)?,
-            })
-        },
-    )
+    super::rollups::window(conn, domain, since, until)
 }
