@@ -31,6 +31,11 @@ impl<'a> Dns<'a> {
         }
     }
 
+    /// The resolver behind the cache, for mail-auth's own verifiers (SPF).
+    pub(crate) fn resolver(&self) -> &'a MessageAuthenticator {
+        self.resolver
+    }
+
     /// TXT records, each with its character-strings joined (RFC 7208 3.3,
     /// RFC 6376 3.6.2.2); bytes that are not UTF-8 are replaced, not fatal.
     pub(crate) async fn txt(&mut self, name: &str) -> Answer<String> {
