@@ -562,6 +562,17 @@ async fn unanswered_lookup_is_failed_not_pending() {
     let c = get(&run_check(&s).await, RecordKind::Dmarc).clone();
     assert_eq!(c.status, Status::Failed, "{c:#?}");
     assert!(note(&c).contains("DNS lookup failed"), "{c:#?}");
+    assert!(
+        note(&c).contains("TXT _dmarc.example.com"),
+        "which question: {c:#?}"
+    );
+    // A check that asks two questions says which one went unanswered.
+    s.dns
+        .remove("links.example.com")
+        .fail("links.example.com", Rcode::ServFail);
+    let t = get(&run_check(&s).await, RecordKind::Tracking).clone();
+    assert_eq!(t.status, Status::Failed, "{t:#?}");
+    assert!(note(&t).contains("CNAME links.example.com"), "{t:#?}");
 }
 
 // The stub itself, as other tests (MX routing) will use it.

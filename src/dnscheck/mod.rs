@@ -316,7 +316,7 @@ pub async fn run_to<W: Write>(
         };
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
-            .map_err(|e| format!("output: {e}"))?;
+            .map_err(|e| format!("writing the dns-check report for {}: {e}", d.name))?;
     }
     Ok(all_ok)
 }
