@@ -70,13 +70,13 @@ fn simple_verdict(url: &str, own: &OwnHosts) -> Option<bool> {
     Some(!own.contains_host(host, Some(port)))
 }
 
-/// `url` less a case-insensitive ASCII `prefix`. `get` rather than indexing:
-/// the byte after the prefix may fall inside a multi-byte character (for
-/// `http://ü.example/`, byte 8 does), and indexing there panics.
+/// `url` less a case-insensitive ASCII `prefix`. A checked split rather than
+/// indexing: the byte after the prefix may fall inside a multi-byte
+/// character (for `http://ü.example/`, byte 8 does), and indexing there
+/// panics.
 fn strip_scheme<'a>(url: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = url.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &url[prefix.len()..])
+    let (head, rest) = url.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
 }
 
 /// Takes an href with its entities already decoded and returns the URL to
