@@ -466,6 +466,38 @@ async fn relay_without_address_matches_by_name_only() {
     assert_eq!(spf.status, Status::Failed, "{spf:#?}");
 }
 
+/// Text from DNS cannot drive the operator's terminal: control characters
+/// in a found record are shown escaped in the table (JSON escapes them too).
+#[tokio::test]
+async fn control_characters_from_dns_are_escaped_in_the_table() {
+    let (s, key) = full_setup().await;
+    publish_all(&s.dns, &key);
+    let hostile = "v=spf1 a:relay.example.com ~all \x1b[2K\r  verified  SPF fake\n";
+    s.dns.remove("example.com").txt("example.com", hostile);
+    // A DKIM record whose p= does not decode says why.
+    s.dns
+        .remove(&key.dns_name())
+        .txt(&key.dns_name(), "v=DKIM1; k=ed25519; p=*notbase64*");
+    let checks = run_check(&s).await;
+    assert_eq!(get(&checks, RecordKind::Spf).found, vec![hostile]);
+    let dkim = get(&checks, RecordKind::Dkim);
+    assert!(
+        note(dkim).starts_with("p= is not valid base64 (") && note(dkim).len() > 30,
+        "{dkim:#?}"
+    );
+    let table = dnscheck::render_table(&checks);
+    assert!(
+        !table.contains('\x1b') && !table.contains('\r'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains("~all \\u{1b}[2K\\r  verified  SPF fake\\n\n"),
+        "{table}"
+    );
+    let json = dnscheck::render_json(&checks);
+    assert!(!json.contains('\x1b') && !json.contains('\r'), "{json:?}");
+}
+
 #[tokio::test]
 async fn tracking_host_pointing_elsewhere_fails() {
     let (s, key) = full_setup().await;
