@@ -369,6 +369,14 @@ async fn spf_mechanisms() {
     assert_eq!(c.status, Status::Failed);
     assert!(note(&c).contains("permerror"), "{c:#?}");
     assert!(note(&c).contains("10 DNS lookups"), "{c:#?}");
+    // ptr is evaluated rather than skipped: the loopback address's name is
+    // not under relay.example.com, so it does not match, and the mechanisms
+    // after it still decide.
+    let c = spf_for("v=spf1 ptr ip4:127.0.0.1 -all").await;
+    assert_eq!(c.status, Status::Verified, "{c:#?}");
+    let c = spf_for("v=spf1 ptr:relay.example.com -all").await;
+    assert_eq!(c.status, Status::Failed, "{c:#?}");
+    assert!(note(&c).contains("\"fail\""), "{c:#?}");
     // An include whose domain cannot be looked up is a temperror.
     s.dns.fail("broken.example.net", Rcode::ServFail);
     let c = spf_for("v=spf1 include:broken.example.net -all").await;
