@@ -313,7 +313,8 @@ async fn two_spf_records_fail() {
     assert!(!dnscheck::all_required_verified(&checks));
 }
 
-/// SPF evaluated as a receiver would, for the relay's address.
+/// SPF evaluated as a receiver would (mail-auth's check_host), for the
+/// relay's address.
 #[tokio::test]
 async fn spf_mechanisms() {
     let (s, key) = full_setup().await;
@@ -323,17 +324,7 @@ async fn spf_mechanisms() {
         "v=spf1 ip4:192.0.2.0/24 include:_inner.example.net -all",
     );
     s.dns.txt("_inner.example.net", "v=spf1 ip4:127.0.0.1 -all");
-    let spf_for = |record: &'static str| {
-        let s = &s;
-        async move {
-            s.dns
-                .remove("bounces.example.com")
-                .mx("bounces.example.com", 10, RELAY)
-                .txt("bounces.example.com", record);
-            get(&run_check(s).await, RecordKind::ReturnPathSpf).clone()
-        }
-    };
-
+    let spf_for = |record: &'static str| spf_at_return_path(&s, record);
     for ok in [
         "v=spf1 include:_spf.example.net -all",
         "v=spf1 a:mail.example.com -all",
@@ -345,14 +336,21 @@ async fn spf_mechanisms() {
         let c = spf_for(ok).await;
         assert_eq!(c.status, Status::Verified, "{ok}: {c:#?}");
     }
-
     let c = spf_for("v=spf1 ip4:192.0.2.1 -all").await;
     assert_eq!(c.status, Status::Failed);
-    assert!(note(&c).contains("-all matches first (fail)"), "{c:#?}");
+    assert!(
+        note(&c).contains("does not authorise relay.example.com (127.0.0.1)")
+            && note(&c).contains("\"fail\""),
+        "{c:#?}"
+    );
     assert_eq!(
         c.expected, "v=spf1 ip4:192.0.2.1 a:relay.example.com -all",
         "the suggestion keeps what is there"
     );
+    let c = spf_for("v=spf1 ip4:192.0.2.1 ~all").await;
+    assert!(note(&c).contains("\"softfail\""), "{c:#?}");
+    let c = spf_for("v=spf1 ip4:192.0.2.1").await;
+    assert!(note(&c).contains("\"neutral\""), "{c:#?}");
     let c = spf_for("v=spf1 -ip4:127.0.0.1 a:relay.example.com -all").await;
     assert_eq!(c.status, Status::Failed, "order matters: {c:#?}");
     let c = spf_for("v=spf1 +all").await;
@@ -360,20 +358,106 @@ async fn spf_mechanisms() {
     assert!(note(&c).contains("every server"), "{c:#?}");
     let c = spf_for("v=spf1 include:nowhere.example.net -all").await;
     assert_eq!(c.status, Status::Failed);
-    assert!(note(&c).contains("no SPF record there"), "{c:#?}");
+    assert!(note(&c).contains("permerror"), "{c:#?}");
     let c = spf_for("v=spf1 ip4:banana -all").await;
     assert_eq!(c.status, Status::Failed);
     assert!(note(&c).contains("permerror"), "{c:#?}");
-    let c = spf_for("v=spf1 exists:%{i}.spf.example.net -all").await;
-    assert_eq!(c.status, Status::Failed);
-    assert!(note(&c).contains("not evaluated: exists:"), "{c:#?}");
-
     // A loop of includes ends at the 10-lookup limit, not in a hang.
     s.dns
         .txt("loop.example.net", "v=spf1 include:loop.example.net -all");
     let c = spf_for("v=spf1 include:loop.example.net -all").await;
     assert_eq!(c.status, Status::Failed);
-    assert!(note(&c).contains("more than 10 DNS lookups"), "{c:#?}");
+    assert!(note(&c).contains("permerror"), "{c:#?}");
+    assert!(note(&c).contains("10 DNS lookups"), "{c:#?}");
+    // ptr is evaluated rather than skipped: the loopback address's name is
+    // not under relay.example.com, so it does not match, and the mechanisms
+    // after it still decide.
+    let c = spf_for("v=spf1 ptr ip4:127.0.0.1 -all").await;
+    assert_eq!(c.status, Status::Verified, "{c:#?}");
+    let c = spf_for("v=spf1 ptr:relay.example.com -all").await;
+    assert_eq!(c.status, Status::Failed, "{c:#?}");
+    assert!(note(&c).contains("\"fail\""), "{c:#?}");
+    // An include whose domain cannot be looked up is a temperror.
+    s.dns.fail("broken.example.net", Rcode::ServFail);
+    let c = spf_for("v=spf1 include:broken.example.net -all").await;
+    assert_eq!(c.status, Status::Failed);
+    assert!(note(&c).contains("temperror"), "{c:#?}");
+}
+
+/// Publishes `record` as the return path's SPF and checks it.
+async fn spf_at_return_path(s: &Setup, record: &str) -> RecordCheck {
+    s.dns
+        .remove("bounces.example.com")
+        .mx("bounces.example.com", 10, RELAY)
+        .txt("bounces.example.com", record);
+    get(&run_check(s).await, RecordKind::ReturnPathSpf).clone()
+}
+
+/// `exists:` and macros are evaluated, not skipped: they pass when the name
+/// they expand to for the relay's address exists, and fail otherwise.
+#[tokio::test]
+async fn spf_exists_and_macros_are_evaluated() {
+    let (s, key) = full_setup().await;
+    publish_all(&s.dns, &key);
+    let exists = "v=spf1 exists:%{i}._spf.example.net -all";
+    let c = spf_at_return_path(&s, exists).await;
+    assert_eq!(c.status, Status::Failed, "nothing at the name yet: {c:#?}");
+    assert!(note(&c).contains("\"fail\""), "{c:#?}");
+    s.dns.a("127.0.0.1._spf.example.net", LOCAL);
+    let c = spf_at_return_path(&s, exists).await;
+    assert_eq!(c.status, Status::Verified, "{c:#?}");
+    assert_eq!(c.expected, exists, "a covering record is what to keep");
+    assert_eq!(c.note, None);
+
+    // %{ir} reversed address, %{v} "in-addr", %{d} the domain being checked.
+    s.dns.a(
+        "1.0.0.127.in-addr.bounces.example.com._a.example.net",
+        LOCAL,
+    );
+    let c = spf_at_return_path(&s, "v=spf1 a:%{ir}.%{v}.%{d}._a.example.net -all").await;
+    assert_eq!(c.status, Status::Verified, "{c:#?}");
+    // The macro expands to another name for another domain: no match.
+    let c = spf_at_return_path(&s, "v=spf1 a:%{ir}.%{v}.%{d2}._a.example.net -all").await;
+    assert_eq!(c.status, Status::Failed, "{c:#?}");
+    // The sender: postmaster at the domain being checked.
+    s.dns
+        .txt("postmaster.spf.example.net", "v=spf1 ip4:127.0.0.0/8 -all");
+    let c = spf_at_return_path(&s, "v=spf1 include:%{l}.spf.example.net -all").await;
+    assert_eq!(c.status, Status::Verified, "{c:#?}");
+}
+
+/// Chains of includes and redirects, without `ptr`: an include that does not
+/// match hands back to the record that included it; the first match decides.
+#[tokio::test]
+async fn spf_include_chains() {
+    let (s, key) = full_setup().await;
+    publish_all(&s.dns, &key);
+    s.dns
+        .txt("_other.example.net", "v=spf1 ip4:192.0.2.9 -all")
+        .txt(
+            "_l1.example.net",
+            "v=spf1 include:_other.example.net include:_l2.example.net -all",
+        )
+        .txt("_l2.example.net", "v=spf1 redirect=_l3.example.net")
+        .txt("_l3.example.net", "v=spf1 exists:%{i}.ok.example.net ~all")
+        .a("127.0.0.1.ok.example.net", LOCAL)
+        .txt("_deny.example.net", "v=spf1 -ip4:127.0.0.1 +all");
+    let c = spf_at_return_path(&s, "v=spf1 include:_l1.example.net -all").await;
+    assert_eq!(c.status, Status::Verified, "four levels deep: {c:#?}");
+    // An include's -all is "no match" for the includer, not a fail.
+    let c = spf_at_return_path(
+        &s,
+        "v=spf1 include:_other.example.net a:relay.example.com -all",
+    )
+    .await;
+    assert_eq!(c.status, Status::Verified, "{c:#?}");
+    // An include's own fail for this address does not pass it either.
+    let c = spf_at_return_path(&s, "v=spf1 include:_deny.example.net -all").await;
+    assert_eq!(c.status, Status::Failed, "{c:#?}");
+    s.dns.remove("127.0.0.1.ok.example.net");
+    let c = spf_at_return_path(&s, "v=spf1 include:_l1.example.net -all").await;
+    assert_eq!(c.status, Status::Failed, "the chain's end decides: {c:#?}");
+    assert!(note(&c).contains("\"fail\""), "{c:#?}");
 }
 
 #[tokio::test]
@@ -388,6 +472,38 @@ async fn relay_without_address_matches_by_name_only() {
         .txt("example.com", "v=spf1 ip4:127.0.0.1 ~all");
     let spf = get(&run_check(&s).await, RecordKind::Spf).clone();
     assert_eq!(spf.status, Status::Failed, "{spf:#?}");
+}
+
+/// Text from DNS cannot drive the operator's terminal: control characters
+/// in a found record are shown escaped in the table (JSON escapes them too).
+#[tokio::test]
+async fn control_characters_from_dns_are_escaped_in_the_table() {
+    let (s, key) = full_setup().await;
+    publish_all(&s.dns, &key);
+    let hostile = "v=spf1 a:relay.example.com ~all \x1b[2K\r  verified  SPF fake\n";
+    s.dns.remove("example.com").txt("example.com", hostile);
+    // A DKIM record whose p= does not decode says why.
+    s.dns
+        .remove(&key.dns_name())
+        .txt(&key.dns_name(), "v=DKIM1; k=ed25519; p=*notbase64*");
+    let checks = run_check(&s).await;
+    assert_eq!(get(&checks, RecordKind::Spf).found, vec![hostile]);
+    let dkim = get(&checks, RecordKind::Dkim);
+    assert!(
+        note(dkim).starts_with("p= is not valid base64 (") && note(dkim).len() > 30,
+        "{dkim:#?}"
+    );
+    let table = dnscheck::render_table(&checks);
+    assert!(
+        !table.contains('\x1b') && !table.contains('\r'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains("~all \\u{1b}[2K\\r  verified  SPF fake\\n\n"),
+        "{table}"
+    );
+    let json = dnscheck::render_json(&checks);
+    assert!(!json.contains('\x1b') && !json.contains('\r'), "{json:?}");
 }
 
 #[tokio::test]
@@ -486,6 +602,17 @@ async fn unanswered_lookup_is_failed_not_pending() {
     let c = get(&run_check(&s).await, RecordKind::Dmarc).clone();
     assert_eq!(c.status, Status::Failed, "{c:#?}");
     assert!(note(&c).contains("DNS lookup failed"), "{c:#?}");
+    assert!(
+        note(&c).contains("TXT _dmarc.example.com"),
+        "which question: {c:#?}"
+    );
+    // A check that asks two questions says which one went unanswered.
+    s.dns
+        .remove("links.example.com")
+        .fail("links.example.com", Rcode::ServFail);
+    let t = get(&run_check(&s).await, RecordKind::Tracking).clone();
+    assert_eq!(t.status, Status::Failed, "{t:#?}");
+    assert!(note(&t).contains("CNAME links.example.com"), "{t:#?}");
 }
 
 // The stub itself, as other tests (MX routing) will use it.

@@ -378,3 +378,77 @@ async fn openssl_generated_keys_load_and_verify() {
         verifies("openssl_generated_keys_load_and_verify", vec![key]).await;
     }
 }
+
+/// Runs `openssl` with `args`; `None` when it cannot be started at all.
+fn openssl(args: &[&std::ffi::OsStr]) -> Option<std::process::Output> {
+    match std::process::Command::new("openssl").args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("SKIPPED openssl check: cannot run openssl ({e})");
+            None
+        }
+    }
+}
+
+/// The real binary's `dkim-keygen` writes keys that OpenSSL 3 (and so
+/// OpenDKIM and rspamd) reads, whose public half is the record printed, and
+/// which trackrelay itself still signs with. Ed25519 used to be written as
+/// PKCS#8 v2, which `openssl pkey` refuses as "unsupported".
+#[tokio::test]
+async fn dkim_keygen_output_is_read_by_openssl_and_signs() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    for alg in ["ed25519", "rsa"] {
+        let path = dir.path().join(format!("{alg}.pem"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(["dkim-keygen", "--domain", "example.com", "--selector", "kg"])
+            .args(["--algorithm", alg, "--out"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{alg}: {out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines[0], "kg._domainkey.example.com", "{stdout}");
+        let published = base64::engine::general_purpose::STANDARD
+            .decode(lines[1].split("p=").nth(1).unwrap())
+            .unwrap();
+
+        let Some(check) = openssl(&[
+            "pkey".as_ref(),
+            "-in".as_ref(),
+            path.as_os_str(),
+            "-noout".as_ref(),
+        ]) else {
+            return;
+        };
+        assert!(
+            check.status.success(),
+            "{alg}: openssl pkey refuses the key: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        // OpenSSL's view of the public key is what the record publishes:
+        // the whole SubjectPublicKeyInfo for RSA, the raw 32 bytes (the
+        // SPKI's tail) for Ed25519.
+        let spki = openssl(&[
+            "pkey".as_ref(),
+            "-in".as_ref(),
+            path.as_os_str(),
+            "-pubout".as_ref(),
+            "-outform".as_ref(),
+            "DER".as_ref(),
+        ])
+        .unwrap();
+        assert!(spki.status.success(), "{alg}: {spki:?}");
+        if alg == "ed25519" {
+            assert_eq!(published.len(), 32);
+            assert!(spki.stdout.ends_with(&published), "{alg}");
+        } else {
+            assert_eq!(spki.stdout, published, "{alg}");
+        }
+
+        let key = DkimKey::load("example.com", "kg", &path).unwrap();
+        assert_eq!(key.dns_record(), lines[1]);
+        verifies("dkim_keygen_output_is_read_by_openssl_and_signs", vec![key]).await;
+    }
+}

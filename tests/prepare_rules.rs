@@ -275,6 +275,38 @@ fn links_that_are_not_absolute_http_urls_are_left_alone() {
 }
 
 #[test]
+fn an_http_link_whose_host_starts_with_a_non_ascii_character_is_tracked_with_the_rest() {
+    // "http://" is 7 bytes, so byte 8 falls inside the host's first character;
+    // slicing there used to panic and the whole message went out untracked.
+    let hrefs = [
+        "https://example.com/before",
+        "http://\u{fc}ber.example/a",
+        "http://\u{1F600}.example/",
+        "https:/\u{e9}t\u{e9}",
+        "https://example.net/after",
+    ];
+    let html: String = hrefs
+        .iter()
+        .map(|h| format!("<a href=\"{h}\">x</a>\n"))
+        .collect();
+    let out = run_with(&html_message(&html), true, true);
+    assert!(out.unchanged_parts.is_empty(), "{:?}", out.unchanged_parts);
+    assert_eq!((out.links_tracked, out.pixels_inserted), (4, 1));
+    let (back, tokens) = untrack(&body_of(&out.message));
+    assert_eq!(
+        urls(&tokens),
+        [
+            "https://example.com/before",
+            "http://\u{fc}ber.example/a",
+            "http://\u{1F600}.example/",
+            "https://example.net/after"
+        ]
+    );
+    // The malformed one stays exactly as written.
+    assert!(back.contains("<a href=\"https:/\u{e9}t\u{e9}\">x</a>"));
+}
+
+#[test]
 fn data_notrack_keeps_the_link_and_only_the_attribute_goes() {
     let cases = [
         (

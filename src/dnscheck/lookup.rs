@@ -31,6 +31,11 @@ impl<'a> Dns<'a> {
         }
     }
 
+    /// The resolver behind the cache, for mail-auth's own verifiers (SPF).
+    pub(crate) fn resolver(&self) -> &'a MessageAuthenticator {
+        self.resolver
+    }
+
     /// TXT records, each with its character-strings joined (RFC 7208 3.3,
     /// RFC 6376 3.6.2.2); bytes that are not UTF-8 are replaced, not fatal.
     pub(crate) async fn txt(&mut self, name: &str) -> Answer<String> {
@@ -114,18 +119,20 @@ impl<'a> Dns<'a> {
             // CNAMEs met on the way are in the answer too; callers pick
             // the type they asked for.
             Ok(lookup) => Ok(lookup.answers().iter().map(|r| r.data.clone()).collect()),
-            Err(e) => classify(e),
+            Err(e) => classify(e).map_err(|e| format!("{rtype} {name}: {e}")),
         }
     }
 }
 
 /// NXDOMAIN and "no records of this type" are answers (the record is not
-/// published); anything else means the question went unanswered.
-fn classify(e: NetError) -> Answer<RData> {
+/// published); anything else means the question went unanswered. The
+/// caller names the question: one check can ask several (a CNAME, then
+/// the addresses), and the note must say which went unanswered.
+fn classify(e: NetError) -> Result<Vec<RData>, NetError> {
     if e.is_no_records_found() {
         Ok(Vec::new())
     } else {
-        Err(e.to_string())
+        Err(e)
     }
 }
 

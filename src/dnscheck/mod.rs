@@ -253,16 +253,16 @@ pub fn render_table(checks: &[RecordCheck]) -> String {
         ));
         let pad = " ".repeat(15);
         if !c.expected.is_empty() {
-            out.push_str(&format!("{pad}expected  {}\n", c.expected));
+            out.push_str(&format!("{pad}expected  {}\n", printable(&c.expected)));
         }
         if c.found.is_empty() {
             out.push_str(&format!("{pad}found     (nothing)\n"));
         }
         for f in &c.found {
-            out.push_str(&format!("{pad}found     {f}\n"));
+            out.push_str(&format!("{pad}found     {}\n", printable(f)));
         }
         if let Some(note) = &c.note {
-            out.push_str(&format!("{pad}note      {note}\n"));
+            out.push_str(&format!("{pad}note      {}\n", printable(note)));
         }
     }
     let required: Vec<_> = checks.iter().filter(|c| c.required).collect();
@@ -275,6 +275,26 @@ pub fn render_table(checks: &[RecordCheck]) -> String {
         required.len()
     ));
     out
+}
+
+/// Records and notes carry text from DNS, which anyone controlling a zone
+/// on the way (an include's, a CNAME target's) writes: control characters
+/// are shown escaped so they cannot move the cursor, recolour the terminal
+/// or fake a line of the table.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// The command: checks the configured domains (or only `domain`), prints a
@@ -316,7 +336,7 @@ pub async fn run_to<W: Write>(
         };
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
-            .map_err(|e| format!("output: {e}"))?;
+            .map_err(|e| format!("writing the dns-check report for {}: {e}", d.name))?;
     }
     Ok(all_ok)
 }

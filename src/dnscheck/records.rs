@@ -154,7 +154,7 @@ fn compare_dkim(key: &DkimKey, path: &str, published: &[String]) -> (Status, Str
     let b64 = base64::engine::general_purpose::STANDARD;
     match (b64.decode(have_p), b64.decode(want_p)) {
         (Ok(have), Ok(want)) if have == want => (Status::Verified, String::new()),
-        (Err(_), _) => (Status::Failed, "p= is not valid base64".into()),
+        (Err(e), _) => (Status::Failed, format!("p= is not valid base64 ({e})")),
         _ => (
             Status::Failed,
             format!(

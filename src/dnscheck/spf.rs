@@ -1,30 +1,28 @@
 //! Does a domain's SPF record authorise this relay?
 //!
-//! The record is evaluated the way a receiver would (RFC 7208 4.6 and 5),
-//! once for each address `server.hostname` resolves to, because that is
-//! where the relay's mail comes from: the first matching mechanism decides,
-//! `include:` and `redirect=` are followed, and the 10-lookup limit applies.
-//! `a:{server.hostname}` and an `mx` whose exchange is `server.hostname`
-//! match by name, so a relay whose own A/AAAA records are not published yet
-//! is still recognised.
+//! The record is evaluated by mail-auth's SPF verifier (RFC 7208 check_host,
+//! macros, `exists`, `ptr`, `include`, `redirect`, the 10-lookup limit), once
+//! for each address `server.hostname` resolves to, because that is where the
+//! relay's mail comes from, with `postmaster@{domain}` as the envelope sender
+//! and `server.hostname` as the HELO name. Only `pass` counts as covered.
+//! What stays here is dns-check's own part: which record to publish (the
+//! found one with `a:{server.hostname}` added) and the checks a receiver's
+//! verdict does not show (several SPF records, `+all`).
 //!
-//! Limits, all reported in the note rather than guessed at: macros (`%{i}`),
-//! `exists:` and `ptr` are not evaluated (they need the receiver's view of a
-//! real connection); a relay that sends from an address that
-//! `server.hostname` does not resolve to (NAT, a second interface) is not
-//! what this checks; void-lookup limits are not counted.
+//! Limits, reported in the note rather than guessed at: a relay whose own
+//! A/AAAA records are not published (or not resolvable) cannot be evaluated,
+//! so then only a top-level `a:{server.hostname}` counts; a relay that sends
+//! from an address `server.hostname` does not resolve to (NAT, a second
+//! interface) is not what this checks; macros that depend on the envelope
+//! sender's local part see `postmaster`.
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::SpfResult as Verdict;
 
 use super::lookup::{normalise, Dns};
 use super::Status;
-
-/// Receivers stop after this many DNS-querying terms (RFC 7208 4.6.4).
-const MAX_LOOKUPS: u32 = 10;
-/// MX hosts whose addresses are compared (RFC 7208 4.6.4 allows 10).
-const MAX_MX: usize = 10;
 
 /// The relay as SPF sees it.
 pub(crate) struct Relay {
@@ -115,51 +113,85 @@ pub(crate) async fn check(dns: &mut Dns<'_>, relay: &Relay, domain: &str) -> Spf
         );
     }
 
-    let probes: Vec<Option<IpAddr>> = if relay.addrs.is_empty() {
-        vec![None]
-    } else {
-        relay.addrs.iter().copied().map(Some).collect()
-    };
-    let mut problems = Vec::new();
-    let mut skipped = Vec::new();
-    for ip in probes {
-        let mut eval = Eval {
-            dns: &mut *dns,
-            relay,
-            lookups: 0,
-            skipped: Vec::new(),
+    if relay.addrs.is_empty() {
+        return if names_relay(&record, &relay.hostname) {
+            let note = format!(
+                "{}, so the record was not evaluated; it names a:{} before any other \
+                 verdict, which covers the relay once that is published",
+                relay.no_addrs(),
+                relay.hostname
+            );
+            result(Status::Verified, spf, record, note)
+        } else {
+            let note = format!(
+                "{}, so the record cannot be evaluated for the relay's address; \
+                 only a:{} would show it covers the relay",
+                relay.no_addrs(),
+                relay.hostname
+            );
+            result(Status::Failed, spf, expected, note)
         };
-        let outcome = eval.record(domain, &record, ip, 0).await;
-        for s in eval.skipped {
-            if !skipped.contains(&s) {
-                skipped.push(s);
-            }
-        }
-        let who = match ip {
-            Some(ip) => format!("{} ({ip})", relay.hostname),
-            None => relay.hostname.clone(),
-        };
-        match outcome {
-            Outcome::Pass => {}
-            Outcome::NotPass(why) => problems.push(format!("does not authorise {who}: {why}")),
-            Outcome::Error(why) => problems.push(format!("{why} (checking {who})")),
-        }
     }
-    let mut notes = problems.clone();
-    if !skipped.is_empty() {
-        notes.push(format!("not evaluated: {}", skipped.join(", ")));
+
+    let sender = format!("postmaster@{domain}");
+    let mut problems = Vec::new();
+    for &ip in &relay.addrs {
+        let params = SpfParameters::verify_mail_from(ip, &relay.hostname, &relay.hostname, &sender);
+        let output = dns.resolver().verify_spf(params).await;
+        let who = format!("{} ({ip})", relay.hostname);
+        if let Some(why) = not_covered(output.result()) {
+            problems.push(format!("does not authorise {who}: {why}"));
+        }
     }
     if problems.is_empty() {
-        if relay.addrs.is_empty() {
-            notes.push(format!(
-                "{}, so only mechanisms naming it were matched",
-                relay.no_addrs()
-            ));
-        }
-        result(Status::Verified, spf, record, notes.join("; "))
+        result(Status::Verified, spf, record, String::new())
     } else {
-        result(Status::Failed, spf, expected, notes.join("; "))
+        result(Status::Failed, spf, expected, problems.join("; "))
     }
+}
+
+/// What a receiver's verdict means for the operator; `None` for `pass`.
+fn not_covered(verdict: Verdict) -> Option<&'static str> {
+    Some(match verdict {
+        Verdict::Pass => return None,
+        Verdict::Fail => "receivers get \"fail\" and may reject its mail",
+        Verdict::SoftFail => "receivers get \"softfail\" and treat its mail as suspect",
+        Verdict::Neutral => "receivers get \"neutral\": the record says nothing about it",
+        Verdict::None => "receivers find no SPF record (\"none\")",
+        Verdict::TempError => {
+            "receivers get \"temperror\": a DNS lookup needed to evaluate the record \
+             failed; try again, and check the included domains answer"
+        }
+        Verdict::PermError => {
+            "receivers get \"permerror\": the record is broken for them (a syntax \
+             error, an include: or redirect= target without an SPF record, or more \
+             than 10 DNS lookups, RFC 7208 4.6.4)"
+        }
+    })
+}
+
+/// Whether `a:{hostname}` (with a pass qualifier) comes before any other
+/// term that gives a verdict on its own; used only when the relay has no
+/// address to evaluate the record with.
+fn names_relay(record: &str, hostname: &str) -> bool {
+    for term in terms(record) {
+        let (pass, body) = match term.strip_prefix(['+', '-', '~', '?']) {
+            Some(body) => (term.starts_with('+'), body),
+            None => (true, term),
+        };
+        let lower = body.to_ascii_lowercase();
+        if lower == "all" {
+            return false;
+        }
+        let Some(target) = lower.strip_prefix("a:") else {
+            continue;
+        };
+        let name = target.split('/').next().unwrap_or_default();
+        if normalise(name) == hostname {
+            return pass;
+        }
+    }
+    false
 }
 
 /// The found record with `a:{hostname}` added before its final `all` or
@@ -189,250 +221,6 @@ fn terms(record: &str) -> impl Iterator<Item = &str> {
     record.split_ascii_whitespace().skip(1)
 }
 
-enum Outcome {
-    Pass,
-    /// fail, softfail or neutral, with the reason.
-    NotPass(String),
-    /// temperror or permerror.
-    Error(String),
-}
-
-struct Eval<'d, 'a> {
-    dns: &'d mut Dns<'a>,
-    relay: &'d Relay,
-    lookups: u32,
-    skipped: Vec<String>,
-}
-
-impl Eval<'_, '_> {
-    /// RFC 7208 4.6: the first mechanism that matches decides; `redirect=`
-    /// applies only when none did.
-    async fn record(
-        &mut self,
-        domain: &str,
-        record: &str,
-        ip: Option<IpAddr>,
-        depth: u32,
-    ) -> Outcome {
-        let mut redirect = None;
-        for term in terms(record) {
-            if let Some((name, value)) = modifier(term) {
-                if name.eq_ignore_ascii_case("redirect") {
-                    redirect = Some(value);
-                }
-                continue;
-            }
-            let (qualifier, body) = match term.as_bytes().first() {
-                Some(&q @ (b'+' | b'-' | b'~' | b'?')) => (q, &term[1..]),
-                _ => (b'+', term),
-            };
-            let matched = match self.mechanism(domain, body, ip, depth).await {
-                Ok(m) => m,
-                Err(e) => return Outcome::Error(e),
-            };
-            if matched {
-                return match qualifier {
-                    b'+' => Outcome::Pass,
-                    b'-' => Outcome::NotPass(format!("{term} matches first (fail)")),
-                    b'~' => Outcome::NotPass(format!("{term} matches first (softfail)")),
-                    _ => Outcome::NotPass(format!("{term} matches first (neutral)")),
-                };
-            }
-        }
-        match redirect {
-            Some(target) => {
-                if let Err(e) = self.count() {
-                    return Outcome::Error(e);
-                }
-                match self.fetch(target).await {
-                    Ok(next) => Box::pin(self.record(target, &next, ip, depth + 1)).await,
-                    Err(e) => Outcome::Error(format!("redirect={target}: {e}")),
-                }
-            }
-            None => Outcome::NotPass("no mechanism matches (neutral)".into()),
-        }
-    }
-
-    /// Whether one mechanism (without its qualifier) matches the relay.
-    async fn mechanism(
-        &mut self,
-        domain: &str,
-        body: &str,
-        ip: Option<IpAddr>,
-        depth: u32,
-    ) -> Result<bool, String> {
-        let split = body.find([':', '/']).unwrap_or(body.len());
-        let (name, rest) = body.split_at(split);
-        match name.to_ascii_lowercase().as_str() {
-            "all" if rest.is_empty() => Ok(true),
-            "ip4" | "ip6" => {
-                let net = rest
-                    .strip_prefix(':')
-                    .and_then(parse_net)
-                    .filter(|n| matches!(n, IpNet::V4(_)) == (name.eq_ignore_ascii_case("ip4")))
-                    .ok_or_else(|| format!("{body} is not a valid {name} mechanism (permerror)"))?;
-                Ok(ip.is_some_and(|ip| net.contains(&ip)))
-            }
-            "include" => {
-                let target = rest
-                    .strip_prefix(':')
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| format!("{body}: include needs a domain (permerror)"))?;
-                self.count()?;
-                if self.skip_macro(body, target) {
-                    return Ok(false);
-                }
-                let inner = self
-                    .fetch(target)
-                    .await
-                    .map_err(|e| format!("include:{target}: {e}"))?;
-                match Box::pin(self.record(target, &inner, ip, depth + 1)).await {
-                    Outcome::Pass => Ok(true),
-                    Outcome::NotPass(_) => Ok(false),
-                    Outcome::Error(e) => Err(e),
-                }
-            }
-            "a" | "mx" => {
-                let (target, c4, c6) = domain_and_cidr(rest)
-                    .ok_or_else(|| format!("{body} is not a valid mechanism (permerror)"))?;
-                let target = target.unwrap_or(domain);
-                self.count()?;
-                if self.skip_macro(body, target) {
-                    return Ok(false);
-                }
-                if name.eq_ignore_ascii_case("a") {
-                    self.host_matches(target, ip, c4, c6).await
-                } else {
-                    let mx = self
-                        .dns
-                        .mx(target)
-                        .await
-                        .map_err(|e| format!("{body}: DNS lookup failed ({e})"))?;
-                    for (_, exchange) in mx.into_iter().take(MAX_MX) {
-                        if self.host_matches(&exchange, ip, c4, c6).await? {
-                            return Ok(true);
-                        }
-                    }
-                    Ok(false)
-                }
-            }
-            "ptr" | "exists" => {
-                self.count()?;
-                self.skipped.push(body.to_string());
-                Ok(false)
-            }
-            _ => Err(format!("unknown mechanism {body:?} (permerror)")),
-        }
-    }
-
-    /// `a` semantics for one host: the relay's own name matches outright;
-    /// otherwise its addresses must cover the sending address.
-    async fn host_matches(
-        &mut self,
-        host: &str,
-        ip: Option<IpAddr>,
-        c4: u8,
-        c6: u8,
-    ) -> Result<bool, String> {
-        if normalise(host) == self.relay.hostname {
-            return Ok(true);
-        }
-        let Some(ip) = ip else {
-            return Ok(false);
-        };
-        let addrs = self
-            .dns
-            .addrs(host)
-            .await
-            .map_err(|e| format!("{host}: DNS lookup failed ({e})"))?;
-        Ok(addrs.into_iter().any(|a| {
-            let prefix = if a.is_ipv4() { c4 } else { c6 };
-            IpNet::new(a, prefix).is_ok_and(|net| net.contains(&ip))
-        }))
-    }
-
-    /// The single SPF record of an included or redirected domain.
-    async fn fetch(&mut self, domain: &str) -> Result<String, String> {
-        let txt = self
-            .dns
-            .txt(domain)
-            .await
-            .map_err(|e| format!("DNS lookup failed ({e}), a temperror"))?;
-        let mut spf = txt.into_iter().filter(|t| is_spf(t));
-        match (spf.next(), spf.next()) {
-            (Some(one), None) => Ok(one),
-            (None, _) => Err("no SPF record there (permerror)".into()),
-            (Some(_), Some(_)) => Err("more than one SPF record there (permerror)".into()),
-        }
-    }
-
-    fn count(&mut self) -> Result<(), String> {
-        self.lookups += 1;
-        if self.lookups > MAX_LOOKUPS {
-            Err(format!(
-                "needs more than {MAX_LOOKUPS} DNS lookups, which receivers treat as a \
-                 permanent error (RFC 7208 4.6.4)"
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn skip_macro(&mut self, body: &str, target: &str) -> bool {
-        let has_macro = target.contains('%');
-        if has_macro {
-            self.skipped.push(body.to_string());
-        }
-        has_macro
-    }
-}
-
-/// `name=value`, where the name starts with a letter (RFC 7208 12).
-fn modifier(term: &str) -> Option<(&str, &str)> {
-    let (name, value) = term.split_once('=')?;
-    let ok = name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    ok.then_some((name, value))
-}
-
-/// `[:domain][/cidr4][//cidr6]`, the tail of `a` and `mx`.
-fn domain_and_cidr(rest: &str) -> Option<(Option<&str>, u8, u8)> {
-    let (domain, cidrs) = match rest.strip_prefix(':') {
-        Some(r) => {
-            let at = r.find('/').unwrap_or(r.len());
-            let d = &r[..at];
-            if d.is_empty() {
-                return None;
-            }
-            (Some(d), &r[at..])
-        }
-        None => (None, rest),
-    };
-    let (c4, c6) = match cidrs.find("//") {
-        Some(at) => (&cidrs[..at], Some(&cidrs[at + 2..])),
-        None => (cidrs, None),
-    };
-    let c4 = match c4.strip_prefix('/') {
-        Some(n) => n.parse().ok().filter(|n| *n <= 32)?,
-        None if c4.is_empty() => 32,
-        None => return None,
-    };
-    let c6 = match c6 {
-        Some(n) => n.parse().ok().filter(|n| *n <= 128)?,
-        None => 128,
-    };
-    Some((domain, c4, c6))
-}
-
-/// `192.0.2.0/24`, `2001:db8::/32`, or a bare address (a host route).
-fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +232,7 @@ mod tests {
         assert!(!is_spf("v=spf10 -all"));
         assert!(!is_spf("google-site-verification=x"));
         assert!(!is_spf(""));
+        assert!(!is_spf("v=sp\u{e9}1"));
     }
 
     #[test]
@@ -463,22 +252,31 @@ mod tests {
     }
 
     #[test]
-    fn cidr_tails() {
-        assert_eq!(domain_and_cidr(""), Some((None, 32, 128)));
-        assert_eq!(domain_and_cidr(":x.org"), Some((Some("x.org"), 32, 128)));
-        assert_eq!(domain_and_cidr(":x.org/24"), Some((Some("x.org"), 24, 128)));
-        assert_eq!(domain_and_cidr("//64"), Some((None, 32, 64)));
-        assert_eq!(domain_and_cidr("/24//64"), Some((None, 24, 64)));
-        assert_eq!(domain_and_cidr("/33"), None);
-        assert_eq!(domain_and_cidr(":"), None);
-        assert_eq!(domain_and_cidr("x"), None);
+    fn naming_the_relay_counts_only_before_a_verdict() {
+        let h = "relay.example.com";
+        assert!(names_relay("v=spf1 a:relay.example.com ~all", h));
+        assert!(names_relay("v=spf1 mx +a:RELAY.example.com. -all", h));
+        assert!(names_relay("v=spf1 a:relay.example.com/24 -all", h));
+        assert!(!names_relay("v=spf1 -all a:relay.example.com", h));
+        assert!(!names_relay("v=spf1 -a:relay.example.com ~all", h));
+        assert!(!names_relay("v=spf1 a:other.example.com ~all", h));
+        assert!(!names_relay("v=spf1 ip4:127.0.0.1 ~all", h));
+        assert!(!names_relay("v=spf1 a:relay.example.com.evil.test ~all", h));
+        assert!(!names_relay("v=spf1", h));
     }
 
     #[test]
-    fn nets() {
-        assert!(parse_net("127.0.0.1").is_some());
-        assert!(parse_net("127.0.0.0/8").is_some());
-        assert!(parse_net("::1/128").is_some());
-        assert!(parse_net("nope").is_none());
+    fn only_pass_is_covered() {
+        assert_eq!(not_covered(Verdict::Pass), None);
+        for v in [
+            Verdict::Fail,
+            Verdict::SoftFail,
+            Verdict::Neutral,
+            Verdict::None,
+            Verdict::TempError,
+            Verdict::PermError,
+        ] {
+            assert!(not_covered(v).is_some(), "{v:?}");
+        }
     }
 }

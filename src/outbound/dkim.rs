@@ -189,14 +189,35 @@ pub fn generate_key(
                 .as_bytes()
                 .to_vec()
         }
-        DkimAlgorithm::Ed25519 => DkimKeyPair::generate_ed25519()
-            .map_err(|e| fail(format!("Ed25519 key generation failed: {e}")))?
-            .private_key()
-            .to_vec(),
+        DkimAlgorithm::Ed25519 => {
+            let pair = DkimKeyPair::generate_ed25519()
+                .map_err(|e| fail(format!("Ed25519 key generation failed: {e}")))?;
+            ed25519_pkcs8_v1(pair.private_key()).map_err(fail)?
+        }
     };
     let pem = pem_encode("PRIVATE KEY", &pkcs8);
     write_new_private(out, pem.as_bytes()).map_err(fail)?;
     DkimKey::load(domain, selector, out)
+}
+
+/// ring writes PKCS#8 v2 (RFC 5958, with the public key); OpenSSL 3.0 and
+/// the tools built on it (OpenDKIM, rspamd) read only the v1 form RFC 8410
+/// shows, so the public key is dropped (it is derived from the seed anyway).
+fn ed25519_pkcs8_v1(v2: &[u8]) -> Result<Vec<u8>, String> {
+    use rsa::pkcs8::der::Encode;
+    use rsa::pkcs8::{ObjectIdentifier, PrivateKeyInfo};
+    const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+    let mut info = PrivateKeyInfo::try_from(v2)
+        .map_err(|e| format!("generated Ed25519 PKCS#8 unreadable: {e}"))?;
+    if info.algorithm.oid != ED25519 || info.algorithm.parameters.is_some() {
+        return Err(format!(
+            "generated key has algorithm {}, not Ed25519",
+            info.algorithm.oid
+        ));
+    }
+    info.public_key = None;
+    info.to_der()
+        .map_err(|e| format!("cannot encode Ed25519 PKCS#8 v1: {e}"))
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -412,6 +433,27 @@ mod tests {
         assert!(sig.ends_with("\r\n"));
         assert!(sig.contains("a=ed25519-sha256"));
         assert!(sig.contains("c=relaxed/relaxed"));
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1_and_both_versions_load() {
+        let v2 = Ed25519Key::generate_pkcs8().unwrap();
+        let v1 = ed25519_pkcs8_v1(&v2).unwrap();
+        // RFC 8410 section 10.3: version 0, id-Ed25519, OCTET STRING in an
+        // OCTET STRING holding the 32-byte seed, nothing else.
+        let head = b"\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x70\x04\x22\x04\x20";
+        assert_eq!(v1.len(), 48);
+        assert_eq!(&v1[..16], head);
+        assert_eq!(&v1[16..], &v2[16..48], "the seed is kept");
+        let load = |der: &[u8]| {
+            let pem = pem_encode("PRIVATE KEY", der);
+            DkimKey::from_pem("example.com", "s1", pem.as_bytes()).unwrap()
+        };
+        let (k1, k2) = (load(&v1), load(&v2));
+        assert_eq!(k1.algorithm(), DkimAlgorithm::Ed25519);
+        assert_eq!(k1.dns_record(), k2.dns_record());
+        assert!(ed25519_pkcs8_v1(&v1).is_ok(), "v1 in, v1 out");
+        assert!(ed25519_pkcs8_v1(b"\x30\x00").is_err());
     }
 
     #[test]

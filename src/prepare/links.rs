@@ -46,10 +46,10 @@ impl OwnHosts {
 /// ASCII host name or IPv4 address and no user info. `Some(tracked)` is the
 /// verdict; `None` means "not simple, ask the URL parser".
 fn simple_verdict(url: &str, own: &OwnHosts) -> Option<bool> {
-    let (default_port, rest) = if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
-        (443, &url[8..])
-    } else if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
-        (80, &url[7..])
+    let (default_port, rest) = if let Some(rest) = strip_scheme(url, "https://") {
+        (443, rest)
+    } else if let Some(rest) = strip_scheme(url, "http://") {
+        (80, rest)
     } else {
         return None;
     };
@@ -68,6 +68,15 @@ fn simple_verdict(url: &str, own: &OwnHosts) -> Option<bool> {
         return None;
     }
     Some(!own.contains_host(host, Some(port)))
+}
+
+/// `url` less a case-insensitive ASCII `prefix`. A checked split rather than
+/// indexing: the byte after the prefix may fall inside a multi-byte
+/// character (for `http://ü.example/`, byte 8 does), and indexing there
+/// panics.
+fn strip_scheme<'a>(url: &'a str, prefix: &str) -> Option<&'a str> {
+    let (head, rest) = url.split_at_checked(prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then_some(rest)
 }
 
 /// Takes an href with its entities already decoded and returns the URL to
@@ -89,12 +98,7 @@ pub(crate) fn trackable(href: &str, own: &OwnHosts) -> Option<String> {
     } else {
         trimmed.to_owned()
     };
-    let starts = |p: &str| {
-        cleaned
-            .get(..p.len())
-            .is_some_and(|h| h.eq_ignore_ascii_case(p))
-    };
-    if !(starts("http://") || starts("https://")) {
+    if strip_scheme(&cleaned, "http://").is_none() && strip_scheme(&cleaned, "https://").is_none() {
         return None;
     }
     if let Some(tracked) = simple_verdict(&cleaned, own) {
@@ -166,6 +170,35 @@ mod tests {
         ] {
             assert!(trackable(no, &o).is_none(), "{no}");
         }
+    }
+
+    #[test]
+    fn a_non_ascii_character_across_the_scheme_length_does_not_panic() {
+        // Byte 8 of each falls inside a multi-byte character.
+        let o = own();
+        for url in [
+            "http://\u{fc}.example/",
+            "http://\u{e9}t\u{e9}.example/path",
+            "http://\u{1F600}.example/",
+            "HTTP://\u{4e2d}\u{6587}.example",
+            "http:/\u{fc}",
+            "http\u{fc}",
+            "https:/\u{fc}",
+        ] {
+            let _ = simple_verdict(url, &o);
+            let _ = trackable(url, &o);
+        }
+        assert_eq!(
+            trackable("http://\u{fc}.example/", &o).as_deref(),
+            Some("http://\u{fc}.example/")
+        );
+        assert_eq!(
+            trackable("HTTP://\u{4e2d}\u{6587}.example", &o).as_deref(),
+            Some("HTTP://\u{4e2d}\u{6587}.example")
+        );
+        assert_eq!(trackable("http:/\u{fc}", &o), None);
+        assert_eq!(strip_scheme("https://\u{fc}", "https://"), Some("\u{fc}"));
+        assert_eq!(strip_scheme("http://\u{fc}", "https://"), None);
     }
 
     #[test]
