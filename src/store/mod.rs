@@ -19,6 +19,7 @@ pub mod queue;
 pub mod retention;
 pub mod schema;
 pub mod stats;
+pub mod tracking;
 pub mod webhooks;
 
 use rusqlite::{Connection, OpenFlags, Transaction};

@@ -2,6 +2,7 @@
 //! from the token alone, with every valid request recorded as an event and
 //! machine activity flagged.
 
+pub mod aggregate;
 pub mod classify;
 pub mod listener;
 pub mod recorder;
