@@ -64,10 +64,18 @@ impl Recorder {
                 return;
             }
         };
-        match tokio::time::timeout(QUEUE_WAIT, self.tx.send(ev)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => self.metrics.event_queue_overflow.inc(),
-        }
+        // The wait runs in a task of its own: a client that hangs up while
+        // its hit waits (wrk stopping, a browser moving on) has had its
+        // answer counted, and its event must still be queued, not dropped
+        // with the request.
+        let (tx, metrics) = (self.tx.clone(), self.metrics.clone());
+        let waiter = tokio::spawn(async move {
+            match tokio::time::timeout(QUEUE_WAIT, tx.send(ev)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => metrics.event_queue_overflow.inc(),
+            }
+        });
+        let _ = waiter.await;
     }
 }
 
