@@ -243,3 +243,55 @@ async fn every_answered_hit_is_stored_or_aggregated() {
     assert_eq!(metric(&relay, "trackrelay_event_queue_overflow_total"), 0);
     assert_eq!(metric(&relay, "trackrelay_events_store_failed_total"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_whose_client_hangs_up_while_it_waits_is_still_stored() {
+    let relay = Relay::start(Options {
+        api_token: true,
+        // A queue of one: hits that come while the recorder commits wait.
+        tracking: "event_queue = 1".into(),
+        ..Options::default()
+    });
+    let keys = keys(&relay);
+    let email = uuid::Uuid::now_v7();
+    let path = format!(
+        "/v1/track/click/{}",
+        keys.click_token(email, 0, 0, "https://example.org/c")
+    );
+    // Clients that send their request and go away without reading the
+    // answer (a browser moving on, a load tool stopping), each a client of
+    // its own so that nothing is folded. The server answers some of them
+    // (it may see the hang-up before it reads the request).
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (relay, path) = (&relay, &path);
+            s.spawn(move || {
+                use std::io::Write;
+                for i in 0..40 {
+                    let mut c = std::net::TcpStream::connect(relay.tracking).unwrap();
+                    let req = format!(
+                        "GET {path} HTTP/1.1\r\nHost: links.example.com\r\nUser-Agent: client {t}-{i}\r\n\r\n"
+                    );
+                    c.write_all(req.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    // Every hit the server counted is stored, whether or not its client
+    // stayed for the answer (a lost one would keep them apart for good).
+    let stored = || {
+        count(
+            &relay,
+            &format!("SELECT COUNT(*) FROM events WHERE email_id = '{email}'"),
+        ) as u64
+    };
+    wait_for("every answered hit stored", Duration::from_secs(30), || {
+        let answered = metric(&relay, "trackrelay_clicks_total");
+        answered > 0 && stored() == answered
+    });
+    assert_eq!(
+        metric(&relay, "trackrelay_tracking_hits_aggregated_total"),
+        0
+    );
+    assert_eq!(metric(&relay, "trackrelay_event_queue_overflow_total"), 0);
+}
