@@ -89,6 +89,7 @@ pub struct Metrics {
     pub clicks: Counter,
     pub tracking_invalid: Counter,
     pub event_queue_overflow: Counter,
+    pub tracking_hits_aggregated: Counter,
     pub events_store_failed: Counter,
     pub webhooks_delivered: Counter,
     pub webhooks_retried: Counter,
@@ -104,7 +105,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 18] = [
+        let counters: [(&str, &str, &Counter); 19] = [
             (
                 "trackrelay_smtp_sessions_total",
                 "SMTP submission sessions opened",
@@ -174,6 +175,11 @@ impl Metrics {
                 "trackrelay_event_queue_overflow_total",
                 "tracking events dropped because the event queue was full",
                 &self.event_queue_overflow,
+            ),
+            (
+                "trackrelay_tracking_hits_aggregated_total",
+                "repeated tracking hits folded into an earlier event (same token and client within the window)",
+                &self.tracking_hits_aggregated,
             ),
             (
                 "trackrelay_events_store_failed_total",

@@ -98,10 +98,19 @@ async fn opens_and_clicks_are_attributed_and_redirect_exactly() {
 
     let host = ("Host", "links.example.com");
     let ua = ("User-Agent", UA);
-    // The pixel, twice for the first recipient.
+    // The pixel, twice for the first recipient (from two clients: one
+    // client's repeats within seconds are folded into one event).
     let open_one = &one.iter().find(|(k, _)| k == "open").unwrap().1;
-    for _ in 0..2 {
-        let (status, headers, body) = http(relay.tracking, "GET", open_one, &[host, ua]);
+    for client in [
+        UA,
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) Mobile/15E148",
+    ] {
+        let (status, headers, body) = http(
+            relay.tracking,
+            "GET",
+            open_one,
+            &[host, ("User-Agent", client)],
+        );
         assert_eq!(status, 200);
         assert_eq!(body.len(), 43);
         assert!(body.starts_with(b"GIF89a"));

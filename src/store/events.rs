@@ -153,36 +153,32 @@ pub fn prune(conn: &Connection, before: i64, batch: usize) -> rusqlite::Result<u
     )
 }
 
-/// Stores an open or click from the tracking listener. A click is judged
-/// here against the recipient's delivery time, which the listener never
-/// reads: one that comes sooner than `window_ms` after delivery is a
-/// scanner following links, not a reader.
-pub fn insert_tracking(tx: &Tx<'_>, ev: &NewEvent, window_ms: i64) -> rusqlite::Result<i64> {
+/// Stores an open or click from the tracking listener (through
+/// [`insert`], like every event), with the recipient's address filled in.
+/// `judge` sees the event and the recipient's delivery times, which the
+/// listener never reads, and may return a machine reason for it; the rule
+/// is the caller's (the store does not know what makes a click a
+/// scanner's). Events already flagged are not judged again.
+pub fn insert_tracking(
+    tx: &Tx<'_>,
+    ev: &NewEvent,
+    recipients: &mut super::tracking::RecipientCache,
+    judge: &dyn Fn(&NewEvent, &super::tracking::RecipientDelivery) -> Option<&'static str>,
+) -> rusqlite::Result<i64> {
+    let (Some(idx), None) = (ev.rcpt_idx, &ev.recipient) else {
+        return insert(tx, ev);
+    };
+    let Some(rcpt) = recipients.get(tx, &ev.email_id, idx)? else {
+        // An email the store never saw (a `preview` token) or one pruned.
+        return insert(tx, ev);
+    };
     let mut ev = ev.clone();
-    if let (Some(idx), None) = (ev.rcpt_idx, &ev.recipient) {
-        // One lookup serves both: the address for the event, and the
-        // delivery time for the timing rule.
-        let row: Option<(String, Option<i64>)> = tx
-            .prepare_cached(
-                "SELECT address, delivered_at FROM recipients WHERE email_id = ?1 AND idx = ?2",
-            )?
-            .query_row(params![ev.email_id, idx], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((address, delivered_at)) = row {
-            ev.recipient = Some(address);
-            if ev.kind == EventType::Clicked
-                && ev.machine != Some(true)
-                && crate::tracking::classify::too_soon_after_delivery(
-                    ev.at,
-                    delivered_at,
-                    window_ms,
-                )
-            {
-                ev.machine = Some(true);
-                ev.machine_reason =
-                    Some(crate::tracking::classify::reason::TOO_SOON_AFTER_DELIVERY.to_string());
-            }
+    if ev.machine != Some(true) {
+        if let Some(reason) = judge(&ev, rcpt) {
+            ev.machine = Some(true);
+            ev.machine_reason = Some(reason.to_string());
         }
     }
+    ev.recipient = Some(rcpt.address.clone());
     insert(tx, &ev)
 }

@@ -34,8 +34,20 @@ pub struct Request<'a> {
     pub user_agent: Option<&'a str>,
     /// When the request arrived, unix milliseconds.
     pub at_ms: i64,
-    /// When this recipient's copy was delivered, if known.
+    /// What is known of this recipient's delivery (nothing, for the
+    /// listener: the store fills it in when it records a click).
+    pub delivery: Delivery,
+}
+
+/// A recipient's delivery as the store knows it when a click is recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// When the receiver answered `250` for this copy.
     pub delivered_at_ms: Option<i64>,
+    /// When the latest delivery attempt was claimed.
+    pub attempt_started_at_ms: Option<i64>,
+    /// That attempt is still under way (the recipient is leased for sending).
+    pub in_progress: bool,
 }
 
 /// Settings and per-request facts gathered outside this module.
@@ -225,10 +237,21 @@ const BOT_TOKENS: &[&str] = &[
 /// keeps the cost of a request bounded whatever a client sends.
 const MAX_UA: usize = 1024;
 
-/// The timing rule on its own, for the store: it alone knows the delivery
-/// time, and applies this rule when it records a click.
-pub fn too_soon_after_delivery(at_ms: i64, delivered_at_ms: Option<i64>, window_ms: i64) -> bool {
-    delivered_at_ms.is_some_and(|delivered| at_ms < delivered.saturating_add(window_ms))
+/// The timing rule on its own, for the recorder: only the store knows the
+/// delivery times, so the rule runs when a click is written.
+///
+/// Gateways follow links while the receiver holds the message and right
+/// after its `250`, so the reference is the delivery time when there is
+/// one, else the start of the latest attempt: a click while an attempt is
+/// under way, or within the window after it started, came before any
+/// reader could have seen the message.
+pub fn too_soon_after_delivery(at_ms: i64, d: &Delivery, window_ms: i64) -> bool {
+    match (d.delivered_at_ms, d.attempt_started_at_ms) {
+        (Some(delivered), _) => at_ms < delivered.saturating_add(window_ms),
+        (None, Some(_)) if d.in_progress => true,
+        (None, Some(started)) => at_ms < started.saturating_add(window_ms),
+        (None, None) => false,
+    }
 }
 
 pub fn classify(req: &Request, ctx: &Context) -> Verdict {
@@ -271,7 +294,7 @@ pub fn classify(req: &Request, ctx: &Context) -> Verdict {
         // message (so before our delivered_at): a click earlier than that,
         // or within the window after it, is not a person reading.
         let window = i64::try_from(ctx.machine_click_window.as_millis()).unwrap_or(i64::MAX);
-        if too_soon_after_delivery(req.at_ms, req.delivered_at_ms, window) {
+        if too_soon_after_delivery(req.at_ms, &req.delivery, window) {
             return Verdict::machine(reason::TOO_SOON_AFTER_DELIVERY);
         }
         if ctx.click_burst {
@@ -479,7 +502,15 @@ mod tests {
             ip: Some("203.0.113.7".parse().unwrap()),
             user_agent: ua,
             at_ms: T,
-            delivered_at_ms: Some(T - 3_600_000),
+            delivery: delivered(T - 3_600_000),
+        }
+    }
+
+    fn delivered(at: i64) -> Delivery {
+        Delivery {
+            delivered_at_ms: Some(at),
+            attempt_started_at_ms: Some(at - 500),
+            in_progress: false,
         }
     }
 
@@ -638,17 +669,17 @@ mod tests {
     #[test]
     fn clicks_soon_after_delivery() {
         let mut r = req(Kind::Click, Some(CHROME));
-        r.delivered_at_ms = Some(T - 9_999);
+        r.delivery = delivered(T - 9_999);
         is_machine(verdict(&r), reason::TOO_SOON_AFTER_DELIVERY);
         // Scanned inline, before the receiver even answered 250.
-        r.delivered_at_ms = Some(T + 500);
+        r.delivery = delivered(T + 500);
         is_machine(verdict(&r), reason::TOO_SOON_AFTER_DELIVERY);
-        r.delivered_at_ms = Some(T - 10_000);
+        r.delivery = delivered(T - 10_000);
         assert_eq!(verdict(&r), Verdict::HUMAN);
-        r.delivered_at_ms = None;
+        r.delivery = Delivery::default();
         assert_eq!(verdict(&r), Verdict::HUMAN);
         // The window is the configured one.
-        r.delivered_at_ms = Some(T - 20_000);
+        r.delivery = delivered(T - 20_000);
         let ctx = Context {
             machine_click_window: Duration::from_secs(30),
             ..Context::default()
@@ -659,8 +690,37 @@ mod tests {
         );
         // An open right after delivery is a reader watching for it.
         let mut open = req(Kind::Open, Some(IPHONE_MAIL));
-        open.delivered_at_ms = Some(T - 1_000);
+        open.delivery = delivered(T - 1_000);
         assert_eq!(verdict(&open), Verdict::HUMAN);
+    }
+
+    #[test]
+    fn clicks_during_delivery() {
+        let mut r = req(Kind::Click, Some(CHROME));
+        // The attempt started long ago and is still sending (a slow
+        // receiver, a long batch): no reader has the message yet.
+        r.delivery = Delivery {
+            delivered_at_ms: None,
+            attempt_started_at_ms: Some(T - 3_600_000),
+            in_progress: true,
+        };
+        is_machine(verdict(&r), reason::TOO_SOON_AFTER_DELIVERY);
+        // The attempt ended without a 250 (deferred) moments ago: a
+        // receiver that scanned before answering.
+        r.delivery.in_progress = false;
+        r.delivery.attempt_started_at_ms = Some(T - 2_000);
+        is_machine(verdict(&r), reason::TOO_SOON_AFTER_DELIVERY);
+        // Long after a failed attempt, the timing says nothing.
+        r.delivery.attempt_started_at_ms = Some(T - 60_000);
+        assert_eq!(verdict(&r), Verdict::HUMAN);
+        // Once delivered, the delivery time is the reference, however
+        // early the attempt began.
+        r.delivery = Delivery {
+            delivered_at_ms: Some(T - 60_000),
+            attempt_started_at_ms: Some(T - 61_000),
+            in_progress: false,
+        };
+        assert_eq!(verdict(&r), Verdict::HUMAN);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The tracking listener: answers the open pixel and the click redirect
 //! from the token alone (no database read), hands the event to the
-//! recorder, and serves nothing else.
+//! recorder (or folds a repeated hit, see [`super::aggregate`]), and serves
+//! nothing else.
 
+use super::aggregate::{self, Aggregator};
 use super::classify::{self, ClickBurst, Kind};
 use super::recorder::Recorder;
 use crate::events::{EventType, NewEvent};
@@ -27,8 +29,16 @@ pub struct Tracker {
     recorder: Recorder,
     trusted_proxies: Vec<IpNet>,
     burst: ClickBurst,
+    flood: Aggregator,
     metrics: Arc<Metrics>,
 }
+
+/// Repeated hits of one token by one client within this are one event
+/// (README "Repeated hits").
+pub const AGGREGATE_WINDOW: Duration = Duration::from_secs(10);
+/// Clients × tokens remembered for that, at most (about 40 bytes each, in
+/// two generations).
+const AGGREGATE_CAPACITY: usize = 200_000;
 
 type Body = Full<Bytes>;
 
@@ -44,21 +54,35 @@ impl Tracker {
             recorder,
             trusted_proxies,
             burst: ClickBurst::new(Duration::from_secs(1), 100_000),
+            flood: Aggregator::new(AGGREGATE_WINDOW, AGGREGATE_CAPACITY),
             metrics,
         }
     }
 
-    pub fn handle<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Body> {
+    /// Answers a request. The request is read before the returned future
+    /// runs, so the future holds no borrow of it; awaiting it hands the
+    /// event to the recorder (waiting briefly when its queue is full: a
+    /// slower answer rather than a lost event) before the answer goes out.
+    pub fn handle<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + '_ {
         let started = Instant::now();
-        let response = self.route(req, peer);
-        self.metrics.tracking_latency.observe(started.elapsed());
-        response
+        let (response, event) = self.route(req, peer);
+        async move {
+            if let Some(ev) = event {
+                self.recorder.record(ev).await;
+            }
+            self.metrics.tracking_latency.observe(started.elapsed());
+            response
+        }
     }
 
-    fn route<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Body> {
+    fn route<B>(&self, req: &Request<B>, peer: SocketAddr) -> (Response<Body>, Option<NewEvent>) {
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
-            return plain(StatusCode::NOT_FOUND, "not found\n");
+            return (plain(StatusCode::NOT_FOUND, "not found\n"), None);
         }
         let path = req.uri().path();
         if let Some(token) = path.strip_prefix("/v1/track/open/") {
@@ -68,26 +92,52 @@ impl Tracker {
             return self.click(req, peer, token);
         }
         if path == "/healthz" {
-            return plain(StatusCode::OK, "ok\n");
+            return (plain(StatusCode::OK, "ok\n"), None);
         }
-        plain(StatusCode::NOT_FOUND, "not found\n")
+        (plain(StatusCode::NOT_FOUND, "not found\n"), None)
     }
 
-    fn open<B>(&self, req: &Request<B>, peer: SocketAddr, token: &str) -> Response<Body> {
+    /// True when this hit repeats one just stored (and is counted as such).
+    fn folded<B>(&self, req: &Request<B>, ip: IpAddr, token: &str) -> bool {
+        let client = aggregate::Client {
+            ip,
+            user_agent: req
+                .headers()
+                .get(hyper::header::USER_AGENT)
+                .map(|v| v.as_bytes()),
+            head: req.method() == Method::HEAD,
+        };
+        let folded = self.flood.fold(token, client, crate::time::now_ms());
+        if folded {
+            self.metrics.tracking_hits_aggregated.inc();
+        }
+        folded
+    }
+
+    fn open<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        token: &str,
+    ) -> (Response<Body>, Option<NewEvent>) {
+        let mut event = None;
         match self.keys.verify(token) {
             Some(Token::Open {
                 email_id,
                 rcpt_index,
             }) => {
                 self.metrics.opens.inc();
-                let hit = Hit {
-                    kind: Kind::Open,
-                    email_id,
-                    rcpt_index,
-                    link: None,
-                    burst: false,
-                };
-                self.recorder.record(self.event(req, peer, hit));
+                let ip = client_ip(req, peer, &self.trusted_proxies);
+                if !self.folded(req, ip, token) {
+                    let hit = Hit {
+                        kind: Kind::Open,
+                        email_id,
+                        rcpt_index,
+                        link: None,
+                        burst: false,
+                    };
+                    event = Some(self.event(req, ip, hit));
+                }
             }
             _ => self.metrics.tracking_invalid.inc(),
         }
@@ -103,10 +153,15 @@ impl Tracker {
         );
         h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
         h.insert(EXPIRES, HeaderValue::from_static("0"));
-        r
+        (r, event)
     }
 
-    fn click<B>(&self, req: &Request<B>, peer: SocketAddr, token: &str) -> Response<Body> {
+    fn click<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        token: &str,
+    ) -> (Response<Body>, Option<NewEvent>) {
         let Some(Token::Click {
             email_id,
             rcpt_index,
@@ -116,35 +171,39 @@ impl Tracker {
         else {
             // Never redirect on a token we did not sign: no open redirect.
             self.metrics.tracking_invalid.inc();
-            return plain(StatusCode::NOT_FOUND, "not found\n");
+            return (plain(StatusCode::NOT_FOUND, "not found\n"), None);
         };
         let Ok(location) = HeaderValue::from_str(&location_value(&url)) else {
             // A URL that cannot be a header value was never one we tracked.
             self.metrics.tracking_invalid.inc();
-            return plain(StatusCode::NOT_FOUND, "not found\n");
+            return (plain(StatusCode::NOT_FOUND, "not found\n"), None);
         };
         self.metrics.clicks.inc();
-        let burst = self
-            .burst
-            .observe(email_id, rcpt_index, link_index, crate::time::now_ms());
-        let hit = Hit {
-            kind: Kind::Click,
-            email_id,
-            rcpt_index,
-            link: Some(url),
-            burst,
-        };
-        self.recorder.record(self.event(req, peer, hit));
+        let ip = client_ip(req, peer, &self.trusted_proxies);
+        // A folded repeat is not a click of its own: it neither makes nor
+        // joins a burst.
+        let event = (!self.folded(req, ip, token)).then(|| {
+            let burst = self
+                .burst
+                .observe(email_id, rcpt_index, link_index, crate::time::now_ms());
+            let hit = Hit {
+                kind: Kind::Click,
+                email_id,
+                rcpt_index,
+                link: Some(url),
+                burst,
+            };
+            self.event(req, ip, hit)
+        });
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::FOUND;
         let h = r.headers_mut();
         h.insert(LOCATION, location);
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        r
+        (r, event)
     }
 
-    fn event<B>(&self, req: &Request<B>, peer: SocketAddr, hit: Hit) -> NewEvent {
-        let ip = client_ip(req, peer, &self.trusted_proxies);
+    fn event<B>(&self, req: &Request<B>, ip: IpAddr, hit: Hit) -> NewEvent {
         let header = |name: hyper::header::HeaderName| {
             req.headers()
                 .get(name)
@@ -162,7 +221,7 @@ impl Tracker {
                 ip: Some(ip),
                 user_agent: user_agent.as_deref(),
                 at_ms: at,
-                delivered_at_ms: None,
+                delivery: classify::Delivery::default(),
             },
             &classify::Context {
                 click_burst: hit.burst,

@@ -112,7 +112,7 @@ async fn connection<I>(
 {
     let service = service_fn(move |req| {
         let tracker = tracker.clone();
-        async move { Ok::<_, std::convert::Infallible>(tracker.handle(&req, peer)) }
+        async move { Ok::<_, std::convert::Infallible>(tracker.handle(&req, peer).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
