@@ -2,7 +2,7 @@
 
 use super::sql::{event_from_row, Where, EVENT_COLUMNS};
 use super::Tx;
-use crate::events::{EventType, NewEvent, StoredEvent};
+use crate::events::{NewEvent, StoredEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Stores an event (and its webhook outbox rows). Fills in the recipient
