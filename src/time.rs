@@ -12,7 +12,11 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339 UTC with milliseconds: `2026-11-22T06:04:39.123Z`.
 pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    // RFC 3339 has four-digit years (humantime panics past 9999): a time
+    // out of that range (a corrupt row, a far-future retry) is clamped
+    // rather than allowed to take down the thread that formats it.
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let t = UNIX_EPOCH + Duration::from_millis(ms.clamp(0, MAX_MS) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -21,7 +25,9 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim();
     if let Ok(d) = humantime::parse_duration(s) {
-        return Some(now_ms() - d.as_millis() as i64);
+        // Durations come from API query strings: absurd ones must not overflow.
+        let back = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        return Some(now_ms().saturating_sub(back));
     }
     let t = humantime::parse_rfc3339_weak(s)
         .ok()
@@ -89,5 +95,15 @@ mod tests {
         let ago = parse_time("1h").unwrap();
         assert!((now_ms() - ago - 3_600_000).abs() < 5_000);
         assert_eq!(parse_time("yesterday-ish"), None);
+    }
+
+    #[test]
+    fn out_of_range_times_neither_panic_nor_overflow() {
+        assert_eq!(rfc3339(i64::MAX / 4), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        // A duration far larger than the epoch is a time long before it.
+        let t = parse_time("100000000000y").unwrap();
+        assert!(t < 0);
     }
 }
