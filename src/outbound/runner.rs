@@ -322,27 +322,30 @@ impl Runner {
     async fn deliver_batch(self: &Arc<Self>, batch: Vec<Claimed>) {
         let Some(first) = batch.first() else { return };
         let lease_id = first.lease_id.clone();
+        let keys: Vec<(String, u32)> = batch.iter().map(|c| (c.email_id.clone(), c.idx)).collect();
         let started = Instant::now();
         tokio::select! {
             _ = self.send(batch) => {}
-            _ = self.renew(&lease_id) => {}
+            _ = self.renew(&lease_id, keys) => {}
         }
         self.metrics.delivery_latency.observe(started.elapsed());
     }
 
     /// Extends the lease every third of `lease_time`, for as long as the
     /// connection works (the caller drops this future when it is done).
-    async fn renew(&self, lease_id: &str) {
+    async fn renew(&self, lease_id: &str, keys: Vec<(String, u32)>) {
         let every = self.lease_time / 3;
         let lease_ms = self.lease_time.as_millis() as i64;
+        let keys = Arc::new(keys);
         loop {
             tokio::time::sleep(every).await;
             let id = lease_id.to_string();
+            let keys = keys.clone();
             let until = store::now_ms() + lease_ms;
             if let Err(e) = self
                 .store
                 .write(Durability::Normal, move |tx| {
-                    store::queue::renew(tx, &id, until)
+                    store::queue::renew(tx, &id, &keys, until)
                 })
                 .await
             {
@@ -351,8 +354,8 @@ impl Runner {
         }
     }
 
-    /// Reads the stored message, prepares and signs one recipient's copy on
-    /// the bounded blocking pool. `None` when the message is gone.
+    /// Prepares and signs one recipient's copy of `stored` on the bounded
+    /// blocking pool, just before its transaction.
     async fn prepare_copy(
         self: &Arc<Self>,
         claim: &Claimed,

@@ -155,12 +155,24 @@ pub fn claim_due(
     claim(tx, wanted, &uuid::Uuid::now_v7().to_string(), now, lease_ms)
 }
 
-/// Extends the leases `lease_id` still holds to `until`; returns how many.
-pub fn renew(conn: &Connection, lease_id: &str, until: i64) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "UPDATE recipients SET lease_until = ?2 WHERE lease_id = ?1 AND status = 'sending'",
-    )?
-    .execute(params![lease_id, until])
+/// Extends to `until` the leases `lease_id` still holds among `keys`
+/// (email id, recipient index); returns how many. By key, so that a
+/// renewal reads a few rows, not the whole table.
+pub fn renew(
+    conn: &Connection,
+    lease_id: &str,
+    keys: &[(String, u32)],
+    until: i64,
+) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE recipients SET lease_until = ?4
+         WHERE email_id = ?1 AND idx = ?2 AND lease_id = ?3 AND status = 'sending'",
+    )?;
+    let mut renewed = 0;
+    for (email_id, idx) in keys {
+        renewed += stmt.execute(params![email_id, idx, lease_id, until])?;
+    }
+    Ok(renewed)
 }
 
 /// When the next recipient falls due, if any is waiting.
@@ -374,8 +386,9 @@ mod tests {
             claim(tx, wanted.clone(), "lease-b", now, 1000)
         });
         assert!(second.is_empty());
-        assert_eq!(renew(&conn, "lease-b", now + 5000).unwrap(), 0);
-        assert_eq!(renew(&conn, "lease-a", now + 5000).unwrap(), 1);
+        let keys = vec![(id.clone(), 0)];
+        assert_eq!(renew(&conn, "lease-b", &keys, now + 5000).unwrap(), 0);
+        assert_eq!(renew(&conn, "lease-a", &keys, now + 5000).unwrap(), 1);
 
         // Still valid: recovery leaves it alone.
         assert_eq!(recover_leases(&conn, now + 4000).unwrap(), 0);
