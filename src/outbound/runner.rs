@@ -56,6 +56,9 @@ pub struct Runner {
     lease_time: Duration,
     global: Arc<Semaphore>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The leases of the batches in flight, with their rows: given back
+    /// when shutdown leaves them unfinished.
+    active: Mutex<HashMap<String, Vec<(String, u32)>>>,
     /// Preparing and signing is CPU work: off the async threads, and no
     /// more at once than there are cores.
     prepare_slots: Arc<Semaphore>,
@@ -127,6 +130,7 @@ impl Runner {
             lease_time: dc.lease_time,
             global: Arc::new(Semaphore::new(dc.max_concurrency.max(1))),
             destinations: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
             prepare_slots: Arc::new(Semaphore::new(cores)),
             tls_memory: Arc::new(TlsMemory::new(dc.tls_failure_memory)),
             metrics,
@@ -188,8 +192,35 @@ impl Runner {
             .is_err()
         {
             tracing::warn!(
-                "deliveries still in flight at shutdown; they are retried once their lease expires"
+                "deliveries still in flight at shutdown; their recipients are queued again"
             );
+            self.release_all().await;
+        }
+    }
+
+    /// Gives back the leases of the batches still in flight, so that a
+    /// restart need not wait for them to expire.
+    async fn release_all(&self) {
+        let active: Vec<(String, Vec<(String, u32)>)> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let now = store::now_ms();
+        let released = self
+            .store
+            .write(Durability::Normal, move |tx| {
+                let mut n = 0;
+                for (lease_id, keys) in &active {
+                    n += store::queue::release(tx, lease_id, keys, now)?;
+                }
+                Ok(n)
+            })
+            .await;
+        match released {
+            Ok(n) => tracing::info!("{n} recipient(s) unfinished at shutdown queued again"),
+            Err(e) => tracing::error!("giving back delivery leases at shutdown: {e}"),
         }
     }
 
@@ -323,12 +354,18 @@ impl Runner {
         let Some(first) = batch.first() else { return };
         let lease_id = first.lease_id.clone();
         let keys: Vec<(String, u32)> = batch.iter().map(|c| (c.email_id.clone(), c.idx)).collect();
+        self.active_leases().insert(lease_id.clone(), keys.clone());
         let started = Instant::now();
         tokio::select! {
             _ = self.send(batch) => {}
             _ = self.renew(&lease_id, keys) => {}
         }
+        self.active_leases().remove(&lease_id);
         self.metrics.delivery_latency.observe(started.elapsed());
+    }
+
+    fn active_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(String, u32)>>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Extends the lease every third of `lease_time`, for as long as the

@@ -175,6 +175,28 @@ pub fn renew(
     Ok(renewed)
 }
 
+/// Gives back, due now, the rows `lease_id` still holds among `keys`: a
+/// runner stopping with deliveries unfinished, so that they need not wait
+/// out the lease after a restart. A transaction cut off after the data may
+/// have been taken by the receiver: sent again (at least once).
+pub fn release(
+    conn: &Connection,
+    lease_id: &str,
+    keys: &[(String, u32)],
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE recipients SET status = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END,
+                lease_until = NULL, lease_id = NULL, next_attempt_at = ?4
+         WHERE email_id = ?1 AND idx = ?2 AND lease_id = ?3 AND status = 'sending'",
+    )?;
+    let mut released = 0;
+    for (email_id, idx) in keys {
+        released += stmt.execute(params![email_id, idx, lease_id, now])?;
+    }
+    Ok(released)
+}
+
 /// When the next recipient falls due, if any is waiting.
 pub fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
@@ -390,6 +412,9 @@ mod tests {
         assert_eq!(renew(&conn, "lease-b", &keys, now + 5000).unwrap(), 0);
         assert_eq!(renew(&conn, "lease-a", &keys, now + 5000).unwrap(), 1);
 
+        // Released by its owner only.
+        assert_eq!(release(&conn, "lease-b", &keys, now).unwrap(), 0);
+        assert_eq!(status(&conn, &id, 0).0, "sending");
         // Still valid: recovery leaves it alone.
         assert_eq!(recover_leases(&conn, now + 4000).unwrap(), 0);
         // Expired: queued again, and then leased to another owner.
