@@ -9,7 +9,13 @@
 //! another node sharing the store): delivery is at least once, and once
 //! while the runner lives, however long the backlog.
 
-use super::client::{self, ClientConfig, MessageSource, NotAttempted, Outcome, OutgoingMessage};
+mod batch;
+mod leases;
+
+use batch::Batch;
+use leases::Claim;
+
+use super::client::{self, ClientConfig, NotAttempted, OutgoingMessage};
 use super::dkim::{self, DkimKey};
 use super::protocol;
 use super::route::{RouteError, Router, Target};
@@ -19,16 +25,10 @@ use crate::metrics::Metrics;
 use crate::prepare::{self, TokenKeys, TrackingOptions};
 use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome};
 use crate::store::{self, Durability, Store};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
-
-/// Due recipients read per claim round, to find a destination with a free
-/// slot among them.
-const CANDIDATES: usize = 500;
-/// Claim rounds before the runner waits for a slot to free up.
-const CLAIM_ROUNDS: usize = 4;
+use tokio::sync::{watch, Notify, Semaphore};
 
 /// What the runner needs to know about a sending domain.
 pub struct SendingDomain {
@@ -72,15 +72,6 @@ type Stored = (Vec<u8>, Vec<u8>);
 
 /// The last temporary failure of a message: reason, TLS version, host.
 type LastFailure = (String, Option<String>, String);
-
-/// What one claim found.
-enum Claim {
-    /// A batch leased, with the destination slot it will use.
-    Batch(Vec<Claimed>, OwnedSemaphorePermit),
-    /// Recipients are due, but every destination they go to is busy.
-    AllBusy,
-    NothingDue,
-}
 
 impl Runner {
     pub fn new(
@@ -198,106 +189,6 @@ impl Runner {
         }
     }
 
-    /// Gives back the leases of the batches still in flight, so that a
-    /// restart need not wait for them to expire.
-    async fn release_all(&self) {
-        let active: Vec<(String, Vec<(String, u32)>)> = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        let now = store::now_ms();
-        let released = self
-            .store
-            .write(Durability::Normal, move |tx| {
-                let mut n = 0;
-                for (lease_id, keys) in &active {
-                    n += store::queue::release(tx, lease_id, keys, now)?;
-                }
-                Ok(n)
-            })
-            .await;
-        match released {
-            Ok(n) => tracing::info!("{n} recipient(s) unfinished at shutdown queued again"),
-            Err(e) => tracing::error!("giving back delivery leases at shutdown: {e}"),
-        }
-    }
-
-    async fn recover(&self) {
-        let recovered = self
-            .store
-            .write(Durability::Normal, |tx| {
-                store::queue::recover_leases(tx, store::now_ms())
-            })
-            .await;
-        match recovered {
-            Ok(n) if n > 0 => tracing::info!(
-                "{n} recipient(s) whose delivery lease expired (their runner stopped) queued again"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!("recovering expired leases: {e}"),
-        }
-    }
-
-    /// Leases one connection's worth of due recipients for a destination
-    /// that has a free slot, oldest due first.
-    async fn claim(&self) -> Claim {
-        let mut skip: Vec<String> = Vec::new();
-        for _ in 0..CLAIM_ROUNDS {
-            let now = store::now_ms();
-            let skipped = skip.clone();
-            let due = match self
-                .store
-                .read(move |c| store::queue::due(c, now, CANDIDATES, &skipped))
-                .await
-            {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!("reading due recipients: {e}");
-                    return Claim::NothingDue;
-                }
-            };
-            if due.is_empty() {
-                return if skip.is_empty() {
-                    Claim::NothingDue
-                } else {
-                    Claim::AllBusy
-                };
-            }
-            for (dest, group) in self.groups(due) {
-                let Ok(slot) = self.destination_slots(&dest).try_acquire_owned() else {
-                    for c in &group {
-                        let d = rcpt_domain(&c.address).to_ascii_lowercase();
-                        if !skip.contains(&d) {
-                            skip.push(d);
-                        }
-                    }
-                    continue;
-                };
-                let lease_id = uuid::Uuid::now_v7().to_string();
-                let lease_ms = self.lease_time.as_millis() as i64;
-                let now = store::now_ms();
-                let claimed = self
-                    .store
-                    .write(Durability::Normal, move |tx| {
-                        store::queue::claim(tx, group, &lease_id, now, lease_ms)
-                    })
-                    .await;
-                match claimed {
-                    Ok(c) if !c.is_empty() => return Claim::Batch(c, slot),
-                    // Taken by another runner since it was read.
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!("claiming due recipients: {e}");
-                        return Claim::NothingDue;
-                    }
-                }
-            }
-        }
-        Claim::AllBusy
-    }
-
     async fn idle_wait(&self) -> Duration {
         let next = self.store.read(store::queue::next_due).await.ok().flatten();
         let now = store::now_ms();
@@ -306,22 +197,6 @@ impl Runner {
             Some(t) => Duration::from_millis((t - now) as u64).min(Duration::from_secs(30)),
             None => Duration::from_secs(30),
         }
-    }
-
-    /// Groups by destination and TLS policy, in order of first appearance,
-    /// each cut to one connection's worth.
-    fn groups(&self, due: Vec<Claimed>) -> Vec<(String, Vec<Claimed>)> {
-        let mut groups: Vec<((String, bool), Vec<Claimed>)> = Vec::new();
-        for c in due {
-            let dest = self.router.destination(rcpt_domain(&c.address));
-            let key = (dest, self.policy_for(&c) == TlsPolicy::Enforced);
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, g)) if g.len() >= self.per_connection => {}
-                Some((_, g)) => g.push(c),
-                None => groups.push((key, vec![c])),
-            }
-        }
-        groups.into_iter().map(|((d, _), g)| (d, g)).collect()
     }
 
     fn policy_for(&self, c: &Claimed) -> TlsPolicy {
@@ -342,13 +217,6 @@ impl Runner {
         }
     }
 
-    fn destination_slots(&self, dest: &str) -> Arc<Semaphore> {
-        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(dest.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_destination)))
-            .clone()
-    }
-
     /// Delivers one leased batch, renewing its lease while it works.
     async fn deliver_batch(self: &Arc<Self>, batch: Vec<Claimed>) {
         let Some(first) = batch.first() else { return };
@@ -362,33 +230,6 @@ impl Runner {
         }
         self.active_leases().remove(&lease_id);
         self.metrics.delivery_latency.observe(started.elapsed());
-    }
-
-    fn active_leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(String, u32)>>> {
-        self.active.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Extends the lease every third of `lease_time`, for as long as the
-    /// connection works (the caller drops this future when it is done).
-    async fn renew(&self, lease_id: &str, keys: Vec<(String, u32)>) {
-        let every = self.lease_time / 3;
-        let lease_ms = self.lease_time.as_millis() as i64;
-        let keys = Arc::new(keys);
-        loop {
-            tokio::time::sleep(every).await;
-            let id = lease_id.to_string();
-            let keys = keys.clone();
-            let until = store::now_ms() + lease_ms;
-            if let Err(e) = self
-                .store
-                .write(Durability::Normal, move |tx| {
-                    store::queue::renew(tx, &id, &keys, until)
-                })
-                .await
-            {
-                tracing::error!("renewing a delivery lease: {e}");
-            }
-        }
     }
 
     /// Prepares and signs one recipient's copy of `stored` on the bounded
@@ -666,89 +507,6 @@ fn attempt(
 
 fn rcpt_domain(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or(address)
-}
-
-/// One leased batch as a connection's message source: each copy is read,
-/// prepared and signed when the connection asks for it, and each outcome
-/// recorded when the connection reports it.
-struct Batch {
-    runner: Arc<Runner>,
-    /// Not yet tried at the current host.
-    pending: VecDeque<Claimed>,
-    /// The one in its transaction.
-    current: Option<Claimed>,
-    /// Temporarily failed at the current host, and why.
-    failed: Vec<(Claimed, LastFailure)>,
-    host: String,
-    /// The last stored message read (recipients of one email come
-    /// together), so a batch holds at most one.
-    stored: Option<(String, Option<Arc<Stored>>)>,
-}
-
-impl Batch {
-    async fn stored_for(&mut self, email_id: &str) -> Option<Arc<Stored>> {
-        if let Some((id, stored)) = &self.stored {
-            if id == email_id {
-                return stored.clone();
-            }
-        }
-        let id = email_id.to_string();
-        let stored = self
-            .runner
-            .store
-            .read(move |c| store::emails::body(c, &id))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(email_id, "reading the message: {e}");
-                None
-            })
-            .map(Arc::new);
-        self.stored = Some((email_id.to_string(), stored.clone()));
-        stored
-    }
-}
-
-impl MessageSource for Batch {
-    async fn next(&mut self) -> Option<OutgoingMessage> {
-        while let Some(c) = self.pending.pop_front() {
-            let Some(stored) = self.stored_for(&c.email_id).await else {
-                let why = "the message body is no longer stored".to_string();
-                let failed = attempt(&c, QueueOutcome::Failed, why, None, None);
-                self.runner.record(vec![failed]).await;
-                continue;
-            };
-            match self.runner.prepare_copy(&c, stored).await {
-                Ok(msg) => {
-                    self.current = Some(c);
-                    return Some(msg);
-                }
-                Err(why) => {
-                    tracing::error!(email_id = %c.email_id, rcpt = c.idx, "{why}");
-                    self.failed.push((c, (why, None, self.host.clone())));
-                }
-            }
-        }
-        None
-    }
-
-    async fn outcome(&mut self, outcome: Outcome) {
-        let Some(c) = self.current.take() else { return };
-        let tls = outcome.tls().map(str::to_string);
-        let host = Some(self.host.clone());
-        let done = match outcome {
-            Outcome::Delivered { response, .. } => {
-                attempt(&c, QueueOutcome::Delivered, response, tls, host)
-            }
-            Outcome::PermFail { reason, .. } => {
-                attempt(&c, QueueOutcome::Bounced, reason, tls, host)
-            }
-            Outcome::TempFail { reason, .. } => {
-                self.failed.push((c, (reason, tls, self.host.clone())));
-                return;
-            }
-        };
-        self.runner.record(vec![done]).await;
-    }
 }
 
 /// Resolves once shutdown is asked for (or its sender is gone).
