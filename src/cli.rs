@@ -383,7 +383,8 @@ pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
         click_tracking: domain.click_tracking,
     };
     let prepared = crate::prepare::prepare(&raw, &opts, &keys);
-    let mut message = prepared.message;
+    // Line ends as the runner sends them (CRLF only), before signing.
+    let mut message = crate::outbound::protocol::normalize_line_ends(&prepared.message);
     if sign {
         let mut all = crate::outbound::keys::domain_keys(config, false)
             .map_err(|e| format!("{e}; or use --no-sign"))?;

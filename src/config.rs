@@ -216,6 +216,11 @@ pub struct DeliveryConfig {
     pub tls_failure_memory: Duration,
     /// Recipients per delivery attempt on one connection.
     pub max_messages_per_connection: usize,
+    /// How long a claimed recipient stays one runner's without renewal. A
+    /// working connection renews it; only an expired lease is handed to
+    /// another runner (after a crash, or on another node).
+    #[serde(with = "duration")]
+    pub lease_time: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -234,6 +239,7 @@ impl Default for DeliveryConfig {
             mx_port: 25,
             tls_failure_memory: Duration::from_secs(3600),
             max_messages_per_connection: 100,
+            lease_time: Duration::from_secs(45 * 60),
         }
     }
 }
@@ -718,6 +724,14 @@ impl Config {
         if d.max_messages_per_connection == 0 {
             p.push("delivery.max_messages_per_connection: must be greater than 0".into());
         }
+        // Renewal runs every third of the lease; below a second, a busy
+        // store could let a working lease lapse.
+        if d.lease_time < Duration::from_secs(1) {
+            p.push(format!(
+                "delivery.lease_time: {} is too short (at least 1s)",
+                humantime::format_duration(d.lease_time)
+            ));
+        }
     }
 
     fn validate_webhooks(&self, p: &mut Vec<String>) {
@@ -928,6 +942,19 @@ mod tests {
         assert!(s.contains("submission.tls_key: cannot read"), "{s}");
         assert!(s.contains("domains[0].return_path"), "{s}");
         assert_eq!(e.0.len(), 4, "{s}");
+    }
+
+    #[test]
+    fn lease_time_has_a_default_and_a_floor() {
+        let base = "[server]\nhostname = \"r.example.com\"\n[delivery]\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.delivery.lease_time, Duration::from_secs(45 * 60));
+        let c = parse(&format!("{base}lease_time = \"2s\"\n")).unwrap();
+        assert_eq!(c.delivery.lease_time, Duration::from_secs(2));
+        let e = parse(&format!("{base}lease_time = \"100ms\"\n")).unwrap_err();
+        assert!(e.to_string().contains("delivery.lease_time"), "{e}");
+        let e = parse(&format!("{base}lease_time = \"later\"\n")).unwrap_err();
+        assert!(e.to_string().contains("lease_time"), "{e}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ fn attempt(email_id: &str, idx: u32, at: i64, outcome: Outcome, response: &str) 
     Attempt {
         email_id: email_id.to_string(),
         idx,
+        lease_id: String::new(),
         at,
         outcome,
         response: response.to_string(),
@@ -172,7 +173,7 @@ async fn seed(store: &Store) -> Seeded {
     assert_eq!(claimed.len(), 6);
     let (a, b) = (ids.a.clone(), ids.b.clone());
     let ok = "250 2.0.0 Ok";
-    let attempts = vec![
+    let mut attempts = vec![
         attempt(&a, 0, T0 + MIN, Outcome::Delivered, ok),
         attempt(&a, 1, T0 + MIN, Outcome::Delivered, ok),
         attempt(&a, 2, T0 + MIN, Outcome::Bounced, "550 5.1.1 No such user"),
@@ -188,6 +189,10 @@ async fn seed(store: &Store) -> Seeded {
             "451 4.7.1 Try again later",
         ),
     ];
+    // Recorded by the owner of the lease, as the runner does.
+    for at in &mut attempts {
+        at.lease_id = claimed[0].lease_id.clone();
+    }
     store
         .write(Durability::Normal, move |tx| {
             for at in &attempts {

@@ -456,8 +456,9 @@ async fn restart_in_the_middle_of_a_delivery() {
     .await;
     let mut relay = Relay::start(Options {
         submission: trusted(),
+        // Only an expired lease is taken back: keep it short.
         delivery: format!(
-            "routes = {{ \"example.net\" = \"{}\" }}\nretry = [\"1s\"]",
+            "routes = {{ \"example.net\" = \"{}\" }}\nretry = [\"1s\"]\nlease_time = \"2s\"",
             mx.addr()
         ),
         ..Options::default()

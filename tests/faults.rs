@@ -87,7 +87,11 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
     let mut relay = Relay::start(Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]\nmax_connections_per_ip = 100".into(),
         domain: "click_tracking = true\nopen_tracking = true\ntracking_subdomain = \"links\"".into(),
-        delivery: format!("routes = {{ \"example.net\" = \"{}\" }}\nretry = [\"1s\"]", mx.addr()),
+        // After a SIGKILL, only an expired lease is taken back: keep it short.
+        delivery: format!(
+            "routes = {{ \"example.net\" = \"{}\" }}\nretry = [\"1s\"]\nlease_time = \"5s\"",
+            mx.addr()
+        ),
         extra: format!(
             "[[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"email.sent\", \"email.delivered\"]\nretry = [\"1s\", \"1s\", \"1s\", \"1s\", \"1s\"]\ntimeout = \"1s\"",
             hooks.url()

@@ -17,6 +17,7 @@
 //!   message's fate unknown; it is a temporary failure (at least once).
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -190,14 +191,44 @@ fn all_temp(n: usize, reason: &str, tls: Option<String>) -> Vec<Outcome> {
     (0..n).map(|_| temp(reason, tls.clone())).collect()
 }
 
+/// Where one connection gets its messages, one at a time, and where it
+/// reports each outcome as that message's transaction ends. The queue
+/// runner prepares and signs each copy only when `next` is called, so a
+/// connection holds one copy at a time and nothing is built before the
+/// connection is up.
+pub trait MessageSource: Send {
+    /// The next message to send; `None` when there are no more.
+    fn next(&mut self) -> impl Future<Output = Option<OutgoingMessage>> + Send;
+    /// The outcome of the message `next` returned last.
+    fn outcome(&mut self, outcome: Outcome) -> impl Future<Output = ()> + Send;
+}
+
+/// Why the messages still in the source were not attempted (with the TLS
+/// version of the session, if it got that far).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAttempted {
+    pub reason: String,
+    pub tls: Option<String>,
+}
+
+/// A slice as a [`MessageSource`], outcomes collected in order.
+struct SliceSource<'a> {
+    msgs: &'a [OutgoingMessage],
+    outcomes: Vec<Outcome>,
+}
+
+impl MessageSource for SliceSource<'_> {
+    async fn next(&mut self) -> Option<OutgoingMessage> {
+        self.msgs.get(self.outcomes.len()).cloned()
+    }
+
+    async fn outcome(&mut self, outcome: Outcome) {
+        self.outcomes.push(outcome);
+    }
+}
+
 /// Delivers `msgs` over one connection to `addr`, returning one outcome per
-/// message, in order. `server_name` is the host name (for SNI and messages).
-///
-/// Opportunistic TLS: when the STARTTLS handshake fails, the host is noted
-/// in `tls_memory` (see [`TlsMemory::broken_reason`]) and the messages go
-/// out in plaintext on a new connection; while remembered, the host is
-/// not offered STARTTLS again. Enforced TLS: anything short of a TLS 1.2+
-/// session makes every message a TempFail; nothing is sent in plaintext.
+/// message, in order. See [`deliver_each`].
 pub async fn deliver(
     addr: SocketAddr,
     server_name: &str,
@@ -205,63 +236,98 @@ pub async fn deliver(
     msgs: &[OutgoingMessage],
     tls_memory: &TlsMemory,
 ) -> Vec<Outcome> {
+    let mut source = SliceSource {
+        msgs,
+        outcomes: Vec::with_capacity(msgs.len()),
+    };
     if msgs.is_empty() {
         return Vec::new();
     }
+    let rest = deliver_each(addr, server_name, cfg, &mut source, tls_memory).await;
+    let mut outcomes = source.outcomes;
+    if let Err(NotAttempted { reason, tls }) = rest {
+        outcomes.extend(all_temp(msgs.len() - outcomes.len(), &reason, tls));
+    }
+    outcomes
+}
+
+/// Delivers the messages of `source` over one connection to `addr`,
+/// reporting each outcome to the source as its transaction ends.
+/// `server_name` is the host name (for SNI and messages). `Err` says why
+/// the messages left in the source were not attempted.
+///
+/// Opportunistic TLS: when the STARTTLS handshake fails, the host is noted
+/// in `tls_memory` (see [`TlsMemory::broken_reason`]) and the messages go
+/// out in plaintext on a new connection; while remembered, the host is
+/// not offered STARTTLS again. Enforced TLS: anything short of a TLS 1.2+
+/// session makes every message a TempFail; nothing is sent in plaintext.
+pub async fn deliver_each<S: MessageSource>(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: &ClientConfig,
+    source: &mut S,
+    tls_memory: &TlsMemory,
+) -> Result<(), NotAttempted> {
     if let Err(e) = protocol::check_ehlo_name(&cfg.ehlo_name) {
-        return all_temp(msgs.len(), &e, None);
+        return Err(NotAttempted {
+            reason: e,
+            tls: None,
+        });
     }
     let opportunistic = cfg.tls_policy == TlsPolicy::Opportunistic;
     let known_broken = opportunistic && tls_memory.is_broken(addr);
     let starttls = !cfg.implicit_tls && !known_broken;
-    let first = attempt(addr, server_name, cfg, msgs, starttls).await;
-    match first {
-        Attempt::Done(outcomes) => outcomes,
+    // A failed STARTTLS happens before any message is taken from the source.
+    match attempt(addr, server_name, cfg, source, starttls).await {
+        Attempt::Done(rest) => rest,
         Attempt::TlsFailed(reason) if opportunistic => {
             tracing::warn!(%addr, server_name, %reason, "STARTTLS failed; retrying in plaintext");
             tls_memory.mark_broken(addr, reason.clone());
-            match attempt(addr, server_name, cfg, msgs, false).await {
-                Attempt::Done(outcomes) => outcomes,
+            match attempt(addr, server_name, cfg, source, false).await {
+                Attempt::Done(rest) => rest,
                 // Unreachable without STARTTLS; kept total rather than panicking.
-                Attempt::TlsFailed(again) => all_temp(msgs.len(), &again, None),
+                Attempt::TlsFailed(again) => Err(NotAttempted {
+                    reason: again,
+                    tls: None,
+                }),
             }
         }
-        Attempt::TlsFailed(reason) => all_temp(
-            msgs.len(),
-            &format!("TLS required, but STARTTLS with {server_name} [{addr}] failed: {reason}"),
-            None,
-        ),
+        Attempt::TlsFailed(reason) => Err(NotAttempted {
+            reason: format!(
+                "TLS required, but STARTTLS with {server_name} [{addr}] failed: {reason}"
+            ),
+            tls: None,
+        }),
     }
 }
 
 enum Attempt {
-    Done(Vec<Outcome>),
+    Done(Result<(), NotAttempted>),
     TlsFailed(String),
 }
 
-async fn attempt(
+async fn attempt<S: MessageSource>(
     addr: SocketAddr,
     server_name: &str,
     cfg: &ClientConfig,
-    msgs: &[OutgoingMessage],
+    source: &mut S,
     starttls: bool,
 ) -> Attempt {
     let (mut conn, caps) = match open(addr, server_name, cfg, starttls).await {
         Ok(open) => open,
         Err(Setup::TlsFailed(reason)) => return Attempt::TlsFailed(reason),
         Err(Setup::Failed(reason, tls)) => {
-            return Attempt::Done(all_temp(
-                msgs.len(),
-                &format!("{server_name} [{addr}]: {reason}"),
+            return Attempt::Done(Err(NotAttempted {
+                reason: format!("{server_name} [{addr}]: {reason}"),
                 tls,
-            ))
+            }))
         }
     };
-    let (outcomes, alive) = run_transactions(&mut conn, &caps, cfg, msgs).await;
+    let (rest, alive) = run_transactions(&mut conn, &caps, cfg, source).await;
     if alive {
         conn.quit(cfg.timeouts.quit).await;
     }
-    Attempt::Done(outcomes)
+    Attempt::Done(rest)
 }
 
 enum Setup {
@@ -440,18 +506,19 @@ impl From<ConnError> for TxError {
     }
 }
 
-/// Returns the outcomes and whether the connection is still usable.
-async fn run_transactions(
+/// Runs one transaction per message of `source`, reporting each outcome
+/// as it ends. Returns why the rest were not attempted (if so) and whether
+/// the connection is still usable.
+async fn run_transactions<S: MessageSource>(
     conn: &mut Connection,
     caps: &Capabilities,
     cfg: &ClientConfig,
-    msgs: &[OutgoingMessage],
-) -> (Vec<Outcome>, bool) {
-    let mut outcomes = Vec::with_capacity(msgs.len());
+    source: &mut S,
+) -> (Result<(), NotAttempted>, bool) {
     let mut clean = true;
-    for msg in msgs {
+    while let Some(msg) = source.next().await {
         let tls = conn.tls_version();
-        let rest = msgs.len() - outcomes.len();
+        let stop = |reason: String, tls: Option<String>| NotAttempted { reason, tls };
         if !clean {
             match conn
                 .command(b"RSET\r\n", cfg.timeouts.command, "RSET")
@@ -460,39 +527,37 @@ async fn run_transactions(
                 Ok((reply, _)) if reply.is_positive() => {}
                 Ok((reply, _)) => {
                     let why = format!("not attempted: RSET refused: {reply}");
-                    outcomes.extend(all_temp(rest, &why, tls));
-                    return (outcomes, !reply.is_closing());
+                    source.outcome(temp(why.clone(), tls.clone())).await;
+                    return (Err(stop(why, tls)), !reply.is_closing());
                 }
                 Err(e) => {
                     let why = format!("not attempted: connection lost: {e}");
-                    outcomes.extend(all_temp(rest, &why, tls));
-                    return (outcomes, false);
+                    source.outcome(temp(why.clone(), tls.clone())).await;
+                    return (Err(stop(why, tls)), false);
                 }
             }
         }
-        match transaction(conn, caps, cfg, msg).await {
+        match transaction(conn, caps, cfg, &msg).await {
             Ok(tx) => {
                 clean = tx.clean;
-                outcomes.push(tx.outcome);
+                source.outcome(tx.outcome).await;
             }
             Err(TxError::Conn(reason)) => {
-                outcomes.push(temp(reason.clone(), tls.clone()));
+                source.outcome(temp(reason.clone(), tls.clone())).await;
                 let why = format!("not attempted: connection lost: {reason}");
-                outcomes.extend(all_temp(rest - 1, &why, tls));
-                return (outcomes, false);
+                return (Err(stop(why, tls)), false);
             }
             Err(TxError::Closing(outcome)) => {
                 let why = format!(
                     "not attempted: server closed the session: {}",
                     outcome.text()
                 );
-                outcomes.push(outcome);
-                outcomes.extend(all_temp(rest - 1, &why, tls));
-                return (outcomes, false);
+                source.outcome(outcome).await;
+                return (Err(stop(why, tls)), false);
             }
         }
     }
-    (outcomes, true)
+    (Ok(()), true)
 }
 
 /// A refusal at `stage`: 5xx bounces, anything else (4xx, or a reply that

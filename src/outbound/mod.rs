@@ -1,8 +1,8 @@
 //! Outbound delivery: DKIM signing and the SMTP client with its TLS policy.
 //!
-//! The queue runner (not here) picks recipients, resolves the next hop and
-//! calls [`client::deliver`] with one connection's worth of messages;
-//! [`dkim::sign`] runs on each prepared copy before that.
+//! The queue runner (`runner`) picks recipients, resolves the next hop and
+//! calls [`client::deliver_each`] with one connection's worth of messages;
+//! [`dkim::sign`] runs on each copy as the connection asks for it.
 
 pub mod client;
 pub mod dkim;

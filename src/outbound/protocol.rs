@@ -268,33 +268,93 @@ pub fn auth_login_line(value: &str) -> Vec<u8> {
     line
 }
 
-/// The size RFC 1870 asks for: the message as sent, without the stuffing
-/// dots and the terminating ".".
+/// The size RFC 1870 asks for: the message as sent (line ends made CRLF),
+/// without the stuffing dots and the terminating ".".
 pub fn message_size(data: &[u8]) -> usize {
-    data.len() + if data.ends_with(b"\r\n") { 0 } else { 2 }
+    let mut size = data.len();
+    let mut prev = 0u8;
+    for (i, &b) in data.iter().enumerate() {
+        // Each bare CR or bare LF grows by one byte when made CRLF.
+        if (b == b'\r' && data.get(i + 1) != Some(&b'\n')) || (b == b'\n' && prev != b'\r') {
+            size += 1;
+        }
+        prev = b;
+    }
+    if !data.is_empty() && !data.ends_with(b"\n") && !data.ends_with(b"\r") {
+        size += 2;
+    }
+    size.max(2)
 }
 
-/// The DATA payload: `data` with a "." added before every line that starts
-/// with one, CRLF appended only when `data` does not already end with it,
-/// then the terminating ".\r\n". Nothing else changes, so the receiver
-/// un-stuffs exactly the bytes that were signed.
+/// Appends `data` to `out` with every bare CR and bare LF made CRLF, as
+/// Postfix does on delivery. Receivers disagree about what a bare CR or LF
+/// ends (the root of SMTP smuggling), and DKIM verifiers canonicalise them
+/// differently, so nothing else may leave this relay.
+pub fn normalize_line_ends_into(data: &[u8], out: &mut Vec<u8>) {
+    out.reserve(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        match memchr::memchr2(b'\r', b'\n', &data[i..]) {
+            None => {
+                out.extend_from_slice(&data[i..]);
+                break;
+            }
+            Some(p) => {
+                out.extend_from_slice(&data[i..i + p]);
+                out.extend_from_slice(b"\r\n");
+                let at = i + p;
+                // A CRLF pair is one line end; a lone CR or LF is one too.
+                i = if data[at] == b'\r' && data.get(at + 1) == Some(&b'\n') {
+                    at + 2
+                } else {
+                    at + 1
+                };
+            }
+        }
+    }
+}
+
+/// `data` with CRLF line ends only (see [`normalize_line_ends_into`]).
+pub fn normalize_line_ends(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    normalize_line_ends_into(data, &mut out);
+    out
+}
+
+/// The DATA payload: `data` with line ends made CRLF, a "." added before
+/// every line that starts with one, CRLF appended when `data` does not end
+/// with a line end, then the terminating ".\r\n". The runner normalises
+/// line ends before signing, so the receiver un-stuffs exactly the bytes
+/// that were signed; normalising here again means no caller can put a bare
+/// CR or LF (and with it a lone "." line, to any reading) on the wire.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64 + 5);
-    if data.first() == Some(&b'.') {
-        out.push(b'.');
-    }
-    // A bare LF also starts a line here: lenient receivers end DATA at
-    // "\n.\r\n", so an unstuffed dot after a bare LF could end the message
-    // early and smuggle the rest in as commands.
+    let mut at_line_start = true;
     let mut rest = data;
-    let finder = memchr::memmem::Finder::new(b"\n.");
-    while let Some(p) = finder.find(rest) {
-        out.extend_from_slice(&rest[..=p]);
-        out.push(b'.');
-        rest = &rest[p + 1..];
+    while !rest.is_empty() {
+        if at_line_start && rest[0] == b'.' {
+            out.push(b'.');
+        }
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            None => {
+                out.extend_from_slice(rest);
+                at_line_start = false;
+                break;
+            }
+            Some(p) => {
+                out.extend_from_slice(&rest[..p]);
+                out.extend_from_slice(b"\r\n");
+                let skip = if rest[p] == b'\r' && rest.get(p + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[p + skip..];
+                at_line_start = true;
+            }
+        }
     }
-    out.extend_from_slice(rest);
-    if !out.ends_with(b"\r\n") {
+    if !at_line_start || data.is_empty() {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -485,9 +545,81 @@ mod tests {
         assert_eq!(dot_stuff(b"dot at end\r\n."), b"dot at end\r\n..\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
         assert_eq!(dot_stuff(b"mid.dle\r\n"), b"mid.dle\r\n.\r\n");
-        assert_eq!(dot_stuff(b"bare\n.lf\r\n"), b"bare\n..lf\r\n.\r\n");
+        assert_eq!(dot_stuff(b"bare\n.lf\r\n"), b"bare\r\n..lf\r\n.\r\n");
         assert_eq!(message_size(b"ab\r\n"), 4);
         assert_eq!(message_size(b"ab"), 4);
+        assert_eq!(message_size(b"a\rb\nc"), 9);
+        assert_eq!(message_size(b""), 2);
+    }
+
+    /// What the receiver sees as lines, whatever it takes for a line end:
+    /// none of them may be a lone "." before the real end of DATA.
+    fn no_lone_dot_before_the_end(wire: &[u8]) {
+        let body = wire.strip_suffix(b"\r\n.\r\n").expect("terminated");
+        for line in body.split(|&b| b == b'\r' || b == b'\n') {
+            assert_ne!(
+                line,
+                b".",
+                "a lone dot in {:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        // Every CR and LF on the wire is part of a CRLF pair.
+        assert_eq!(normalize_line_ends(wire), wire);
+    }
+
+    #[test]
+    fn smuggling_through_bare_cr_or_lf_is_impossible() {
+        let smuggle = b"line1\r.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nFrom: ceo@evil.test\r\n";
+        let wire = dot_stuff(smuggle);
+        assert!(wire.starts_with(b"line1\r\n..\r\nMAIL FROM:<a@example.com>\r\n"));
+        no_lone_dot_before_the_end(&wire);
+        for input in [
+            &b"a\r.\rb"[..],
+            b"a\r.\nb",
+            b"a\n.\rb",
+            b"a\n.\n",
+            b"\r.\r",
+            b"\r.\n",
+            b".\r",
+            b"x\r\r.\r\r\n",
+            b"x\n\r.\r\n",
+        ] {
+            no_lone_dot_before_the_end(&dot_stuff(input));
+        }
+        assert_eq!(dot_stuff(b"\r.\r"), b"\r\n..\r\n.\r\n");
+        assert_eq!(dot_stuff(b"\r.\n"), b"\r\n..\r\n.\r\n");
+    }
+
+    #[test]
+    fn line_ends_become_crlf() {
+        assert_eq!(normalize_line_ends(b"a\rb\nc\r\nd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(normalize_line_ends(b"\r\r\n\n"), b"\r\n\r\n\r\n");
+        assert_eq!(normalize_line_ends(b"\n\r"), b"\r\n\r\n");
+        assert_eq!(normalize_line_ends(b"plain"), b"plain");
+        assert_eq!(normalize_line_ends(b""), b"");
+        // message_size counts what dot_stuff sends, less stuffing and ".".
+        for input in [&b"a\rb\nc"[..], b"x\r\n", b"x", b"\r", b""] {
+            let wire = dot_stuff(input);
+            assert_eq!(message_size(input) + 3, wire.len(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_smuggle() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            let len = (seed % 40) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    [b'.', b'\r', b'\n', b'a'][(seed % 4) as usize]
+                })
+                .collect();
+            no_lone_dot_before_the_end(&dot_stuff(&input));
+        }
     }
 
     #[test]

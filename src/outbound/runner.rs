@@ -1,13 +1,23 @@
-//! The queue runner: takes due recipients from the store, prepares and signs
-//! each recipient's copy, delivers them one connection's worth at a time,
-//! and records every outcome with its event.
+//! The queue runner: claims due recipients one connection's worth at a
+//! time, only when a delivery slot (global and per destination) is free to
+//! start them; prepares and signs each copy just before its transaction;
+//! and records every outcome with its event as that transaction ends.
 //!
-//! A recipient is leased while it is being delivered; a lease that outlives
-//! its process (SIGKILL, power loss) is given back at the next start, so
-//! delivery is at least once and nothing is left stranded "in flight".
+//! Each claim is a lease with an owner (`lease_id`) that the connection
+//! renews while it works. Only the owner records an outcome, and only an
+//! expired lease is handed to another attempt (after a crash, or by
+//! another node sharing the store): delivery is at least once, and once
+//! while the runner lives, however long the backlog.
 
-use super::client::{self, ClientConfig, Outcome, OutgoingMessage};
+mod batch;
+mod leases;
+
+use batch::Batch;
+use leases::Claim;
+
+use super::client::{self, ClientConfig, NotAttempted, OutgoingMessage};
 use super::dkim::{self, DkimKey};
+use super::protocol;
 use super::route::{RouteError, Router, Target};
 use super::tls::TlsMemory;
 use crate::config::{Config, TlsPolicy};
@@ -19,10 +29,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
-
-/// How long a claimed recipient stays ours without news. Longer than the
-/// longest attempt (RFC 5321 timeouts add up to about 25 minutes).
-const LEASE_MS: i64 = 45 * 60 * 1000;
 
 /// What the runner needs to know about a sending domain.
 pub struct SendingDomain {
@@ -45,11 +51,17 @@ pub struct Runner {
     retry: Vec<Duration>,
     expire_after: Duration,
     per_connection: usize,
+    max_concurrency: usize,
     max_per_destination: usize,
+    lease_time: Duration,
     global: Arc<Semaphore>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
-    in_flight: Arc<Semaphore>,
-    max_tasks: u32,
+    /// The leases of the batches in flight, with their rows: given back
+    /// when shutdown leaves them unfinished.
+    active: Mutex<HashMap<String, Vec<(String, u32)>>>,
+    /// Preparing and signing is CPU work: off the async threads, and no
+    /// more at once than there are cores.
+    prepare_slots: Arc<Semaphore>,
     tls_memory: Arc<TlsMemory>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -60,12 +72,6 @@ type Stored = (Vec<u8>, Vec<u8>);
 
 /// The last temporary failure of a message: reason, TLS version, host.
 type LastFailure = (String, Option<String>, String);
-
-/// A recipient's copy, ready for the wire.
-struct Ready {
-    claim: Claimed,
-    message: OutgoingMessage,
-}
 
 impl Runner {
     pub fn new(
@@ -99,9 +105,7 @@ impl Runner {
             })
             .collect();
         let dc = &config.delivery;
-        // Tasks waiting for a per-destination slot hold their lease, so
-        // their number is bounded too.
-        let max_tasks = (dc.max_concurrency * 2).max(4) as u32;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Runner {
             store,
             router,
@@ -112,11 +116,13 @@ impl Runner {
             retry: dc.retry.clone(),
             expire_after: dc.expire_after,
             per_connection: dc.max_messages_per_connection.max(1),
+            max_concurrency: dc.max_concurrency.max(1),
             max_per_destination: dc.max_per_destination.max(1),
+            lease_time: dc.lease_time,
             global: Arc::new(Semaphore::new(dc.max_concurrency.max(1))),
             destinations: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Semaphore::new(max_tasks as usize)),
-            max_tasks,
+            active: Mutex::new(HashMap::new()),
+            prepare_slots: Arc::new(Semaphore::new(cores)),
             tls_memory: Arc::new(TlsMemory::new(dc.tls_failure_memory)),
             metrics,
             wake,
@@ -124,83 +130,62 @@ impl Runner {
     }
 
     /// Runs until shutdown, then waits up to `grace` for deliveries in
-    /// flight (those still running are recovered at the next start).
+    /// flight (those still running keep their lease, and are retried once
+    /// it has expired).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
-        let recovered = self
-            .store
-            .write(Durability::Normal, |tx| {
-                store::queue::recover_leases(tx, store::now_ms(), true)
-            })
-            .await;
-        match recovered {
-            Ok(n) if n > 0 => tracing::info!(
-                "{n} recipient(s) were being delivered when trackrelay stopped; queued again"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!("recovering leases: {e}"),
-        }
-        let mut last_recover = Instant::now();
+        self.recover().await;
+        // Expired leases are looked for a few times per lease, so that one
+        // left by a crashed node is not held much longer than lease_time.
+        let recover_every =
+            (self.lease_time / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
+        let mut next_recover = Instant::now() + recover_every;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            if last_recover.elapsed() > Duration::from_secs(60) {
-                last_recover = Instant::now();
-                let _ = self
-                    .store
-                    .write(Durability::Normal, |tx| {
-                        store::queue::recover_leases(tx, store::now_ms(), false)
-                    })
-                    .await;
+            if Instant::now() >= next_recover {
+                next_recover = Instant::now() + recover_every;
+                self.recover().await;
             }
-            let free = self.in_flight.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
-                let limit = free * self.per_connection;
-                let now = store::now_ms();
-                match self
-                    .store
-                    .write(Durability::Normal, move |tx| {
-                        store::queue::claim_due(tx, now, LEASE_MS, limit)
-                    })
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!("claiming due recipients: {e}");
-                        Vec::new()
-                    }
-                }
+            // A free global slot first: nothing is claimed that cannot
+            // start at once, so no lease waits behind a backlog.
+            let global = tokio::select! {
+                p = self.global.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = stopped(&mut shutdown) => break,
             };
-            if claimed.is_empty() {
-                let wait = self.idle_wait().await;
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.wake.notified() => {}
-                    _ = shutdown.changed() => {}
+            let wait = match self.claim().await {
+                Claim::Batch(batch, slot) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.deliver_batch(batch).await;
+                        drop((slot, global));
+                        this.wake.notify_one();
+                    });
+                    continue;
                 }
-                continue;
-            }
-            for batch in self.batches(claimed) {
-                let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
-                    break;
-                };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.deliver_batch(batch).await;
-                    drop(permit);
-                    this.wake.notify_one();
-                });
+                Claim::AllBusy => Duration::from_secs(1),
+                Claim::NothingDue => self.idle_wait().await,
+            };
+            drop(global);
+            let wait = wait.min(next_recover.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {}
+                _ = stopped(&mut shutdown) => break,
             }
         }
-        if tokio::time::timeout(grace, self.in_flight.acquire_many(self.max_tasks))
+        let all = self.max_concurrency as u32;
+        if tokio::time::timeout(grace, self.global.acquire_many(all))
             .await
             .is_err()
         {
             tracing::warn!(
-                "deliveries still in flight at shutdown; they are retried at the next start"
+                "deliveries still in flight at shutdown; their recipients are queued again"
             );
+            self.release_all().await;
         }
     }
 
@@ -212,24 +197,6 @@ impl Runner {
             Some(t) => Duration::from_millis((t - now) as u64).min(Duration::from_secs(30)),
             None => Duration::from_secs(30),
         }
-    }
-
-    /// Groups by destination and TLS policy, then cuts into connection-sized batches.
-    fn batches(&self, claimed: Vec<Claimed>) -> Vec<Vec<Claimed>> {
-        let mut groups: HashMap<(String, bool), Vec<Claimed>> = HashMap::new();
-        for c in claimed {
-            let dest = self.router.destination(rcpt_domain(&c.address));
-            let enforced = self.policy_for(&c) == TlsPolicy::Enforced;
-            groups.entry((dest, enforced)).or_default().push(c);
-        }
-        groups
-            .into_values()
-            .flat_map(|g| {
-                g.chunks(self.per_connection)
-                    .map(|c| c.to_vec())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
     }
 
     fn policy_for(&self, c: &Claimed) -> TlsPolicy {
@@ -250,78 +217,50 @@ impl Runner {
         }
     }
 
-    fn destination_slots(&self, dest: &str) -> Arc<Semaphore> {
-        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(dest.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_destination)))
-            .clone()
-    }
-
-    async fn deliver_batch(&self, batch: Vec<Claimed>) {
+    /// Delivers one leased batch, renewing its lease while it works.
+    async fn deliver_batch(self: &Arc<Self>, batch: Vec<Claimed>) {
         let Some(first) = batch.first() else { return };
-        let domain = rcpt_domain(&first.address).to_string();
-        let dest = self.router.destination(&domain);
-        let policy = self.policy_for(first);
-        let slots = self.destination_slots(&dest);
-        let (Ok(_dest_permit), Ok(_global_permit)) =
-            (slots.acquire().await, self.global.acquire().await)
-        else {
-            return;
-        };
+        let lease_id = first.lease_id.clone();
+        let keys: Vec<(String, u32)> = batch.iter().map(|c| (c.email_id.clone(), c.idx)).collect();
+        self.active_leases().insert(lease_id.clone(), keys.clone());
         let started = Instant::now();
-        let (ready, mut attempts) = self.build(batch).await;
-        if !ready.is_empty() {
-            attempts.extend(self.send(&domain, policy, ready).await);
+        tokio::select! {
+            _ = self.send(batch) => {}
+            _ = self.renew(&lease_id, keys) => {}
         }
+        self.active_leases().remove(&lease_id);
         self.metrics.delivery_latency.observe(started.elapsed());
-        self.record(attempts).await;
     }
 
-    /// Prepares, stamps and signs each recipient's copy. Recipients whose
-    /// message is gone come back as failed attempts.
-    async fn build(&self, batch: Vec<Claimed>) -> (Vec<Ready>, Vec<Attempt>) {
-        // Email id to its (trace header, body), read once per batch.
-        let mut bodies: HashMap<String, Option<Stored>> = HashMap::new();
-        let mut ready = Vec::new();
-        let mut failed = Vec::new();
-        for claim in batch {
-            if !bodies.contains_key(&claim.email_id) {
-                let id = claim.email_id.clone();
-                let body = self
-                    .store
-                    .read(move |c| store::emails::body(c, &id))
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::error!(email_id = %claim.email_id, "reading the message: {e}");
-                        None
-                    });
-                bodies.insert(claim.email_id.clone(), body);
-            }
-            let Some(Some((received, raw))) = bodies.get(&claim.email_id) else {
-                failed.push(attempt(
-                    &claim,
-                    QueueOutcome::Failed,
-                    "the message body is no longer stored".into(),
-                    None,
-                    None,
-                ));
-                continue;
-            };
-            let data = self.copy_for(&claim, received, raw);
-            let mail_from = self.envelope_sender(&claim);
-            let needs_8bitmime = data.iter().any(|b| *b >= 0x80);
-            ready.push(Ready {
-                message: OutgoingMessage {
-                    mail_from,
-                    rcpt_to: claim.address.clone(),
-                    data,
-                    needs_smtputf8: claim.smtputf8,
-                    needs_8bitmime,
-                },
-                claim,
-            });
-        }
-        (ready, failed)
+    /// Prepares and signs one recipient's copy of `stored` on the bounded
+    /// blocking pool, just before its transaction.
+    async fn prepare_copy(
+        self: &Arc<Self>,
+        claim: &Claimed,
+        stored: Arc<Stored>,
+    ) -> Result<OutgoingMessage, String> {
+        let permit = self
+            .prepare_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| format!("preparing the message: {e}"))?;
+        let this = self.clone();
+        let c = claim.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.copy_for(&c, &stored.0, &stored.1)
+        })
+        .await
+        .map_err(|e| format!("preparing the message failed: {e}"))?;
+        let needs_8bitmime = data.iter().any(|b| *b >= 0x80);
+        Ok(OutgoingMessage {
+            mail_from: self.envelope_sender(claim),
+            rcpt_to: claim.address.clone(),
+            data,
+            needs_smtputf8: claim.smtputf8,
+            needs_8bitmime,
+        })
     }
 
     /// The recipient's own copy: tracked, with our Received: line, signed.
@@ -345,8 +284,10 @@ impl Runner {
             tracing::info!(email_id = %claim.email_id, "part left unchanged: {why}");
         }
         let mut message = Vec::with_capacity(received.len() + prepared.message.len() + 1024);
-        message.extend_from_slice(received);
-        message.extend_from_slice(&prepared.message);
+        // CRLF only, before signing: what is signed is what goes out, and
+        // no receiver can read a bare CR or LF as the end of the data.
+        protocol::normalize_line_ends_into(received, &mut message);
+        protocol::normalize_line_ends_into(&prepared.message, &mut message);
         let keys = domain.map(|d| d.dkim.as_slice()).unwrap_or(&[]);
         if keys.is_empty() {
             return message;
@@ -401,74 +342,74 @@ impl Runner {
         cfg
     }
 
-    /// Tries each host in turn with the messages not yet settled.
-    async fn send(&self, domain: &str, policy: TlsPolicy, ready: Vec<Ready>) -> Vec<Attempt> {
-        let targets = match self.router.targets(domain).await {
+    /// Tries each host in turn with the messages not yet settled. Each
+    /// delivery or bounce is recorded as its transaction ends; a temporary
+    /// failure once no host is left to try.
+    async fn send(self: &Arc<Self>, batch: Vec<Claimed>) {
+        let Some(first) = batch.first() else { return };
+        let domain = rcpt_domain(&first.address).to_string();
+        let policy = self.policy_for(first);
+        let targets = match self.router.targets(&domain).await {
             Ok(t) => t,
             Err(RouteError::Temporary(why)) => {
-                return ready
+                let attempts = batch
                     .iter()
-                    .map(|r| self.temp_failure(&r.claim, why.clone(), None, None))
+                    .map(|c| self.temp_failure(c, why.clone(), None, None))
                     .collect();
+                return self.record(attempts).await;
             }
             Err(RouteError::Permanent(why)) => {
-                return ready
+                let attempts = batch
                     .iter()
-                    .map(|r| attempt(&r.claim, QueueOutcome::Bounced, why.clone(), None, None))
+                    .map(|c| attempt(c, QueueOutcome::Bounced, why.clone(), None, None))
                     .collect();
+                return self.record(attempts).await;
             }
         };
-        let cfg = self.client_config(domain, policy);
-        // Each message still to settle, with its last temporary failure
-        // (reason, TLS version, host).
-        let mut pending: Vec<(Ready, Option<LastFailure>)> =
-            ready.into_iter().map(|r| (r, None)).collect();
-        let mut done = Vec::new();
+        let cfg = self.client_config(&domain, policy);
+        let mut source = Batch {
+            runner: self.clone(),
+            pending: batch.into(),
+            current: None,
+            failed: Vec::new(),
+            host: String::new(),
+            stored: None,
+        };
+        let mut failed: Vec<(Claimed, LastFailure)> = Vec::new();
         for Target { addr, name } in &targets {
-            if pending.is_empty() {
+            if source.pending.is_empty() {
                 break;
             }
-            let msgs: Vec<OutgoingMessage> =
-                pending.iter().map(|(r, _)| r.message.clone()).collect();
-            let outcomes = client::deliver(*addr, name, &cfg, &msgs, &self.tls_memory).await;
-            let mut still = Vec::new();
-            for ((r, _), outcome) in pending.into_iter().zip(outcomes) {
-                let tls = outcome.tls().map(str::to_string);
-                match outcome {
-                    Outcome::Delivered { response, .. } => done.push(attempt(
-                        &r.claim,
-                        QueueOutcome::Delivered,
-                        response,
-                        tls,
-                        Some(name.clone()),
-                    )),
-                    Outcome::PermFail { reason, .. } => done.push(attempt(
-                        &r.claim,
-                        QueueOutcome::Bounced,
-                        reason,
-                        tls,
-                        Some(name.clone()),
-                    )),
-                    // RFC 5321 5.1: a temporary failure at one MX host is
-                    // worth trying at the next.
-                    Outcome::TempFail { reason, .. } => {
-                        still.push((r, Some((reason, tls, name.clone()))))
-                    }
+            source.host = name.clone();
+            let rest = client::deliver_each(*addr, name, &cfg, &mut source, &self.tls_memory).await;
+            if let Err(NotAttempted { reason, tls }) = rest {
+                let left: Vec<Claimed> = source.pending.drain(..).collect();
+                for c in left {
+                    source
+                        .failed
+                        .push((c, (reason.clone(), tls.clone(), name.clone())));
                 }
             }
-            pending = still;
+            // RFC 5321 5.1: a temporary failure at one MX host is worth
+            // trying at the next.
+            failed = std::mem::take(&mut source.failed);
+            source.pending = failed.iter().map(|(c, _)| c.clone()).collect();
         }
-        for (r, last) in pending {
-            let (reason, tls, host) =
-                last.unwrap_or_else(|| ("no host could be reached".into(), None, String::new()));
-            done.push(self.temp_failure(
-                &r.claim,
-                reason,
-                tls,
-                Some(host).filter(|h| !h.is_empty()),
-            ));
+        if targets.is_empty() {
+            let why = "no host could be reached".to_string();
+            failed = source
+                .pending
+                .drain(..)
+                .map(|c| (c, (why.clone(), None, String::new())))
+                .collect();
         }
-        done
+        let attempts = failed
+            .into_iter()
+            .map(|(c, (reason, tls, host))| {
+                self.temp_failure(&c, reason, tls, Some(host).filter(|h| !h.is_empty()))
+            })
+            .collect();
+        self.record(attempts).await;
     }
 
     /// Deferred on the retry schedule, or bounced once past `expire_after`.
@@ -511,6 +452,9 @@ impl Runner {
     }
 
     async fn record(&self, attempts: Vec<Attempt>) {
+        if attempts.is_empty() {
+            return;
+        }
         for a in &attempts {
             match a.outcome {
                 QueueOutcome::Delivered => self.metrics.delivered.inc(),
@@ -552,6 +496,7 @@ fn attempt(
     Attempt {
         email_id: c.email_id.clone(),
         idx: c.idx,
+        lease_id: c.lease_id.clone(),
         at: store::now_ms(),
         outcome,
         response,
@@ -562,4 +507,9 @@ fn attempt(
 
 fn rcpt_domain(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or(address)
+}
+
+/// Resolves once shutdown is asked for (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

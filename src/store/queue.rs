@@ -65,7 +65,8 @@ pub fn depth(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-/// A recipient taken for delivery.
+/// A recipient due for delivery, or taken for it (then `lease_id` names
+/// the owner of its lease).
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub email_id: String,
@@ -76,44 +77,124 @@ pub struct Claimed {
     pub domain: String,
     pub mail_from: String,
     pub smtputf8: bool,
+    /// Empty until claimed.
+    pub lease_id: String,
 }
 
-/// Leases up to `limit` due recipients until `now + lease_ms`.
+/// Up to `limit` recipients due at `now`, oldest due first, skipping those
+/// whose recipient domain is in `skip_domains` (their destination has no
+/// free slot). Reads only: [`claim`] takes them.
+pub fn due(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+    skip_domains: &[String],
+) -> rusqlite::Result<Vec<Claimed>> {
+    // The skipped domains travel as one JSON array, so the statement text
+    // (and its cached plan) stays the same whatever their number.
+    let skip = serde_json::to_string(skip_domains).unwrap_or_else(|_| "[]".into());
+    conn.prepare_cached(
+        "SELECT r.email_id, r.idx, r.address, r.attempts, e.created_at, e.domain, e.mail_from, e.smtputf8
+         FROM recipients r JOIN emails e ON e.id = r.email_id
+         WHERE r.status IN ('queued', 'deferred') AND r.next_attempt_at <= ?1
+           AND lower(substr(r.address, instr(r.address, '@') + 1))
+               NOT IN (SELECT value FROM json_each(?3))
+         ORDER BY r.next_attempt_at LIMIT ?2",
+    )?
+    .query_map(params![now, limit as i64, skip], |r| {
+        Ok(Claimed {
+            email_id: r.get(0)?,
+            idx: r.get::<_, i64>(1)? as u32,
+            address: r.get(2)?,
+            attempts: r.get::<_, i64>(3)? as u32,
+            email_created_at: r.get(4)?,
+            domain: r.get(5)?,
+            mail_from: r.get(6)?,
+            smtputf8: r.get(7)?,
+            lease_id: String::new(),
+        })
+    })?
+    .collect()
+}
+
+/// Leases `wanted` to `lease_id` until `now + lease_ms`, and returns those
+/// it got: a row another runner claimed since it was read stays theirs.
+/// `attempt_started_at` is set here, as the attempt starts.
+pub fn claim(
+    tx: &Tx<'_>,
+    wanted: Vec<Claimed>,
+    lease_id: &str,
+    now: i64,
+    lease_ms: i64,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let mut lease = tx.prepare_cached(
+        "UPDATE recipients SET status = 'sending', lease_id = ?3, lease_until = ?4,
+                next_attempt_at = NULL, attempt_started_at = ?5
+         WHERE email_id = ?1 AND idx = ?2 AND status IN ('queued', 'deferred')
+           AND next_attempt_at <= ?5",
+    )?;
+    let mut got = Vec::with_capacity(wanted.len());
+    for mut c in wanted {
+        if lease.execute(params![c.email_id, c.idx, lease_id, now + lease_ms, now])? == 1 {
+            c.lease_id = lease_id.to_string();
+            got.push(c);
+        }
+    }
+    Ok(got)
+}
+
+/// Leases up to `limit` due recipients until `now + lease_ms`, under one
+/// new lease id (for tools and tests; the runner claims per destination).
 pub fn claim_due(
     tx: &Tx<'_>,
     now: i64,
     lease_ms: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<Claimed>> {
-    let claimed: Vec<Claimed> = tx
-        .prepare_cached(
-            "SELECT r.email_id, r.idx, r.address, r.attempts, e.created_at, e.domain, e.mail_from, e.smtputf8
-             FROM recipients r JOIN emails e ON e.id = r.email_id
-             WHERE r.status IN ('queued', 'deferred') AND r.next_attempt_at <= ?1
-             ORDER BY r.next_attempt_at LIMIT ?2",
-        )?
-        .query_map(params![now, limit as i64], |r| {
-            Ok(Claimed {
-                email_id: r.get(0)?,
-                idx: r.get::<_, i64>(1)? as u32,
-                address: r.get(2)?,
-                attempts: r.get::<_, i64>(3)? as u32,
-                email_created_at: r.get(4)?,
-                domain: r.get(5)?,
-                mail_from: r.get(6)?,
-                smtputf8: r.get(7)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut lease = tx.prepare_cached(
-        "UPDATE recipients SET status = 'sending', lease_until = ?3, next_attempt_at = NULL,
-                attempt_started_at = ?4
-         WHERE email_id = ?1 AND idx = ?2",
+    let wanted = due(tx, now, limit, &[])?;
+    claim(tx, wanted, &uuid::Uuid::now_v7().to_string(), now, lease_ms)
+}
+
+/// Extends to `until` the leases `lease_id` still holds among `keys`
+/// (email id, recipient index); returns how many. By key, so that a
+/// renewal reads a few rows, not the whole table.
+pub fn renew(
+    conn: &Connection,
+    lease_id: &str,
+    keys: &[(String, u32)],
+    until: i64,
+) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE recipients SET lease_until = ?4
+         WHERE email_id = ?1 AND idx = ?2 AND lease_id = ?3 AND status = 'sending'",
     )?;
-    for c in &claimed {
-        lease.execute(params![c.email_id, c.idx, now + lease_ms, now])?;
+    let mut renewed = 0;
+    for (email_id, idx) in keys {
+        renewed += stmt.execute(params![email_id, idx, lease_id, until])?;
     }
-    Ok(claimed)
+    Ok(renewed)
+}
+
+/// Gives back, due now, the rows `lease_id` still holds among `keys`: a
+/// runner stopping with deliveries unfinished, so that they need not wait
+/// out the lease after a restart. A transaction cut off after the data may
+/// have been taken by the receiver: sent again (at least once).
+pub fn release(
+    conn: &Connection,
+    lease_id: &str,
+    keys: &[(String, u32)],
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE recipients SET status = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END,
+                lease_until = NULL, lease_id = NULL, next_attempt_at = ?4
+         WHERE email_id = ?1 AND idx = ?2 AND lease_id = ?3 AND status = 'sending'",
+    )?;
+    let mut released = 0;
+    for (email_id, idx) in keys {
+        released += stmt.execute(params![email_id, idx, lease_id, now])?;
+    }
+    Ok(released)
 }
 
 /// When the next recipient falls due, if any is waiting.
@@ -125,14 +206,15 @@ pub fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     )
 }
 
-/// Rows left `sending` by a process that died (or whose lease ran out) go
-/// back to the queue, due now: delivery is at least once, never stranded.
-pub fn recover_leases(conn: &Connection, now: i64, everything: bool) -> rusqlite::Result<usize> {
+/// Rows whose lease ran out (their runner died, here or on another node)
+/// go back to the queue, due now: at least once, never stranded. A lease
+/// still running is left alone, whoever holds it.
+pub fn recover_leases(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
     conn.execute(
         "UPDATE recipients SET status = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END,
-                lease_until = NULL, next_attempt_at = ?1
-         WHERE status = 'sending' AND (?2 OR lease_until < ?1)",
-        params![now, everything],
+                lease_until = NULL, lease_id = NULL, next_attempt_at = ?1
+         WHERE status = 'sending' AND lease_until < ?1",
+        params![now],
     )
 }
 
@@ -154,6 +236,8 @@ pub enum Outcome {
 pub struct Attempt {
     pub email_id: String,
     pub idx: u32,
+    /// The lease the attempt ran under: only its owner may record it.
+    pub lease_id: String,
     pub at: i64,
     pub outcome: Outcome,
     pub response: String,
@@ -161,7 +245,8 @@ pub struct Attempt {
     pub mx: Option<String>,
 }
 
-/// Records an attempt's outcome and its event, in one transaction.
+/// Records an attempt's outcome and its event, in one transaction, if the
+/// attempt's lease still owns the row; otherwise changes nothing.
 pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
     let (status, next, kind) = match a.outcome {
         Outcome::Delivered => ("delivered", None, EventType::Delivered),
@@ -175,16 +260,19 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
     };
     let changed = tx
         .prepare_cached(
-            "UPDATE recipients SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4, lease_until = NULL,
+            "UPDATE recipients SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4,
+                    lease_until = NULL, lease_id = NULL,
                     last_response = ?5, tls = ?6, mx = ?7,
                     delivered_at = CASE WHEN ?3 = 'delivered' THEN ?8 ELSE delivered_at END,
                     bounced_at = CASE WHEN ?3 = 'bounced' THEN ?8 ELSE bounced_at END
-             WHERE email_id = ?1 AND idx = ?2 AND status = 'sending'",
+             WHERE email_id = ?1 AND idx = ?2 AND status = 'sending' AND lease_id = ?9",
         )?
-        .execute(params![a.email_id, a.idx, status, next, a.response, a.tls, a.mx, a.at])?;
+        .execute(params![
+            a.email_id, a.idx, status, next, a.response, a.tls, a.mx, a.at, a.lease_id
+        ])?;
     if changed == 0 {
-        // The operator deleted it meanwhile, or the lease was recovered by
-        // another run: the row is no longer ours to change.
+        // The operator deleted it meanwhile, or the lease ran out and the
+        // row went to another attempt: it is no longer ours to change.
         return Ok(());
     }
     let attempts: i64 = tx.query_row(
@@ -226,7 +314,7 @@ pub fn delete(tx: &Tx<'_>, email_id: &str, now: i64) -> rusqlite::Result<usize> 
         .collect::<rusqlite::Result<_>>()?;
     for idx in &idxs {
         tx.execute(
-            "UPDATE recipients SET status = 'failed', next_attempt_at = NULL, lease_until = NULL,
+            "UPDATE recipients SET status = 'failed', next_attempt_at = NULL, lease_until = NULL, lease_id = NULL,
                     last_response = 'deleted from the queue by the operator'
              WHERE email_id = ?1 AND idx = ?2",
             params![email_id, idx],
@@ -237,4 +325,133 @@ pub fn delete(tx: &Tx<'_>, email_id: &str, now: i64) -> rusqlite::Result<usize> 
         super::events::insert(tx, &ev)?;
     }
     Ok(idxs.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::emails::{self, NewEmail};
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    /// Runs `f` in a committed transaction, as the store writer would.
+    fn write<T>(conn: &mut Connection, f: impl FnOnce(&Tx<'_>) -> rusqlite::Result<T>) -> T {
+        let t = conn.transaction().unwrap();
+        let out = f(&Tx::new(&t, &[])).unwrap();
+        t.commit().unwrap();
+        out
+    }
+
+    fn email(conn: &mut Connection, rcpts: &[&str]) -> String {
+        let id = uuid::Uuid::now_v7().to_string();
+        let e = NewEmail {
+            id: id.clone(),
+            created_at: 1,
+            domain: "example.com".into(),
+            mail_from: "a@example.com".into(),
+            header_from: None,
+            to_header: None,
+            subject: None,
+            message_id: None,
+            tags: vec![],
+            auth_user: None,
+            client_ip: None,
+            smtputf8: false,
+            received: vec![],
+            body: b"\r\n".to_vec(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+        };
+        write(conn, |tx| emails::insert(tx, &e));
+        id
+    }
+
+    fn status(conn: &Connection, id: &str, idx: u32) -> (String, Option<String>) {
+        conn.query_row(
+            "SELECT status, lease_id FROM recipients WHERE email_id = ?1 AND idx = ?2",
+            params![id, idx],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    fn delivered(c: &Claimed, lease_id: &str) -> Attempt {
+        Attempt {
+            email_id: c.email_id.clone(),
+            idx: c.idx,
+            lease_id: lease_id.into(),
+            at: 10,
+            outcome: Outcome::Delivered,
+            response: "250 ok".into(),
+            tls: None,
+            mx: None,
+        }
+    }
+
+    #[test]
+    fn only_the_lease_owner_records_and_a_claim_is_taken_once() {
+        let mut conn = db();
+        let id = email(&mut conn, &["x@example.net"]);
+        let now = crate::store::now_ms();
+        let wanted = due(&conn, now, 10, &[]).unwrap();
+        assert_eq!(wanted.len(), 1);
+        let first = write(&mut conn, |tx| {
+            claim(tx, wanted.clone(), "lease-a", now, 1000)
+        });
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].lease_id, "lease-a");
+        // A second runner that read the same row gets nothing.
+        let second = write(&mut conn, |tx| {
+            claim(tx, wanted.clone(), "lease-b", now, 1000)
+        });
+        assert!(second.is_empty());
+        let keys = vec![(id.clone(), 0)];
+        assert_eq!(renew(&conn, "lease-b", &keys, now + 5000).unwrap(), 0);
+        assert_eq!(renew(&conn, "lease-a", &keys, now + 5000).unwrap(), 1);
+
+        // Released by its owner only.
+        assert_eq!(release(&conn, "lease-b", &keys, now).unwrap(), 0);
+        assert_eq!(status(&conn, &id, 0).0, "sending");
+        // Still valid: recovery leaves it alone.
+        assert_eq!(recover_leases(&conn, now + 4000).unwrap(), 0);
+        // Expired: queued again, and then leased to another owner.
+        assert_eq!(recover_leases(&conn, now + 6000).unwrap(), 1);
+        assert_eq!(status(&conn, &id, 0), ("queued".into(), None));
+        let again = due(&conn, now + 6000, 10, &[]).unwrap();
+        let b = write(&mut conn, |tx| {
+            claim(tx, again, "lease-b", now + 6000, 1000)
+        });
+        assert_eq!(b.len(), 1);
+
+        // The late owner's outcome changes nothing, the current one's does.
+        write(&mut conn, |tx| record(tx, &delivered(&first[0], "lease-a")));
+        assert_eq!(
+            status(&conn, &id, 0),
+            ("sending".into(), Some("lease-b".into()))
+        );
+        write(&mut conn, |tx| record(tx, &delivered(&b[0], "lease-b")));
+        assert_eq!(status(&conn, &id, 0), ("delivered".into(), None));
+        let events: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE type = 'email.delivered'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(events, 1);
+    }
+
+    #[test]
+    fn due_skips_domains_without_a_free_slot() {
+        let mut conn = db();
+        email(&mut conn, &["a@busy.test", "b@Busy.Test", "c@free.test"]);
+        let now = crate::store::now_ms();
+        let got = due(&conn, now, 10, &["busy.test".into()]).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].address, "c@free.test");
+        assert_eq!(due(&conn, now, 10, &[]).unwrap().len(), 3);
+    }
 }

@@ -98,6 +98,8 @@ pub struct MxConfig {
     pub keep_data: bool,
     /// Record command lines in [`ConnLog::commands`] (off for long runs).
     pub log_commands: bool,
+    /// Time taken over each message before its final reply (a slow MX).
+    pub data_delay: Option<std::time::Duration>,
 }
 
 impl Default for MxConfig {
@@ -123,6 +125,7 @@ impl Default for MxConfig {
             greeting: None,
             keep_data: true,
             log_commands: true,
+            data_delay: None,
         }
     }
 }
@@ -694,6 +697,9 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return Err(Closed);
         };
+        if let Some(delay) = self.cfg.data_delay {
+            tokio::time::sleep(delay).await;
+        }
         let first_rcpt = tx.rcpts.first().cloned().unwrap_or_default();
         if let Some(reply) = self.scripted(&first_rcpt, true) {
             return self.reply(&reply).await;

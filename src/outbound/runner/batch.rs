@@ -1,0 +1,91 @@
+//! One leased batch as a connection's message source.
+
+use super::{attempt, LastFailure, Runner, Stored};
+use crate::outbound::client::{MessageSource, Outcome, OutgoingMessage};
+use crate::store;
+use crate::store::queue::{Claimed, Outcome as QueueOutcome};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// One leased batch as a connection's message source: each copy is read,
+/// prepared and signed when the connection asks for it, and each outcome
+/// recorded when the connection reports it.
+pub(super) struct Batch {
+    pub(super) runner: Arc<Runner>,
+    /// Not yet tried at the current host.
+    pub(super) pending: VecDeque<Claimed>,
+    /// The one in its transaction.
+    pub(super) current: Option<Claimed>,
+    /// Temporarily failed at the current host, and why.
+    pub(super) failed: Vec<(Claimed, LastFailure)>,
+    pub(super) host: String,
+    /// The last stored message read (recipients of one email come
+    /// together), so a batch holds at most one.
+    pub(super) stored: Option<(String, Option<Arc<Stored>>)>,
+}
+
+impl Batch {
+    async fn stored_for(&mut self, email_id: &str) -> Option<Arc<Stored>> {
+        if let Some((id, stored)) = &self.stored {
+            if id == email_id {
+                return stored.clone();
+            }
+        }
+        let id = email_id.to_string();
+        let stored = self
+            .runner
+            .store
+            .read(move |c| store::emails::body(c, &id))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(email_id, "reading the message: {e}");
+                None
+            })
+            .map(Arc::new);
+        self.stored = Some((email_id.to_string(), stored.clone()));
+        stored
+    }
+}
+
+impl MessageSource for Batch {
+    async fn next(&mut self) -> Option<OutgoingMessage> {
+        while let Some(c) = self.pending.pop_front() {
+            let Some(stored) = self.stored_for(&c.email_id).await else {
+                let why = "the message body is no longer stored".to_string();
+                let failed = attempt(&c, QueueOutcome::Failed, why, None, None);
+                self.runner.record(vec![failed]).await;
+                continue;
+            };
+            match self.runner.prepare_copy(&c, stored).await {
+                Ok(msg) => {
+                    self.current = Some(c);
+                    return Some(msg);
+                }
+                Err(why) => {
+                    tracing::error!(email_id = %c.email_id, rcpt = c.idx, "{why}");
+                    self.failed.push((c, (why, None, self.host.clone())));
+                }
+            }
+        }
+        None
+    }
+
+    async fn outcome(&mut self, outcome: Outcome) {
+        let Some(c) = self.current.take() else { return };
+        let tls = outcome.tls().map(str::to_string);
+        let host = Some(self.host.clone());
+        let done = match outcome {
+            Outcome::Delivered { response, .. } => {
+                attempt(&c, QueueOutcome::Delivered, response, tls, host)
+            }
+            Outcome::PermFail { reason, .. } => {
+                attempt(&c, QueueOutcome::Bounced, reason, tls, host)
+            }
+            Outcome::TempFail { reason, .. } => {
+                self.failed.push((c, (reason, tls, self.host.clone())));
+                return;
+            }
+        };
+        self.runner.record(vec![done]).await;
+    }
+}

@@ -1,0 +1,178 @@
+//! The runner's leases: claiming what a free slot can start, renewing
+//! while a connection works, recovering expired leases and giving back
+//! unfinished ones at shutdown.
+
+use super::{rcpt_domain, Runner};
+use crate::config::TlsPolicy;
+use crate::store::queue::Claimed;
+use crate::store::{self, Durability};
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Due recipients read per claim round, to find a destination with a free
+/// slot among them.
+const CANDIDATES: usize = 500;
+/// Claim rounds before the runner waits for a slot to free up.
+const CLAIM_ROUNDS: usize = 4;
+
+/// What one claim found.
+pub(super) enum Claim {
+    /// A batch leased, with the destination slot it will use.
+    Batch(Vec<Claimed>, OwnedSemaphorePermit),
+    /// Recipients are due, but every destination they go to is busy.
+    AllBusy,
+    NothingDue,
+}
+
+impl Runner {
+    /// Gives back the leases of the batches still in flight, so that a
+    /// restart need not wait for them to expire.
+    pub(super) async fn release_all(&self) {
+        let active: Vec<(String, Vec<(String, u32)>)> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let now = store::now_ms();
+        let released = self
+            .store
+            .write(Durability::Normal, move |tx| {
+                let mut n = 0;
+                for (lease_id, keys) in &active {
+                    n += store::queue::release(tx, lease_id, keys, now)?;
+                }
+                Ok(n)
+            })
+            .await;
+        match released {
+            Ok(n) => tracing::info!("{n} recipient(s) unfinished at shutdown queued again"),
+            Err(e) => tracing::error!("giving back delivery leases at shutdown: {e}"),
+        }
+    }
+
+    pub(super) async fn recover(&self) {
+        let recovered = self
+            .store
+            .write(Durability::Normal, |tx| {
+                store::queue::recover_leases(tx, store::now_ms())
+            })
+            .await;
+        match recovered {
+            Ok(n) if n > 0 => tracing::info!(
+                "{n} recipient(s) whose delivery lease expired (their runner stopped) queued again"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!("recovering expired leases: {e}"),
+        }
+    }
+
+    /// Leases one connection's worth of due recipients for a destination
+    /// that has a free slot, oldest due first.
+    pub(super) async fn claim(&self) -> Claim {
+        let mut skip: Vec<String> = Vec::new();
+        for _ in 0..CLAIM_ROUNDS {
+            let now = store::now_ms();
+            let skipped = skip.clone();
+            let due = match self
+                .store
+                .read(move |c| store::queue::due(c, now, CANDIDATES, &skipped))
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!("reading due recipients: {e}");
+                    return Claim::NothingDue;
+                }
+            };
+            if due.is_empty() {
+                return if skip.is_empty() {
+                    Claim::NothingDue
+                } else {
+                    Claim::AllBusy
+                };
+            }
+            for (dest, group) in self.groups(due) {
+                let Ok(slot) = self.destination_slots(&dest).try_acquire_owned() else {
+                    for c in &group {
+                        let d = rcpt_domain(&c.address).to_ascii_lowercase();
+                        if !skip.contains(&d) {
+                            skip.push(d);
+                        }
+                    }
+                    continue;
+                };
+                let lease_id = uuid::Uuid::now_v7().to_string();
+                let lease_ms = self.lease_time.as_millis() as i64;
+                let now = store::now_ms();
+                let claimed = self
+                    .store
+                    .write(Durability::Normal, move |tx| {
+                        store::queue::claim(tx, group, &lease_id, now, lease_ms)
+                    })
+                    .await;
+                match claimed {
+                    Ok(c) if !c.is_empty() => return Claim::Batch(c, slot),
+                    // Taken by another runner since it was read.
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!("claiming due recipients: {e}");
+                        return Claim::NothingDue;
+                    }
+                }
+            }
+        }
+        Claim::AllBusy
+    }
+
+    /// Groups by destination and TLS policy, in order of first appearance,
+    /// each cut to one connection's worth.
+    pub(super) fn groups(&self, due: Vec<Claimed>) -> Vec<(String, Vec<Claimed>)> {
+        let mut groups: Vec<((String, bool), Vec<Claimed>)> = Vec::new();
+        for c in due {
+            let dest = self.router.destination(rcpt_domain(&c.address));
+            let key = (dest, self.policy_for(&c) == TlsPolicy::Enforced);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) if g.len() >= self.per_connection => {}
+                Some((_, g)) => g.push(c),
+                None => groups.push((key, vec![c])),
+            }
+        }
+        groups.into_iter().map(|((d, _), g)| (d, g)).collect()
+    }
+
+    pub(super) fn destination_slots(&self, dest: &str) -> Arc<Semaphore> {
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(dest.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_destination)))
+            .clone()
+    }
+
+    pub(super) fn active_leases(&self) -> MutexGuard<'_, HashMap<String, Vec<(String, u32)>>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Extends the lease every third of `lease_time`, for as long as the
+    /// connection works (the caller drops this future when it is done).
+    pub(super) async fn renew(&self, lease_id: &str, keys: Vec<(String, u32)>) {
+        let every = self.lease_time / 3;
+        let lease_ms = self.lease_time.as_millis() as i64;
+        let keys = Arc::new(keys);
+        loop {
+            tokio::time::sleep(every).await;
+            let id = lease_id.to_string();
+            let keys = keys.clone();
+            let until = store::now_ms() + lease_ms;
+            if let Err(e) = self
+                .store
+                .write(Durability::Normal, move |tx| {
+                    store::queue::renew(tx, &id, &keys, until)
+                })
+                .await
+            {
+                tracing::error!("renewing a delivery lease: {e}");
+            }
+        }
+    }
+}
