@@ -111,10 +111,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let last = batch.last().map(|b| b.1).unwrap_or(start);
         let claimed = store::queue::claim_due(&tx, last + 1, 3_600_000, end - i)?;
         assert_eq!(claimed.len(), end - i, "every new recipient is due");
+        let lease_ids: std::collections::HashMap<String, String> = claimed
+            .into_iter()
+            .map(|c| (c.email_id, c.lease_id))
+            .collect();
         for (id, created, n) in &batch {
             store::queue::record(
                 &tx,
                 &Attempt {
+                    lease_id: lease_ids.get(id).cloned().unwrap_or_default(),
                     email_id: id.clone(),
                     idx: 0,
                     at: created + 5_000,

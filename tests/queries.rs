@@ -223,6 +223,12 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
                 }
             };
             attempts.push(Attempt {
+                lease_id: claimed
+                    .iter()
+                    .find(|c| c.idx == idx as u32)
+                    .unwrap()
+                    .lease_id
+                    .clone(),
                 email_id: id.clone(),
                 idx: idx as u32,
                 at,
