@@ -27,35 +27,40 @@ fn time_arg(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
 
 pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliResult {
     let conn = reader(config)?;
-    let rows = store::queue::list(&conn, all, limit).map_err(|e| e.to_string())?;
     let mut w = out();
-    if json {
-        for r in &rows {
-            let _ = writeln!(w, "{}", r.to_json());
-        }
+    let mut n = 0usize;
+    let done = if json {
+        store::queue::each(&conn, all, limit, |r| {
+            writeln!(w, "{}", r.to_json()).map_err(Stop::Io)
+        })
     } else {
-        let _ = writeln!(
+        writeln!(
             w,
             "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  last response",
             "email_id", "recipient", "status", "attempts", "next attempt"
-        );
-        for r in &rows {
-            let _ = writeln!(
-                w,
-                "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  {}",
-                r.email_id,
-                r.recipient,
-                r.status,
-                r.attempts,
-                r.next_attempt_at
-                    .map(store::rfc3339)
-                    .unwrap_or_else(|| "-".into()),
-                r.last_response.as_deref().unwrap_or("-")
-            );
-        }
-        let _ = writeln!(w, "{} recipient(s)", rows.len());
-    }
-    Ok(())
+        )
+        .map_err(Stop::Io)
+        .and_then(|()| {
+            store::queue::each(&conn, all, limit, |r| {
+                n += 1;
+                writeln!(
+                    w,
+                    "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  {}",
+                    r.email_id,
+                    printable(&r.recipient),
+                    r.status,
+                    r.attempts,
+                    r.next_attempt_at
+                        .map(store::rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    printable(r.last_response.as_deref().unwrap_or("-"))
+                )
+                .map_err(Stop::Io)
+            })
+        })
+        .and_then(|()| writeln!(w, "{n} recipient(s)").map_err(Stop::Io))
+    };
+    finish(done, w)
 }
 
 pub fn queue_retry(config: &Config, id: &str) -> CliResult {
@@ -154,16 +159,36 @@ fn finish(done: Result<(), Stop>, mut w: impl Write) -> CliResult {
     }
 }
 
+/// Text that came from outside (remote replies, links, addresses) as it
+/// may safely reach a terminal: control characters, ESC among them, are
+/// shown escaped instead of being interpreted.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 fn human_event(e: &StoredEvent) -> String {
     let mut s = format!(
         "{}  {:<22}  {}  {}",
         store::rfc3339(e.at),
         e.kind,
         e.email_id,
-        e.recipient.as_deref().unwrap_or("-")
+        printable(e.recipient.as_deref().unwrap_or("-"))
     );
     if let Some(link) = &e.link {
-        s.push_str(&format!("  {link}"));
+        s.push_str(&format!("  {}", printable(link)));
     }
     if e.machine == Some(true) {
         s.push_str(&format!(
@@ -177,7 +202,7 @@ fn human_event(e: &StoredEvent) -> String {
         .and_then(|d| d.get("response"))
         .and_then(|r| r.as_str())
     {
-        s.push_str(&format!("  {r}"));
+        s.push_str(&format!("  {}", printable(r)));
     }
     s
 }
@@ -464,4 +489,18 @@ pub fn webhooks_replay(config: &Config, id: Option<&str>, since: &Option<String>
     }
     println!("{n} webhook delivery(ies) queued again; a running `trackrelay serve` sends them within a second");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("250 ok"), "250 ok");
+        let hostile = "550 \u{1b}[2J\u{1b}]0;pwned\u{7}gone\r\n";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+    }
 }

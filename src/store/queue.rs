@@ -36,24 +36,57 @@ impl QueueEntry {
 
 /// Recipients still to be delivered (or every row, with `all`).
 pub fn list(conn: &Connection, all: bool, limit: usize) -> rusqlite::Result<Vec<QueueEntry>> {
-    let limit = if limit == 0 { i64::MAX } else { limit as i64 };
-    let mut stmt = conn.prepare(
-        "SELECT r.email_id, r.address, r.status, r.attempts, r.next_attempt_at, r.last_response
-         FROM recipients r JOIN emails e ON e.id = r.email_id
-         WHERE ?1 OR r.status IN ('queued', 'deferred', 'sending')
-         ORDER BY e.created_at, r.email_id, r.idx LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![all, limit], |r| {
-        Ok(QueueEntry {
-            email_id: r.get(0)?,
-            recipient: r.get(1)?,
-            status: r.get(2)?,
-            attempts: r.get::<_, i64>(3)? as u32,
-            next_attempt_at: r.get(4)?,
-            last_response: r.get(5)?,
-        })
+    let mut rows = Vec::new();
+    each(conn, all, limit, |e| {
+        rows.push(e);
+        Ok::<_, rusqlite::Error>(())
     })?;
-    rows.collect()
+    Ok(rows)
+}
+
+/// The statement behind `list` and `each`. Email ids are UUIDv7, so the
+/// primary key's order is acceptance order: `all` streams the table in
+/// key order with no sort, and the waiting rows come from the two partial
+/// indexes (due, leased), so only they are read and sorted.
+pub fn list_sql(all: bool) -> &'static str {
+    if all {
+        "SELECT email_id, address, status, attempts, next_attempt_at, last_response
+         FROM recipients ORDER BY email_id, idx LIMIT ?1"
+    } else {
+        "SELECT * FROM (
+             SELECT email_id, idx, address, status, attempts, next_attempt_at, last_response
+             FROM recipients WHERE status IN ('queued', 'deferred')
+             UNION ALL
+             SELECT email_id, idx, address, status, attempts, next_attempt_at, last_response
+             FROM recipients WHERE status = 'sending'
+         ) ORDER BY email_id, idx LIMIT ?1"
+    }
+}
+
+/// Calls `on` for each row of `list`, one at a time, so the CLI prints a
+/// queue of any length in constant memory.
+pub fn each<E: From<rusqlite::Error>>(
+    conn: &Connection,
+    all: bool,
+    limit: usize,
+    mut on: impl FnMut(QueueEntry) -> Result<(), E>,
+) -> Result<(), E> {
+    let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+    let mut stmt = conn.prepare(list_sql(all))?;
+    let mut rows = stmt.query(params![limit])?;
+    // The waiting query carries idx for its sort; skip it when reading.
+    let off = if all { 0 } else { 1 };
+    while let Some(r) = rows.next()? {
+        on(QueueEntry {
+            email_id: r.get(0)?,
+            recipient: r.get(1 + off)?,
+            status: r.get(2 + off)?,
+            attempts: r.get::<_, i64>(3 + off)? as u32,
+            next_attempt_at: r.get(4 + off)?,
+            last_response: r.get(5 + off)?,
+        })?;
+    }
+    Ok(())
 }
 
 /// Number of recipients waiting or in flight, for metrics.
