@@ -192,9 +192,8 @@ async fn connection(
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
     loop {
-        let idle_until = tracked
-            .idle_since()
-            .map(|t| tokio::time::Instant::from_std(t + IDLE_TIMEOUT));
+        // While a request is answered, look again a timeout later.
+        let idle_until = tracked.idle_since().unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
         tokio::select! {
             done = conn.as_mut() => {
                 if let Err(e) = done {
@@ -204,7 +203,7 @@ async fn connection(
             }
             _ = turned_true(&mut shutdown) => break,
             _ = tracked.asked_to_close() => break,
-            _ = sleep_until(idle_until) => {
+            _ = tokio::time::sleep_until(idle_until.into()) => {
                 if tracked.idle_since().is_some_and(|t| t.elapsed() >= IDLE_TIMEOUT) {
                     break;
                 }
@@ -219,13 +218,6 @@ async fn connection(
     // Finishes the response in flight, if any, then closes.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(HEADER_TIMEOUT, conn).await;
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn turned_true(rx: &mut watch::Receiver<bool>) {
