@@ -15,6 +15,8 @@
 # Variables: SMTP_PORT (2597), TRACK_PORT (2598), API_PORT (2599),
 # SINK_PORT (2596); IDLE (1000), AUTHS (150), SOURCES (50), BACKLOG (5000),
 # BIG (50), BIG_SIZE (20000000); SKIP_BUILD=1; KEEP_WORK=1.
+# BASELINE=/path/to/an/older/trackrelay also runs the idle and auth
+# scenarios with that binary, right after this one's, for comparison.
 # Everything listens on 127.0.0.1; every process started is stopped by PID.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -91,11 +93,11 @@ report() {
   hwm=$(hwm_mb "$3")
   local ok=false
   awk -v h="$hwm" -v t="$2" 'BEGIN { exit !(h <= t) }' && ok=true
-  echo "{\"scenario\": \"$1\", \"peak_rss_mb\": $hwm, \"target_mb\": $2, \"within_target\": $ok, \"date\": \"$(date -u +%FT%TZ)\", $4}"
+  echo "{\"scenario\": \"$1\", \"binary\": \"$LABEL\", \"peak_rss_mb\": $hwm, \"target_mb\": $2, \"within_target\": $ok, \"date\": \"$(date -u +%FT%TZ)\", $4}"
 }
 
 start_relay() { # start_relay LOG
-  TRACKRELAY_LOG=${TRACKRELAY_LOG:-warn} "$REL/trackrelay" serve --config "$WORK/config.toml" >"$1" 2>&1 &
+  TRACKRELAY_LOG=${TRACKRELAY_LOG:-warn} "$BIN" serve --config "$WORK/config.toml" >"$1" 2>&1 &
   TR_PID=$!
   bench_track "$TR_PID"
   wait_port "$SMTP_PORT" "$TR_PID" 60 || { tail -20 "$1" >&2; die "trackrelay did not start"; }
@@ -168,9 +170,13 @@ expire_after = "1d"'
 log "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GB", $2 / 1048576 }' /proc/meminfo); shared and busy: figures are indicative"
 for s in "${SCENARIOS[@]}"; do
   case $s in
-    idle) scenario_idle ;;
-    auth) scenario_auth ;;
-    data) scenario_data ;;
+    idle | auth | data) ;;
     *) die "unknown scenario $s (idle, auth, data)" ;;
   esac
+  BIN=$REL/trackrelay LABEL=this
+  "scenario_$s"
+  if [ -n "${BASELINE:-}" ] && [ "$s" != data ]; then
+    BIN=$BASELINE LABEL=baseline
+    "scenario_$s"
+  fi
 done

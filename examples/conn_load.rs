@@ -129,12 +129,18 @@ async fn main() {
     let mut tasks = Vec::new();
     let barrier = Arc::new(Barrier::new(o.count + 1));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(o.count.max(1));
+    // Connects in small waves: a burst beyond the server's listen backlog
+    // leaves clients that think they are connected and never hear a banner.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..o.count {
         let (o, barrier, ready) = (o.clone(), barrier.clone(), ready_tx.clone());
+        let connecting = connecting.clone();
         tasks.push(tokio::spawn(async move {
             let local = (o.mode == "auth")
                 .then(|| IpAddr::V4((u32::from(o.first) + i as u32 % o.sources).into()));
+            let wave = connecting.acquire().await;
             let conn = tokio::time::timeout(o.timeout, open(local, o.addr)).await;
+            drop(wave);
             let mut conn = match conn {
                 Ok(Ok(c)) => Some(c),
                 _ => None,
@@ -167,7 +173,10 @@ async fn main() {
     }
     drop(ready_tx);
     let (mut open_n, mut failed) = (0, 0);
-    while let Some(ok) = ready_rx.recv().await {
+    for _ in 0..o.count {
+        let Some(ok) = ready_rx.recv().await else {
+            break;
+        };
         if ok {
             open_n += 1
         } else {
