@@ -5,12 +5,14 @@
 //! `api` and `store` beside them.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod dnscheck;
 pub mod events;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod prepare;
 pub mod serve;

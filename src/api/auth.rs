@@ -1,23 +1,22 @@
 //! The Bearer token, checked against `api.token_hash` (argon2id).
 //!
-//! The check is the SMTP AUTH one ([`Authenticator`]): argon2 on the
-//! blocking pool, a successful token remembered under an HMAC keyed with a
-//! per-process random key (so the cache holds nothing an attacker could
-//! replay or compare against), and argon2's own constant-time comparison.
+//! The check is the SMTP AUTH one ([`crate::auth`]): argon2 on the
+//! blocking pool, one check per core at most, a successful token
+//! remembered under an HMAC keyed with a per-process random key (so the
+//! cache holds nothing an attacker could replay or compare against),
+//! argon2's own constant-time comparison, and wrong tokens throttled per
+//! client network.
 
-use crate::submission::auth::Authenticator;
+use crate::auth::{Authenticator, Throttle};
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 
 /// The Authenticator is keyed by user name; the API has one token.
 const TOKEN_USER: &str = "api";
 /// Longer than any token `hash-password` users make; refused unhashed.
 const MAX_TOKEN: usize = 4096;
-/// argon2 checks running at once: each takes a core for tens of ms, so a
-/// flood of wrong tokens is held to this many cores.
-const CONCURRENT_CHECKS: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -26,13 +25,15 @@ pub enum Outcome {
     Missing,
     /// A token was sent and is not the configured one.
     Invalid,
+    /// Too many wrong tokens from this network lately: not checked.
+    Throttled,
     /// `api.token_hash` is not set: nothing is allowed.
     NotConfigured,
 }
 
 pub struct TokenCheck {
     auth: Option<Arc<Authenticator>>,
-    slots: Semaphore,
+    throttle: Arc<Throttle>,
 }
 
 impl TokenCheck {
@@ -45,11 +46,11 @@ impl TokenCheck {
                     h.to_string(),
                 )]))
             }),
-            slots: Semaphore::new(CONCURRENT_CHECKS),
+            throttle: Arc::new(Throttle::api()),
         }
     }
 
-    pub async fn check(&self, headers: &HeaderMap) -> Outcome {
+    pub async fn check(&self, headers: &HeaderMap, peer: IpAddr) -> Outcome {
         let Some(auth) = &self.auth else {
             return Outcome::NotConfigured;
         };
@@ -58,16 +59,14 @@ impl TokenCheck {
             Bearer::Malformed => return Outcome::Invalid,
             Bearer::Token(t) => t,
         };
-        let Ok(_slot) = self.slots.acquire().await else {
-            return Outcome::Invalid;
+        let Some(attempt) = self.throttle.begin(peer, None) else {
+            return Outcome::Throttled;
         };
-        let auth = auth.clone();
-        let ok = tokio::task::spawn_blocking(move || auth.verify_blocking(TOKEN_USER, &token))
-            .await
-            .unwrap_or(false);
-        if ok {
+        if auth.verify(TOKEN_USER, token).await {
+            attempt.succeeded();
             Outcome::Allowed
         } else {
+            attempt.failed();
             Outcome::Invalid
         }
     }
@@ -130,21 +129,25 @@ mod tests {
 
     #[tokio::test]
     async fn checks_the_token() {
-        let hash = crate::submission::auth::hash_password("s3cret-token").unwrap();
+        let hash = crate::auth::hash_password("s3cret-token").unwrap();
         let c = TokenCheck::new(Some(&hash));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!(
-            c.check(&headers("Bearer s3cret-token")).await,
+            c.check(&headers("Bearer s3cret-token"), ip).await,
             Outcome::Allowed
         );
         assert_eq!(
-            c.check(&headers("Bearer s3cret-token")).await,
+            c.check(&headers("Bearer s3cret-token"), ip).await,
             Outcome::Allowed
         );
-        assert_eq!(c.check(&headers("Bearer wrong")).await, Outcome::Invalid);
-        assert_eq!(c.check(&HeaderMap::new()).await, Outcome::Missing);
+        assert_eq!(
+            c.check(&headers("Bearer wrong"), ip).await,
+            Outcome::Invalid
+        );
+        assert_eq!(c.check(&HeaderMap::new(), ip).await, Outcome::Missing);
         let none = TokenCheck::new(None);
         assert_eq!(
-            none.check(&headers("Bearer s3cret-token")).await,
+            none.check(&headers("Bearer s3cret-token"), ip).await,
             Outcome::NotConfigured
         );
     }

@@ -21,6 +21,7 @@ pub use routes::email_json;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::net::{IdleConns, TrackedConn};
 use crate::store::Store;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -29,18 +30,21 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use reply::{ApiError, Reply};
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-/// Open connections per listener beyond which new ones are closed at once,
-/// so a misbehaving client cannot take every file descriptor.
+/// Open connections, for all listeners, so a misbehaving client cannot take
+/// every file descriptor. At the limit the idlest connection is closed to
+/// make room for a new one.
 const MAX_CONNECTIONS: usize = 256;
-/// A client must send a request's headers within this; it also closes idle
-/// keep-alive connections.
+/// A client must send a request's headers within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no request in flight for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Api {
     store: Store,
@@ -64,14 +68,22 @@ impl Api {
     }
 
     /// Answers one request; every answer's time goes into `api_latency`.
-    async fn respond(&self, req: Request<Incoming>) -> Reply {
+    async fn respond(&self, req: Request<Incoming>, peer: IpAddr) -> Reply {
         let started = Instant::now();
-        let reply = self.dispatch(req.method(), req.uri(), req.headers()).await;
+        let reply = self
+            .dispatch(req.method(), req.uri(), req.headers(), peer)
+            .await;
         self.metrics.api_latency.observe(started.elapsed());
         reply
     }
 
-    async fn dispatch(&self, method: &Method, uri: &hyper::Uri, headers: &HeaderMap) -> Reply {
+    async fn dispatch(
+        &self,
+        method: &Method,
+        uri: &hyper::Uri,
+        headers: &HeaderMap,
+        peer: IpAddr,
+    ) -> Reply {
         let read_only = method == Method::GET || method == Method::HEAD;
         // Load balancers and systemd probes have no token.
         if uri.path() == "/healthz" {
@@ -81,7 +93,7 @@ impl Api {
                 reply::method_not_allowed()
             };
         }
-        match self.tokens.check(headers).await {
+        match self.tokens.check(headers, peer).await {
             auth::Outcome::Allowed => {}
             auth::Outcome::Missing => {
                 return reply::unauthorized(
@@ -91,6 +103,13 @@ impl Api {
             }
             auth::Outcome::Invalid => {
                 return reply::unauthorized("the bearer token is not valid", true)
+            }
+            auth::Outcome::Throttled => {
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many wrong tokens from this address; try again in a minute",
+                )
+                .reply()
             }
             auth::Outcome::NotConfigured => {
                 return reply::unauthorized(
@@ -120,51 +139,50 @@ impl Api {
 /// is dropped); then stops accepting, lets requests in flight finish, closes
 /// idle connections, and returns when every connection is closed.
 pub async fn serve(api: Arc<Api>, listeners: Vec<TcpListener>, shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let idle = Arc::new(IdleConns::default());
     let mut loops = JoinSet::new();
     for listener in listeners {
-        loops.spawn(accept_loop(api.clone(), listener, shutdown.clone()));
-    }
-    while loops.join_next().await.is_some() {}
-}
-
-async fn accept_loop(api: Arc<Api>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let mut conns = JoinSet::new();
-    loop {
-        if *shutdown.borrow_and_update() {
-            break;
-        }
-        tokio::select! {
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    if conns.len() >= MAX_CONNECTIONS {
-                        tracing::warn!(%peer, "admin API: {MAX_CONNECTIONS} connections open; closing a new one");
-                        continue;
-                    }
-                    conns.spawn(connection(api.clone(), tcp, shutdown.clone()));
-                }
-                Err(e) => {
-                    // Out of file descriptors, usually: wait rather than spin.
-                    tracing::warn!("admin API: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        let (api, idle, shutdown) = (api.clone(), idle.clone(), shutdown.clone());
+        let room = idle.clone();
+        loops.spawn(crate::net::accept_loop(
+            "admin API",
+            listener,
+            shutdown.clone(),
+            Some(slots.clone()),
+            move || {
+                // Keep-alive connections nobody uses must not keep a new
+                // client out: the one idle longest goes.
+                if !room.close_idlest() {
+                    tracing::warn!(
+                        "admin API: {MAX_CONNECTIONS} connections busy; a new one waits"
+                    );
                 }
             },
-        }
+            move |tcp, peer| connection(api.clone(), tcp, peer, idle.register(), shutdown.clone()),
+        ));
     }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+    while loops.join_next().await.is_some() {}
+    let _ = slots.acquire_many(MAX_CONNECTIONS as u32).await;
 }
 
-async fn connection(api: Arc<Api>, tcp: TcpStream, mut shutdown: watch::Receiver<bool>) {
-    let _ = tcp.set_nodelay(true);
+async fn connection(
+    api: Arc<Api>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tracked: TrackedConn,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tracked = Arc::new(tracked);
+    let in_service = tracked.clone();
     let service = service_fn(move |req| {
         let api = api.clone();
-        async move { Ok::<_, Infallible>(api.respond(req).await) }
+        let busy = in_service.busy();
+        async move {
+            let reply = api.respond(req, peer.ip()).await;
+            drop(busy);
+            Ok::<_, Infallible>(reply)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -173,18 +191,33 @@ async fn connection(api: Arc<Api>, tcp: TcpStream, mut shutdown: watch::Receiver
         .header_read_timeout(HEADER_TIMEOUT);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
-    tokio::select! {
-        done = conn.as_mut() => {
-            if let Err(e) = done {
-                tracing::debug!("admin API connection: {e}");
+    loop {
+        // While a request is answered, look again a timeout later.
+        let idle_until = tracked.idle_since().unwrap_or_else(Instant::now) + IDLE_TIMEOUT;
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!("admin API connection: {e}");
+                }
+                return;
             }
-            return;
+            _ = turned_true(&mut shutdown) => break,
+            _ = tracked.asked_to_close() => break,
+            _ = tokio::time::sleep_until(idle_until.into()) => {
+                if tracked.idle_since().is_some_and(|t| t.elapsed() >= IDLE_TIMEOUT) {
+                    break;
+                }
+            }
         }
-        _ = turned_true(&mut shutdown) => {}
     }
-    // Finishes the request in flight, if any, then closes.
+    // Never used: no response can be in flight, and hyper would wait for
+    // a first request before closing.
+    if !tracked.served() {
+        return;
+    }
+    // Finishes the response in flight, if any, then closes.
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, conn).await;
 }
 
 async fn turned_true(rx: &mut watch::Receiver<bool>) {

@@ -78,13 +78,13 @@ impl Policy {
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|n| n.contains(&canonical(ip)))
+        self.trusted.iter().any(|n| n.contains(&ip.to_canonical()))
     }
 
     pub fn plaintext_auth_allowed(&self, ip: IpAddr) -> bool {
         self.plaintext_auth
             .iter()
-            .any(|n| n.contains(&canonical(ip)))
+            .any(|n| n.contains(&ip.to_canonical()))
     }
 
     /// Why `identity` may not send as `domain`, if it may not.
@@ -234,14 +234,6 @@ pub fn header_block_len(message: &[u8]) -> usize {
 
 fn memchr_lf(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
-}
-
-/// IPv4-mapped IPv6 peers (dual-stack sockets) match IPv4 networks.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Sockets for the submission session: listeners, connection limits, TLS,
 //! timeouts, and the durable commit behind `250 queued as`.
 
-use super::auth::{Authenticator, Throttle};
-use super::policy::{canonical, Identity, Policy};
+use super::policy::{Identity, Policy};
 use super::session::{Action, Envelope, Session, SessionConfig};
+use crate::auth::{Authenticator, Throttle};
 use crate::metrics::Metrics;
 use crate::store::{self, Durability, Store};
 use std::collections::HashMap;
@@ -19,7 +19,7 @@ pub struct Submission {
     pub session: Arc<SessionConfig>,
     pub policy: Arc<Policy>,
     pub auth: Arc<Authenticator>,
-    pub throttle: Throttle,
+    pub throttle: Arc<Throttle>,
     pub store: Store,
     pub tls: Option<TlsAcceptor>,
     pub metrics: Arc<Metrics>,
@@ -57,6 +57,13 @@ enum End {
     StartTls,
 }
 
+enum Checked {
+    /// Refused without checking: too many recent failures.
+    Throttled,
+    /// The user, if the password was right.
+    Done(Option<String>),
+}
+
 impl Submission {
     pub fn new(
         config: &crate::config::Config,
@@ -82,7 +89,7 @@ impl Submission {
                     .iter()
                     .map(|u| (u.name.clone(), u.password_hash.clone())),
             )),
-            throttle: Throttle::default(),
+            throttle: Arc::new(Throttle::smtp()),
             store,
             tls: tls.map(TlsAcceptor::from),
             metrics,
@@ -98,7 +105,7 @@ impl Submission {
 
     fn try_slot(&self, ip: IpAddr) -> Option<Slot<'_>> {
         let permit = self.connections.clone().try_acquire_owned().ok()?;
-        let ip = canonical(ip);
+        let ip = ip.to_canonical();
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= self.max_connections_per_ip {
@@ -145,28 +152,24 @@ impl Submission {
         self: Arc<Self>,
         listener: TcpListener,
         implicit_tls: bool,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.changed() => break,
-            };
-            let (tcp, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, never spin.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let this = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                this.connection(tcp, peer, implicit_tls, shutdown).await;
-            });
-        }
+        // Connection limits are counted per IP in `connection`, which
+        // answers 421 at the limit instead of leaving clients waiting.
+        let rx = shutdown.clone();
+        crate::net::accept_loop(
+            "submission",
+            listener,
+            shutdown,
+            None,
+            || {},
+            move |tcp, peer| {
+                let this = self.clone();
+                let shutdown = rx.clone();
+                async move { this.connection(tcp, peer, implicit_tls, shutdown).await }
+            },
+        )
+        .await
     }
 
     async fn connection(
@@ -246,6 +249,10 @@ impl Submission {
         let mut buf = vec![0u8; 64 * 1024];
         let mut pending: Vec<u8> = Vec::new();
         let mut data_started: Option<Instant> = None;
+        // Each command must arrive whole within `command_timeout` of the
+        // last reply: a per-read timeout would let a client trickle one
+        // byte at a time and hold the session for good.
+        let mut command_deadline = Instant::now() + self.command_timeout;
         loop {
             while !pending.is_empty() {
                 let (used, action) = session.feed(&pending);
@@ -263,8 +270,10 @@ impl Submission {
                         return End::Closed;
                     }
                     Some(Action::Authenticate { username, password }) => {
-                        let user = self.check_password(peer.ip(), username, password).await;
-                        session.auth_result(user);
+                        match self.check_password(peer.ip(), username, password).await {
+                            Checked::Throttled => session.auth_throttled(),
+                            Checked::Done(user) => session.auth_result(user),
+                        }
                     }
                     Some(Action::Queue(envelope)) => {
                         let tls = session.is_tls();
@@ -273,8 +282,11 @@ impl Submission {
                     }
                 }
             }
-            if session.has_output() && write_out(stream, session).await.is_err() {
-                return End::Closed;
+            if session.has_output() {
+                if write_out(stream, session).await.is_err() {
+                    return End::Closed;
+                }
+                command_deadline = Instant::now() + self.command_timeout;
             }
             if session.is_closing() {
                 return End::Closed;
@@ -292,7 +304,7 @@ impl Submission {
                 }
             } else {
                 data_started = None;
-                self.command_timeout
+                command_deadline.saturating_duration_since(Instant::now())
             };
             let read = tokio::select! {
                 r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
@@ -314,31 +326,22 @@ impl Submission {
         }
     }
 
-    async fn check_password(
-        &self,
-        ip: IpAddr,
-        username: String,
-        password: String,
-    ) -> Option<String> {
-        let delay = self.throttle.delay(canonical(ip));
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let auth = self.auth.clone();
-        let name = username.clone();
-        let ok = tokio::task::spawn_blocking(move || auth.verify_blocking(&name, &password))
-            .await
-            .unwrap_or(false);
-        if ok {
-            self.throttle.succeeded(canonical(ip));
-            Some(username)
+    async fn check_password(&self, ip: IpAddr, username: String, password: String) -> Checked {
+        let Some(attempt) = self.throttle.begin(ip, Some(&username)) else {
+            self.metrics.auth_failures.inc();
+            tracing::info!(%ip, user = ?username, "AUTH refused unchecked: too many recent failures");
+            return Checked::Throttled;
+        };
+        if self.auth.verify(&username, password).await {
+            attempt.succeeded();
+            Checked::Done(Some(username))
         } else {
-            self.throttle.failed(canonical(ip));
+            attempt.failed();
             self.metrics.auth_failures.inc();
             // The user name is logged so an operator can see which account is
             // being guessed; never the password.
-            tracing::info!(%ip, user = %username, "AUTH failed");
-            None
+            tracing::info!(%ip, user = ?username, "AUTH failed");
+            Checked::Done(None)
         }
     }
 
@@ -354,7 +357,7 @@ impl Submission {
         let received = format!(
             "Received: from {} ([{}])\r\n\tby {} (trackrelay) with {with}\r\n\tid {id}; {}\r\n",
             sanitize_helo(&env.helo),
-            canonical(peer.ip()),
+            peer.ip().to_canonical(),
             self.session.hostname,
             crate::time::rfc5322(now),
         );
@@ -370,7 +373,7 @@ impl Submission {
             message_id: env.header.message_id,
             tags: env.header.tags,
             auth_user: env.identity.user_name().map(str::to_string),
-            client_ip: Some(canonical(peer.ip()).to_string()),
+            client_ip: Some(peer.ip().to_canonical().to_string()),
             smtputf8: env.smtputf8,
             received: received.into_bytes(),
             body: env.data,

@@ -539,6 +539,16 @@ impl Session {
         }
     }
 
+    /// AUTH refused unchecked: too many recent failures (the throttle).
+    pub fn auth_throttled(&mut self) {
+        self.waiting = false;
+        self.error(
+            454,
+            "4.7.0",
+            "Too many failed authentication attempts, try again later",
+        );
+    }
+
     fn who(&self) -> Option<Identity> {
         match &self.identity {
             Some(i) => Some(i.clone()),

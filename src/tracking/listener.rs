@@ -9,7 +9,6 @@ use super::recorder::Recorder;
 use crate::events::{EventType, NewEvent};
 use crate::metrics::Metrics;
 use crate::prepare::{Token, TokenKeys};
-use crate::submission::policy::canonical;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
@@ -296,8 +295,8 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 /// then the rightmost `X-Forwarded-For` entry that is not itself a trusted
 /// proxy (entries further left are whatever the client chose to send).
 pub fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&canonical(*ip)));
-    let peer_ip = canonical(peer.ip());
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
+    let peer_ip = peer.ip().to_canonical();
     if !is_trusted(&peer_ip) {
         return peer_ip;
     }
@@ -308,7 +307,7 @@ pub fn client_ip<B>(req: &Request<B>, peer: SocketAddr, trusted: &[IpNet]) -> Ip
         };
         for part in s.split(',') {
             match parse_forwarded_ip(part.trim()) {
-                Some(ip) => chain.push(canonical(ip)),
+                Some(ip) => chain.push(ip.to_canonical()),
                 None => return peer_ip,
             }
         }

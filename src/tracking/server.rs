@@ -63,43 +63,34 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
 ) {
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("tracking accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let tracker = tracker.clone();
-        let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            match tls {
-                None => connection(tracker, TokioIo::new(tcp), peer, shutdown).await,
-                Some(acceptor) => {
-                    if let Ok(Ok(stream)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
-                    {
-                        connection(tracker, TokioIo::new(stream), peer, shutdown).await;
+    let rx = shutdown.clone();
+    crate::net::accept_loop(
+        "tracking",
+        listener,
+        shutdown,
+        Some(slots),
+        || {},
+        move |tcp, peer| {
+            let (tracker, tls, shutdown) = (tracker.clone(), tls.clone(), rx.clone());
+            async move {
+                match tls {
+                    None => connection(tracker, TokioIo::new(tcp), peer, shutdown).await,
+                    Some(acceptor) => {
+                        if let Ok(Ok(stream)) =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                                .await
+                        {
+                            connection(tracker, TokioIo::new(stream), peer, shutdown).await;
+                        }
                     }
                 }
             }
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn connection<I>(
