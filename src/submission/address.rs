@@ -32,6 +32,15 @@ enum Token {
     Special(char),
 }
 
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::Atom(s) | Token::Quoted(s) | Token::Literal(s) => f.write_str(s),
+            Token::Special(c) => write!(f, "{c}"),
+        }
+    }
+}
+
 fn is_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
 }
@@ -153,7 +162,7 @@ fn mailbox(t: &[Token]) -> Result<Mailbox, String> {
         .find(|x| !matches!(x, Token::Atom(_) | Token::Quoted(_)))
     {
         return Err(format!(
-            "its display name holds {bad:?}, which must be quoted"
+            "its display name holds \"{bad}\", which must be quoted"
         ));
     }
     let Some(close) = t.iter().position(|x| *x == Token::Special('>')) else {
@@ -253,6 +262,11 @@ mod tests {
             ("App <a@example.com", "not closed"),
             ("a\\b@example.com", "unquoted"),
             ("a@example.com\0", "unquoted"),
+            (
+                "App > x <a@example.com>",
+                "holds \">\", which must be quoted",
+            ),
+            ("[x] <a@example.com>", "holds \"[x]\""),
         ] {
             let e = mailbox_list(v).expect_err(v);
             assert!(e.contains(why), "{v}: {e}");
