@@ -20,11 +20,17 @@ pub fn policy() -> Arc<Policy> {
 
 /// Every line `ddd text` or `ddd-text`, CRLF-terminated, printable between.
 pub fn assert_replies_well_formed(out: &[u8]) {
-    assert!(out.is_empty() || out.ends_with(b"\r\n"), "unterminated reply");
+    assert!(
+        out.is_empty() || out.ends_with(b"\r\n"),
+        "unterminated reply"
+    );
     for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let line = line.strip_suffix(b"\r").expect("every line ends with CRLF");
         assert!(line.len() >= 4, "short reply line {line:?}");
-        assert!(line[..3].iter().all(u8::is_ascii_digit), "no code: {line:?}");
+        assert!(
+            line[..3].iter().all(u8::is_ascii_digit),
+            "no code: {line:?}"
+        );
         assert!(matches!(line[3], b' ' | b'-'), "bad separator: {line:?}");
         let text = std::str::from_utf8(line).expect("replies are UTF-8");
         assert!(

@@ -25,7 +25,11 @@ fuzz_target!(|data: &[u8]| {
         require_tls_for_auth: mode & 4 == 0,
         data_budget: budget.clone(),
     });
-    let peer = if mode & 1 == 0 { "10.0.0.1" } else { "192.0.2.1" };
+    let peer = if mode & 1 == 0 {
+        "10.0.0.1"
+    } else {
+        "192.0.2.1"
+    };
     let auth_ok = mode & 2 == 0;
     let mut s = Session::new(cfg, common::policy(), peer.parse().unwrap(), mode & 16 != 0);
     s.greeting();
