@@ -903,6 +903,22 @@ mod tests {
     }
 
     #[test]
+    fn data_in_flight_budget_defaults_and_must_hold_a_message() {
+        let c = parse("[server]\nhostname = \"r.example.com\"\n").unwrap();
+        assert_eq!(c.submission.max_data_in_flight, 256 * 1024 * 1024);
+        let e = parse(
+            "[server]\nhostname = \"r.example.com\"\n[submission]\nmax_message_size = 2000\nmax_data_in_flight = 1000\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "submission.max_data_in_flight: 1000 is less than max_message_size (2000)"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn relative_paths_follow_the_config_file() {
         let c = parse("[server]\nhostname = \"r.example.com\"\ndata_dir = \"./data\"\n").unwrap();
         assert_eq!(c.server.data_dir, PathBuf::from("/etc/trackrelay/data"));
