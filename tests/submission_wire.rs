@@ -69,6 +69,18 @@ fn header_with_bare_cr_or_nul_is_refused() {
         r.starts_with("550 5.6.0 Message refused: its header section contains a NUL"),
         "{r}"
     );
+    // A line that is not a field: parsers disagree about what it hides.
+    let r = send(
+        &mut c,
+        "",
+        b"From: a@example.com\r\n: From: ceo@evil.test\r\n\r\nbody\r\n",
+    );
+    assert!(
+        r.starts_with(
+            "550 5.6.0 Message refused: its header section has a line that is not a header field"
+        ),
+        "{r}"
+    );
     // The session goes on, and only the good message is stored.
     assert!(queued_id(&send(&mut c, "", GOOD)).is_some());
     assert_eq!(emails(&relay), 1);
