@@ -227,6 +227,16 @@ fn header_bytes_ok(head: &[u8], smtputf8: bool) -> Result<(), Reply> {
     if memchr::memchr(0, head).is_some() {
         return refuse("5.6.0", "its header section contains a NUL byte");
     }
+    // Other control characters too: some readers take a form feed for a
+    // blank, others for text (found by fuzz/header_checks: "From: \x0c,App
+    // <a@example.com>" holds no address to mail-parser).
+    let control = |b: &u8| (*b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || *b == 0x7f;
+    if let Some(b) = head.iter().find(|b| control(b)) {
+        return refuse(
+            "5.6.0",
+            &format!("its header section contains the control character 0x{b:02X}"),
+        );
+    }
     if memchr::memchr_iter(b'\r', head).any(|i| head.get(i + 1) != Some(&b'\n')) {
         return refuse(
             "5.6.0",
@@ -384,7 +394,7 @@ mod tests {
             &b"From: a@example.com\r\nample.org>\r\n\r\nx\r\n"[..],
             b" X: folded first\r\nFrom: a@example.com\r\n\r\n",
             b"From a@example.com Mon Jan 1 00:00:00 2024\r\nFrom: a@example.com\r\n\r\n",
-            b"From: a@example.com\r\nX\x01Y: z\r\n\r\n",
+            b"From: a@example.com\r\nX Y: z\r\n\r\n",
         ] {
             let e = refusal(bad, false);
             assert!(e.text.contains("not a header field"), "{}", e.text);
@@ -393,6 +403,23 @@ mod tests {
         let ok = b"From : a@example.com\r\nX-A:\r\n folded\r\n\r\nx\r\n";
         let p = policy();
         assert!(p.check_header_from(&Identity::Trusted, ok, false).is_ok());
+    }
+
+    #[test]
+    fn control_characters_in_the_header_are_refused() {
+        // Found by fuzz/header_checks.
+        let e = refusal(b"From: \x0c,App <a@example.com>,\r\n\r\nbody\r\n", false);
+        assert_eq!((e.code, e.status), (550, "5.6.0"));
+        assert!(e.text.contains("control character 0x0C"), "{}", e.text);
+        let e = refusal(
+            b"From: a@example.com\r\nSubject: \x1b[2J\x7f\r\n\r\n",
+            false,
+        );
+        assert!(e.text.contains("control character 0x1B"), "{}", e.text);
+        let tab = b"From:\ta@example.com\r\nSubject: a\tb\r\n\r\n\x0c body\r\n";
+        assert!(policy()
+            .check_header_from(&Identity::Trusted, tab, false)
+            .is_ok());
     }
 
     #[test]
