@@ -64,6 +64,9 @@ pub struct SubmissionConfig {
     pub max_connections_per_ip: usize,
     /// Commands and replies that are wrong in a row before the session is dropped.
     pub max_errors: u32,
+    /// Message data all sessions together may hold in RAM; beyond it a
+    /// message gets `452 4.3.1` (try again later).
+    pub max_data_in_flight: usize,
     /// RFC 5321 4.5.3.2.7: the server waits at least 5 minutes for the next command.
     #[serde(with = "duration")]
     pub command_timeout: Duration,
@@ -88,6 +91,7 @@ impl Default for SubmissionConfig {
             max_connections: 1000,
             max_connections_per_ip: 50,
             max_errors: 10,
+            max_data_in_flight: 256 * 1024 * 1024,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             users: vec![],
@@ -554,6 +558,7 @@ impl Config {
         for (key, value) in [
             ("submission.max_message_size", s.max_message_size),
             ("submission.max_recipients", s.max_recipients),
+            ("submission.max_data_in_flight", s.max_data_in_flight),
             ("submission.max_connections", s.max_connections),
             (
                 "submission.max_connections_per_ip",
@@ -563,6 +568,13 @@ impl Config {
             if value == 0 {
                 p.push(format!("{key}: must be greater than 0"));
             }
+        }
+        // A message the budget can never hold would be deferred (452) forever.
+        if s.max_data_in_flight < s.max_message_size {
+            p.push(format!(
+                "submission.max_data_in_flight: {} is less than max_message_size ({}); a message of the largest allowed size could never be accepted",
+                s.max_data_in_flight, s.max_message_size
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (i, user) in s.users.iter().enumerate() {
@@ -901,6 +913,22 @@ mod tests {
         assert_eq!(
             c.database_path(),
             PathBuf::from("/var/lib/trackrelay/trackrelay.sqlite3")
+        );
+    }
+
+    #[test]
+    fn data_in_flight_budget_defaults_and_must_hold_a_message() {
+        let c = parse("[server]\nhostname = \"r.example.com\"\n").unwrap();
+        assert_eq!(c.submission.max_data_in_flight, 256 * 1024 * 1024);
+        let e = parse(
+            "[server]\nhostname = \"r.example.com\"\n[submission]\nmax_message_size = 2000\nmax_data_in_flight = 1000\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "submission.max_data_in_flight: 1000 is less than max_message_size (2000)"
+            ),
+            "{e}"
         );
     }
 

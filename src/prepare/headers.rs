@@ -1,7 +1,8 @@
 //! A byte-exact view of a header block: where each field starts and ends
 //! (continuation lines included), so fields can be cut out or edited without
 //! touching the bytes around them. Parsing values is left to mail-parser;
-//! this only needs to know line structure.
+//! this only needs to know line structure. Submission uses the same scan,
+//! so the header block it checks is the one prepare edits.
 
 use std::ops::Range;
 
@@ -85,6 +86,40 @@ impl HeaderBlock {
     }
 }
 
+/// Length of the header block including the empty line that ends it, or the
+/// whole input when there is none.
+pub fn header_block_len(raw: &[u8]) -> usize {
+    HeaderBlock::scan(raw, 0).body
+}
+
+/// The tags of every `X-Tags` field, in order and each once. A message may
+/// carry several X-Tags fields, and a value may be RFC 2047-encoded.
+pub(crate) fn tags(raw: &[u8], block: &HeaderBlock, name: &str) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for field in block.named(raw, name) {
+        let value = decode_words(&unfolded(raw, &field.value));
+        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if !tags.iter().any(|t| t == tag) {
+                tags.push(tag.to_owned());
+            }
+        }
+    }
+    tags
+}
+
+/// Encoded words (`=?UTF-8?Q?...?=`) decoded; mail-parser knows how.
+fn decode_words(value: &str) -> String {
+    if !value.contains("=?") {
+        return value.to_owned();
+    }
+    let header = format!("Subject: {value}\r\n\r\n");
+    mail_parser::MessageParser::new()
+        .header_text(mail_parser::HeaderName::Subject)
+        .parse_headers(header.as_bytes())
+        .and_then(|m| m.subject().map(str::to_owned))
+        .unwrap_or_else(|| value.to_owned())
+}
+
 fn line_content_end(raw: &[u8], start: usize, next: usize) -> usize {
     let mut end = next;
     if end > start && raw[end - 1] == b'\n' {
@@ -141,5 +176,28 @@ mod tests {
         assert_eq!(&raw[block.fields[1].name.clone()], b"B");
         assert_eq!(block.body, raw.len());
         assert_eq!(line_ending(raw, &block), b"\n");
+    }
+
+    #[test]
+    fn header_block_len_counts_the_empty_line() {
+        assert_eq!(header_block_len(b"A: 1\r\n\r\nbody"), 8);
+        assert_eq!(header_block_len(b"A: 1\n\nbody"), 6);
+        assert_eq!(header_block_len(b"A: 1\r\nB: 2"), 10, "no body: all of it");
+        assert_eq!(header_block_len(b"\r\nbody"), 2);
+        assert_eq!(header_block_len(b""), 0);
+    }
+
+    fn tags_of(raw: &[u8]) -> Vec<String> {
+        tags(raw, &HeaderBlock::scan(raw, 0), "X-Tags")
+    }
+
+    #[test]
+    fn tags_from_every_field_decoded_and_once() {
+        let raw = b"X-Tags: a, b ,,c\r\nSubject: s\r\nx-tags: b,\r\n d\r\n\
+X-Tags: =?UTF-8?Q?caf=C3=A9,_a?=\r\n\r\nX-Tags: body\r\n";
+        assert_eq!(tags_of(raw), ["a", "b", "c", "d", "caf\u{e9}"]);
+        assert_eq!(tags_of(b"X-Tags: =?utf-8?B?bmV3cw==?=\n\n"), ["news"]);
+        assert!(tags_of(b"X-Tags:  , \r\n\r\n").is_empty());
+        assert_eq!(tags_of(b"X-Tags: A, a\r\n\r\n"), ["A", "a"], "case is kept");
     }
 }

@@ -11,13 +11,14 @@
 
 mod charset;
 mod encode;
-mod headers;
+pub(crate) mod headers;
 mod html;
 mod links;
 mod mime;
 mod splice;
 mod token;
 
+pub use headers::header_block_len;
 pub use token::{Token, TokenKeys};
 
 use headers::HeaderBlock;
@@ -74,19 +75,10 @@ fn read_control_headers(raw: &[u8], block: &HeaderBlock) -> ControlHeaders {
             .last()
             .and_then(|f| parse_flag(&headers::unfolded(raw, &f.value)))
     };
-    let mut tags: Vec<String> = Vec::new();
-    for field in block.named(raw, TAGS) {
-        let value = decode_words(&headers::unfolded(raw, &field.value));
-        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            if !tags.iter().any(|t| t == tag) {
-                tags.push(tag.to_owned());
-            }
-        }
-    }
     ControlHeaders {
         track_opens: flag(TRACK_OPENS),
         track_clicks: flag(TRACK_CLICKS),
-        tags,
+        tags: headers::tags(raw, block, TAGS),
     }
 }
 
@@ -97,20 +89,6 @@ fn parse_flag(value: &str) -> Option<bool> {
         "false" | "no" | "off" | "0" => Some(false),
         _ => None,
     }
-}
-
-/// Tags may arrive RFC 2047-encoded (`=?UTF-8?Q?...?=`); mail-parser knows
-/// how to read those.
-fn decode_words(value: &str) -> String {
-    if !value.contains("=?") {
-        return value.to_owned();
-    }
-    let header = format!("Subject: {value}\r\n\r\n");
-    mail_parser::MessageParser::new()
-        .header_text(mail_parser::HeaderName::Subject)
-        .parse_headers(header.as_bytes())
-        .and_then(|m| m.subject().map(str::to_owned))
-        .unwrap_or_else(|| value.to_owned())
 }
 
 /// Pure: no I/O. Never panics, never fails: on any internal error the

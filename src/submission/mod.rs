@@ -5,7 +5,9 @@
 //! and the durable commit. An accepted message goes to the store, from
 //! which `outbound` takes it.
 
+mod address;
 pub mod auth;
+pub mod budget;
 pub mod policy;
 pub mod reply;
 pub mod server;

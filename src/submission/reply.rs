@@ -1,5 +1,26 @@
 //! SMTP replies with enhanced status codes (RFC 5321, RFC 3463).
 
+use std::borrow::Cow;
+
+/// Client-supplied text made safe to show in a reply or a log line: control
+/// characters (CR, LF, NUL, ESC, DEL, C1...) are written as escapes such as
+/// `\r` or `\0`, so they can neither split a reply or log line nor reach a
+/// terminal raw.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
@@ -26,8 +47,9 @@ impl Reply {
         let last = lines.len().saturating_sub(1);
         for (i, line) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            // Replies never carry CR/LF from elsewhere: they would split the reply.
-            let line: String = line.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+            // Text quoted from the client may hold any byte; none of them
+            // may split the reply or reach the client raw (a NUL, a bare CR).
+            let line = printable(line);
             if self.status.is_empty() {
                 out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes());
             } else {
@@ -52,5 +74,22 @@ mod tests {
         Reply::new(250, "2.0.0", "Ok").write_to(&mut out);
         Reply::new(214, "2.0.0", "a\nb").write_to(&mut out);
         assert_eq!(out, b"250 2.0.0 Ok\r\n214-2.0.0 a\r\n214 2.0.0 b\r\n");
+    }
+
+    #[test]
+    fn client_text_never_reaches_the_wire_raw() {
+        let mut out = Vec::new();
+        Reply::new(501, "5.1.3", "Bad address <a\0b\rc\x1b[31m\u{7f}@x>").write_to(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "501 5.1.3 Bad address <a\\0b\\rc\\u{1b}[31m\\u{7f}@x>\r\n"
+        );
+        assert_eq!(
+            printable("j\u{f6}ran@x"),
+            "j\u{f6}ran@x",
+            "printable non-ASCII stays"
+        );
+        assert!(matches!(printable("plain"), Cow::Borrowed(_)));
+        assert_eq!(printable("app\r\nFAKE"), "app\\r\\nFAKE");
     }
 }

@@ -80,6 +80,7 @@ impl Submission {
             max_errors: s.max_errors.max(1),
             starttls: tls.is_some(),
             require_tls_for_auth: s.require_tls_for_auth,
+            data_budget: super::budget::DataBudget::new(s.max_data_in_flight),
         };
         Submission {
             session: Arc::new(session),
@@ -340,7 +341,8 @@ impl Submission {
             self.metrics.auth_failures.inc();
             // The user name is logged so an operator can see which account is
             // being guessed; never the password.
-            tracing::info!(%ip, user = ?username, "AUTH failed");
+            let user = super::reply::printable(&username);
+            tracing::info!(%ip, %user, "AUTH failed");
             Checked::Done(None)
         }
     }

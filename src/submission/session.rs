@@ -8,6 +8,7 @@
 //! parsed by smtp-proto; framing (lines, DATA, BDAT) is done here so that a
 //! bad line can never desynchronise a pipelined stream of replies.
 
+use super::budget::{DataBudget, Reservation};
 use super::policy::{HeaderInfo, Identity, Policy};
 use super::reply::Reply;
 use base64::Engine;
@@ -30,6 +31,8 @@ pub struct SessionConfig {
     /// STARTTLS can be offered (a certificate is configured).
     pub starttls: bool,
     pub require_tls_for_auth: bool,
+    /// Shared by every session of the server: message data held in RAM.
+    pub data_budget: Arc<DataBudget>,
 }
 
 /// A message ready to be made durable.
@@ -68,14 +71,22 @@ enum Mode {
     },
     Data {
         rx: DataReceiver,
-        /// Over the size limit: still read to the end, then refuse.
-        overflow: bool,
     },
     Bdat {
         rx: BdatReceiver,
-        /// Read and thrown away (no transaction, or over the size limit).
+        /// Read and thrown away (no transaction, or the message is refused).
         discard: bool,
     },
+}
+
+/// Why a message being received will be refused once it has been read to
+/// its end (RFC 5321 and RFC 3030 both read the rest before answering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Over `max_message_size`: permanent.
+    TooBig,
+    /// The shared in-flight budget has no room now: temporary.
+    NoRoom,
 }
 
 struct Transaction {
@@ -83,9 +94,32 @@ struct Transaction {
     smtputf8: bool,
     recipients: Vec<String>,
     data: Vec<u8>,
-    /// A BDAT in this transaction went over the limit (RFC 3030: the rest
-    /// of its chunks are still read, then refused).
-    bdat_overflow: bool,
+    /// What `data` holds of the shared budget.
+    reservation: Reservation,
+    refused: Option<Refusal>,
+    /// A BDAT chunk was sent: DATA may no longer end this transaction.
+    bdat_seen: bool,
+}
+
+impl Transaction {
+    /// From now on the message is only read, not kept.
+    fn refuse(&mut self, why: Refusal) {
+        self.refused.get_or_insert(why);
+        self.data = Vec::new();
+        self.reservation.release();
+    }
+
+    /// Checks the data received so far against both limits.
+    fn check_limits(&mut self, max: usize) {
+        if self.refused.is_some() {
+            return;
+        }
+        if self.data.len() > max {
+            self.refuse(Refusal::TooBig);
+        } else if !self.reservation.cover(self.data.len()) {
+            self.refuse(Refusal::NoRoom);
+        }
+    }
 }
 
 pub struct Session {
@@ -98,6 +132,8 @@ pub struct Session {
     helo: Option<String>,
     identity: Option<Identity>,
     tx: Option<Transaction>,
+    /// The budget held by a message handed to the driver, until `queued`.
+    queuing: Option<Reservation>,
     mode: Mode,
     line: Vec<u8>,
     out: Vec<u8>,
@@ -129,6 +165,7 @@ impl Session {
             helo: None,
             identity: None,
             tx: None,
+            queuing: None,
             mode: Mode::Command,
             line: Vec::new(),
             out: Vec::new(),
@@ -237,6 +274,13 @@ impl Session {
         self.error(500, "5.5.2", "Line too long");
     }
 
+    /// A positive completion reply: the errors counted so far were not "in a
+    /// row" (`max_errors`).
+    fn ok(&mut self, code: u16, status: &'static str, text: impl Into<String>) {
+        reply(&mut self.out, code, status, text);
+        self.errors = 0;
+    }
+
     /// A negative reply that counts towards `max_errors`.
     fn error(&mut self, code: u16, status: &'static str, text: impl Into<String>) {
         reply(&mut self.out, code, status, text);
@@ -288,17 +332,15 @@ impl Session {
             } => return self.bdat(chunk_size, is_last),
             Request::Rset => {
                 self.tx = None;
-                reply(&mut self.out, 250, "2.0.0", "Ok");
+                self.ok(250, "2.0.0", "Ok");
             }
-            Request::Noop { .. } => reply(&mut self.out, 250, "2.0.0", "Ok"),
-            Request::Vrfy { .. } => reply(
-                &mut self.out,
+            Request::Noop { .. } => self.ok(250, "2.0.0", "Ok"),
+            Request::Vrfy { .. } => self.ok(
                 252,
                 "2.5.0",
                 "Cannot VRFY user, but will accept the message and attempt delivery",
             ),
-            Request::Help { .. } => reply(
-                &mut self.out,
+            Request::Help { .. } => self.ok(
                 214,
                 "2.0.0",
                 "trackrelay submission: EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT",
@@ -346,11 +388,20 @@ impl Session {
             self.error(501, "5.5.4", "Syntax: EHLO hostname");
             return;
         }
+        // The name goes into the Received: header; no host name has these.
+        if host.chars().any(char::is_control) {
+            self.error(
+                501,
+                "5.5.4",
+                "Syntax: EHLO hostname (control characters are not allowed)",
+            );
+            return;
+        }
         self.helo = Some(host.into_owned());
         self.tx = None;
-        let name = &self.cfg.hostname;
+        let name = self.cfg.hostname.clone();
         if !extended {
-            reply(&mut self.out, 250, "", format!("{name} Hello"));
+            self.ok(250, "", format!("{name} Hello"));
             return;
         }
         let mut lines = vec![
@@ -368,7 +419,7 @@ impl Session {
         if self.auth_allowed_here() && self.identity.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
-        reply(&mut self.out, 250, "", lines.join("\n"));
+        self.ok(250, "", lines.join("\n"));
     }
 
     fn auth_allowed_here(&self) -> bool {
@@ -533,7 +584,7 @@ impl Session {
         match user {
             Some(name) => {
                 self.identity = Some(Identity::User(name));
-                reply(&mut self.out, 235, "2.7.0", "Authentication successful");
+                self.ok(235, "2.7.0", "Authentication successful");
             }
             None => self.error(535, "5.7.8", "Authentication credentials invalid"),
         }
@@ -597,9 +648,11 @@ impl Session {
             smtputf8,
             recipients: Vec::new(),
             data: Vec::new(),
-            bdat_overflow: false,
+            reservation: Reservation::new(&self.cfg.data_budget),
+            refused: None,
+            bdat_seen: false,
         });
-        reply(&mut self.out, 250, "2.1.0", "Sender ok");
+        self.ok(250, "2.1.0", "Sender ok");
     }
 
     fn rcpt(&mut self, to: smtp_proto::RcptTo<Cow<'_, str>>) {
@@ -630,12 +683,7 @@ impl Session {
             .iter()
             .any(|r| r.eq_ignore_ascii_case(&address))
         {
-            reply(
-                &mut self.out,
-                250,
-                "2.1.5",
-                "Recipient ok (duplicate, sent once)",
-            );
+            self.ok(250, "2.1.5", "Recipient ok (duplicate, sent once)");
             return;
         }
         if tx.recipients.len() >= max {
@@ -648,13 +696,19 @@ impl Session {
             return;
         }
         tx.recipients.push(address);
-        reply(&mut self.out, 250, "2.1.5", "Recipient ok");
+        self.ok(250, "2.1.5", "Recipient ok");
     }
 
     fn data(&mut self) {
         match &self.tx {
             None => self.error(503, "5.5.1", "Need MAIL and RCPT before DATA"),
             Some(tx) if tx.recipients.is_empty() => self.error(554, "5.5.1", "No valid recipients"),
+            // RFC 3030: a message started with BDAT ends with BDAT LAST.
+            Some(tx) if tx.bdat_seen => self.error(
+                503,
+                "5.5.1",
+                "DATA cannot follow BDAT in the same transaction: end it with BDAT LAST, or RSET",
+            ),
             Some(_) => {
                 let mut rx = DataReceiver::new();
                 // The receiver recognises "." only after a CRLF; the line
@@ -662,10 +716,7 @@ impl Session {
                 // dot-stuffed first line is read right.
                 let mut primer = Vec::new();
                 rx.ingest(&mut b"\r\n".iter(), &mut primer);
-                self.mode = Mode::Data {
-                    rx,
-                    overflow: false,
-                };
+                self.mode = Mode::Data { rx };
                 reply(&mut self.out, 354, "", "End data with <CR><LF>.<CR><LF>");
             }
         }
@@ -673,7 +724,7 @@ impl Session {
 
     fn feed_data(&mut self, input: &[u8]) -> (usize, Option<Action>) {
         let max = self.cfg.max_message_size;
-        let Mode::Data { rx, overflow } = &mut self.mode else {
+        let Mode::Data { rx } = &mut self.mode else {
             return (0, None);
         };
         let Some(tx) = self.tx.as_mut() else {
@@ -681,18 +732,19 @@ impl Session {
             return (0, None);
         };
         let mut iter = input.iter();
-        let done = rx.ingest(&mut iter, &mut tx.data);
+        let done = if tx.refused.is_some() {
+            rx.ingest(&mut iter, &mut Vec::new())
+        } else {
+            let done = rx.ingest(&mut iter, &mut tx.data);
+            tx.check_limits(max);
+            done
+        };
         let used = input.len() - iter.as_slice().len();
-        if tx.data.len() > max {
-            *overflow = true;
-            tx.data.clear();
-        }
         if !done {
             return (used, None);
         }
-        let overflow = *overflow;
         self.mode = Mode::Command;
-        (used, self.finish_message(overflow))
+        (used, self.finish_message())
     }
 
     fn bdat(&mut self, size: usize, last: bool) -> Option<Action> {
@@ -700,13 +752,14 @@ impl Session {
         let rx = BdatReceiver::new(size, last);
         let discard = match self.tx.as_mut() {
             Some(tx) if !tx.recipients.is_empty() => {
-                if tx.bdat_overflow || tx.data.len().saturating_add(size) > max {
-                    tx.bdat_overflow = true;
-                    tx.data.clear();
-                    true
-                } else {
-                    false
+                tx.bdat_seen = true;
+                let total = tx.data.len().saturating_add(size);
+                if tx.refused.is_none() && total > max {
+                    tx.refuse(Refusal::TooBig);
+                } else if tx.refused.is_none() && !tx.reservation.cover(total) {
+                    tx.refuse(Refusal::NoRoom);
                 }
+                tx.refused.is_some()
             }
             _ => true,
         };
@@ -726,10 +779,7 @@ impl Session {
         let mut iter = input.iter();
         let done = match self.tx.as_mut() {
             Some(tx) if !discard => rx.ingest(&mut iter, &mut tx.data),
-            _ => {
-                let mut sink = Vec::new();
-                rx.ingest(&mut iter, &mut sink)
-            }
+            _ => rx.ingest(&mut iter, &mut Vec::new()),
         };
         let used = input.len() - iter.as_slice().len();
         if !done {
@@ -746,44 +796,53 @@ impl Session {
             self.error(554, "5.5.1", "No valid recipients");
             return (used, None);
         }
-        if !last {
-            if tx.bdat_overflow {
-                self.error(
-                    552,
-                    "5.3.4",
-                    format!(
-                        "Message size exceeds fixed limit of {} bytes",
-                        self.cfg.max_message_size
-                    ),
-                );
-            } else {
-                let n = tx.data.len();
-                reply(&mut self.out, 250, "2.0.0", format!("{n} octets received"));
-            }
-            return (used, None);
+        if last {
+            return (used, self.finish_message());
         }
-        let overflow = tx.bdat_overflow;
-        (used, self.finish_message(overflow))
+        match tx.refused {
+            Some(why) => self.refuse(why),
+            None => {
+                let n = tx.data.len();
+                self.ok(250, "2.0.0", format!("{n} octets received"));
+            }
+        }
+        (used, None)
     }
 
-    fn finish_message(&mut self, overflow: bool) -> Option<Action> {
-        let tx = self.tx.take()?;
-        if overflow {
-            self.error(
+    fn refuse(&mut self, why: Refusal) {
+        match why {
+            Refusal::TooBig => self.error(
                 552,
                 "5.3.4",
                 format!(
                     "Message size exceeds fixed limit of {} bytes",
                     self.cfg.max_message_size
                 ),
-            );
+            ),
+            // Not the client's doing, so not counted towards max_errors.
+            Refusal::NoRoom => reply(
+                &mut self.out,
+                452,
+                "4.3.1",
+                "Insufficient system storage: the relay is receiving too much mail at once; please try again later",
+            ),
+        }
+    }
+
+    fn finish_message(&mut self) -> Option<Action> {
+        let tx = self.tx.take()?;
+        if let Some(why) = tx.refused {
+            self.refuse(why);
             return None;
         }
         let Some(identity) = self.who() else {
             self.error(530, "5.7.0", "Authentication required");
             return None;
         };
-        let header = match self.policy.check_header_from(&identity, &tx.data) {
+        let header = match self
+            .policy
+            .check_header_from(&identity, &tx.data, tx.smtputf8)
+        {
             Ok(h) => h,
             Err(r) => {
                 self.error(r.code, r.status, r.text);
@@ -791,6 +850,7 @@ impl Session {
             }
         };
         self.waiting = true;
+        self.queuing = Some(tx.reservation);
         Some(Action::Queue(Box::new(Envelope {
             mail_from: tx.mail_from,
             recipients: tx.recipients,
@@ -806,8 +866,10 @@ impl Session {
     /// or the reason it is not.
     pub fn queued(&mut self, result: Result<String, String>) {
         self.waiting = false;
+        // The driver has stored (or dropped) its copy of the data by now.
+        self.queuing = None;
         match result {
-            Ok(id) => reply(&mut self.out, 250, "2.0.0", format!("Ok: queued as {id}")),
+            Ok(id) => self.ok(250, "2.0.0", format!("Ok: queued as {id}")),
             Err(why) => reply(
                 &mut self.out,
                 451,

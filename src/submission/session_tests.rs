@@ -18,6 +18,10 @@ fn policy() -> Arc<Policy> {
 }
 
 fn cfg() -> Arc<SessionConfig> {
+    cfg_with_budget(DataBudget::new(1_000_000))
+}
+
+fn cfg_with_budget(data_budget: Arc<DataBudget>) -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
         hostname: "relay.test".into(),
         max_message_size: 1000,
@@ -25,11 +29,16 @@ fn cfg() -> Arc<SessionConfig> {
         max_errors: 5,
         starttls: true,
         require_tls_for_auth: true,
+        data_budget,
     })
 }
 
 fn session(ip: &str, tls: bool) -> Session {
-    let mut s = Session::new(cfg(), policy(), ip.parse().unwrap(), tls);
+    session_with(cfg(), ip, tls)
+}
+
+fn session_with(cfg: Arc<SessionConfig>, ip: &str, tls: bool) -> Session {
+    let mut s = Session::new(cfg, policy(), ip.parse().unwrap(), tls);
     s.greeting();
     s
 }
@@ -370,4 +379,223 @@ fn smtputf8_addresses_need_the_parameter() {
         ["220", "250", "250", "553", "250", "250", "250"],
         "{out}"
     );
+}
+
+/// No byte of the output is a control character except the CRLF that ends
+/// each reply line.
+fn assert_clean(out: &[u8]) {
+    for line in out.split_inclusive(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\r\n").expect("CRLF-terminated");
+        assert!(
+            !text.iter().any(|&b| b < 0x20 || b == 0x7f),
+            "raw control byte in {:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}
+
+#[test]
+fn errors_never_echo_raw_control_bytes() {
+    let mut s = session("10.0.0.1", false);
+    let input =
+        b"EHLO c\r\nMAIL FROM:<a@example.com> X\0Y=1\r\nMAIL FROM:<a@example.com> A\rB=\x1b[2J\r\n";
+    let (out, _) = run(&mut s, input, true);
+    assert_clean(out.as_bytes());
+    assert!(
+        out.contains("555 5.5.4 Unsupported parameter X\\0Y=1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn helo_with_control_characters_is_refused() {
+    let mut s = session("10.0.0.1", false);
+    let (out, _) = run(
+        &mut s,
+        b"HELO a\x01b\r\nEHLO x\x1b\r\nMAIL FROM:<a@example.com>\r\n",
+        true,
+    );
+    assert_eq!(codes(&out), ["220", "501", "501", "503"], "{out}");
+    assert_clean(out.as_bytes());
+}
+
+#[test]
+fn data_after_bdat_is_out_of_sequence() {
+    let mut s = session("10.0.0.1", false);
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nBDAT 20\r\n{}DATA\r\n",
+        &MSG[..20]
+    );
+    let (out, env) = run(&mut s, input.as_bytes(), true);
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "250", "503"],
+        "{out}"
+    );
+    assert!(out.contains("503 5.5.1 DATA cannot follow BDAT"), "{out}");
+    assert!(env.is_empty());
+    // The transaction is intact: BDAT LAST still ends it.
+    let rest = &MSG[20..];
+    let (out, env) = run(
+        &mut s,
+        format!("BDAT {} LAST\r\n{rest}", rest.len()).as_bytes(),
+        true,
+    );
+    assert_eq!(codes(&out), ["250"], "{out}");
+    assert_eq!(env[0].data, MSG.as_bytes());
+}
+
+#[test]
+fn max_errors_counts_errors_in_a_row() {
+    let mut s = session("10.0.0.1", false);
+    // Four errors, a good command, four errors, ...: never five in a row.
+    let mut input = Vec::new();
+    for _ in 0..4 {
+        input.extend_from_slice(b"FROB\r\nFROB\r\nFROB\r\nFROB\r\nNOOP\r\n");
+    }
+    let (out, _) = run(&mut s, &input, true);
+    assert!(!out.contains("421"), "{out}");
+    assert_eq!(out.matches("500 5.5.1").count(), 16);
+    assert!(!s.is_closing());
+    // Five in a row still close the session.
+    let (out, _) = run(
+        &mut s,
+        b"FROB\r\nFROB\r\nFROB\r\nFROB\r\nFROB\r\nNOOP\r\n",
+        true,
+    );
+    assert!(
+        out.ends_with("421 4.7.0 relay.test Too many errors, closing connection\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn failed_auth_attempts_do_not_reset_the_error_count() {
+    let mut s = session("192.0.2.1", true);
+    let mut input = b"EHLO c\r\n".to_vec();
+    for _ in 0..5 {
+        input.extend_from_slice(b"AUTH PLAIN AGFwcAB3cm9uZw==\r\n");
+    }
+    let (out, _) = run(&mut s, &input, false);
+    assert_eq!(out.matches("535 5.7.8").count(), 5, "{out}");
+    assert!(out.contains("421 4.7.0"), "{out}");
+}
+
+fn message_of(len: usize) -> String {
+    let mut m = MSG.to_string();
+    m.push_str(&"x".repeat(len - MSG.len() - 2));
+    m.push_str("\r\n");
+    assert_eq!(m.len(), len);
+    m
+}
+
+#[test]
+fn the_in_flight_budget_is_shared_and_refusal_is_temporary() {
+    let budget = DataBudget::new(1500);
+    let cfg = cfg_with_budget(budget.clone());
+    let mut a = session_with(cfg.clone(), "10.0.0.1", false);
+    let mut b = session_with(cfg, "10.0.0.2", false);
+    let start = "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n";
+    let big = message_of(900);
+    // A holds 900 bytes, its message not yet ended.
+    run(&mut a, format!("{start}{big}").as_bytes(), true);
+    assert!(budget.in_use() >= 900);
+    let (out, env) = run(
+        &mut b,
+        format!("{start}{}.\r\nNOOP\r\n", message_of(800)).as_bytes(),
+        true,
+    );
+    assert_eq!(
+        codes(&out),
+        ["220", "250", "250", "250", "354", "452", "250"],
+        "{out}"
+    );
+    assert!(
+        out.contains("452 4.3.1 Insufficient system storage"),
+        "{out}"
+    );
+    assert!(env.is_empty());
+    // BDAT finds no room either, and says so for the chunk.
+    let (out, _) = run(
+        &mut b,
+        format!(
+            "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nBDAT 800 LAST\r\n{}",
+            message_of(800)
+        )
+        .as_bytes(),
+        true,
+    );
+    assert_eq!(codes(&out), ["250", "250", "452"], "{out}");
+    // A ends its message: the budget comes back once it is stored.
+    let (used, action) = a.feed(b".\r\n");
+    assert_eq!(used, 3);
+    let Some(Action::Queue(env)) = action else {
+        panic!("not queued")
+    };
+    assert_eq!(env.data, big.as_bytes());
+    assert!(budget.in_use() >= 900, "held until stored");
+    a.queued(Ok("ID".into()));
+    assert_eq!(budget.in_use(), 0);
+    let (out, env) = run(
+        &mut b,
+        format!(
+            "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n{}.\r\n",
+            message_of(800)
+        )
+        .as_bytes(),
+        true,
+    );
+    assert_eq!(codes(&out), ["250", "250", "354", "250"], "{out}");
+    assert_eq!(env.len(), 1);
+    assert_eq!(budget.in_use(), 0);
+}
+
+#[test]
+fn a_dropped_or_reset_transaction_gives_its_budget_back() {
+    let budget = DataBudget::new(1500);
+    let cfg = cfg_with_budget(budget.clone());
+    let mut a = session_with(cfg, "10.0.0.1", false);
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nBDAT 900\r\n{}RSET\r\n",
+        &message_of(900)
+    );
+    run(&mut a, &input.as_bytes()[..input.len() - 6], true);
+    assert!(budget.in_use() >= 900);
+    run(&mut a, b"RSET\r\n", true);
+    assert_eq!(budget.in_use(), 0, "RSET");
+    run(
+        &mut a,
+        format!(
+            "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n{}",
+            message_of(900)
+        )
+        .as_bytes(),
+        true,
+    );
+    assert!(budget.in_use() >= 900);
+    drop(a);
+    assert_eq!(budget.in_use(), 0, "session gone");
+}
+
+#[test]
+fn header_checks_run_at_the_end_of_data() {
+    let mut s = session("10.0.0.1", false);
+    let msg = "From: ceo@evil.test <a@example.com>\r\nSubject: x\r\n\r\nbody\r\n";
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.net>\r\nDATA\r\n{msg}.\r\nNOOP\r\n"
+    );
+    let (out, env) = run(&mut s, input.as_bytes(), true);
+    assert!(
+        out.contains("550 5.6.0 Message refused: its From: header cannot be read"),
+        "{out}"
+    );
+    assert!(env.is_empty());
+    // 8-bit headers pass with SMTPUTF8 only.
+    let msg = "From: J\u{f6}rg <a@example.com>\r\n\r\nbody\r\n";
+    for (param, code) in [("", "550"), (" SMTPUTF8", "250")] {
+        let input =
+            format!("MAIL FROM:<a@example.com>{param}\r\nRCPT TO:<b@x.net>\r\nDATA\r\n{msg}.\r\n");
+        let (out, _) = run(&mut s, input.as_bytes(), true);
+        assert_eq!(codes(&out).last().map(String::as_str), Some(code), "{out}");
+    }
 }
