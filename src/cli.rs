@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::events::StoredEvent;
 use crate::store::{self, events::EventFilter, Tx};
+use crate::text::printable;
 use std::io::Write;
 
 pub type CliResult = Result<(), String>;
@@ -157,26 +158,6 @@ fn finish(done: Result<(), Stop>, mut w: impl Write) -> CliResult {
         Err(Stop::Io(e)) => Err(format!("writing the output: {e}")),
         Err(Stop::Db(e)) => Err(format!("reading the store: {e}")),
     }
-}
-
-/// Text that came from outside (remote replies, links, addresses) as it
-/// may safely reach a terminal: control characters, ESC among them, are
-/// shown escaped instead of being interpreted.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    std::borrow::Cow::Owned(
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
 }
 
 fn human_event(e: &StoredEvent) -> String {
@@ -489,18 +470,4 @@ pub fn webhooks_replay(config: &Config, id: Option<&str>, since: &Option<String>
     }
     println!("{n} webhook delivery(ies) queued again; a running `trackrelay serve` sends them within a second");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn control_characters_never_reach_the_terminal() {
-        assert_eq!(printable("250 ok"), "250 ok");
-        let hostile = "550 \u{1b}[2J\u{1b}]0;pwned\u{7}gone\r\n";
-        let shown = printable(hostile);
-        assert!(!shown.chars().any(char::is_control), "{shown}");
-        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
-    }
 }

@@ -18,6 +18,7 @@ pub mod prepare;
 pub mod serve;
 pub mod store;
 pub mod submission;
+pub mod text;
 pub mod time;
 pub mod tls;
 pub mod tracking;

@@ -24,6 +24,7 @@ mod lookup;
 mod records;
 pub mod spf;
 
+use crate::text::printable;
 use std::fmt;
 use std::io::Write;
 
@@ -281,21 +282,6 @@ pub fn render_table(checks: &[RecordCheck]) -> String {
 /// on the way (an include's, a CNAME target's) writes: control characters
 /// are shown escaped so they cannot move the cursor, recolour the terminal
 /// or fake a line of the table.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
 
 /// The command: checks the configured domains (or only `domain`), prints a
 /// table or JSON lines on stdout, and returns whether every required record

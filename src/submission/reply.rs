@@ -1,25 +1,6 @@
 //! SMTP replies with enhanced status codes (RFC 5321, RFC 3463).
 
-use std::borrow::Cow;
-
-/// Client-supplied text made safe to show in a reply or a log line: control
-/// characters (CR, LF, NUL, ESC, DEL, C1...) are written as escapes such as
-/// `\r` or `\0`, so they can neither split a reply or log line nor reach a
-/// terminal raw.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+pub use crate::text::printable;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -67,6 +48,7 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn single_and_multi_line() {
