@@ -42,6 +42,7 @@ fn corpus_reports_parse_and_name_their_recipients() {
         return;
     };
     let mut checked = 0;
+    let mut dsns = 0;
     for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let raw = std::fs::read(&p).unwrap();
         let lower = String::from_utf8_lossy(&raw).to_ascii_lowercase();
@@ -55,13 +56,27 @@ fn corpus_reports_parse_and_name_their_recipients() {
         match classify(&raw) {
             Report::Dsn(d) => {
                 assert!(!d.recipients.is_empty() || !names_rcpt, "{}", p.display());
-                for r in &d.recipients {
+                // Every Final-Recipient the file names is among those parsed.
+                let named: Vec<String> = lower
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("final-recipient:"))
+                    .map(|v| {
+                        let v = v.split_once(';').map_or(v, |(_, a)| a).trim();
+                        v.trim_start_matches('<').trim_end_matches('>').to_owned()
+                    })
+                    .collect();
+                for a in &named {
                     assert!(
-                        r.recipient().is_some_and(|a| a.contains('@')),
-                        "{}: {r:?}",
-                        p.display()
+                        d.recipients.iter().any(|r| r
+                            .final_recipient
+                            .as_deref()
+                            .is_some_and(|f| f.eq_ignore_ascii_case(a))),
+                        "{}: {a} not in {:?}",
+                        p.display(),
+                        d.recipients
                     );
                 }
+                dsns += usize::from(!named.is_empty());
             }
             Report::Arf(c) => {
                 if lower.contains("original-rcpt-to:") {
@@ -72,6 +87,7 @@ fn corpus_reports_parse_and_name_their_recipients() {
         }
     }
     assert!(checked > 0, "the corpus has delivery-status samples");
+    assert!(dsns > 0, "at least one corpus DSN names its recipients");
 }
 
 #[test]
@@ -148,8 +164,12 @@ fn yahoo_plain_text_without_enhanced_code() {
     let Report::PlainBounce(p) = &r else {
         panic!("{r:?}")
     };
-    // "554: delivery error: dd" has no enhanced code and a colon after 554:
-    // permanent only if the basic code is read; the text is kept either way.
+    // "554: delivery error: dd" has only a basic code: permanent, but
+    // nothing says the address is bad, so it is not suppressed.
+    assert_eq!(
+        (p.bounce.kind, p.bounce.sub_type, p.bounce.suppress),
+        (BounceType::Permanent, SubType::General, false)
+    );
     assert!(
         p.bounce.message.contains("delivery error"),
         "{}",

@@ -121,7 +121,8 @@ fn parse_enhanced_at(b: &[u8], start: usize) -> Option<(Enhanced, usize)> {
     Some((Enhanced(class, parts[0], parts[1]), pos))
 }
 
-/// The first basic reply code `4xx`/`5xx` followed by a space or `-`.
+/// The first basic reply code `4xx`/`5xx` followed by a space, `-` or `:`
+/// (Yahoo writes `554:`).
 pub fn find_basic(text: &str) -> Option<u16> {
     let b = text.as_bytes();
     (0..b.len().saturating_sub(3)).find_map(|i| {
@@ -131,7 +132,7 @@ pub fn find_basic(text: &str) -> Option<u16> {
             && matches!(w[0], b'4' | b'5')
             && w[1].is_ascii_digit()
             && w[2].is_ascii_digit()
-            && matches!(w[3], b' ' | b'-'))
+            && matches!(w[3], b' ' | b'-' | b':'))
         .then(|| {
             u16::from(w[0] - b'0') * 100 + u16::from(w[1] - b'0') * 10 + u16::from(w[2] - b'0')
         })
@@ -250,6 +251,7 @@ mod tests {
         assert_eq!(find_enhanced("5.1"), None);
         assert_eq!(find_basic("said: 550-5.1.1 The"), Some(550));
         assert_eq!(find_basic("1550 x"), None);
+        assert_eq!(find_basic("554: delivery error"), Some(554));
     }
 
     #[test]
