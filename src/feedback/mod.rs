@@ -167,7 +167,11 @@ fn addresses(text: &str, from: &str) -> Vec<String> {
         };
         let l = l.trim_start_matches('.');
         let d = d.trim_end_matches('.');
-        if l.is_empty() || !d.contains('.') || d.contains('@') || l.contains('+') {
+        // Our own return path is in most bounces; it is not a recipient.
+        let ours = l
+            .rsplit_once('+')
+            .is_some_and(|(_, t)| t.len() == return_path::TOKEN_LEN);
+        if l.is_empty() || !d.contains('.') || d.contains('@') || ours {
             continue;
         }
         let a = format!("{l}@{d}");
@@ -203,5 +207,23 @@ impl Report {
             }
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_addresses_skip_daemons_and_our_return_path() {
+        let token = "a".repeat(return_path::TOKEN_LEN);
+        let text = format!(
+            "to <user+tag@example.org>: 550 x\nMAILER-DAEMON@mx.example.org\n\
+             bounces+{token}@bounces.example.com\nuser+tag@example.org."
+        );
+        assert_eq!(
+            addresses(&text, "postmaster@x.example"),
+            ["user+tag@example.org"]
+        );
     }
 }
