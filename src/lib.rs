@@ -11,6 +11,7 @@ pub mod config;
 pub mod dns;
 pub mod dnscheck;
 pub mod events;
+pub mod feedback;
 pub mod metrics;
 pub mod net;
 pub mod outbound;

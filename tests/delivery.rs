@@ -539,11 +539,24 @@ async fn return_path_managed_key_and_preview() {
     let msg = message("news@example.com", "x@example.net", "rp", "hello");
     let id = submit(&relay, "news@example.com", &["x@example.net"], &msg);
     assert!(mx.wait_for(1, Duration::from_secs(30)).await);
-    let simple = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
-    assert_eq!(
-        mx.received()[0].mail_from,
-        format!("bounces+{simple}.0@bounces.example.com")
+    // The envelope sender carries an authenticated token for this email
+    // and recipient, within the 64-character local part.
+    let mail_from = mx.received()[0].mail_from.clone();
+    let (local, rp_domain) = mail_from.split_once('@').unwrap();
+    assert_eq!(rp_domain, "bounces.example.com");
+    assert!(
+        local.starts_with("bounces+") && local.len() <= 64,
+        "{local}"
     );
+    let keys =
+        trackrelay::prepare::TokenKeys::load_or_create(&relay.data_dir().join("tracking.key"), &[])
+            .unwrap();
+    let verified = trackrelay::feedback::return_path::verify_address(&keys, &mail_from)
+        .expect("the return-path token verifies with the relay's key");
+    assert_eq!(verified.email_id, uuid::Uuid::parse_str(&id).unwrap());
+    assert_eq!(verified.rcpt_index, 0);
+    let forged = trackrelay::prepare::TokenKeys::new([1; 32], vec![]);
+    assert!(trackrelay::feedback::return_path::verify_address(&forged, &mail_from).is_none());
     // The managed key was generated at first start and its record logged.
     assert!(relay.data_dir().join("dkim/example.com.auto.pem").exists());
     assert!(

@@ -315,12 +315,22 @@ impl Runner {
             .get(&domain)
             .and_then(|d| d.return_path.as_ref())
         {
-            Some(rp) => {
-                let id = uuid::Uuid::parse_str(&claim.email_id)
-                    .map(|u| u.simple().to_string())
-                    .unwrap_or_else(|_| claim.email_id.replace('-', ""));
-                format!("bounces+{id}.{}@{rp}.{domain}", claim.idx)
-            }
+            // Bounces come back with an authenticated token naming this
+            // email and recipient (src/feedback/return_path.rs). An id that
+            // is not a UUID cannot happen for stored mail; if it did, the
+            // sender's own address is a safe fallback.
+            Some(rp) => uuid::Uuid::parse_str(&claim.email_id)
+                .ok()
+                .and_then(|id| {
+                    crate::feedback::return_path::address(
+                        &self.keys,
+                        "bounces",
+                        &format!("{rp}.{domain}"),
+                        id,
+                        claim.idx,
+                    )
+                })
+                .unwrap_or_else(|| claim.mail_from.clone()),
             None => claim.mail_from.clone(),
         }
     }

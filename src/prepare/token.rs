@@ -172,6 +172,28 @@ impl TokenKeys {
         parse_payload(payload)
     }
 
+    /// For other authenticated tokens made with the same keys (the return
+    /// path, src/feedback/return_path.rs): the current key's id and tag.
+    pub(crate) fn current_key_id(&self) -> u8 {
+        self.current.id
+    }
+
+    pub(crate) fn current_tag(&self, payload: &[u8]) -> [u8; TAG_LEN] {
+        self.current.tag(payload)
+    }
+
+    /// Whether any key with `key_id` made a tag starting with `tag`
+    /// (callers may truncate), compared in constant time.
+    pub(crate) fn tag_matches(&self, key_id: u8, payload: &[u8], tag: &[u8]) -> bool {
+        !tag.is_empty()
+            && tag.len() <= TAG_LEN
+            && self
+                .all
+                .iter()
+                .filter(|k| k.id == key_id)
+                .any(|k| constant_time_eq(&k.tag(payload)[..tag.len()], tag))
+    }
+
     fn start_payload(&self, out: &mut Vec<u8>, kind: u8, email_id: Uuid, rcpt_index: u32) {
         out.push(VERSION | kind);
         out.push(self.current.id);
