@@ -127,16 +127,27 @@ pub(crate) fn find_part(msg: &Message<'_>, types: &[(&str, &str)]) -> Option<usi
 }
 
 /// Finds and reads the delivery-status part; `None` if there is none.
+/// Some MTAs send more than one, the first holding prose instead of fields
+/// (seen in the wild): every such part is read, and their recipients and
+/// first reporting MTA kept.
 pub fn parse(msg: &Message<'_>) -> Option<Dsn> {
-    let status_idx = find_part(
-        msg,
-        &[
-            ("message", "delivery-status"),
-            ("message", "global-delivery-status"),
-        ],
-    )?;
-    let body = part_bytes(msg, status_idx)?;
-    let (reporting_mta, recipients) = parse_fields(&String::from_utf8_lossy(&body));
+    let is_status = |i: usize| {
+        is_type(msg, i, "message", "delivery-status")
+            || is_type(msg, i, "message", "global-delivery-status")
+    };
+    let status_idx = (0..msg.parts.len()).find(|&i| is_status(i))?;
+    let mut reporting_mta = None;
+    let mut recipients = Vec::new();
+    for i in (status_idx..msg.parts.len()).filter(|&i| is_status(i)) {
+        let Some(body) = part_bytes(msg, i) else {
+            continue;
+        };
+        let (mta, rcpts) = parse_fields(&String::from_utf8_lossy(&body));
+        if reporting_mta.is_none() {
+            reporting_mta = mta;
+        }
+        recipients.extend(rcpts);
+    }
     let returned = (0..msg.parts.len())
         .find(|&i| {
             is_type(msg, i, "message", "rfc822")
