@@ -37,7 +37,7 @@ pub mod bit {
     pub const DELAYED: i64 = 4;
     pub const BOUNCED: i64 = 8;
     pub const FAILED: i64 = 16;
-    /// Reserved for `email.complained` (feedback loops): the column is there.
+    /// `email.complained` (feedback loops).
     pub const COMPLAINED: i64 = 32;
     pub const OPENED: i64 = 64;
     pub const OPENED_HUMAN: i64 = 128;
@@ -76,6 +76,9 @@ pub fn bits_for(ev: &NewEvent) -> i64 {
         EventType::Opened => bit::OPENED | bit::OPENED_HUMAN,
         EventType::Clicked if machine => bit::CLICKED | bit::CLICKED_MACHINE,
         EventType::Clicked => bit::CLICKED | bit::CLICKED_HUMAN,
+        EventType::Complained => bit::COMPLAINED,
+        // No rollup column yet: counted from the recipients' status.
+        EventType::Suppressed | EventType::Unsubscribed => 0,
     }
 }
 

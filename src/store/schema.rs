@@ -155,6 +155,20 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS events_type_at;
     CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
     "#,
+    // suppressions (issue 11): addresses never delivered to. scope '' means
+    // every sending domain (a NULL would defeat the primary key's
+    // uniqueness); the store maps it to and from None.
+    r#"
+    CREATE TABLE suppressions (
+        address     TEXT NOT NULL,           -- lowercased
+        scope       TEXT NOT NULL DEFAULT '', -- '' = every domain, else one sending domain, lowercased
+        reason      TEXT NOT NULL,           -- hard_bounce, complaint, unsubscribe, manual
+        event_id    INTEGER,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER,
+        PRIMARY KEY (address, scope)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
