@@ -6,6 +6,8 @@ use crate::events::StoredEvent;
 use crate::store::{self, events::EventFilter, Tx};
 use std::io::Write;
 
+pub mod suppressions;
+
 pub type CliResult = Result<(), String>;
 
 fn reader(config: &Config) -> Result<rusqlite::Connection, String> {

@@ -317,8 +317,9 @@ pub struct Attempt {
 }
 
 /// Records an attempt's outcome and its event, in one transaction, if the
-/// attempt's lease still owns the row; otherwise changes nothing.
-pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
+/// attempt's lease still owns the row; otherwise changes nothing. Returns
+/// the event's id when it recorded one.
+pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
     let (status, next, kind) = match a.outcome {
         Outcome::Delivered => ("delivered", None, EventType::Delivered),
         Outcome::Deferred { next_attempt_at } => (
@@ -344,7 +345,7 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
     if changed == 0 {
         // The operator deleted it meanwhile, or the lease ran out and the
         // row went to another attempt: it is no longer ours to change.
-        return Ok(());
+        return Ok(None);
     }
     let attempts: i64 = tx.query_row(
         "SELECT attempts FROM recipients WHERE email_id = ?1 AND idx = ?2",
@@ -363,8 +364,7 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
         detail["next_attempt_at"] = json!(super::rfc3339(next));
     }
     ev.detail = Some(detail);
-    super::events::insert(tx, &ev)?;
-    Ok(())
+    super::events::insert(tx, &ev).map(Some)
 }
 
 /// `queue retry ID`: the email's waiting recipients (by email id, or one

@@ -122,6 +122,43 @@ pub fn lookup(
     .optional()
 }
 
+/// The address of a recipient and its email's sending domain (both
+/// lowercased), to scope a suppression the recipient caused.
+pub fn recipient_scope(
+    conn: &Connection,
+    email_id: &str,
+    idx: u32,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(
+        "SELECT lower(r.address), lower(e.domain) FROM recipients r JOIN emails e ON e.id = r.email_id
+         WHERE r.email_id = ?1 AND r.idx = ?2",
+    )?
+    .query_row(params![email_id, idx], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+/// Whether a remote reply (as recorded: `RCPT TO: 550 5.1.1 text`) says
+/// the address itself is bad: a 5xx whose enhanced status is 5.1.x. Policy
+/// and reputation refusals (5.7.x), other 5.x.x and every 4xx are not, so
+/// a receiver's bad day never suppresses anyone. Only the first reply code
+/// in the text counts: the remote's own text may quote anything.
+pub fn is_bad_address(response: &str) -> bool {
+    let mut words = response.split_whitespace();
+    while let Some(w) = words.next() {
+        let b = w.as_bytes();
+        if b.len() == 3 && b.iter().all(u8::is_ascii_digit) && (b'2'..=b'5').contains(&b[0]) {
+            let Some(esc) = words.next() else {
+                return false;
+            };
+            return b[0] == b'5'
+                && esc.strip_prefix("5.1.").is_some_and(|d| {
+                    !d.is_empty() && d.len() <= 3 && d.bytes().all(|c| c.is_ascii_digit())
+                });
+        }
+    }
+    false
+}
+
 /// Calls `on` for each entry (only those scoped to `domain` and the
 /// every-domain ones, when given), in address order, one at a time, so a
 /// list of any length prints in constant memory.
@@ -209,6 +246,20 @@ mod tests {
             lookup(&conn, "bob@example.net", "example.com", 200).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn only_a_5_1_x_refusal_is_a_bad_address() {
+        assert!(is_bad_address("RCPT TO: 550 5.1.1 no such user"));
+        assert!(is_bad_address("550 5.1.10 recipient address rejected"));
+        assert!(!is_bad_address("RCPT TO: 550 5.7.1 blocked by policy"));
+        assert!(!is_bad_address("RCPT TO: 450 4.1.1 try later"));
+        assert!(!is_bad_address("RCPT TO: 451 4.3.0 said 550 5.1.1 earlier"));
+        assert!(!is_bad_address("RCPT TO: 550 no enhanced code"));
+        assert!(!is_bad_address("no MX: the domain accepts no mail"));
+        assert!(!is_bad_address(
+            "gave up after 3 attempt(s) over 1h: 450 4.1.1"
+        ));
     }
 
     #[test]
