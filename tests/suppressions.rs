@@ -348,3 +348,159 @@ fn cli_add_list_remove_export_import_round_trip() {
     );
     assert_eq!(listed(&relay, &[]).len(), 3);
 }
+
+/// One HTTP/1.1 request with an optional body; status and JSON answer.
+fn call(
+    relay: &Relay,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(relay.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let (_, b) = text.split_once("\r\n\r\n").unwrap();
+    (
+        status,
+        serde_json::from_str(b).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn api_lists_adds_and_removes_with_the_token_only() {
+    let relay = Relay::start(Options {
+        api_token: true,
+        ..Options::default()
+    });
+    let body = r#"{"address": "Api@Example.net", "domain": "example.com", "reason": "complaint"}"#;
+    // Without a token, or with a wrong one: refused, nothing written.
+    assert_eq!(
+        call(&relay, "POST", "/v1/suppressions", None, Some(body)).0,
+        401
+    );
+    assert_eq!(
+        call(
+            &relay,
+            "POST",
+            "/v1/suppressions",
+            Some("wrong"),
+            Some(body)
+        )
+        .0,
+        401
+    );
+    assert_eq!(call(&relay, "GET", "/v1/suppressions", None, None).0, 401);
+    assert_eq!(
+        call(
+            &relay,
+            "DELETE",
+            "/v1/suppressions/x@example.net",
+            None,
+            None
+        )
+        .0,
+        401
+    );
+    assert!(listed(&relay, &[]).is_empty());
+
+    let tok = Some(API_TOKEN);
+    let (st, v) = call(&relay, "POST", "/v1/suppressions", tok, Some(body));
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["address"], "api@example.net");
+    assert_eq!(v["added"], true);
+    let (st, v) = call(&relay, "POST", "/v1/suppressions", tok, Some(body));
+    assert_eq!((st, v["added"].clone()), (200, serde_json::json!(false)));
+    let (st, _) = call(
+        &relay,
+        "POST",
+        "/v1/suppressions",
+        tok,
+        Some(r#"{"address": "b+tag@example.net"}"#),
+    );
+    assert_eq!(st, 201);
+    for (bad, why) in [
+        (r#"{"address": "nope"}"#, "address"),
+        (r#"{"address": "a@b.test", "reason": "spite"}"#, "reason"),
+        (r#"{"address": "a@b.test", "extra": 1}"#, "extra"),
+        ("not json", "JSON"),
+    ] {
+        let (st, v) = call(&relay, "POST", "/v1/suppressions", tok, Some(bad));
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{bad}: {v}");
+    }
+    assert_eq!(listed(&relay, &[]).len(), 2);
+
+    // Paged: one row per page, the cursor leads to the second.
+    let (st, p1) = call(&relay, "GET", "/v1/suppressions?limit=1", tok, None);
+    assert_eq!(st, 200);
+    assert_eq!(p1["data"].as_array().unwrap().len(), 1);
+    assert_eq!(p1["data"][0]["address"], "api@example.net");
+    assert_eq!(p1["data"][0]["domain"], "example.com");
+    assert_eq!(p1["data"][0]["reason"], "complaint");
+    let after = p1["next_after"].as_str().unwrap();
+    let (_, p2) = call(
+        &relay,
+        "GET",
+        &format!("/v1/suppressions?limit=1&after={after}"),
+        tok,
+        None,
+    );
+    assert_eq!(p2["data"][0]["address"], "b+tag@example.net");
+    assert_eq!(p2["data"][0]["domain"], serde_json::Value::Null);
+    assert_eq!(p2["next_after"], serde_json::Value::Null);
+    let (_, org) = call(
+        &relay,
+        "GET",
+        "/v1/suppressions?domain=example.org",
+        tok,
+        None,
+    );
+    assert_eq!(org["data"].as_array().unwrap().len(), 1);
+
+    // DELETE: the scope must match; '+' and '%40' in the path are literal.
+    let (st, _) = call(
+        &relay,
+        "DELETE",
+        "/v1/suppressions/api@example.net",
+        tok,
+        None,
+    );
+    assert_eq!(st, 404);
+    let (st, v) = call(
+        &relay,
+        "DELETE",
+        "/v1/suppressions/api%40example.net?domain=example.com",
+        tok,
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = call(
+        &relay,
+        "DELETE",
+        "/v1/suppressions/b+tag@example.net",
+        tok,
+        None,
+    );
+    assert_eq!(st, 200);
+    assert!(listed(&relay, &[]).is_empty());
+    assert_eq!(call(&relay, "PUT", "/v1/suppressions", tok, None).0, 405);
+}

@@ -2,7 +2,8 @@
 
 use super::{csv_row, csv_writer, finish, out, printable, reader, CliResult, Stop};
 use crate::config::Config;
-use crate::store::{self, suppressions as sup};
+use crate::store;
+use crate::store::suppressions::{self as sup, check_address, check_domain, check_reason};
 use std::io::Write;
 
 const CSV_FIELDS: [&str; 6] = [
@@ -16,44 +17,6 @@ const CSV_FIELDS: [&str; 6] = [
 
 fn writer(config: &Config) -> Result<rusqlite::Connection, String> {
     store::open_writer(&config.database_path()).map_err(|e| e.to_string())
-}
-
-/// An address as the list keeps it, or why it cannot be one. Loose on
-/// purpose (the list must take whatever address mail was sent to), but
-/// never empty, never without a domain, never with spaces or controls.
-pub fn check_address(a: &str) -> Result<String, String> {
-    let a = a.trim();
-    let ok = a.len() <= 320
-        && a.rsplit_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        && !a.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(a.to_lowercase())
-    } else {
-        Err(format!("{:?} is not an email address", printable(a)))
-    }
-}
-
-pub fn check_domain(d: &str) -> Result<String, String> {
-    let d = d.trim().trim_end_matches('.');
-    let ok = !d.is_empty()
-        && d.len() <= 253
-        && d.split('.')
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    if ok {
-        Ok(d.to_ascii_lowercase())
-    } else {
-        Err(format!("{:?} is not a domain name", printable(d)))
-    }
-}
-
-pub fn check_reason(r: &str) -> Result<sup::Reason, String> {
-    sup::Reason::parse(r).ok_or_else(|| {
-        format!(
-            "{:?} is not a reason (hard_bounce, complaint, unsubscribe, manual)",
-            printable(r)
-        )
-    })
 }
 
 pub fn list(config: &Config, json: bool, domain: Option<&str>) -> CliResult {

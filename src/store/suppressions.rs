@@ -66,6 +66,42 @@ impl Suppression {
     }
 }
 
+/// An address as the list keeps it, or why it cannot be one. Loose on
+/// purpose (the list must take whatever address mail was sent to), but
+/// never empty, never without a domain, never with spaces or controls
+/// (the message quotes it with `{:?}`, so controls show escaped).
+pub fn check_address(a: &str) -> Result<String, String> {
+    let a = a.trim();
+    let ok = a.len() <= 320
+        && a.rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !a.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(a.to_lowercase())
+    } else {
+        Err(format!("{a:?} is not an email address"))
+    }
+}
+
+pub fn check_domain(d: &str) -> Result<String, String> {
+    let d = d.trim().trim_end_matches('.');
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if ok {
+        Ok(d.to_ascii_lowercase())
+    } else {
+        Err(format!("{d:?} is not a domain name"))
+    }
+}
+
+pub fn check_reason(r: &str) -> Result<Reason, String> {
+    Reason::parse(r).ok_or_else(|| {
+        format!("{r:?} is not a reason (hard_bounce, complaint, unsubscribe, manual)")
+    })
+}
+
 fn scope(domain: Option<&str>) -> String {
     domain.map(str::to_lowercase).unwrap_or_default()
 }
