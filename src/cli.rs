@@ -232,6 +232,19 @@ pub fn stats(
             println!("{k:<18} {val}");
         }
     }
+    // Per sending domain: the providers judge each domain on its own.
+    let (since, until) = (time_arg("since", since)?, time_arg("until", until)?);
+    let names: Vec<String> = match domain {
+        Some(d) => vec![d.to_string()],
+        None => config.domains.iter().map(|d| d.name.clone()).collect(),
+    };
+    for name in names {
+        let st =
+            store::stats::compute(&conn, Some(&name), since, until).map_err(|e| e.to_string())?;
+        if let Some(w) = store::stats::complaint_warning(&name, &st) {
+            eprintln!("{w}");
+        }
+    }
     Ok(())
 }
 

@@ -247,6 +247,54 @@ async fn a_domain_scoped_entry_applies_to_that_sending_domain_only() {
     wait_status(&relay, &com, "x@example.net", "suppressed");
     wait_status(&relay, &org, "x@example.net", "delivered");
     assert_eq!(rcpt_tries(&mx, "x@example.net"), 1);
+    // Counted once, for the domain it was suppressed for.
+    let stats = |d: &str| -> serde_json::Value {
+        serde_json::from_str(&cli_ok(&relay, &["stats", "--json", "--domain", d])).unwrap()
+    };
+    assert_eq!(stats("example.com")["suppressed"], 1);
+    assert_eq!(stats("example.com")["delivered"], 0);
+    assert_eq!(stats("example.org")["suppressed"], 0);
+    assert_eq!(stats("example.org")["delivered"], 1);
+}
+
+#[test]
+fn stats_warn_when_a_domains_complaint_rate_passes_the_thresholds() {
+    let relay = Relay::start(Options::default());
+    let out = relay.cli(&["stats"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).is_empty());
+    // Complaints come from the feedback listener; here the rollups the
+    // store keeps for them are written as it would.
+    let hour = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        / 3_600_000
+        - 2)
+        * 3_600_000;
+    let db = rusqlite::Connection::open(relay.db_path()).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    for (domain, complained) in [("example.com", 2), ("example.org", 4)] {
+        db.execute(
+            "INSERT INTO rollups (hour, domain, sent, delivered, complained) VALUES (?1, ?2, 1000, 1000, ?3)",
+            rusqlite::params![hour, domain, complained],
+        )
+        .unwrap();
+    }
+    let out = relay.cli(&["stats", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["complained"], 6);
+    assert_eq!(v["complaint_rate"], 0.003);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("warning: example.com: complaint rate 0.20 %"),
+        "{err}"
+    );
+    assert!(
+        err.contains("limit: example.org: complaint rate 0.40 %"),
+        "{err}"
+    );
 }
 
 #[test]

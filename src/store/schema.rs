@@ -168,6 +168,10 @@ const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER,
         PRIMARY KEY (address, scope)
     ) WITHOUT ROWID;
+    -- Rollup counters for the new events (recipients.counted bits 4096 and
+    -- 8192). No store before this one has such events: nothing to backfill.
+    ALTER TABLE rollups ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
