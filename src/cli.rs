@@ -7,6 +7,8 @@ use crate::store::{self, events::EventFilter, Tx};
 use crate::text::printable;
 use std::io::Write;
 
+pub mod suppressions;
+
 pub type CliResult = Result<(), String>;
 
 fn reader(config: &Config) -> Result<rusqlite::Connection, String> {
@@ -209,6 +211,19 @@ pub fn stats(
     } else if let Some(obj) = v.as_object() {
         for (k, val) in obj {
             println!("{k:<18} {val}");
+        }
+    }
+    // Per sending domain: the providers judge each domain on its own.
+    let (since, until) = (time_arg("since", since)?, time_arg("until", until)?);
+    let names: Vec<String> = match domain {
+        Some(d) => vec![d.to_string()],
+        None => config.domains.iter().map(|d| d.name.clone()).collect(),
+    };
+    for name in names {
+        let st =
+            store::stats::compute(&conn, Some(&name), since, until).map_err(|e| e.to_string())?;
+        if let Some(w) = store::stats::complaint_warning(&name, &st) {
+            eprintln!("{w}");
         }
     }
     Ok(())

@@ -172,9 +172,16 @@ pub struct DomainConfig {
     pub return_path: Option<String>,
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
+    /// What adds an address to the suppression list for this domain.
+    #[serde(default = "default_suppress_on")]
+    pub suppress_on: Vec<String>,
 }
 
 impl DomainConfig {
+    pub fn suppresses_on(&self, reason: &str) -> bool {
+        self.suppress_on.iter().any(|r| r == reason)
+    }
+
     pub fn tracking_host(&self) -> Option<String> {
         self.tracking_subdomain
             .as_ref()
@@ -329,7 +336,17 @@ pub const EVENT_TYPES: &[&str] = &[
     "email.failed",
     "email.opened",
     "email.clicked",
+    "email.suppressed",
+    "email.complained",
+    "email.unsubscribed",
 ];
+
+/// What `[[domains]] suppress_on` may name: the automatic reasons.
+pub const SUPPRESS_ON: &[&str] = &["hard_bounce", "complaint", "unsubscribe"];
+
+fn default_suppress_on() -> Vec<String> {
+    SUPPRESS_ON.iter().map(|s| s.to_string()).collect()
+}
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/trackrelay")
@@ -615,6 +632,14 @@ impl Config {
             }
             if !seen.insert(d.name.to_ascii_lowercase()) {
                 p.push(format!("{key}.name: {:?} is configured twice", d.name));
+            }
+            for r in &d.suppress_on {
+                if !SUPPRESS_ON.contains(&r.as_str()) {
+                    p.push(format!(
+                        "{key}.suppress_on: {r:?} is not one of {}",
+                        SUPPRESS_ON.join(", ")
+                    ));
+                }
             }
             for (field, sub) in d
                 .tracking_subdomain
@@ -954,6 +979,22 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("submission.users[0].domains: \"example.org\" is not a configured"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn suppress_on_defaults_to_every_reason_and_names_a_bad_one() {
+        let base = "[server]\nhostname = \"r.example.com\"\n[[domains]]\nname = \"example.com\"\n";
+        let c = parse(base).unwrap();
+        assert!(c.domains[0].suppresses_on("hard_bounce"));
+        assert!(c.domains[0].suppresses_on("complaint"));
+        assert!(c.domains[0].suppresses_on("unsubscribe"));
+        let off = parse(&format!("{base}suppress_on = []\n")).unwrap();
+        assert!(!off.domains[0].suppresses_on("hard_bounce"));
+        let e = parse(&format!("{base}suppress_on = [\"bounce\"]\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("domains[0].suppress_on: \"bounce\""),
             "{e}"
         );
     }

@@ -12,10 +12,14 @@ pub enum EventType {
     Failed,
     Opened,
     Clicked,
+    /// A recipient skipped because it is on the suppression list.
+    Suppressed,
+    Complained,
+    Unsubscribed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 10] = [
         EventType::Sent,
         EventType::Delivered,
         EventType::DeliveryDelayed,
@@ -23,6 +27,9 @@ impl EventType {
         EventType::Failed,
         EventType::Opened,
         EventType::Clicked,
+        EventType::Suppressed,
+        EventType::Complained,
+        EventType::Unsubscribed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +41,9 @@ impl EventType {
             EventType::Failed => "email.failed",
             EventType::Opened => "email.opened",
             EventType::Clicked => "email.clicked",
+            EventType::Suppressed => "email.suppressed",
+            EventType::Complained => "email.complained",
+            EventType::Unsubscribed => "email.unsubscribed",
         }
     }
 
@@ -205,7 +215,18 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
             }
             data.insert("delivery".into(), d);
         }
-        EventType::Sent => {}
+        EventType::Suppressed => {
+            let d = ev.detail.clone().unwrap_or(Value::Null);
+            data.insert(
+                "suppressed".into(),
+                json!({
+                    "reason": d.get("reason").cloned().unwrap_or(Value::Null),
+                    "suppressed_since": d.get("suppressed_since").cloned().unwrap_or(Value::Null),
+                    "timestamp": at,
+                }),
+            );
+        }
+        EventType::Sent | EventType::Complained | EventType::Unsubscribed => {}
     }
     json!({
         "type": ev.kind.as_str(),

@@ -89,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         action: QueueCommand,
     },
+    /// Show and manage the suppression list.
+    Suppressions {
+        #[command(subcommand)]
+        action: SuppressionsCommand,
+    },
     /// List stored events.
     Events {
         #[command(flatten)]
@@ -161,6 +166,54 @@ enum WebhooksCommand {
         id: Option<String>,
         #[arg(long)]
         since: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SuppressionsCommand {
+    /// Suppressed addresses.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only entries that apply to this sending domain (and every-domain ones).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Suppress an address (for every domain, or one sending domain).
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        address: String,
+        #[arg(long)]
+        domain: Option<String>,
+        /// hard_bounce, complaint, unsubscribe or manual.
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Deliver to an address again (its every-domain entry, or one domain's).
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        address: String,
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// The whole list as CSV on stdout.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, required = true)]
+        csv: bool,
+    },
+    /// Add the rows of a CSV file (as `export` writes it); all or nothing.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_name = "FILE")]
+        csv: PathBuf,
     },
 }
 
@@ -330,6 +383,30 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             QueueCommand::Delete { config, email_id } => {
                 cli::queue_delete(&load(&config)?, &email_id)
+            }
+        },
+        Command::Suppressions { action } => match action {
+            SuppressionsCommand::List {
+                config,
+                json,
+                domain,
+            } => cli::suppressions::list(&load(&config)?, json, domain.as_deref()),
+            SuppressionsCommand::Add {
+                config,
+                address,
+                domain,
+                reason,
+            } => cli::suppressions::add(&load(&config)?, &address, domain.as_deref(), &reason),
+            SuppressionsCommand::Remove {
+                config,
+                address,
+                domain,
+            } => cli::suppressions::remove(&load(&config)?, &address, domain.as_deref()),
+            SuppressionsCommand::Export { config, csv: _ } => {
+                cli::suppressions::export_csv(&load(&config)?)
+            }
+            SuppressionsCommand::Import { config, csv } => {
+                cli::suppressions::import_csv(&load(&config)?, &csv)
             }
         },
         Command::Events {

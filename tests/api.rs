@@ -581,6 +581,7 @@ async fn stats_count_unique_recipients_humans_and_machines_apart() {
         "opened": 2, "opened_human": 1, "clicked": 2, "clicked_human": 1,
         "open_rate": 0.6667, "click_rate": 0.6667,
         "open_rate_human": 0.3333, "click_rate_human": 0.3333,
+        "complained": 0, "complaint_rate": 0.0, "unsubscribed": 0, "suppressed": 0,
         "domain": "example.com", "since": null, "until": null,
     });
     assert_eq!(s, expect);

@@ -6,16 +6,20 @@
 //! GET /v1/emails/{id}/events   its events             ?type=&since=&until=&limit=&after=
 //! GET /v1/events               all events, paged      ?type=&since=&until=&limit=&after=
 //! GET /v1/stats                counts and rates       ?domain=&since=&until=
+//! GET /v1/suppressions         the suppression list, paged  ?domain=&limit=&after=
+//! POST /v1/suppressions        add one: {"address", "domain"?, "reason"?}
+//! DELETE /v1/suppressions/{address}  remove one            ?domain=
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
-//! Errors are `{"error": "..."}` with the status that fits. Request bodies
-//! are never read.
+//! Errors are `{"error": "..."}` with the status that fits. A request body
+//! is read only for an authenticated POST, and only up to 64 KiB.
 
 mod auth;
 mod params;
 mod reply;
 mod routes;
+mod suppressions;
 
 pub use routes::email_json;
 
@@ -70,8 +74,9 @@ impl Api {
     /// Answers one request; every answer's time goes into `api_latency`.
     async fn respond(&self, req: Request<Incoming>, peer: IpAddr) -> Reply {
         let started = Instant::now();
+        let (parts, body) = req.into_parts();
         let reply = self
-            .dispatch(req.method(), req.uri(), req.headers(), peer)
+            .dispatch(&parts.method, &parts.uri, &parts.headers, peer, body)
             .await;
         self.metrics.api_latency.observe(started.elapsed());
         reply
@@ -83,6 +88,7 @@ impl Api {
         uri: &hyper::Uri,
         headers: &HeaderMap,
         peer: IpAddr,
+        body: Incoming,
     ) -> Reply {
         let read_only = method == Method::GET || method == Method::HEAD;
         // Load balancers and systemd probes have no token.
@@ -125,13 +131,38 @@ impl Api {
             )
             .reply();
         };
-        if !read_only {
-            return reply::method_not_allowed();
+        if let Some(refused) = endpoint.refuses(method) {
+            return refused;
         }
+        let body = if method == Method::POST {
+            match read_body(body).await {
+                Ok(b) => b,
+                Err(e) => return e.reply(),
+            }
+        } else {
+            hyper::body::Bytes::new()
+        };
         endpoint
-            .run(self, uri.query())
+            .run(self, method, uri.query(), &body)
             .await
             .unwrap_or_else(|e| e.reply())
+    }
+}
+
+/// Largest request body read (a suppression is a few hundred bytes).
+const MAX_BODY: usize = 64 * 1024;
+
+async fn read_body(body: Incoming) -> Result<hyper::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {MAX_BODY} bytes"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 

@@ -7,7 +7,7 @@ use super::Api;
 use crate::events::StoredEvent;
 use crate::store::{self, emails::EmailInfo, events::EventFilter};
 use crate::time::rfc3339;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ pub enum Endpoint<'a> {
     Stats,
     Email(&'a str),
     EmailEvents(&'a str),
+    Suppressions,
+    /// The address as it appears in the path (percent-encoded or not).
+    Suppression(&'a str),
 }
 
 impl<'a> Endpoint<'a> {
@@ -31,6 +34,11 @@ impl<'a> Endpoint<'a> {
             "/metrics" => Some(Endpoint::Metrics),
             "/v1/events" => Some(Endpoint::Events),
             "/v1/stats" => Some(Endpoint::Stats),
+            "/v1/suppressions" => Some(Endpoint::Suppressions),
+            _ if path.starts_with("/v1/suppressions/") => {
+                let a = path.strip_prefix("/v1/suppressions/")?;
+                (!a.is_empty() && !a.contains('/')).then_some(Endpoint::Suppression(a))
+            }
             _ => match path.strip_prefix("/v1/emails/")?.split_once('/') {
                 None => Some(Endpoint::Email(path.strip_prefix("/v1/emails/")?)),
                 Some((id, "events")) => Some(Endpoint::EmailEvents(id)),
@@ -39,8 +47,46 @@ impl<'a> Endpoint<'a> {
         }
     }
 
-    pub async fn run(self, api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
+    /// The methods this endpoint serves, as an `Allow` header says them.
+    fn allow(self) -> &'static str {
         match self {
+            Endpoint::Suppressions => "GET, HEAD, POST",
+            Endpoint::Suppression(_) => "DELETE",
+            _ => "GET, HEAD",
+        }
+    }
+
+    /// A 405 when this endpoint does not serve `method`.
+    pub fn refuses(self, method: &Method) -> Option<Reply> {
+        let allow = self.allow();
+        if allow.split(", ").any(|m| m == method.as_str()) {
+            return None;
+        }
+        let mut r = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("this endpoint serves {allow} only"),
+        )
+        .reply();
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static(allow),
+        );
+        Some(r)
+    }
+
+    pub async fn run(
+        self,
+        api: &Api,
+        method: &Method,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<Reply, ApiError> {
+        match self {
+            Endpoint::Suppressions if method == Method::POST => {
+                super::suppressions::add(api, query, body).await
+            }
+            Endpoint::Suppressions => super::suppressions::list(api, query).await,
+            Endpoint::Suppression(raw) => super::suppressions::remove(api, raw, query).await,
             Endpoint::Metrics => metrics(api, query).await,
             Endpoint::Events => events(api, query).await,
             Endpoint::Stats => stats(api, query).await,
@@ -62,7 +108,7 @@ fn no_such_email(id: &str) -> ApiError {
     ApiError::not_found(format!("no email with id {id}"))
 }
 
-async fn read<T, F>(api: &Api, what: &str, f: F) -> Result<T, ApiError>
+pub(super) async fn read<T, F>(api: &Api, what: &str, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -285,6 +331,18 @@ mod tests {
     use super::Endpoint;
 
     #[test]
+    fn resolves_suppression_paths() {
+        assert_eq!(
+            Endpoint::resolve("/v1/suppressions"),
+            Some(Endpoint::Suppressions)
+        );
+        assert_eq!(
+            Endpoint::resolve("/v1/suppressions/a%40b.test"),
+            Some(Endpoint::Suppression("a%40b.test"))
+        );
+    }
+
+    #[test]
     fn resolves_paths() {
         assert_eq!(Endpoint::resolve("/metrics"), Some(Endpoint::Metrics));
         assert_eq!(Endpoint::resolve("/v1/events"), Some(Endpoint::Events));
@@ -304,6 +362,8 @@ mod tests {
             "/v1/emails/x/y",
             "/v1/emails/x/events/z",
             "/metricsx",
+            "/v1/suppressions/",
+            "/v1/suppressions/a/b",
         ] {
             assert_eq!(Endpoint::resolve(none), None, "{none}");
         }

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::prepare::{self, TokenKeys, TrackingOptions};
 use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome};
 use crate::store::{self, Durability, Store};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -65,6 +65,8 @@ pub struct Runner {
     tls_memory: Arc<TlsMemory>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    /// Sending domains (lowercased) whose `suppress_on` has `hard_bounce`.
+    suppress_hard_bounce: Arc<HashSet<String>>,
 }
 
 /// A stored message: our trace header and the bytes as submitted.
@@ -126,6 +128,14 @@ impl Runner {
             tls_memory: Arc::new(TlsMemory::new(dc.tls_failure_memory)),
             metrics,
             wake,
+            suppress_hard_bounce: Arc::new(
+                config
+                    .domains
+                    .iter()
+                    .filter(|d| d.suppresses_on("hard_bounce"))
+                    .map(|d| d.name.to_ascii_lowercase())
+                    .collect(),
+            ),
         }
     }
 
@@ -481,11 +491,17 @@ impl Runner {
         }
         // A lost record means a resend after the lease runs out (at least
         // once), never a lost message, so NORMAL durability is enough.
+        let hard_bounce = self.suppress_hard_bounce.clone();
         let result = self
             .store
             .write(Durability::Normal, move |tx| {
                 for a in &attempts {
-                    store::queue::record(tx, a)?;
+                    let event_id = store::queue::record(tx, a)?;
+                    if matches!(a.outcome, QueueOutcome::Bounced)
+                        && store::suppressions::is_bad_address(&a.response)
+                    {
+                        suppress_bounced(tx, a, event_id, &hard_bounce)?;
+                    }
                 }
                 Ok(())
             })
@@ -494,6 +510,39 @@ impl Runner {
             tracing::error!("recording delivery outcomes: {e}");
         }
     }
+}
+
+/// A permanent 5.1.x refusal puts the address on the sending domain's
+/// suppression list, linked to its bounce event, where the domain's
+/// `suppress_on` has `hard_bounce`.
+fn suppress_bounced(
+    tx: &store::Tx<'_>,
+    a: &Attempt,
+    event_id: Option<i64>,
+    domains: &HashSet<String>,
+) -> rusqlite::Result<()> {
+    let Some((address, domain)) = store::suppressions::recipient_scope(tx, &a.email_id, a.idx)?
+    else {
+        return Ok(());
+    };
+    if !domains.contains(&domain) {
+        return Ok(());
+    }
+    let added = store::suppressions::add(
+        tx,
+        &store::suppressions::Suppression {
+            address,
+            domain: Some(domain),
+            reason: store::suppressions::Reason::HardBounce.as_str().into(),
+            event_id,
+            created_at: a.at,
+            expires_at: None,
+        },
+    )?;
+    if added {
+        tracing::info!(email_id = %a.email_id, rcpt = a.idx, "recipient suppressed after a hard bounce");
+    }
+    Ok(())
 }
 
 fn attempt(

@@ -21,6 +21,7 @@ pub mod rollups;
 pub mod schema;
 pub mod sql;
 pub mod stats;
+pub mod suppressions;
 pub mod tracking;
 pub mod webhooks;
 

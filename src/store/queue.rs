@@ -2,7 +2,8 @@
 //!
 //! A row is `queued` (never tried), `sending` (leased by a delivery worker
 //! until `lease_until`), `deferred` (waiting for its next attempt), or done:
-//! `delivered`, `bounced`, `failed`.
+//! `delivered`, `bounced`, `failed`, `suppressed` (on the suppression
+//! list when claimed: never attempted).
 
 use super::Tx;
 use crate::events::{EventType, NewEvent};
@@ -169,11 +170,48 @@ pub fn claim(
     let mut got = Vec::with_capacity(wanted.len());
     for mut c in wanted {
         if lease.execute(params![c.email_id, c.idx, lease_id, now + lease_ms, now])? == 1 {
+            // Checked here, in the claim's own transaction, so the list
+            // costs no extra round trip and an entry added while the row
+            // waited still applies.
+            if let Some((reason, since)) =
+                super::suppressions::lookup(tx, &c.address, &c.domain, now)?
+            {
+                settle_suppressed(tx, &c, &reason, since, now)?;
+                continue;
+            }
             c.lease_id = lease_id.to_string();
             got.push(c);
         }
     }
     Ok(got)
+}
+
+/// A claimed recipient on the suppression list: done without an attempt,
+/// as `suppressed`, with an `email.suppressed` event saying why.
+fn settle_suppressed(
+    tx: &Tx<'_>,
+    c: &Claimed,
+    reason: &str,
+    since: i64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let response = format!("not sent: the address is suppressed ({reason})");
+    tx.prepare_cached(
+        "UPDATE recipients SET status = 'suppressed', lease_until = NULL, lease_id = NULL,
+                next_attempt_at = NULL, last_response = ?3
+         WHERE email_id = ?1 AND idx = ?2",
+    )?
+    .execute(params![c.email_id, c.idx, response])?;
+    let mut ev = NewEvent::new(c.email_id.clone(), EventType::Suppressed, now);
+    ev.rcpt_idx = Some(c.idx);
+    ev.recipient = Some(c.address.clone());
+    ev.detail = Some(json!({
+        "reason": reason,
+        "suppressed_since": super::rfc3339(since),
+        "response": response,
+    }));
+    super::events::insert(tx, &ev)?;
+    Ok(())
 }
 
 /// Leases up to `limit` due recipients until `now + lease_ms`, under one
@@ -279,8 +317,9 @@ pub struct Attempt {
 }
 
 /// Records an attempt's outcome and its event, in one transaction, if the
-/// attempt's lease still owns the row; otherwise changes nothing.
-pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
+/// attempt's lease still owns the row; otherwise changes nothing. Returns
+/// the event's id when it recorded one.
+pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
     let (status, next, kind) = match a.outcome {
         Outcome::Delivered => ("delivered", None, EventType::Delivered),
         Outcome::Deferred { next_attempt_at } => (
@@ -306,7 +345,7 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
     if changed == 0 {
         // The operator deleted it meanwhile, or the lease ran out and the
         // row went to another attempt: it is no longer ours to change.
-        return Ok(());
+        return Ok(None);
     }
     let attempts: i64 = tx.query_row(
         "SELECT attempts FROM recipients WHERE email_id = ?1 AND idx = ?2",
@@ -325,8 +364,7 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<()> {
         detail["next_attempt_at"] = json!(super::rfc3339(next));
     }
     ev.detail = Some(detail);
-    super::events::insert(tx, &ev)?;
-    Ok(())
+    super::events::insert(tx, &ev).map(Some)
 }
 
 /// `queue retry ID`: the email's waiting recipients (by email id, or one
@@ -475,6 +513,40 @@ mod tests {
             )
             .unwrap();
         assert_eq!(events, 1);
+    }
+
+    #[test]
+    fn a_suppressed_recipient_is_settled_at_claim() {
+        let mut conn = db();
+        let id = email(&mut conn, &["Gone@Example.net", "ok@example.net"]);
+        write(&mut conn, |tx| {
+            crate::store::suppressions::add(
+                tx,
+                &crate::store::suppressions::Suppression {
+                    address: "gone@example.net".into(),
+                    domain: Some("example.com".into()),
+                    reason: "hard_bounce".into(),
+                    event_id: None,
+                    created_at: 5,
+                    expires_at: None,
+                },
+            )
+        });
+        let now = crate::store::now_ms();
+        let wanted = due(&conn, now, 10, &[]).unwrap();
+        let got = write(&mut conn, |tx| claim(tx, wanted, "lease-a", now, 1000));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].address, "ok@example.net");
+        assert_eq!(status(&conn, &id, 0), ("suppressed".into(), None));
+        let detail: String = conn
+            .query_row(
+                "SELECT detail FROM events WHERE type = 'email.suppressed' AND rcpt_idx = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(detail.contains("\"reason\":\"hard_bounce\""), "{detail}");
+        assert!(due(&conn, now, 10, &[]).unwrap().is_empty());
     }
 
     #[test]

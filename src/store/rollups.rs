@@ -37,7 +37,7 @@ pub mod bit {
     pub const DELAYED: i64 = 4;
     pub const BOUNCED: i64 = 8;
     pub const FAILED: i64 = 16;
-    /// Reserved for `email.complained` (feedback loops): the column is there.
+    /// `email.complained` (feedback loops).
     pub const COMPLAINED: i64 = 32;
     pub const OPENED: i64 = 64;
     pub const OPENED_HUMAN: i64 = 128;
@@ -45,10 +45,12 @@ pub mod bit {
     pub const CLICKED: i64 = 512;
     pub const CLICKED_HUMAN: i64 = 1024;
     pub const CLICKED_MACHINE: i64 = 2048;
+    pub const SUPPRESSED: i64 = 4096;
+    pub const UNSUBSCRIBED: i64 = 8192;
 }
 
 /// The rollup columns and their bits, in the order `Stats` is read.
-const COUNTERS: [(&str, i64); 12] = [
+const COUNTERS: [(&str, i64); 14] = [
     ("sent", bit::SENT),
     ("delivered", bit::DELIVERED),
     ("delayed", bit::DELAYED),
@@ -61,6 +63,8 @@ const COUNTERS: [(&str, i64); 12] = [
     ("clicked", bit::CLICKED),
     ("clicked_human", bit::CLICKED_HUMAN),
     ("clicked_machine", bit::CLICKED_MACHINE),
+    ("suppressed", bit::SUPPRESSED),
+    ("unsubscribed", bit::UNSUBSCRIBED),
 ];
 
 /// The counters an event of this kind puts its recipient in.
@@ -76,6 +80,9 @@ pub fn bits_for(ev: &NewEvent) -> i64 {
         EventType::Opened => bit::OPENED | bit::OPENED_HUMAN,
         EventType::Clicked if machine => bit::CLICKED | bit::CLICKED_MACHINE,
         EventType::Clicked => bit::CLICKED | bit::CLICKED_HUMAN,
+        EventType::Complained => bit::COMPLAINED,
+        EventType::Suppressed => bit::SUPPRESSED,
+        EventType::Unsubscribed => bit::UNSUBSCRIBED,
     }
 }
 
@@ -117,8 +124,9 @@ pub fn record(tx: &Tx<'_>, email_id: &str, idx: u32, ev: &NewEvent) -> rusqlite:
     let v = |b: i64| i64::from(new & b != 0);
     tx.prepare_cached(
         "INSERT INTO rollups (hour, domain, sent, delivered, delayed, bounced, failed, complained,
-                              opened, opened_human, opened_machine, clicked, clicked_human, clicked_machine)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                              opened, opened_human, opened_machine, clicked, clicked_human, clicked_machine,
+                              suppressed, unsubscribed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (hour, domain) DO UPDATE SET
             sent = sent + excluded.sent, delivered = delivered + excluded.delivered,
             delayed = delayed + excluded.delayed, bounced = bounced + excluded.bounced,
@@ -126,7 +134,9 @@ pub fn record(tx: &Tx<'_>, email_id: &str, idx: u32, ev: &NewEvent) -> rusqlite:
             opened = opened + excluded.opened, opened_human = opened_human + excluded.opened_human,
             opened_machine = opened_machine + excluded.opened_machine,
             clicked = clicked + excluded.clicked, clicked_human = clicked_human + excluded.clicked_human,
-            clicked_machine = clicked_machine + excluded.clicked_machine",
+            clicked_machine = clicked_machine + excluded.clicked_machine,
+            suppressed = suppressed + excluded.suppressed,
+            unsubscribed = unsubscribed + excluded.unsubscribed",
     )?
     .execute(params![
         hour_of(created_at),
@@ -143,6 +153,8 @@ pub fn record(tx: &Tx<'_>, email_id: &str, idx: u32, ev: &NewEvent) -> rusqlite:
         v(bit::CLICKED),
         v(bit::CLICKED_HUMAN),
         v(bit::CLICKED_MACHINE),
+        v(bit::SUPPRESSED),
+        v(bit::UNSUBSCRIBED),
     ])?;
     Ok(())
 }
@@ -238,8 +250,8 @@ pub fn edge_sql(domain: Option<&str>, a: i64, b: i64) -> Where {
 
 fn add(conn: &Connection, q: &Where, into: &mut Stats) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(q.sql())?;
-    let row: [i64; 12] = stmt.query_row(q.params(), |r| {
-        let mut out = [0i64; 12];
+    let row: [i64; COUNTERS.len()] = stmt.query_row(q.params(), |r| {
+        let mut out = [0i64; COUNTERS.len()];
         for (i, v) in out.iter_mut().enumerate() {
             *v = r.get(i)?;
         }
@@ -257,6 +269,8 @@ fn add(conn: &Connection, q: &Where, into: &mut Stats) -> rusqlite::Result<()> {
     into.clicked += row[9];
     into.clicked_human += row[10];
     into.clicked_machine += row[11];
+    into.suppressed += row[12];
+    into.unsubscribed += row[13];
     Ok(())
 }
 
@@ -356,6 +370,6 @@ mod tests {
         ev.machine = Some(false);
         assert_eq!(bits_for(&ev), bit::CLICKED | bit::CLICKED_HUMAN);
         let all: i64 = COUNTERS.iter().map(|(_, b)| b).sum();
-        assert_eq!(all, 4095, "one distinct bit per counter");
+        assert_eq!(all, 16383, "one distinct bit per counter");
     }
 }

@@ -155,6 +155,24 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS events_type_at;
     CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
     "#,
+    // suppressions (issue 11): addresses never delivered to. scope '' means
+    // every sending domain (a NULL would defeat the primary key's
+    // uniqueness); the store maps it to and from None.
+    r#"
+    CREATE TABLE suppressions (
+        address     TEXT NOT NULL,           -- lowercased
+        scope       TEXT NOT NULL DEFAULT '', -- '' = every domain, else one sending domain, lowercased
+        reason      TEXT NOT NULL,           -- hard_bounce, complaint, unsubscribe, manual
+        event_id    INTEGER,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER,
+        PRIMARY KEY (address, scope)
+    ) WITHOUT ROWID;
+    -- Rollup counters for the new events (recipients.counted bits 4096 and
+    -- 8192). No store before this one has such events: nothing to backfill.
+    ALTER TABLE rollups ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollups ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

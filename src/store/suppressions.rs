@@ -1,0 +1,329 @@
+//! The suppression list: addresses that are accepted but never delivered
+//! to, for every sending domain or for one.
+//!
+//! Addresses and domains are stored lowercased, so a lookup is one primary
+//! key probe per scope whatever case a client or a remote MTA used. The
+//! scope of "every domain" is stored as '' (not NULL) so that the primary
+//! key keeps one row per (address, scope).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    HardBounce,
+    Complaint,
+    Unsubscribe,
+    Manual,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::HardBounce,
+        Reason::Complaint,
+        Reason::Unsubscribe,
+        Reason::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::HardBounce => "hard_bounce",
+            Reason::Complaint => "complaint",
+            Reason::Unsubscribe => "unsubscribe",
+            Reason::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// One row of the list, as the CLI and the API show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    pub address: String,
+    /// None: every sending domain.
+    pub domain: Option<String>,
+    pub reason: String,
+    pub event_id: Option<i64>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl Suppression {
+    /// The contract's fields: `address, domain, reason, event_id,
+    /// created_at, expires_at`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "address": self.address,
+            "domain": self.domain,
+            "reason": self.reason,
+            "event_id": self.event_id,
+            "created_at": super::rfc3339(self.created_at),
+            "expires_at": self.expires_at.map(super::rfc3339),
+        })
+    }
+}
+
+/// An address as the list keeps it, or why it cannot be one. Loose on
+/// purpose (the list must take whatever address mail was sent to), but
+/// never empty, never without a domain, never with spaces or controls
+/// (the message quotes it with `{:?}`, so controls show escaped).
+pub fn check_address(a: &str) -> Result<String, String> {
+    let a = a.trim();
+    let ok = a.len() <= 320
+        && a.rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !a.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(a.to_lowercase())
+    } else {
+        Err(format!("{a:?} is not an email address"))
+    }
+}
+
+pub fn check_domain(d: &str) -> Result<String, String> {
+    let d = d.trim().trim_end_matches('.');
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if ok {
+        Ok(d.to_ascii_lowercase())
+    } else {
+        Err(format!("{d:?} is not a domain name"))
+    }
+}
+
+pub fn check_reason(r: &str) -> Result<Reason, String> {
+    Reason::parse(r).ok_or_else(|| {
+        format!("{r:?} is not a reason (hard_bounce, complaint, unsubscribe, manual)")
+    })
+}
+
+fn scope(domain: Option<&str>) -> String {
+    domain.map(str::to_lowercase).unwrap_or_default()
+}
+
+/// Adds `s` unless the address is already suppressed in that scope (the
+/// first reason, and the event that caused it, are kept). Returns whether
+/// a row was added.
+pub fn add(conn: &Connection, s: &Suppression) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO suppressions (address, scope, reason, event_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (address, scope) DO NOTHING",
+        )?
+        .execute(params![
+            s.address.to_lowercase(),
+            scope(s.domain.as_deref()),
+            s.reason,
+            s.event_id,
+            s.created_at,
+            s.expires_at,
+        ])?;
+    Ok(n == 1)
+}
+
+/// Removes the address from one scope (None: the every-domain entry).
+/// Returns whether there was one.
+pub fn remove(conn: &Connection, address: &str, domain: Option<&str>) -> rusqlite::Result<bool> {
+    let n = conn.execute(
+        "DELETE FROM suppressions WHERE address = ?1 AND scope = ?2",
+        params![address.to_lowercase(), scope(domain)],
+    )?;
+    Ok(n == 1)
+}
+
+/// The reason and the time `address` was suppressed for mail from
+/// `sending_domain` (an every-domain entry, or one for that domain), if an
+/// entry applies that has not expired at `now`.
+pub fn lookup(
+    conn: &Connection,
+    address: &str,
+    sending_domain: &str,
+    now: i64,
+) -> rusqlite::Result<Option<(String, i64)>> {
+    conn.prepare_cached(
+        "SELECT reason, created_at FROM suppressions
+         WHERE address = ?1 AND scope IN ('', ?2) AND (expires_at IS NULL OR expires_at > ?3)
+         ORDER BY created_at LIMIT 1",
+    )?
+    .query_row(
+        params![address.to_lowercase(), sending_domain.to_lowercase(), now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// The address of a recipient and its email's sending domain (both
+/// lowercased), to scope a suppression the recipient caused.
+pub fn recipient_scope(
+    conn: &Connection,
+    email_id: &str,
+    idx: u32,
+) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached(
+        "SELECT lower(r.address), lower(e.domain) FROM recipients r JOIN emails e ON e.id = r.email_id
+         WHERE r.email_id = ?1 AND r.idx = ?2",
+    )?
+    .query_row(params![email_id, idx], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()
+}
+
+/// Whether a remote reply (as recorded: `RCPT TO: 550 5.1.1 text`) says
+/// the address itself is bad: a 5xx whose enhanced status is 5.1.x. Policy
+/// and reputation refusals (5.7.x), other 5.x.x and every 4xx are not, so
+/// a receiver's bad day never suppresses anyone. Only the first reply code
+/// in the text counts: the remote's own text may quote anything.
+pub fn is_bad_address(response: &str) -> bool {
+    let mut words = response.split_whitespace();
+    while let Some(w) = words.next() {
+        let b = w.as_bytes();
+        if b.len() == 3 && b.iter().all(u8::is_ascii_digit) && (b'2'..=b'5').contains(&b[0]) {
+            let Some(esc) = words.next() else {
+                return false;
+            };
+            return b[0] == b'5'
+                && esc.strip_prefix("5.1.").is_some_and(|d| {
+                    !d.is_empty() && d.len() <= 3 && d.bytes().all(|c| c.is_ascii_digit())
+                });
+        }
+    }
+    false
+}
+
+/// Calls `on` for each entry (only those scoped to `domain` and the
+/// every-domain ones, when given), in address order, one at a time, so a
+/// list of any length prints in constant memory.
+pub fn each<E: From<rusqlite::Error>>(
+    conn: &Connection,
+    domain: Option<&str>,
+    after: Option<&(String, String)>,
+    limit: usize,
+    mut on: impl FnMut(Suppression) -> Result<(), E>,
+) -> Result<(), E> {
+    let limit = if limit == 0 { i64::MAX } else { limit as i64 };
+    let (after_addr, after_scope) = after.cloned().unwrap_or_default();
+    let mut stmt = conn.prepare(
+        "SELECT address, scope, reason, event_id, created_at, expires_at FROM suppressions
+         WHERE (?1 IS NULL OR scope IN ('', ?1)) AND (address, scope) > (?2, ?3)
+         ORDER BY address, scope LIMIT ?4",
+    )?;
+    let mut rows = stmt.query(params![
+        domain.map(str::to_lowercase),
+        after_addr,
+        after_scope,
+        limit
+    ])?;
+    while let Some(r) = rows.next()? {
+        let scope: String = r.get(1)?;
+        on(Suppression {
+            address: r.get(0)?,
+            domain: (!scope.is_empty()).then_some(scope),
+            reason: r.get(2)?,
+            event_id: r.get(3)?,
+            created_at: r.get(4)?,
+            expires_at: r.get(5)?,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    fn entry(address: &str, domain: Option<&str>, reason: Reason) -> Suppression {
+        Suppression {
+            address: address.into(),
+            domain: domain.map(Into::into),
+            reason: reason.as_str().into(),
+            event_id: None,
+            created_at: 100,
+            expires_at: None,
+        }
+    }
+
+    fn all(conn: &Connection, domain: Option<&str>) -> Vec<Suppression> {
+        let mut v = Vec::new();
+        each(conn, domain, None, 0, |s| {
+            v.push(s);
+            Ok::<_, rusqlite::Error>(())
+        })
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn add_is_idempotent_and_case_insensitive() {
+        let conn = db();
+        assert!(add(&conn, &entry("Bob@Example.NET", None, Reason::Manual)).unwrap());
+        assert!(!add(&conn, &entry("bob@example.net", None, Reason::Complaint)).unwrap());
+        let rows = all(&conn, None);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].address, "bob@example.net");
+        assert_eq!(rows[0].reason, "manual");
+        assert_eq!(
+            lookup(&conn, "BOB@example.net", "example.com", 200).unwrap(),
+            Some(("manual".into(), 100))
+        );
+        assert!(remove(&conn, "bob@EXAMPLE.net", None).unwrap());
+        assert!(!remove(&conn, "bob@example.net", None).unwrap());
+        assert_eq!(
+            lookup(&conn, "bob@example.net", "example.com", 200).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_5_1_x_refusal_is_a_bad_address() {
+        assert!(is_bad_address("RCPT TO: 550 5.1.1 no such user"));
+        assert!(is_bad_address("550 5.1.10 recipient address rejected"));
+        assert!(!is_bad_address("RCPT TO: 550 5.7.1 blocked by policy"));
+        assert!(!is_bad_address("RCPT TO: 450 4.1.1 try later"));
+        assert!(!is_bad_address("RCPT TO: 451 4.3.0 said 550 5.1.1 earlier"));
+        assert!(!is_bad_address("RCPT TO: 550 no enhanced code"));
+        assert!(!is_bad_address("no MX: the domain accepts no mail"));
+        assert!(!is_bad_address(
+            "gave up after 3 attempt(s) over 1h: 450 4.1.1"
+        ));
+    }
+
+    #[test]
+    fn scope_and_expiry_are_honoured() {
+        let conn = db();
+        add(
+            &conn,
+            &entry("a@x.test", Some("Example.com"), Reason::Unsubscribe),
+        )
+        .unwrap();
+        assert!(lookup(&conn, "a@x.test", "example.com", 200)
+            .unwrap()
+            .is_some());
+        assert!(lookup(&conn, "a@x.test", "example.org", 200)
+            .unwrap()
+            .is_none());
+        let mut e = entry("b@x.test", None, Reason::Manual);
+        e.expires_at = Some(150);
+        add(&conn, &e).unwrap();
+        assert!(lookup(&conn, "b@x.test", "example.org", 149)
+            .unwrap()
+            .is_some());
+        assert!(lookup(&conn, "b@x.test", "example.org", 150)
+            .unwrap()
+            .is_none());
+        // A domain filter lists that domain's entries and the global ones.
+        assert_eq!(all(&conn, Some("example.org")).len(), 1);
+        assert_eq!(all(&conn, Some("example.com")).len(), 2);
+        assert_eq!(all(&conn, None).len(), 2);
+    }
+}
