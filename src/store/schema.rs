@@ -91,7 +91,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recipients ADD COLUMN lease_id TEXT;          -- owner of the lease while sending
     ALTER TABLE recipients ADD COLUMN attempt_started_at INTEGER; -- unix ms, set when an attempt is claimed
     "#,
-    // queries: hourly per-domain rollups, so stats over any window read a
+    // 3 (queries): hourly per-domain rollups, so stats over any window read a
     // few hundred rows instead of every recipient and its events. A row
     // counts recipients, each once per counter, in the hour its email was
     // accepted (the window stats have always used). `recipients.counted`
@@ -155,7 +155,7 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS events_type_at;
     CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
     "#,
-    // suppressions (issue 11): addresses never delivered to. scope '' means
+    // 4 (suppressions) (issue 11): addresses never delivered to. scope '' means
     // every sending domain (a NULL would defeat the primary key's
     // uniqueness); the store maps it to and from None.
     r#"
