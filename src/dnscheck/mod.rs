@@ -278,10 +278,10 @@ pub fn render_table(checks: &[RecordCheck]) -> String {
     out
 }
 
-/// Records and notes carry text from DNS, which anyone controlling a zone
-/// on the way (an include's, a CNAME target's) writes: control characters
-/// are shown escaped so they cannot move the cursor, recolour the terminal
-/// or fake a line of the table.
+// Records and notes carry text from DNS, which anyone controlling a zone
+// on the way (an include's, a CNAME target's) writes: the table shows them
+// through `printable`, so they cannot move the cursor, recolour the
+// terminal or fake a line of the table.
 
 /// The command: checks the configured domains (or only `domain`), prints a
 /// table or JSON lines on stdout, and returns whether every required record
