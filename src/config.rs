@@ -74,6 +74,9 @@ pub struct SubmissionConfig {
     #[serde(with = "duration")]
     pub data_timeout: Duration,
     pub users: Vec<UserConfig>,
+    /// Refuse a suppressed recipient at RCPT (550 5.1.1) instead of
+    /// accepting it and recording `email.suppressed`.
+    pub reject_suppressed: bool,
 }
 
 impl Default for SubmissionConfig {
@@ -95,6 +98,7 @@ impl Default for SubmissionConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             users: vec![],
+            reject_suppressed: false,
         }
     }
 }

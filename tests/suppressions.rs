@@ -552,3 +552,48 @@ fn api_lists_adds_and_removes_with_the_token_only() {
     assert!(listed(&relay, &[]).is_empty());
     assert_eq!(call(&relay, "PUT", "/v1/suppressions", tok, None).0, 405);
 }
+
+#[test]
+fn reject_suppressed_refuses_the_address_at_rcpt() {
+    let relay = Relay::start(Options {
+        submission: format!("{}\nreject_suppressed = true", trusted()),
+        ..Options::default()
+    });
+    cli_ok(
+        &relay,
+        &[
+            "suppressions",
+            "add",
+            "no@example.net",
+            "--domain",
+            "example.com",
+            "--reason",
+            "unsubscribe",
+        ],
+    );
+    let mut c = RawSmtp::connect(relay.smtp);
+    c.reply();
+    c.cmd("EHLO test.client");
+    assert!(c.cmd("MAIL FROM:<news@example.com>").starts_with("250"));
+    let r = c.cmd("RCPT TO:<No@Example.net>");
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    assert!(r.contains("unsubscribe"), "{r}");
+    assert!(c.cmd("RCPT TO:<yes@example.net>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(&message("news@example.com", "yes@example.net", "s", "hi"));
+    let id = queued_id(&c.cmd(".")).unwrap();
+    let n: i64 = relay
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM recipients WHERE email_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    // Scoped to example.com: mail from example.org may still go to it.
+    c.cmd("RSET");
+    assert!(c.cmd("MAIL FROM:<news@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<no@example.net>").starts_with("250"));
+    c.cmd("QUIT");
+}

@@ -72,6 +72,8 @@ fuzz_target!(|data: &[u8]| {
                     };
                     s.queued(result);
                 }
+                // Never asked for: reject_suppressed is off here.
+                Some(Action::CheckRecipient { .. }) => unreachable!("reject_suppressed is off"),
                 // The server drops bytes pipelined after STARTTLS.
                 Some(Action::StartTls) => {
                     s.tls_started();

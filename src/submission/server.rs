@@ -2,7 +2,7 @@
 //! timeouts, and the durable commit behind `250 queued as`.
 
 use super::policy::{Identity, Policy};
-use super::session::{Action, Envelope, Session, SessionConfig};
+use super::session::{Action, Envelope, RcptCheck, Session, SessionConfig};
 use crate::auth::{Authenticator, Throttle};
 use crate::metrics::Metrics;
 use crate::store::{self, Durability, Store};
@@ -31,6 +31,8 @@ pub struct Submission {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Tells the queue runner there is new work.
     pub new_mail: Option<Arc<tokio::sync::Notify>>,
+    /// `submission.reject_suppressed`.
+    reject_suppressed: bool,
 }
 
 /// Holds a connection slot (global and per IP) for as long as it lives.
@@ -98,6 +100,7 @@ impl Submission {
             data_timeout: s.data_timeout,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
+            reject_suppressed: s.reject_suppressed,
             connections: Arc::new(Semaphore::new(s.max_connections)),
             per_ip: Mutex::new(HashMap::new()),
             new_mail,
@@ -200,6 +203,7 @@ impl Submission {
             peer.ip(),
             implicit_tls,
         );
+        session.set_reject_suppressed(self.reject_suppressed);
         if implicit_tls {
             let Some(acceptor) = &self.tls else { return };
             let tls = match tokio::time::timeout(self.command_timeout, acceptor.accept(tcp)).await {
@@ -275,6 +279,26 @@ impl Submission {
                             Checked::Throttled => session.auth_throttled(),
                             Checked::Done(user) => session.auth_result(user),
                         }
+                    }
+                    Some(Action::CheckRecipient {
+                        address,
+                        sending_domain,
+                    }) => {
+                        let now = store::now_ms();
+                        let found = self
+                            .store
+                            .read(move |c| {
+                                store::suppressions::lookup(c, &address, &sending_domain, now)
+                            })
+                            .await;
+                        session.recipient_checked(match found {
+                            Ok(None) => RcptCheck::Clear,
+                            Ok(Some((reason, _))) => RcptCheck::Suppressed(reason),
+                            Err(e) => {
+                                tracing::error!(%peer, "reading the suppression list: {e}");
+                                RcptCheck::Unavailable
+                            }
+                        });
                     }
                     Some(Action::Queue(envelope)) => {
                         let tls = session.is_tls();

@@ -56,8 +56,24 @@ pub enum Action {
     Authenticate { username: String, password: String },
     /// Make this message durable, then call `queued`.
     Queue(Box<Envelope>),
+    /// Look this recipient up in the suppression list (for mail from
+    /// `sending_domain`), then call `recipient_checked`.
+    CheckRecipient {
+        address: String,
+        sending_domain: String,
+    },
     /// Flush the output and close the connection.
     Close,
+}
+
+/// What the suppression list says about a recipient at RCPT.
+#[derive(Debug)]
+pub enum RcptCheck {
+    Clear,
+    /// Suppressed, for this reason.
+    Suppressed(String),
+    /// The store did not answer.
+    Unavailable,
 }
 
 enum Mode {
@@ -140,6 +156,9 @@ pub struct Session {
     errors: u32,
     waiting: bool,
     closing: bool,
+    reject_suppressed: bool,
+    /// The recipient waiting for `recipient_checked`.
+    checking: Option<String>,
 }
 
 fn reply(out: &mut Vec<u8>, code: u16, status: &'static str, text: impl Into<String>) {
@@ -172,6 +191,8 @@ impl Session {
             errors: 0,
             waiting: false,
             closing: false,
+            reject_suppressed: false,
+            checking: None,
         }
     }
 
@@ -324,7 +345,7 @@ impl Session {
                 initial_response,
             } => return self.auth(mechanism, initial_response),
             Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Rcpt { to } => return self.rcpt(to),
             Request::Data => self.data(),
             Request::Bdat {
                 chunk_size,
@@ -655,28 +676,32 @@ impl Session {
         self.ok(250, "2.1.0", "Sender ok");
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<Cow<'_, str>>) {
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<Cow<'_, str>>) -> Option<Action> {
         if self.who().is_none() {
-            return self.error(530, "5.7.0", "Authentication required");
+            self.error(530, "5.7.0", "Authentication required");
+            return None;
         }
         let max = self.cfg.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
-            return self.error(503, "5.5.1", "Need MAIL before RCPT");
+            self.error(503, "5.5.1", "Need MAIL before RCPT");
+            return None;
         };
         let address = to.address.into_owned();
         if !valid_recipient(&address) {
-            return self.error(
+            self.error(
                 501,
                 "5.1.3",
                 format!("Bad recipient address syntax: <{address}>"),
             );
+            return None;
         }
         if !address.is_ascii() && !tx.smtputf8 {
-            return self.error(
+            self.error(
                 553,
                 "5.6.7",
                 "Non-ASCII recipient address needs SMTPUTF8 on MAIL FROM",
             );
+            return None;
         }
         if tx
             .recipients
@@ -684,7 +709,7 @@ impl Session {
             .any(|r| r.eq_ignore_ascii_case(&address))
         {
             self.ok(250, "2.1.5", "Recipient ok (duplicate, sent once)");
-            return;
+            return None;
         }
         if tx.recipients.len() >= max {
             reply(
@@ -693,10 +718,61 @@ impl Session {
                 "4.5.3",
                 format!("Too many recipients (at most {max} per message)"),
             );
-            return;
+            return None;
+        }
+        if self.reject_suppressed {
+            let sending_domain = tx
+                .mail_from
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            self.waiting = true;
+            self.checking = Some(address.clone());
+            return Some(Action::CheckRecipient {
+                address,
+                sending_domain,
+            });
         }
         tx.recipients.push(address);
         self.ok(250, "2.1.5", "Recipient ok");
+        None
+    }
+
+    /// With `reject_suppressed`, every RCPT waits for the driver to look
+    /// the address up (`Action::CheckRecipient`, then `recipient_checked`).
+    pub fn set_reject_suppressed(&mut self, on: bool) {
+        self.reject_suppressed = on;
+    }
+
+    /// The driver's answer to `Action::CheckRecipient`.
+    pub fn recipient_checked(&mut self, check: RcptCheck) {
+        self.waiting = false;
+        let Some(address) = self.checking.take() else {
+            return;
+        };
+        match check {
+            RcptCheck::Clear => match self.tx.as_mut() {
+                Some(tx) => {
+                    tx.recipients.push(address);
+                    self.ok(250, "2.1.5", "Recipient ok");
+                }
+                None => self.error(503, "5.5.1", "Need MAIL before RCPT"),
+            },
+            // The application asked for the refusal: not the client's
+            // error, so not counted towards max_errors.
+            RcptCheck::Suppressed(reason) => reply(
+                &mut self.out,
+                550,
+                "5.1.1",
+                format!("<{address}> is on the suppression list ({reason})"),
+            ),
+            RcptCheck::Unavailable => reply(
+                &mut self.out,
+                451,
+                "4.3.0",
+                "Cannot check the suppression list now, try again later",
+            ),
+        }
     }
 
     fn data(&mut self) {

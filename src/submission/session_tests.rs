@@ -60,6 +60,13 @@ fn run(s: &mut Session, input: &[u8], auth_ok: bool) -> (String, Vec<Envelope>) 
                 s.queued(Ok("ID".into()));
             }
             Some(Action::StartTls) => s.tls_started(),
+            Some(Action::CheckRecipient { address, .. }) => {
+                s.recipient_checked(if address.starts_with("suppressed") {
+                    RcptCheck::Suppressed("manual".into())
+                } else {
+                    RcptCheck::Clear
+                })
+            }
             Some(Action::Close) => break,
         }
     }
@@ -598,4 +605,23 @@ fn header_checks_run_at_the_end_of_data() {
         let (out, _) = run(&mut s, input.as_bytes(), true);
         assert_eq!(codes(&out).last().map(String::as_str), Some(code), "{out}");
     }
+}
+
+#[test]
+fn reject_suppressed_refuses_at_rcpt_and_keeps_the_others() {
+    let input = b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<suppressed@example.net>\r\n\
+                  RCPT TO:<ok@example.net>\r\nDATA\r\nFrom: a@example.com\r\n\r\nhi\r\n.\r\n";
+    let mut off = session("10.0.0.1", false);
+    let (_, envs) = run(&mut off, input, false);
+    assert_eq!(envs[0].recipients.len(), 2, "off by default");
+
+    let mut s = session("10.0.0.1", false);
+    s.set_reject_suppressed(true);
+    let (out, envs) = run(&mut s, input, false);
+    assert!(
+        out.contains("550 5.1.1 <suppressed@example.net> is on the suppression list (manual)"),
+        "{out}"
+    );
+    assert_eq!(envs.len(), 1, "{out}");
+    assert_eq!(envs[0].recipients, vec!["ok@example.net".to_string()]);
 }
