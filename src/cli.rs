@@ -234,10 +234,21 @@ pub fn stats(
 /// Referer, subject, tags and remote replies are attacker-controlled), so
 /// it gets a leading `'`, as OWASP recommends for CSV injection.
 pub fn csv_cell(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    if s.starts_with(FORMULA_STARTS) {
         format!("'{s}").into()
     } else {
         s.into()
+    }
+}
+
+/// First characters a spreadsheet reads as the start of a formula.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Undoes `csv_cell` on import: a leading `'` before a formula character.
+pub fn csv_uncell(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(FORMULA_STARTS) => rest,
+        _ => cell,
     }
 }
 

@@ -1,6 +1,6 @@
 //! `trackrelay suppressions list|add|remove|export|import`.
 
-use super::{csv_row, csv_writer, finish, out, printable, reader, CliResult, Stop};
+use super::{csv_row, csv_uncell, csv_writer, finish, out, printable, reader, CliResult, Stop};
 use crate::config::Config;
 use crate::store;
 use crate::store::suppressions::{self as sup, check_address, check_domain, check_reason};
@@ -119,15 +119,6 @@ pub fn export_csv(config: &Config) -> CliResult {
     finish(done, std::io::sink())
 }
 
-/// Undoes the export's formula guard: a leading `'` before a character a
-/// spreadsheet would read as a formula.
-fn unguard(cell: &str) -> &str {
-    match cell.strip_prefix('\'') {
-        Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r']) => rest,
-        _ => cell,
-    }
-}
-
 /// Reads the whole file first and writes nothing unless every row is
 /// valid: a half-imported list is worse than a refused one.
 pub fn import_csv(config: &Config, path: &std::path::Path) -> CliResult {
@@ -166,7 +157,7 @@ pub fn import_csv(config: &Config, path: &std::path::Path) -> CliResult {
                 continue;
             }
         };
-        let cell = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(unguard).unwrap_or("");
+        let cell = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(csv_uncell).unwrap_or("");
         let row = (|| -> Result<sup::Suppression, String> {
             let address = check_address(cell(Some(addr_col)))?;
             let domain = match cell(dom_col).trim() {
