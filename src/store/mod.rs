@@ -16,6 +16,7 @@
 pub mod emails;
 pub mod events;
 pub mod queue;
+pub mod reports;
 pub mod retention;
 pub mod rollups;
 pub mod schema;

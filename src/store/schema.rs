@@ -173,6 +173,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rollups ADD COLUMN suppressed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE rollups ADD COLUMN unsubscribed INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5 (inbound reports) (issue 11): what the return-path MX received, kept
+    // raw so the operator can read the bounce or complaint an event names.
+    // A row is written before the 250 (durable), then processed once; rows
+    // that link to no email are deleted by the processor (only counted).
+    r#"
+    CREATE TABLE inbound_reports (
+        id           INTEGER PRIMARY KEY,
+        received_at  INTEGER NOT NULL,
+        peer_ip      TEXT NOT NULL,
+        helo         TEXT NOT NULL,
+        mail_from    TEXT NOT NULL,           -- '' for the null sender <>
+        rcpt_to      TEXT NOT NULL,           -- JSON array of envelope recipients
+        size         INTEGER NOT NULL,
+        raw          BLOB NOT NULL,
+        processed_at INTEGER,                 -- NULL: waiting for the feedback processor
+        kind         TEXT,                    -- dsn, arf, plain_bounce, auto_reply, unsubscribe, unknown
+        outcome      TEXT                     -- JSON: what the processor did
+    );
+    CREATE INDEX inbound_reports_pending ON inbound_reports(id) WHERE processed_at IS NULL;
+    CREATE INDEX inbound_reports_received ON inbound_reports(received_at);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
