@@ -197,6 +197,12 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
                 }),
             );
         }
+        // One `bounce` object for refusals during delivery and bounce
+        // reports received later: the store puts it in the detail.
+        EventType::Bounced if ev.detail.as_ref().is_some_and(|d| d["bounce"].is_object()) => {
+            let d = ev.detail.as_ref().map(|d| d["bounce"].clone());
+            data.insert("bounce".into(), d.unwrap_or(Value::Null));
+        }
         EventType::Bounced | EventType::Failed => {
             let d = ev.detail.clone().unwrap_or(Value::Null);
             data.insert(
@@ -226,7 +232,19 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
                 }),
             );
         }
-        EventType::Sent | EventType::Complained | EventType::Unsubscribed => {}
+        EventType::Complained => {
+            let d = ev.detail.clone().unwrap_or(Value::Null);
+            data.insert(
+                "complaint".into(),
+                json!({
+                    "feedback_type": d.get("feedback_type").cloned().unwrap_or(Value::Null),
+                    "user_agent": d.get("user_agent").cloned().unwrap_or(Value::Null),
+                    "reporting_mta": d.get("reporting_mta").cloned().unwrap_or(Value::Null),
+                    "timestamp": at,
+                }),
+            );
+        }
+        EventType::Sent | EventType::Unsubscribed => {}
     }
     json!({
         "type": ev.kind.as_str(),

@@ -97,9 +97,30 @@ pub struct Metrics {
     pub tracking_latency: Histogram,
     pub api_latency: Histogram,
     pub delivery_latency: Histogram,
+    /// Feedback reports processed, by outcome (indexed like `INBOUND_OUTCOMES`).
+    pub inbound_reports: [Counter; INBOUND_OUTCOMES.len()],
 }
 
+/// The `outcome` label values of `trackrelay_inbound_reports_total`.
+pub const INBOUND_OUTCOMES: [&str; 8] = [
+    "bounced",
+    "delayed",
+    "complained",
+    "unsubscribe",
+    "auto_reply",
+    "unlinked",
+    "forged",
+    "ignored",
+];
+
 impl Metrics {
+    /// Counts a processed feedback report; `outcome` is one of `INBOUND_OUTCOMES`.
+    pub fn inbound_report(&self, outcome: &str) {
+        if let Some(i) = INBOUND_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.inbound_reports[i].inc();
+        }
+    }
+
     /// Counters and histograms in the Prometheus text format; gauges read
     /// from the store are appended by the caller.
     pub fn render(&self) -> String {
@@ -208,6 +229,14 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 c.get()
             );
+        }
+        let name = "trackrelay_inbound_reports_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} reports received at the return path, by what the feedback processor did\n# TYPE {name} counter"
+        );
+        for (label, c) in INBOUND_OUTCOMES.iter().zip(&self.inbound_reports) {
+            let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", c.get());
         }
         for (name, help, h) in [
             (

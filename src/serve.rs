@@ -349,11 +349,22 @@ pub async fn run_until(
     let submission_task = tokio::spawn(submission.serve(listeners, shutdown.clone(), grace));
 
     let runner_task = tokio::spawn(runner.run(shutdown.clone(), grace));
+    // Woken by the inbound listener after each stored report.
+    let inbound_wake = Arc::new(tokio::sync::Notify::new());
+    let feedback = Arc::new(crate::inbound::process::Processor::new(
+        &config,
+        store.clone(),
+        token_keys.clone(),
+        metrics.clone(),
+        inbound_wake,
+    ));
+    let feedback_task = tokio::spawn(feedback.run(shutdown.clone()));
 
     ready(&bound);
 
     let _ = submission_task.await;
     let _ = runner_task.await;
+    let _ = feedback_task.await;
     let _ = tracking_task.await;
     let _ = retention_task.await;
     let _ = webhooks_task.await;

@@ -50,6 +50,21 @@ pub struct Bounce {
     pub suppress: bool,
 }
 
+impl Bounce {
+    /// The `bounce` object of an `email.bounced` event, the same for a
+    /// refusal during delivery (`asynchronous` false) and a bounce report
+    /// received later: `type, sub_type, status, message, reporting_mta,
+    /// timestamp, async`.
+    pub fn event_json(&self, at: i64, asynchronous: bool) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("timestamp".into(), crate::time::rfc3339(at).into());
+            m.insert("async".into(), asynchronous.into());
+        }
+        v
+    }
+}
+
 /// Diagnostic texts are bounded: they come from strangers and land in events.
 pub const MAX_TEXT: usize = 1000;
 

@@ -192,16 +192,29 @@ impl Report {
     /// (envelope-addressed `To:`, quoted headers, `Final-Recipient`) and in
     /// the decoded returned message, which may be base64.
     pub fn tokens(&self, raw: &[u8], keys: &TokenKeys) -> Vec<ReturnPath> {
-        let mut found = return_path::find_tokens(keys, raw);
+        self.scan(raw, keys, return_path::find_tokens)
+    }
+
+    /// Every verified token in an `X-Trackrelay-Ref:` header, in the raw
+    /// report or its decoded returned message: the fallback when a
+    /// provider redacted the recipient and the return path.
+    pub fn ref_tokens(&self, raw: &[u8], keys: &TokenKeys) -> Vec<ReturnPath> {
+        self.scan(raw, keys, return_path::find_ref_tokens)
+    }
+
+    fn scan(
+        &self,
+        raw: &[u8],
+        keys: &TokenKeys,
+        find: fn(&TokenKeys, &[u8]) -> Vec<ReturnPath>,
+    ) -> Vec<ReturnPath> {
+        let mut found = find(keys, raw);
         let returned: Option<&[u8]> = match self {
             Report::Dsn(d) => d.returned.as_deref(),
             Report::Arf(c) => c.returned.as_deref(),
             _ => None,
         };
-        for t in returned
-            .map(|r| return_path::find_tokens(keys, r))
-            .unwrap_or_default()
-        {
+        for t in returned.map(|r| find(keys, r)).unwrap_or_default() {
             if !found.contains(&t) {
                 found.push(t);
             }

@@ -149,6 +149,61 @@ pub fn find_tokens(keys: &TokenKeys, text: &[u8]) -> Vec<ReturnPath> {
     found
 }
 
+/// The header trackrelay adds to every message it sends, holding the
+/// return-path token alone: the link back for complaints whose provider
+/// redacted the recipient and the return path.
+pub const REF_HEADER: &str = "X-Trackrelay-Ref";
+
+/// Every distinct token that verifies in an `X-Trackrelay-Ref:` header line
+/// of `text` (name in any case, at the start of a line), in order.
+pub fn find_ref_tokens(keys: &TokenKeys, text: &[u8]) -> Vec<ReturnPath> {
+    let name = REF_HEADER.as_bytes();
+    let mut found: Vec<ReturnPath> = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let Some(head) = line.get(..name.len()) else {
+            continue;
+        };
+        if !head.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let rest = &line[name.len()..];
+        let rest = rest.trim_ascii_start();
+        let Some(value) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let token = value
+            .trim_ascii()
+            .split(|b| b.is_ascii_whitespace())
+            .next()
+            .unwrap_or_default();
+        let Ok(token) = std::str::from_utf8(token) else {
+            continue;
+        };
+        if let Some(rp) = verify(keys, token) {
+            if !found.contains(&rp) {
+                found.push(rp);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `address` has a local part `{anything}+{TOKEN_LEN base32}`:
+/// what our return path looks like, verified or not.
+pub fn looks_like_token_address(address: &str) -> bool {
+    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let Some((local, _)) = a.rsplit_once('@') else {
+        return false;
+    };
+    let Some((_, token)) = local.rsplit_once('+') else {
+        return false;
+    };
+    token.len() == TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || (b'2'..=b'7').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +324,32 @@ mod tests {
         );
         assert!(find_tokens(&k, b"").is_empty());
         assert!(find_tokens(&k, b"++++@").is_empty());
+    }
+
+    #[test]
+    fn ref_header_tokens_in_any_case_and_only_verified_ones() {
+        let k = keys();
+        let t = encode(&k, id(), 4);
+        let forged = encode(&TokenKeys::new([1u8; 32], vec![]), id(), 5);
+        let text = format!(
+            "Subject: x\r\nx-trackrelay-ref : {forged}\r\nX-TRACKRELAY-REF:\t{}\r\n\
+             X-Trackrelay-Ref: {t}\r\nX-Other: X-Trackrelay-Ref: {t}\r\n",
+            t.to_ascii_uppercase()
+        );
+        let found = find_ref_tokens(&k, text.as_bytes());
+        assert_eq!(
+            found,
+            vec![ReturnPath {
+                email_id: id(),
+                rcpt_index: 4
+            }]
+        );
+        assert!(find_ref_tokens(&k, b"X-Trackrelay-Ref").is_empty());
+        assert!(find_ref_tokens(&k, b"X-Trackrelay-Ref: \xff\xfe").is_empty());
+        assert!(looks_like_token_address(&format!(
+            "<bounces+{forged}@b.example.com>"
+        )));
+        assert!(!looks_like_token_address("fbl@bounces.example.com"));
+        assert!(!looks_like_token_address("bounces+short@b.example.com"));
     }
 }

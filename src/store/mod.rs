@@ -15,6 +15,7 @@
 
 pub mod emails;
 pub mod events;
+pub mod feedback;
 pub mod queue;
 pub mod reports;
 pub mod retention;

@@ -363,6 +363,11 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
     if let Some(next) = next {
         detail["next_attempt_at"] = json!(super::rfc3339(next));
     }
+    if kind == EventType::Bounced {
+        // The same `bounce` object as a bounce report's (src/inbound/process.rs).
+        let b = crate::feedback::bounce::classify(None, &a.response, a.mx.as_deref(), true);
+        detail["bounce"] = b.event_json(a.at, false);
+    }
     ev.detail = Some(detail);
     super::events::insert(tx, &ev).map(Some)
 }

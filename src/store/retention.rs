@@ -1,6 +1,7 @@
 //! Retention: message bodies go after `retain_messages` (links keep working,
 //! the tokens carry everything a redirect needs), events and delivered
-//! webhook rows after `retain_events`. Pruned in small batches, each its
+//! webhook rows, and the inbound reports they came from, after
+//! `retain_events`. Pruned in small batches, each its
 //! own short write, so accepting mail never waits behind a big delete.
 
 use super::{Durability, Store};
@@ -28,22 +29,23 @@ pub async fn run(
     }
 }
 
-/// One pass: returns how many bodies, events and webhook rows went.
+/// One pass: returns how many bodies, events, webhook rows and inbound
+/// reports went.
 pub async fn prune_once(
     store: &Store,
     retain_messages: Duration,
     retain_events: Duration,
     shutdown: &watch::Receiver<bool>,
-) -> super::Result<(usize, usize, usize)> {
+) -> super::Result<(usize, usize, usize, usize)> {
     let now = super::now_ms();
     let body_cutoff = now - retain_messages.as_millis() as i64;
     let event_cutoff = now - retain_events.as_millis() as i64;
-    let mut totals = (0, 0, 0);
+    let mut totals = (0, 0, 0, 0);
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let (b, e, w) = store
+        let (b, e, w, r) = store
             .write(Durability::Normal, move |tx| {
                 let b = super::emails::prune_bodies(tx, body_cutoff, now, BATCH)?;
                 let e = super::events::prune(tx, event_cutoff, BATCH)?;
@@ -52,24 +54,27 @@ pub async fn prune_once(
                      WHERE status != 'pending' AND created_at < ?1 LIMIT ?2)",
                     params![event_cutoff, BATCH as i64],
                 )?;
-                Ok((b, e, w))
+                let r = super::reports::prune(tx, event_cutoff, BATCH)?;
+                Ok((b, e, w, r))
             })
             .await?;
         totals.0 += b;
         totals.1 += e;
         totals.2 += w;
-        if b < BATCH && e < BATCH && w < BATCH {
+        totals.3 += r;
+        if b < BATCH && e < BATCH && w < BATCH && r < BATCH {
             break;
         }
         // Let waiting writers in between batches.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if totals != (0, 0, 0) {
+    if totals != (0, 0, 0, 0) {
         tracing::info!(
-            "retention: dropped {} message bodies, {} events, {} webhook deliveries",
+            "retention: dropped {} message bodies, {} events, {} webhook deliveries, {} inbound reports",
             totals.0,
             totals.1,
-            totals.2
+            totals.2,
+            totals.3
         );
     }
     Ok(totals)

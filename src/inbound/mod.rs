@@ -1,0 +1,4 @@
+//! The return-path MX side: what comes back (bounces, complaints,
+//! unsubscribe mail) and what is done with it.
+
+pub mod process;
