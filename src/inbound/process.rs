@@ -795,4 +795,172 @@ mod tests {
             Effect::Drop(Outcome::Ignored)
         );
     }
+
+    /// A store with one email to `someone@example.net`, delivered.
+    fn store_with_delivered() -> (rusqlite::Connection, Uuid) {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        store::schema::migrate(&mut conn).unwrap();
+        let email = Uuid::now_v7();
+        let t = conn.transaction().unwrap();
+        store::emails::insert(
+            &Tx::new(&t, &[]),
+            &store::emails::NewEmail {
+                id: email.to_string(),
+                created_at: 1,
+                domain: "Example.com".into(),
+                mail_from: "a@example.com".into(),
+                header_from: None,
+                to_header: None,
+                subject: None,
+                message_id: None,
+                tags: vec![],
+                auth_user: None,
+                client_ip: None,
+                smtputf8: false,
+                received: vec![],
+                body: b"\r\n".to_vec(),
+                recipients: vec!["Someone@Example.net".into()],
+            },
+        )
+        .unwrap();
+        t.execute(
+            "UPDATE recipients SET status = 'delivered', delivered_at = 5",
+            [],
+        )
+        .unwrap();
+        t.commit().unwrap();
+        (conn, email)
+    }
+
+    fn stored(conn: &rusqlite::Connection, rcpt_to: &str, raw: &[u8]) -> store::reports::Pending {
+        let id = store::reports::insert(
+            conn,
+            &store::reports::NewReport {
+                received_at: 100,
+                peer_ip: "127.0.0.1".into(),
+                helo: "mx".into(),
+                mail_from: String::new(),
+                rcpt_to: vec![rcpt_to.into()],
+                raw: raw.to_vec(),
+            },
+        )
+        .unwrap();
+        store::reports::pending(conn, id - 1, 1).unwrap().remove(0)
+    }
+
+    fn run(conn: &mut rusqlite::Connection, c: &Classified, rules: &Rules) -> Option<Outcome> {
+        let t = conn.transaction().unwrap();
+        let out = apply(&Tx::new(&t, &[]), c, rules, 200).unwrap();
+        t.commit().unwrap();
+        out
+    }
+
+    fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn apply_bounces_suppresses_and_marks_processed_once() {
+        let k = keys();
+        let (mut conn, email) = store_with_delivered();
+        let to = return_path::address(&k, "bounces", "bounces.example.com", email, 0).unwrap();
+        let raw = format!(
+            "From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+             Final-Recipient: rfc822; someone@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+             Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\n--b--\r\n"
+        );
+        let c = classify(&stored(&conn, &to, raw.as_bytes()), &k);
+        let rules = Rules {
+            hard_bounce: ["example.com".to_string()].into(),
+            complaint: HashSet::new(),
+        };
+        assert_eq!(run(&mut conn, &c, &rules), Some(Outcome::Bounced));
+        let (status, delivered_at, last): (String, Option<i64>, String) = conn
+            .query_row(
+                "SELECT status, delivered_at, last_response FROM recipients",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((status.as_str(), delivered_at), ("bounced", Some(5)));
+        assert!(last.contains("no such user"), "{last}");
+        let (event_id, detail): (i64, String) = conn
+            .query_row(
+                "SELECT id, detail FROM events WHERE type = 'email.bounced'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let d: Value = serde_json::from_str(&detail).unwrap();
+        assert_eq!(d["bounce"]["type"], "permanent");
+        assert_eq!(d["bounce"]["sub_type"], "no_email");
+        assert_eq!(d["bounce"]["async"], true);
+        assert_eq!(d["bounce"]["report_id"], c.id);
+        let linked: Option<i64> = conn
+            .query_row(
+                "SELECT event_id FROM suppressions WHERE address = 'someone@example.net' AND scope = 'example.com'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(linked, Some(event_id));
+        let (kind, outcome): (String, String) = conn
+            .query_row(
+                "SELECT kind, outcome FROM inbound_reports WHERE processed_at IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kind, "dsn");
+        assert!(outcome.contains("\"linked_by\":\"envelope\""), "{outcome}");
+        // The same row again (a second pass): taken already, nothing happens.
+        assert_eq!(run(&mut conn, &c, &rules), None);
+        // The same bounce again as a new report: no second event.
+        let again = classify(&stored(&conn, &to, raw.as_bytes()), &k);
+        assert_eq!(run(&mut conn, &again, &rules), Some(Outcome::Bounced));
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM events WHERE type = 'email.bounced'"
+            ),
+            1
+        );
+        // The rollup counts the asynchronous bounce.
+        assert_eq!(count(&conn, "SELECT SUM(bounced) FROM rollups"), 1);
+    }
+
+    #[test]
+    fn forged_and_unknown_reports_are_deleted_and_change_nothing() {
+        let k = keys();
+        let (mut conn, email) = store_with_delivered();
+        let other = TokenKeys::new([9u8; 32], vec![]);
+        let forged =
+            return_path::address(&other, "bounces", "bounces.example.com", email, 0).unwrap();
+        let raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n\r\n550 5.1.1 user unknown\r\n";
+        let rules = Rules::default();
+        let c = classify(&stored(&conn, &forged, raw), &k);
+        assert_eq!(run(&mut conn, &c, &rules), Some(Outcome::Forged));
+        // A token of ours for an email this store never had.
+        let stranger =
+            return_path::address(&k, "bounces", "bounces.example.com", Uuid::now_v7(), 0).unwrap();
+        let c = classify(&stored(&conn, &stranger, raw), &k);
+        assert_eq!(run(&mut conn, &c, &rules), Some(Outcome::Unlinked));
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM inbound_reports"), 0);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM events WHERE type != 'email.sent'"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM recipients WHERE status = 'delivered'"
+            ),
+            1
+        );
+    }
 }
