@@ -7,6 +7,7 @@ use crate::store::{self, events::EventFilter, Tx};
 use crate::text::printable;
 use std::io::Write;
 
+pub mod reports;
 pub mod suppressions;
 
 pub type CliResult = Result<(), String>;

@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         action: SuppressionsCommand,
     },
+    /// Reports received at the return path (bounces, complaints).
+    Reports {
+        #[command(subcommand)]
+        action: ReportsCommand,
+    },
     /// List stored events.
     Events {
         #[command(flatten)]
@@ -214,6 +219,20 @@ enum SuppressionsCommand {
         config: ConfigArg,
         #[arg(long, value_name = "FILE")]
         csv: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportsCommand {
+    /// A report's metadata and its message (control characters escaped).
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The report id (`report_id` in events, `id` in GET /v1/reports/{id}).
+        id: i64,
+        /// Only the message, exactly as received.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -407,6 +426,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             SuppressionsCommand::Import { config, csv } => {
                 cli::suppressions::import_csv(&load(&config)?, &csv)
+            }
+        },
+        Command::Reports { action } => match action {
+            ReportsCommand::Show { config, id, raw } => {
+                cli::reports::show(&load(&config)?, id, raw)
             }
         },
         Command::Events {

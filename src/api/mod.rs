@@ -9,6 +9,7 @@
 //! GET /v1/suppressions         the suppression list, paged  ?domain=&limit=&after=
 //! POST /v1/suppressions        add one: {"address", "domain"?, "reason"?}
 //! DELETE /v1/suppressions/{address}  remove one            ?domain=
+//! GET /v1/reports/{id}         a received bounce/complaint: metadata and raw message
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
@@ -18,6 +19,7 @@
 mod auth;
 mod params;
 mod reply;
+mod reports;
 mod routes;
 mod suppressions;
 

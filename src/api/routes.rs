@@ -25,6 +25,8 @@ pub enum Endpoint<'a> {
     Suppressions,
     /// The address as it appears in the path (percent-encoded or not).
     Suppression(&'a str),
+    /// An inbound report, by id (as it appears in the path).
+    Report(&'a str),
 }
 
 impl<'a> Endpoint<'a> {
@@ -35,6 +37,10 @@ impl<'a> Endpoint<'a> {
             "/v1/events" => Some(Endpoint::Events),
             "/v1/stats" => Some(Endpoint::Stats),
             "/v1/suppressions" => Some(Endpoint::Suppressions),
+            _ if path.starts_with("/v1/reports/") => {
+                let id = path.strip_prefix("/v1/reports/")?;
+                (!id.is_empty() && !id.contains('/')).then_some(Endpoint::Report(id))
+            }
             _ if path.starts_with("/v1/suppressions/") => {
                 let a = path.strip_prefix("/v1/suppressions/")?;
                 (!a.is_empty() && !a.contains('/')).then_some(Endpoint::Suppression(a))
@@ -87,6 +93,7 @@ impl<'a> Endpoint<'a> {
             }
             Endpoint::Suppressions => super::suppressions::list(api, query).await,
             Endpoint::Suppression(raw) => super::suppressions::remove(api, raw, query).await,
+            Endpoint::Report(id) => super::reports::show(api, id, query).await,
             Endpoint::Metrics => metrics(api, query).await,
             Endpoint::Events => events(api, query).await,
             Endpoint::Stats => stats(api, query).await,
