@@ -205,7 +205,7 @@ pub fn decide(report: &Report, unsubscribe: bool, rcpt: &LinkedRecipient) -> Eff
         _ if unsubscribe => Effect::Unsubscribe,
         Report::Unknown => Effect::Drop(Outcome::Ignored),
         Report::PlainBounce(p) => bounce(p.bounce.clone()),
-        Report::Arf(c) if rcpt.counted & bit::COMPLAINED != 0 => {
+        Report::Arf(_) if rcpt.counted & bit::COMPLAINED != 0 => {
             Effect::Nothing(Outcome::Complained, "already complained".into())
         }
         Report::Arf(c) => Effect::Complaint(c.clone()),
