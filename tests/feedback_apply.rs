@@ -12,7 +12,7 @@ mod support;
 use harness::*;
 use std::collections::HashMap;
 use std::time::Duration;
-use support::mx::{MxConfig, TestMx};
+use support::mx::{MxConfig, Script, TestMx};
 use support::webhook::Receiver;
 use trackrelay::store::reports::{self, NewReport};
 
@@ -198,10 +198,18 @@ const RCPTS: [&str; 7] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     let hooks = Receiver::start(SECRET).await;
-    let mx = TestMx::start(MxConfig::default()).await;
+    let mx = TestMx::start(
+        MxConfig::default().script("gone@example.net", Script::always("550 5.1.1 no such user")),
+    )
+    .await;
     let mut relay = start(&mx, &hooks);
     let msg = message("news@example.com", "hard@example.net", "feedback", "hello");
     let id = submit(&relay, "news@example.com", &RCPTS, &msg);
+    // A refusal during delivery, to compare its bounce object with a report's.
+    let sync_id = submit(&relay, "news@example.com", &["gone@example.net"], &msg);
+    wait_for("the synchronous bounce", WAIT, || {
+        status(&relay, &sync_id, "gone@example.net") == "bounced"
+    });
     for r in RCPTS {
         wait_for(&format!("{r} delivered"), WAIT, || {
             status(&relay, &id, r) == "delivered"
@@ -440,6 +448,29 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     assert!(hook.signature_ok);
     assert_eq!(hook.body["data"]["email_id"], id.as_str());
     assert_eq!(hook.body["data"]["bounce"], *b);
+    // One bounce object for both kinds of bounce: the same fields, and
+    // `report_id` for the one that came as a report.
+    let sync_hook = got
+        .iter()
+        .find(|h| {
+            h.body["type"] == "email.bounced" && h.body["data"]["to"][0] == "gone@example.net"
+        })
+        .expect("the synchronous bounce's webhook");
+    let sb = &sync_hook.body["data"]["bounce"];
+    assert_eq!(sb["type"], "permanent");
+    assert_eq!(sb["sub_type"], "no_email");
+    assert_eq!(sb["async"], false);
+    assert!(
+        sb["message"].as_str().unwrap().contains("550 5.1.1"),
+        "{sb}"
+    );
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.retain(|k| k != "report_id");
+        k.sort();
+        k
+    };
+    assert_eq!(keys(sb), keys(b));
     let complained = got
         .iter()
         .find(|h| h.body["type"] == "email.complained")
@@ -482,7 +513,8 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     // Stats count the asynchronous bounces and the complaints.
     let stats: serde_json::Value =
         serde_json::from_slice(&cli_ok(&relay, &["stats", "--json"])).unwrap();
-    assert_eq!(stats["bounced"], 2, "{stats}");
+    // hard and policy by report, gone during delivery.
+    assert_eq!(stats["bounced"], 3, "{stats}");
     assert_eq!(stats["complained"], 2, "{stats}");
 
     // The operator reads the raw report: CLI, exactly and escaped, and API.
