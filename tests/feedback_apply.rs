@@ -437,6 +437,9 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
             .filter(|h| h.body["type"] == "email.complained")
             .count()
             == 2
+            && got.iter().any(|h| {
+                h.body["type"] == "email.bounced" && h.body["data"]["to"][0] == "gone@example.net"
+            })
     });
     let got = hooks.accepted();
     let hook = got
