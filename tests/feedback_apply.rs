@@ -247,6 +247,12 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     };
 
     relay.stop();
+    // Oldest first: a report nothing can read must not hold up the others.
+    let garbage = store_report(
+        &relay,
+        "fbl@bounces.example.com",
+        b"\x00\xff\xfe not mail at all\r\n\r\n\x80\x81",
+    );
     let hard_diag = "550 5.1.1 <hard@example.net>: Recipient address rejected: User unknown in virtual mailbox table";
     let hard_raw = dsn(
         &rp("hard@example.net"),
@@ -396,6 +402,8 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     assert_eq!(delayed[0].1["async"], true);
 
     // Forged token and auto-reply: rows gone, nothing changed.
+    let (code, _) = api_get(&relay, &format!("/v1/reports/{garbage}"));
+    assert_eq!(code, 404, "the unreadable report is not kept");
     for (r, report) in [
         ("forged@example.net", forged_report),
         ("auto@example.net", auto_report),
@@ -498,7 +506,7 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
         ("complained", 2),
         ("forged", 1),
         ("auto_reply", 1),
-        ("unlinked", 0),
+        ("unlinked", 1),
     ] {
         let line = format!("trackrelay_inbound_reports_total{{outcome=\"{outcome}\"}} {n}\n");
         assert!(metrics.contains(&line), "{line}in\n{metrics}");

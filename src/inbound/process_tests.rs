@@ -1,5 +1,6 @@
 //! Linking and apply decisions without a network; `apply` against an
-//! in-memory store.
+//! in-memory store; the task over a store file.
+
 use super::*;
 use uuid::Uuid;
 
@@ -358,4 +359,105 @@ fn forged_and_unknown_reports_are_deleted_and_change_nothing() {
         ),
         1
     );
+}
+
+/// The processor task over a real store file: it reads what is pending at
+/// start, and a report stored later as soon as it is woken (the inbound
+/// listener's notify), long before its 30 s safety net.
+#[test]
+fn the_processor_runs_at_start_and_when_woken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sqlite3");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let k = Arc::new(keys());
+    let store = store::Store::open(&path, store::StoreOptions::default()).unwrap();
+    let email = Uuid::now_v7();
+    let row = store::emails::NewEmail {
+        id: email.to_string(),
+        created_at: 1,
+        domain: "example.com".into(),
+        mail_from: "a@example.com".into(),
+        header_from: None,
+        to_header: None,
+        subject: None,
+        message_id: None,
+        tags: vec![],
+        auth_user: None,
+        client_ip: None,
+        smtputf8: false,
+        received: vec![],
+        body: b"\r\n".to_vec(),
+        recipients: vec!["someone@example.net".into()],
+    };
+    let to = return_path::address(&k, "bounces", "bounces.example.com", email, 0).unwrap();
+    let report = |diag: &str| {
+        store::reports::NewReport {
+        received_at: 100,
+        peer_ip: "127.0.0.1".into(),
+        helo: "mx".into(),
+        mail_from: String::new(),
+        rcpt_to: vec![to.clone()],
+        raw: format!(
+            "From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+             Final-Recipient: rfc822; someone@example.net\r\nAction: delayed\r\nStatus: 4.4.7\r\n\
+             Diagnostic-Code: smtp; {diag}\r\n\r\n--b--\r\n"
+        )
+        .into_bytes(),
+    }
+    };
+    let first = report("451 4.4.7 first");
+    rt.block_on(store.write(Durability::Full, move |tx| {
+        store::emails::insert(tx, &row)?;
+        store::reports::insert(tx, &first)
+    }))
+    .unwrap();
+    let wake = Arc::new(Notify::new());
+    let processor = Arc::new(Processor {
+        store: store.clone(),
+        keys: k.clone(),
+        rules: Arc::new(Rules::default()),
+        metrics: Arc::new(Metrics::default()),
+        wake: wake.clone(),
+    });
+    let (stop, shutdown) = watch::channel(false);
+    let task = rt.spawn(processor.clone().run(shutdown));
+    let delays = |store: &Store| {
+        rt.block_on(store.read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM events WHERE type = 'email.delivery_delayed'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        }))
+        .unwrap()
+    };
+    let wait = |n: i64| {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while delays(&store) != n {
+            assert!(std::time::Instant::now() < until, "waiting for {n} delays");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(1);
+    let second = report("451 4.4.7 second");
+    rt.block_on(store.write(Durability::Full, move |tx| {
+        store::reports::insert(tx, &second)
+    }))
+    .unwrap();
+    wake.notify_one();
+    wait(2);
+    assert_eq!(
+        processor.metrics.inbound_reports[1].get(),
+        2,
+        "two delays counted"
+    );
+    stop.send(true).unwrap();
+    rt.block_on(task).unwrap();
+    store.close();
 }
