@@ -185,7 +185,7 @@ fn api_get(relay: &Relay, path: &str) -> (u16, Vec<u8>) {
     (code, body)
 }
 
-const RCPTS: [&str; 7] = [
+const RCPTS: [&str; 8] = [
     "hard@example.net",
     "policy@example.net",
     "slow@example.net",
@@ -193,6 +193,7 @@ const RCPTS: [&str; 7] = [
     "auto@example.net",
     "complain@example.net",
     "redacted@example.net",
+    "leaver@example.net",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,6 +338,21 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
             ),
         ),
     );
+    // The List-Unsubscribe mailto: recorded, never taken for a bounce (the
+    // unsubscribe itself is the one-click unsubscribe code's).
+    let leaver = format!(
+        "unsubscribe+{}@bounces.example.com",
+        token("leaver@example.net")
+    );
+    let unsub_report = store_report(
+        &relay,
+        &leaver,
+        format!(
+            "From: <leaver@example.net>\r\nTo: <{leaver}>\r\nSubject: Undelivered Mail unsubscribe\r\n\r\n\
+             550 5.1.1 please unsubscribe me\r\n"
+        )
+        .as_bytes(),
+    );
     relay.spawn();
 
     let pending = || -> i64 {
@@ -402,6 +418,14 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     assert_eq!(delayed[0].1["async"], true);
 
     // Forged token and auto-reply: rows gone, nothing changed.
+    assert_eq!(status(&relay, &id, "leaver@example.net"), "delivered");
+    assert_eq!(suppression(&relay, "leaver@example.net"), None);
+    let (code, body) = api_get(&relay, &format!("/v1/reports/{unsub_report}"));
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["kind"], "unsubscribe");
+    assert_eq!(v["outcome"]["outcome"], "unsubscribe");
+    assert_eq!(v["outcome"]["recipient"], "leaver@example.net");
     let (code, _) = api_get(&relay, &format!("/v1/reports/{garbage}"));
     assert_eq!(code, 404, "the unreadable report is not kept");
     for (r, report) in [
@@ -491,12 +515,12 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
         "abuse"
     );
 
-    // Kept: the six linked reports; counted: all of them.
+    // Kept: the linked reports; counted: all of them.
     let kept: i64 = relay
         .db()
         .query_row("SELECT COUNT(*) FROM inbound_reports", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(kept, 6);
+    assert_eq!(kept, 7, "the six linked reports and the unsubscribe");
     let (code, body) = api_get(&relay, "/metrics");
     assert_eq!(code, 200);
     let metrics = String::from_utf8(body).unwrap();
@@ -507,6 +531,7 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
         ("forged", 1),
         ("auto_reply", 1),
         ("unlinked", 1),
+        ("unsubscribe", 1),
     ] {
         let line = format!("trackrelay_inbound_reports_total{{outcome=\"{outcome}\"}} {n}\n");
         assert!(metrics.contains(&line), "{line}in\n{metrics}");
