@@ -324,25 +324,21 @@ pub fn apply(
         store::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": e }))?;
         return Ok(Some(Outcome::Ignored));
     }
-    let early = match (&c.report, c.link) {
-        (Report::AutoReply, _) => Some(Outcome::AutoReply),
-        (_, Link::Forged) => Some(Outcome::Forged),
-        (_, Link::Missing) => Some(Outcome::Unlinked),
-        _ => None,
-    };
-    if let Some(outcome) = early {
+    let dropped = |outcome: Outcome| -> rusqlite::Result<Option<Outcome>> {
         store::reports::delete(tx, c.id)?;
-        return Ok(Some(outcome));
-    }
-    let Link::Found(rp, via) = c.link else {
-        unreachable!("every other link returned above")
+        Ok(Some(outcome))
+    };
+    let (rp, via) = match (&c.report, c.link) {
+        (Report::AutoReply, _) => return dropped(Outcome::AutoReply),
+        (_, Link::Forged) => return dropped(Outcome::Forged),
+        (_, Link::Missing) => return dropped(Outcome::Unlinked),
+        (_, Link::Found(rp, via)) => (rp, via),
     };
     let email_id = rp.email_id.hyphenated().to_string();
     let Some(rcpt) = store::feedback::recipient(tx, &email_id, rp.rcpt_index)? else {
         // A token of ours for an email this store does not have (another
         // store's, or a `preview`): nothing to change.
-        store::reports::delete(tx, c.id)?;
-        return Ok(Some(Outcome::Unlinked));
+        return dropped(Outcome::Unlinked);
     };
     let target = Target {
         email_id,
@@ -352,10 +348,7 @@ pub fn apply(
         at: c.received_at,
     };
     let (outcome, mut detail) = match decide(&c.report, c.unsubscribe, &target.rcpt) {
-        Effect::Drop(outcome) => {
-            store::reports::delete(tx, c.id)?;
-            return Ok(Some(outcome));
-        }
+        Effect::Drop(outcome) => return dropped(outcome),
         Effect::Bounce(b) => (Outcome::Bounced, bounce(tx, &target, &b, rules)?),
         Effect::Delay(b) => (Outcome::Delayed, delay(tx, &target, &b)?),
         Effect::Complaint(comp) => (Outcome::Complained, complaint(tx, &target, &comp, rules)?),
