@@ -37,36 +37,38 @@ pub fn available(test: &str) -> bool {
 impl Postfix {
     /// Accepts mail for `domain` and bounces each message with `error`
     /// (e.g. "5.1.1 Mailbox does not exist"); mail for `bounce_domain`
-    /// (the DSNs) is relayed to `inbound`.
+    /// (the DSNs) is relayed to `inbound`. Tries random ports.
     pub fn start(domain: &str, error: &str, bounce_domain: &str, inbound: SocketAddr) -> Postfix {
-        let dir = tempfile::tempdir().unwrap();
-        // Postfix's own user walks into its data directory.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut last = String::new();
-        for attempt in 0..8u32 {
-            let seed = std::process::id()
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(attempt.wrapping_mul(7_919))
-                .wrapping_add(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.subsec_nanos()),
-                );
-            let port = 20_000 + (seed % 40_000) as u16;
-            let base = dir.path().join(format!("try{attempt}"));
-            match Self::try_start(&base, port, domain, error, bounce_domain, inbound) {
-                Ok(conf) => {
-                    return Postfix {
-                        dir,
-                        conf,
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    }
-                }
+        for attempt in 0..8 {
+            match Self::start_on(random_port(attempt), domain, error, bounce_domain, inbound) {
+                Ok(p) => return p,
                 Err(e) => last = e,
             }
         }
         panic!("Postfix did not start on any of 8 ports; last: {last}");
+    }
+
+    /// The same on one given port; `Err` when that port is taken, so a
+    /// caller that had to write the port somewhere first can try another.
+    pub fn start_on(
+        port: u16,
+        domain: &str,
+        error: &str,
+        bounce_domain: &str,
+        inbound: SocketAddr,
+    ) -> Result<Postfix, String> {
+        let dir = tempfile::tempdir().unwrap();
+        // Postfix's own user walks into its data directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let base = dir.path().join("pf");
+        let conf = Self::try_start(&base, port, domain, error, bounce_domain, inbound)?;
+        Ok(Postfix {
+            dir,
+            conf,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
     }
 
     fn try_start(
@@ -194,6 +196,19 @@ maillog_file_prefixes = {base}
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A port in 20000..60000 that differs per process and attempt.
+pub fn random_port(attempt: u32) -> u16 {
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(attempt.wrapping_mul(7_919))
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+    20_000 + (seed % 40_000) as u16
 }
 
 fn master_running(queue: &Path) -> bool {
