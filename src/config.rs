@@ -174,6 +174,10 @@ pub struct DomainConfig {
     #[serde(default = "default_tls_policy")]
     pub tls: TlsPolicy,
     pub return_path: Option<String>,
+    /// Add List-Unsubscribe (+ List-Unsubscribe-Post, RFC 8058) to messages
+    /// that carry none; `X-Track-Unsubscribe` overrides it per message.
+    #[serde(default)]
+    pub list_unsubscribe: bool,
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
     /// What adds an address to the suppression list for this domain.
@@ -822,6 +826,12 @@ impl Config {
             if (d.open_tracking || d.click_tracking) && d.tracking_subdomain.is_none() {
                 w.push(format!(
                     "domains[{i}] ({}): open/click tracking is on but tracking_subdomain is not set, so tracking is off for this domain",
+                    d.name
+                ));
+            }
+            if d.list_unsubscribe && d.return_path.is_none() && d.tracking_subdomain.is_none() {
+                w.push(format!(
+                    "domains[{i}] ({}): list_unsubscribe is on but neither tracking_subdomain nor return_path is set, so there is no unsubscribe address to add",
                     d.name
                 ));
             }

@@ -197,6 +197,17 @@ async fn delivered_copy_is_tracked_signed_and_verifies() {
             other_tracking_hosts: &[],
             open_tracking: false,
             click_tracking: true,
+            // The runner adds the feedback reference wherever there is a
+            // tracking host; list_unsubscribe is off by default.
+            feedback: Some(trackrelay::prepare::Feedback {
+                token: &trackrelay::feedback::return_path::encode(
+                    &keys,
+                    uuid::Uuid::parse_str(&id).unwrap(),
+                    0,
+                ),
+                return_path_domain: None,
+                list_unsubscribe: false,
+            }),
         },
         &keys,
     );
