@@ -51,7 +51,7 @@ pub(crate) fn lines(
     wanted: Option<bool>,
 ) -> (Vec<u8>, ListUnsubscribe) {
     let Some(f) = feedback.filter(|f| usable_token(f.token)) else {
-        let outcome = if wanted.unwrap_or(false) {
+        let outcome = if wanted.unwrap_or(feedback.is_some_and(|f| f.list_unsubscribe)) {
             ListUnsubscribe::NoAddress
         } else {
             ListUnsubscribe::Off
@@ -120,4 +120,40 @@ fn usable_domain(d: &str) -> bool {
         && d.len() <= 253
         && d.split('.')
             .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feedback<'a>(token: &'a str, rp: Option<&'a str>) -> Feedback<'a> {
+        Feedback {
+            token,
+            return_path_domain: rp,
+            list_unsubscribe: true,
+        }
+    }
+
+    #[test]
+    fn nothing_that_could_become_header_syntax_is_written() {
+        let raw = b"From: a@b\r\n\r\nx";
+        let block = HeaderBlock::scan(raw, 0);
+        for bad in ["abc\r\nBcc: x@y", "", "a b", "tok>en"] {
+            let (lines_out, outcome) = lines(
+                raw,
+                &block,
+                Some(&feedback(bad, Some("rp.example.com"))),
+                None,
+                None,
+            );
+            assert!(lines_out.is_empty(), "{bad:?}");
+            assert_eq!(outcome, ListUnsubscribe::NoAddress);
+        }
+        for bad in ["rp.example.com>\r\nBcc: x", "a..b", "a b.c", ""] {
+            let (lines_out, outcome) =
+                lines(raw, &block, Some(&feedback("tok", Some(bad))), None, None);
+            assert!(lines_out.is_empty(), "{bad:?}");
+            assert_eq!(outcome, ListUnsubscribe::NoAddress);
+        }
+    }
 }
