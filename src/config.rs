@@ -1081,6 +1081,22 @@ mod tests {
     }
 
     #[test]
+    fn list_unsubscribe_is_off_by_default_and_needs_an_address() {
+        let base = "[server]\nhostname = \"r.example.com\"\n[[domains]]\nname = \"example.com\"\n";
+        let c = parse(base).unwrap();
+        assert!(!c.domains[0].list_unsubscribe);
+        let warned = |c: &Config| c.warnings().iter().any(|w| w.contains("list_unsubscribe"));
+        let c = parse(&format!("{base}list_unsubscribe = true\n")).unwrap();
+        assert!(c.domains[0].list_unsubscribe);
+        assert!(warned(&c));
+        let c = parse(&format!(
+            "{base}list_unsubscribe = true\nreturn_path = \"b\"\n"
+        ))
+        .unwrap();
+        assert!(!warned(&c));
+    }
+
+    #[test]
     fn host_port_parsing() {
         assert_eq!(
             parse_host_port("127.0.0.1:2626", 25),
