@@ -314,6 +314,7 @@ pub async fn run_until(
             .filter(|d| d.suppresses_on("unsubscribe"))
             .map(|d| d.name.to_ascii_lowercase())
             .collect(),
+        metrics.clone(),
     );
     let tracker = Arc::new(
         crate::tracking::listener::Tracker::new(

@@ -193,7 +193,10 @@ async fn the_delivered_copy_carries_both_headers_dkim_signed() {
         fields(&data, "List-Unsubscribe-Post"),
         [ONE_CLICK.to_string()]
     );
-    assert_eq!(fields(&data, "X-Trackrelay-Ref"), std::slice::from_ref(&token));
+    assert_eq!(
+        fields(&data, "X-Trackrelay-Ref"),
+        std::slice::from_ref(&token)
+    );
     // The envelope sender carries the same token.
     assert_eq!(
         mx.received()[0].mail_from,

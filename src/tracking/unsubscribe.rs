@@ -40,6 +40,7 @@ pub struct Unsubscriber {
     trusted_proxies: Vec<IpNet>,
     /// Sending domains (lowercased) whose `suppress_on` has `unsubscribe`.
     suppressing: Arc<HashSet<String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Unsubscriber {
@@ -48,12 +49,14 @@ impl Unsubscriber {
         store: Store,
         trusted_proxies: Vec<IpNet>,
         suppressing: HashSet<String>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Unsubscriber {
             keys,
             store,
             trusted_proxies,
             suppressing: Arc::new(suppressing),
+            metrics,
         }
     }
 
@@ -65,6 +68,7 @@ impl Unsubscriber {
     {
         let token = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();
         let Some(rp) = return_path::verify(&self.keys, token) else {
+            self.metrics.tracking_invalid.inc();
             return page(StatusCode::NOT_FOUND, Page::NotFound);
         };
         match *req.method() {
@@ -411,7 +415,8 @@ mod tests {
         let store = Store::open(&dir.path().join("db.sqlite3"), Default::default()).unwrap();
         store.close();
         let keys = Arc::new(TokenKeys::new([3; 32], vec![]));
-        let u = Unsubscriber::new(keys.clone(), store, vec![], HashSet::new());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let u = Unsubscriber::new(keys.clone(), store, vec![], HashSet::new(), metrics.clone());
         let good = return_path::encode(&keys, uuid::Uuid::now_v7(), 0);
         let forged = return_path::encode(&TokenKeys::new([4; 32], vec![]), uuid::Uuid::now_v7(), 0);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -431,6 +436,7 @@ mod tests {
                     .await;
                 assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
             }
+            assert_eq!(metrics.tracking_invalid.get(), 4);
             let r = u
                 .handle(request("GET", &format!("{PREFIX}{good}"), ""), peer)
                 .await;
