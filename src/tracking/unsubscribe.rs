@@ -115,7 +115,11 @@ impl Unsubscriber {
         .await;
         let body = match collected {
             Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => return page(StatusCode::PAYLOAD_TOO_LARGE, Page::BadRequest),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return page(StatusCode::PAYLOAD_TOO_LARGE, Page::BadRequest)
+            }
+            // The client went away or broke the framing: nobody to answer.
+            Ok(Err(_)) => return page(StatusCode::BAD_REQUEST, Page::BadRequest),
             Err(_) => return page(StatusCode::REQUEST_TIMEOUT, Page::BadRequest),
         };
         if !is_one_click(content_type.as_deref(), &body) {
@@ -458,6 +462,11 @@ mod tests {
                 .handle(request("POST", &format!("{PREFIX}{good}"), "nope=1"), peer)
                 .await;
             assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            let big = format!("{}{}", "List-Unsubscribe=One-Click", " ".repeat(MAX_BODY));
+            let r = u
+                .handle(request("POST", &format!("{PREFIX}{good}"), &big), peer)
+                .await;
+            assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
             let r = u
                 .handle(request("DELETE", &format!("{PREFIX}{good}"), ""), peer)
                 .await;
