@@ -403,6 +403,15 @@ async fn get_never_unsubscribes_one_click_post_does_once_and_the_next_message_is
         .unwrap();
     assert_eq!(via_b, "page");
     assert_eq!(unsubscribed_events(&relay), 2);
+    // Counted in the stats, once per recipient.
+    let out = relay.cli(&["stats", "--json", "--domain", "example.com"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["unsubscribed"], 2, "{stats}");
 
     // The webhook for each.
     wait_for("two unsubscribe webhooks", Duration::from_secs(30), || {
@@ -501,4 +510,33 @@ async fn forged_invalid_and_unknown_tokens_are_404_and_write_nothing() {
         200
     );
     assert_eq!(unsubscribed_events(&relay), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_unsubscribe_in_suppress_on_only_the_event_is_recorded() {
+    let mx = TestMx::start(MxConfig::default()).await;
+    let relay = relay_with(&mx, "suppress_on = [\"hard_bounce\"]", String::new());
+    let msg = message("news@example.com", "keep@example.net", "s", "hello");
+    submit(&relay, "news@example.com", &["keep@example.net"], &msg);
+    assert!(mx.wait_for(1, Duration::from_secs(30)).await);
+    let token = url_token(&fields(&delivered_to(&mx, "keep@example.net"), "List-Unsubscribe")[0]);
+    assert_eq!(post(&relay, &token, &[], ONE_CLICK), 200);
+    assert_eq!(unsubscribed_events(&relay), 1);
+    assert_eq!(suppressions(&relay), 0);
+    let suppressed: bool = relay
+        .db()
+        .query_row(
+            "SELECT json_extract(detail, '$.suppressed') FROM events WHERE type = 'email.unsubscribed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!suppressed);
+    // The application decides: its next message is delivered.
+    let next = submit(&relay, "news@example.com", &["keep@example.net"], &msg);
+    wait_for(
+        "the next message delivered",
+        Duration::from_secs(30),
+        || status(&relay, &next, "keep@example.net").as_deref() == Some("delivered"),
+    );
 }
