@@ -285,9 +285,10 @@ impl Runner {
             .map(|rp| format!("{rp}.{}", claim.domain.to_ascii_lowercase()));
         // The same token as the envelope sender's: whichever way feedback
         // comes back (bounce, complaint, unsubscribe), it names this copy.
-        let token = crate::feedback::return_path::encode(&self.keys, email_id, claim.idx);
         let has_feedback_address =
             return_path_domain.is_some() || domain.is_some_and(|d| d.tracking_host.is_some());
+        let token = has_feedback_address
+            .then(|| crate::feedback::return_path::encode(&self.keys, email_id, claim.idx));
         let opts = TrackingOptions {
             email_id,
             rcpt_index: claim.idx,
@@ -298,8 +299,8 @@ impl Runner {
                 .unwrap_or(&no_hosts),
             open_tracking: domain.is_some_and(|d| d.open_tracking),
             click_tracking: domain.is_some_and(|d| d.click_tracking),
-            feedback: has_feedback_address.then(|| prepare::Feedback {
-                token: &token,
+            feedback: token.as_deref().map(|token| prepare::Feedback {
+                token,
                 return_path_domain: return_path_domain.as_deref(),
                 list_unsubscribe: domain.is_some_and(|d| d.list_unsubscribe),
             }),
