@@ -226,7 +226,19 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
                 }),
             );
         }
-        EventType::Sent | EventType::Complained | EventType::Unsubscribed => {}
+        EventType::Unsubscribed => {
+            let d = ev.detail.clone().unwrap_or(Value::Null);
+            data.insert(
+                "unsubscribe".into(),
+                json!({
+                    "via": d.get("via").cloned().unwrap_or(Value::Null),
+                    "ip_address": ev.ip,
+                    "user_agent": ev.user_agent,
+                    "timestamp": at,
+                }),
+            );
+        }
+        EventType::Sent | EventType::Complained => {}
     }
     json!({
         "type": ev.kind.as_str(),
