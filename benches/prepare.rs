@@ -44,6 +44,7 @@ fn main() {
         other_tracking_hosts: &hosts,
         open_tracking: true,
         click_tracking: true,
+        feedback: None,
     };
 
     println!(

@@ -406,6 +406,19 @@ pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
     let email_id = uuid::Uuid::now_v7();
     let tracking_host = domain.tracking_host();
     let previous = domain.previous_tracking_hosts();
+    // As the runner adds them (src/outbound/runner.rs, copy_for).
+    let token = crate::feedback::return_path::encode(&keys, email_id, 0);
+    let return_path_domain = domain
+        .return_path
+        .as_ref()
+        .map(|rp| format!("{rp}.{from_domain}"));
+    let feedback = (tracking_host.is_some() || return_path_domain.is_some()).then(|| {
+        crate::prepare::Feedback {
+            token: &token,
+            return_path_domain: return_path_domain.as_deref(),
+            list_unsubscribe: domain.list_unsubscribe,
+        }
+    });
     let opts = crate::prepare::TrackingOptions {
         email_id,
         rcpt_index: 0,
@@ -414,6 +427,7 @@ pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
         other_tracking_hosts: &previous,
         open_tracking: domain.open_tracking,
         click_tracking: domain.click_tracking,
+        feedback,
     };
     let prepared = crate::prepare::prepare(&raw, &opts, &keys);
     // Line ends as the runner sends them (CRLF only), before signing.

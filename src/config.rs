@@ -174,6 +174,10 @@ pub struct DomainConfig {
     #[serde(default = "default_tls_policy")]
     pub tls: TlsPolicy,
     pub return_path: Option<String>,
+    /// Add List-Unsubscribe (+ List-Unsubscribe-Post, RFC 8058) to messages
+    /// that carry none; `X-Track-Unsubscribe` overrides it per message.
+    #[serde(default)]
+    pub list_unsubscribe: bool,
     #[serde(default)]
     pub dkim: Vec<DkimConfig>,
     /// What adds an address to the suppression list for this domain.
@@ -825,6 +829,12 @@ impl Config {
                     d.name
                 ));
             }
+            if d.list_unsubscribe && d.return_path.is_none() && d.tracking_subdomain.is_none() {
+                w.push(format!(
+                    "domains[{i}] ({}): list_unsubscribe is on but neither tracking_subdomain nor return_path is set, so there is no unsubscribe address to add",
+                    d.name
+                ));
+            }
             if d.dkim.is_empty() {
                 w.push(format!(
                     "domains[{i}] ({}): no dkim key, mail from this domain is sent unsigned",
@@ -1068,6 +1078,22 @@ mod tests {
             .warnings()
             .iter()
             .any(|w| w.contains("tracking_subdomain is not set")));
+    }
+
+    #[test]
+    fn list_unsubscribe_is_off_by_default_and_needs_an_address() {
+        let base = "[server]\nhostname = \"r.example.com\"\n[[domains]]\nname = \"example.com\"\n";
+        let c = parse(base).unwrap();
+        assert!(!c.domains[0].list_unsubscribe);
+        let warned = |c: &Config| c.warnings().iter().any(|w| w.contains("list_unsubscribe"));
+        let c = parse(&format!("{base}list_unsubscribe = true\n")).unwrap();
+        assert!(c.domains[0].list_unsubscribe);
+        assert!(warned(&c));
+        let c = parse(&format!(
+            "{base}list_unsubscribe = true\nreturn_path = \"b\"\n"
+        ))
+        .unwrap();
+        assert!(!warned(&c));
     }
 
     #[test]

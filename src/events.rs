@@ -244,7 +244,19 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
                 }),
             );
         }
-        EventType::Sent | EventType::Unsubscribed => {}
+        EventType::Unsubscribed => {
+            let d = ev.detail.clone().unwrap_or(Value::Null);
+            data.insert(
+                "unsubscribe".into(),
+                json!({
+                    "via": d.get("via").cloned().unwrap_or(Value::Null),
+                    "ip_address": ev.ip,
+                    "user_agent": ev.user_agent,
+                    "timestamp": at,
+                }),
+            );
+        }
+        EventType::Sent => {}
     }
     json!({
         "type": ev.kind.as_str(),

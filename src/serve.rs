@@ -304,12 +304,27 @@ pub async fn run_until(
             machine_click_window_ms: config.tracking.machine_click_window.as_millis() as i64,
         },
     );
-    let tracker = Arc::new(crate::tracking::listener::Tracker::new(
+    let unsubscriber = crate::tracking::unsubscribe::Unsubscriber::new(
         token_keys.clone(),
-        recorder,
+        store.clone(),
         config.tracking.trusted_proxies.clone(),
+        config
+            .domains
+            .iter()
+            .filter(|d| d.suppresses_on("unsubscribe"))
+            .map(|d| d.name.to_ascii_lowercase())
+            .collect(),
         metrics.clone(),
-    ));
+    );
+    let tracker = Arc::new(
+        crate::tracking::listener::Tracker::new(
+            token_keys.clone(),
+            recorder,
+            config.tracking.trusted_proxies.clone(),
+            metrics.clone(),
+        )
+        .with_unsubscriber(unsubscriber),
+    );
     let tracking_task = tokio::spawn(crate::tracking::server::serve(
         tracker,
         tracking_plain,

@@ -197,6 +197,17 @@ async fn delivered_copy_is_tracked_signed_and_verifies() {
             other_tracking_hosts: &[],
             open_tracking: false,
             click_tracking: true,
+            // The runner adds the feedback reference wherever there is a
+            // tracking host; list_unsubscribe is off by default.
+            feedback: Some(trackrelay::prepare::Feedback {
+                token: &trackrelay::feedback::return_path::encode(
+                    &keys,
+                    uuid::Uuid::parse_str(&id).unwrap(),
+                    0,
+                ),
+                return_path_domain: None,
+                list_unsubscribe: false,
+            }),
         },
         &keys,
     );
@@ -583,10 +594,11 @@ async fn return_path_managed_key_and_preview() {
     );
     assert!(!text.contains("X-Tags:"));
     // --no-sign leaves the signature out.
+    // (The feedback reference goes first, as the runner adds it.)
     let out = relay.cli_with_stdin(&["preview", "--no-sign"], HTML_MESSAGE.as_bytes());
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .starts_with("From: News"));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("X-Trackrelay-Ref: "), "{text}");
+    assert!(!text.contains("DKIM-Signature:") && text.contains("\r\nFrom: News"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ fn start(mx: &TestMx, hooks: &Receiver) -> Relay {
     Relay::start(Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
         delivery: format!("routes = {{ \"example.net\" = \"{}\" }}", mx.addr()),
-        domain: "return_path = \"bounces\"".into(),
+        domain: "return_path = \"bounces\"\nlist_unsubscribe = true".into(),
         api_token: true,
         extra: format!(
             "[[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"*\"]\nretry = [\"1s\"]",
@@ -216,6 +216,16 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
             status(&relay, &id, r) == "delivered"
         });
     }
+    // The header block of each delivered copy, as the recipient got it.
+    let delivered: HashMap<String, String> = mx
+        .received()
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(&m.data).to_string();
+            let head = text.split("\r\n\r\n").next().unwrap().to_string();
+            (m.rcpt_to[0].to_ascii_lowercase(), head)
+        })
+        .collect();
     // The envelope sender each copy went out with: its return path.
     let sender: HashMap<String, String> = mx
         .received()
@@ -325,24 +335,52 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
             ),
         ),
     );
-    // Redacted: no recipient, no return path; only our reference header.
+    // Redacted by the provider: the recipient's address blotted out of the
+    // report and of the returned headers (the delivered copy's own, which
+    // never had the return path), and the List-Unsubscribe field, whose
+    // mailto holds the token, left out: our reference header is what is left.
+    let mut returned = String::new();
+    let mut skipping = false;
+    for line in delivered["redacted@example.net"].split("\r\n") {
+        if !line.starts_with([' ', '\t']) {
+            skipping = line.to_ascii_lowercase().starts_with("list-unsubscribe");
+        }
+        if !skipping {
+            returned.push_str(&line.replace("redacted@example.net", "xxxxxxxx@example.net"));
+            returned.push_str("\r\n");
+        }
+    }
+    assert!(
+        returned.contains(&format!(
+            "X-Trackrelay-Ref: {}",
+            token("redacted@example.net")
+        )),
+        "{returned}"
+    );
+    assert!(
+        !returned.contains("@bounces.example.com"),
+        "no token left but the reference: {returned}"
+    );
     let redacted_report = store_report(
         &relay,
         "fbl@bounces.example.com",
-        &arf(
-            "xxxxxxxx@example.net",
-            &format!(
-                "From: News <news@example.com>\r\nTo: xxxxxxxx@example.net\r\nSubject: feedback\r\n\
-                 X-Trackrelay-Ref: {}\r\n",
-                token("redacted@example.net")
-            ),
-        ),
+        &arf("xxxxxxxx@example.net", &returned),
     );
-    // The List-Unsubscribe mailto: recorded, never taken for a bounce (the
-    // unsubscribe itself is the one-click unsubscribe code's).
-    let leaver = format!(
-        "unsubscribe+{}@bounces.example.com",
-        token("leaver@example.net")
+    // The List-Unsubscribe mailto of the delivered copy. The mail looks
+    // like a bounce, and must not be taken for one.
+    let head = &delivered["leaver@example.net"];
+    let leaver = head
+        .split("<mailto:")
+        .nth(1)
+        .and_then(|rest| rest.split('>').next())
+        .unwrap_or_else(|| panic!("a List-Unsubscribe mailto in {head}"))
+        .to_string();
+    assert_eq!(
+        leaver,
+        format!(
+            "unsubscribe+{}@bounces.example.com",
+            token("leaver@example.net")
+        )
     );
     let unsub_report = store_report(
         &relay,
@@ -417,9 +455,16 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     assert_eq!(delayed[0].1["status"], "4.4.7");
     assert_eq!(delayed[0].1["async"], true);
 
-    // Forged token and auto-reply: rows gone, nothing changed.
+    // Mail to the unsubscribe mailbox: an unsubscribe, not a bounce.
     assert_eq!(status(&relay, &id, "leaver@example.net"), "delivered");
-    assert_eq!(suppression(&relay, "leaver@example.net"), None);
+    assert!(events(&relay, &id, "leaver@example.net", "email.bounced").is_empty());
+    let unsub = events(&relay, &id, "leaver@example.net", "email.unsubscribed");
+    assert_eq!(unsub.len(), 1);
+    assert_eq!(unsub[0].1["via"], "mailto");
+    assert_eq!(
+        suppression(&relay, "leaver@example.net"),
+        Some(("example.com".into(), "unsubscribe".into(), Some(unsub[0].0)))
+    );
     let (code, body) = api_get(&relay, &format!("/v1/reports/{unsub_report}"));
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -428,6 +473,7 @@ async fn reports_about_delivered_mail_bounce_delay_complain_and_suppress() {
     assert_eq!(v["outcome"]["recipient"], "leaver@example.net");
     let (code, _) = api_get(&relay, &format!("/v1/reports/{garbage}"));
     assert_eq!(code, 404, "the unreadable report is not kept");
+    // Forged token and auto-reply: rows gone, nothing changed.
     for (r, report) in [
         ("forged@example.net", forged_report),
         ("auto@example.net", auto_report),

@@ -45,6 +45,7 @@ fn control_headers_are_read_case_insensitively_with_folding() {
         ControlHeaders {
             track_opens: Some(false),
             track_clicks: Some(true),
+            list_unsubscribe: None,
             tags: vec!["welcome".into(), "onboarding".into(), "café".into()],
         }
     );

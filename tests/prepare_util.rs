@@ -31,6 +31,7 @@ pub fn options(opens: bool, clicks: bool) -> TrackingOptions<'static> {
         other_tracking_hosts: other_hosts(),
         open_tracking: opens,
         click_tracking: clicks,
+        feedback: None,
     }
 }
 

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         other_tracking_hosts: &old,
         open_tracking: mode != 1,
         click_tracking: mode != 2,
+        feedback: None,
     };
     let out = prepare(data, &opts, &keys);
     let _ = control_headers(data);

@@ -34,6 +34,8 @@
 //! - delivered / relayed / expanded: nothing but the outcome.
 //! - an ARF complaint: `email.complained` once per recipient, and a
 //!   `complaint` suppression where `suppress_on` has `complaint`.
+//! - mail to `unsubscribe+{token}@…`: an unsubscribe (store::unsubscribe),
+//!   never a bounce.
 
 use crate::config::Config;
 use crate::events::{EventType, NewEvent};
@@ -244,6 +246,7 @@ fn action_str(a: &Action) -> &str {
 pub struct Rules {
     pub hard_bounce: HashSet<String>,
     pub complaint: HashSet<String>,
+    pub unsubscribe: HashSet<String>,
 }
 
 impl Rules {
@@ -259,6 +262,7 @@ impl Rules {
         Rules {
             hard_bounce: with("hard_bounce"),
             complaint: with("complaint"),
+            unsubscribe: with("unsubscribe"),
         }
     }
 }
@@ -352,7 +356,10 @@ pub fn apply(
         Effect::Bounce(b) => (Outcome::Bounced, bounce(tx, &target, &b, rules)?),
         Effect::Delay(b) => (Outcome::Delayed, delay(tx, &target, &b)?),
         Effect::Complaint(comp) => (Outcome::Complained, complaint(tx, &target, &comp, rules)?),
-        Effect::Unsubscribe => (Outcome::Unsubscribe, unsubscribe_by_mail(tx, &target)?),
+        Effect::Unsubscribe => (
+            Outcome::Unsubscribe,
+            unsubscribe_by_mail(tx, &target, rules)?,
+        ),
         Effect::Nothing(outcome, why) => (outcome, json!({ "changed": false, "why": why })),
     };
     if let Value::Object(m) = &mut detail {
@@ -364,6 +371,44 @@ pub fn apply(
     }
     store::reports::set_outcome(tx, c.id, c.kind, &detail)?;
     Ok(Some(outcome))
+}
+
+/// What one report of a batch came to: its id, and its outcome or why it
+/// could not be applied.
+type BatchResult = Vec<(i64, Result<Option<Outcome>, String>)>;
+
+/// Applies `batch` in order in one transaction, each report under its own
+/// savepoint: a report whose effects fail (or panic) is rolled back alone
+/// and marked processed with the error, so it is kept for the operator to
+/// read and never blocks or loops the queue. Only a failing savepoint
+/// statement fails the whole write (nothing applied, read again later).
+pub fn apply_batch(
+    tx: &Tx<'_>,
+    batch: &[Classified],
+    rules: &Rules,
+    now: i64,
+) -> rusqlite::Result<BatchResult> {
+    let mut out = Vec::with_capacity(batch.len());
+    for c in batch {
+        tx.execute_batch("SAVEPOINT report")?;
+        let applied =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(tx, c, rules, now)));
+        let error = match applied {
+            Ok(Ok(outcome)) => {
+                tx.execute_batch("RELEASE report")?;
+                out.push((c.id, Ok(outcome)));
+                continue;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "internal error: applying the report panicked".to_string(),
+        };
+        tx.execute_batch("ROLLBACK TO report; RELEASE report")?;
+        if store::reports::claim(tx, c.id, now)? {
+            store::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": error }))?;
+        }
+        out.push((c.id, Err(error)));
+    }
+    Ok(out)
 }
 
 /// The recipient a linked report is applied to.
@@ -473,13 +518,40 @@ fn complaint(
     }))
 }
 
-/// Mail to `unsubscribe+{token}@…`, the mailto of `List-Unsubscribe`. The
-/// unsubscribe itself (suppression and `email.unsubscribed`) belongs to
-/// the one-click unsubscribe code, which is called from here once merged;
-/// on its own this records the request and suppresses nothing, and never
-/// treats it as a bounce.
-fn unsubscribe_by_mail(_tx: &Tx<'_>, _t: &Target) -> rusqlite::Result<Value> {
-    Ok(json!({ "changed": false, "suppressed": false }))
+/// Mail to `unsubscribe+{token}@…`, the mailto of `List-Unsubscribe`: the
+/// same unsubscribe as the one-click POST (`email.unsubscribed` once per
+/// recipient, and a suppression where `suppress_on` has `unsubscribe`),
+/// never a bounce, whatever the mail looks like.
+fn unsubscribe_by_mail(tx: &Tx<'_>, t: &Target, rules: &Rules) -> rusqlite::Result<Value> {
+    use store::unsubscribe::{self as unsub, Outcome as U};
+    let req = unsub::Request {
+        email_id: t.email_id.clone(),
+        rcpt_idx: t.idx,
+        via: unsub::Via::Mailto,
+        at: t.at,
+        // The peer is the user's mail server, not the user.
+        ip: None,
+        user_agent: None,
+    };
+    Ok(
+        match unsub::unsubscribe(tx, &req, &|d| rules.unsubscribe.contains(d))? {
+            U::Unsubscribed {
+                event_id,
+                suppression_added,
+                ..
+            } => json!({ "changed": true, "event_id": event_id, "suppressed": suppression_added }),
+            U::Repeated {
+                event_id,
+                suppression_added,
+            } => json!({
+                "changed": suppression_added,
+                "why": "unsubscribed before",
+                "event_id": event_id,
+                "suppressed": suppression_added,
+            }),
+            U::UnknownRecipient => json!({ "changed": false, "why": "no such recipient" }),
+        },
+    )
 }
 
 /// Reads pending reports at start, whenever woken, and every [`PERIOD`].
@@ -550,26 +622,27 @@ impl Processor {
                     return;
                 }
             };
-            // One write per report, all handed to the writer at once: they
-            // share its commit, each under its own savepoint, so one that
-            // fails rolls back alone.
-            let mut writes = tokio::task::JoinSet::new();
-            for c in classified {
-                let store = self.store.clone();
-                let rules = self.rules.clone();
-                writes.spawn(async move {
-                    let id = c.id;
-                    let r = store
-                        .write(Durability::Normal, move |tx| {
-                            apply(tx, &c, &rules, store::now_ms())
-                        })
-                        .await;
-                    (id, r)
-                });
-            }
-            while let Some(done) = writes.join_next().await {
-                match done {
-                    Ok((id, Ok(Some(outcome)))) => {
+            // One write for the batch, the reports applied in arrival order,
+            // each under its own savepoint (see `apply_batch`).
+            let rules = self.rules.clone();
+            let done = self
+                .store
+                .write(Durability::Normal, move |tx| {
+                    apply_batch(tx, &classified, &rules, store::now_ms())
+                })
+                .await;
+            let done = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    // Nothing of the batch was applied: the next pass
+                    // reads it again.
+                    tracing::error!("feedback: applying reports failed (retried later): {e}");
+                    return;
+                }
+            };
+            for (id, outcome) in done {
+                match outcome {
+                    Ok(Some(outcome)) => {
                         self.metrics.inbound_report(outcome.as_str());
                         tracing::debug!(
                             report_id = id,
@@ -577,14 +650,11 @@ impl Processor {
                             "feedback report processed"
                         );
                     }
-                    Ok((_, Ok(None))) => {}
-                    Ok((id, Err(e))) => {
-                        tracing::error!(
-                            report_id = id,
-                            "feedback: applying a report failed (retried later): {e}"
-                        )
-                    }
-                    Err(e) => tracing::error!("feedback: a report's write task failed: {e}"),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(
+                        report_id = id,
+                        "feedback: a report could not be applied; kept with the error: {e}"
+                    ),
                 }
             }
         }

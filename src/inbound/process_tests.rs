@@ -273,6 +273,7 @@ fn apply_bounces_suppresses_and_marks_processed_once() {
     let rules = Rules {
         hard_bounce: ["example.com".to_string()].into(),
         complaint: HashSet::new(),
+        unsubscribe: HashSet::new(),
     };
     assert_eq!(run(&mut conn, &c, &rules), Some(Outcome::Bounced));
     let (status, delivered_at, last): (String, Option<i64>, String) = conn
@@ -460,4 +461,52 @@ fn the_processor_runs_at_start_and_when_woken() {
     stop.send(true).unwrap();
     rt.block_on(task).unwrap();
     store.close();
+}
+
+#[test]
+fn a_report_that_fails_to_apply_is_rolled_back_alone_and_kept_with_the_error() {
+    let k = keys();
+    let (mut conn, email) = store_with_delivered();
+    let to = return_path::address(&k, "bounces", "bounces.example.com", email, 0).unwrap();
+    let raw = b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n\r\n\
+                550 5.1.1 user unknown\r\n";
+    let failing = classify(&stored(&conn, &to, raw), &k);
+    let other = TokenKeys::new([9u8; 32], vec![]);
+    let forged = return_path::address(&other, "bounces", "bounces.example.com", email, 0).unwrap();
+    let dropped = classify(&stored(&conn, &forged, raw), &k);
+    // Every event insert now fails: the bounce cannot be applied.
+    conn.execute_batch("DROP TABLE events").unwrap();
+    let t = conn.transaction().unwrap();
+    let out = apply_batch(
+        &Tx::new(&t, &[]),
+        &[failing.clone(), dropped.clone()],
+        &Rules::default(),
+        300,
+    )
+    .unwrap();
+    t.commit().unwrap();
+    assert_eq!(out[0].0, failing.id);
+    assert!(
+        out[0].1.as_ref().is_err_and(|e| e.contains("events")),
+        "{out:?}"
+    );
+    assert_eq!(out[1], (dropped.id, Ok(Some(Outcome::Forged))));
+    // Its half-done effects are gone; the row is kept, processed, with why.
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT COUNT(*) FROM recipients WHERE status = 'delivered'"
+        ),
+        1
+    );
+    let (processed, outcome): (Option<i64>, String) = conn
+        .query_row(
+            "SELECT processed_at, outcome FROM inbound_reports WHERE id = ?1",
+            [failing.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(processed, Some(300));
+    assert!(outcome.contains("error"), "{outcome}");
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM inbound_reports"), 1);
 }

@@ -38,6 +38,7 @@ pub struct SendingDomain {
     pub previous_tracking_hosts: Vec<String>,
     pub open_tracking: bool,
     pub click_tracking: bool,
+    pub list_unsubscribe: bool,
     pub dkim: Vec<DkimKey>,
 }
 
@@ -101,6 +102,7 @@ impl Runner {
                         previous_tracking_hosts: d.previous_tracking_hosts(),
                         open_tracking: d.open_tracking,
                         click_tracking: d.click_tracking,
+                        list_unsubscribe: d.list_unsubscribe,
                         dkim: keys,
                     },
                 )
@@ -278,6 +280,15 @@ impl Runner {
         let domain = self.domains.get(&claim.domain.to_ascii_lowercase());
         let email_id = uuid::Uuid::parse_str(&claim.email_id).unwrap_or_default();
         let no_hosts: Vec<String> = Vec::new();
+        let return_path_domain = domain
+            .and_then(|d| d.return_path.as_ref())
+            .map(|rp| format!("{rp}.{}", claim.domain.to_ascii_lowercase()));
+        // The same token as the envelope sender's: whichever way feedback
+        // comes back (bounce, complaint, unsubscribe), it names this copy.
+        let has_feedback_address =
+            return_path_domain.is_some() || domain.is_some_and(|d| d.tracking_host.is_some());
+        let token = has_feedback_address
+            .then(|| crate::feedback::return_path::encode(&self.keys, email_id, claim.idx));
         let opts = TrackingOptions {
             email_id,
             rcpt_index: claim.idx,
@@ -288,10 +299,19 @@ impl Runner {
                 .unwrap_or(&no_hosts),
             open_tracking: domain.is_some_and(|d| d.open_tracking),
             click_tracking: domain.is_some_and(|d| d.click_tracking),
+            feedback: token.as_deref().map(|token| prepare::Feedback {
+                token,
+                return_path_domain: return_path_domain.as_deref(),
+                list_unsubscribe: domain.is_some_and(|d| d.list_unsubscribe),
+            }),
         };
         let prepared = prepare::prepare(raw, &opts, &self.keys);
         for why in &prepared.unchanged_parts {
             tracing::info!(email_id = %claim.email_id, "part left unchanged: {why}");
+        }
+        // Every recipient's copy would say the same: once per message.
+        if prepared.list_unsubscribe == prepare::ListUnsubscribe::NoAddress && claim.idx == 0 {
+            tracing::debug!(email_id = %claim.email_id, "List-Unsubscribe not added: the domain has neither a tracking_subdomain nor a return_path to point it at");
         }
         let mut message = Vec::with_capacity(received.len() + prepared.message.len() + 1024);
         // CRLF only, before signing: what is signed is what goes out, and

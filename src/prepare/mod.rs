@@ -1,6 +1,7 @@
 //! Per-recipient message preparation (pure, no I/O): removes the control
 //! headers, rewrites http(s) links in every text/html part to tracked click
-//! URLs, and adds the open pixel.
+//! URLs, adds the open pixel, and adds the feedback headers
+//! (`X-Trackrelay-Ref`, List-Unsubscribe; see `feedback_headers`).
 //!
 //! The rule everything here follows: a recipient's email must look and work
 //! exactly as the sender wrote it. Only the edited attribute values, the
@@ -11,6 +12,7 @@
 
 mod charset;
 mod encode;
+mod feedback_headers;
 pub(crate) mod headers;
 mod html;
 mod links;
@@ -18,6 +20,7 @@ mod mime;
 mod splice;
 mod token;
 
+pub use feedback_headers::{Feedback, ListUnsubscribe};
 pub use headers::header_block_len;
 pub use token::{Token, TokenKeys};
 
@@ -38,12 +41,18 @@ pub struct TrackingOptions<'a> {
     pub open_tracking: bool,
     /// The domain's default; `X-Track-Clicks` overrides it.
     pub click_tracking: bool,
+    /// The return-path token and unsubscribe settings; `None`: no
+    /// `X-Trackrelay-Ref` and no List-Unsubscribe (a submitted
+    /// `X-Trackrelay-Ref` is removed all the same).
+    pub feedback: Option<Feedback<'a>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ControlHeaders {
     pub track_opens: Option<bool>,
     pub track_clicks: Option<bool>,
+    /// `X-Track-Unsubscribe`: overrides the domain's `list_unsubscribe`.
+    pub list_unsubscribe: Option<bool>,
     pub tags: Vec<String>,
 }
 
@@ -55,13 +64,24 @@ pub struct Prepared {
     pub pixels_inserted: u32,
     /// Human reasons for parts left as they were (for logging).
     pub unchanged_parts: Vec<String>,
+    pub list_unsubscribe: ListUnsubscribe,
 }
 
 const TRACK_OPENS: &str = "X-Track-Opens";
 const TRACK_CLICKS: &str = "X-Track-Clicks";
 const TAGS: &str = "X-Tags";
+const TRACK_UNSUBSCRIBE: &str = "X-Track-Unsubscribe";
+/// Removed from every message: control headers, and our own reference,
+/// which a client must not be able to forge.
+const REMOVED: [&str; 5] = [
+    TRACK_OPENS,
+    TRACK_CLICKS,
+    TAGS,
+    TRACK_UNSUBSCRIBE,
+    feedback_headers::REF,
+];
 
-/// Reads X-Track-Opens / X-Track-Clicks / X-Tags from the top-level header
+/// Reads X-Track-Opens / X-Track-Clicks / X-Track-Unsubscribe / X-Tags from the top-level header
 /// block (names case-insensitive, folded lines joined). A flag that is not
 /// a recognisable yes or no counts as absent, so the domain default holds.
 pub fn control_headers(raw: &[u8]) -> ControlHeaders {
@@ -78,6 +98,7 @@ fn read_control_headers(raw: &[u8], block: &HeaderBlock) -> ControlHeaders {
     ControlHeaders {
         track_opens: flag(TRACK_OPENS),
         track_clicks: flag(TRACK_CLICKS),
+        list_unsubscribe: flag(TRACK_UNSUBSCRIBE),
         tags: headers::tags(raw, block, TAGS),
     }
 }
@@ -97,11 +118,24 @@ fn parse_flag(value: &str) -> Option<bool> {
 pub fn prepare(raw: &[u8], opts: &TrackingOptions, keys: &TokenKeys) -> Prepared {
     let block = HeaderBlock::scan(raw, 0);
     let control = read_control_headers(raw, &block);
-    let header_edits: Vec<Splice> = [TRACK_OPENS, TRACK_CLICKS, TAGS]
+    let mut header_edits: Vec<Splice> = REMOVED
         .iter()
         .flat_map(|name| block.named(raw, name))
         .map(|f| Splice::replace(f.whole.clone(), Vec::new()))
         .collect();
+    let base = opts
+        .tracking_host
+        .and_then(|host| base_url(opts.scheme, host).ok());
+    let (added, list_unsubscribe) = feedback_headers::lines(
+        raw,
+        &block,
+        opts.feedback.as_ref(),
+        base.as_ref(),
+        control.list_unsubscribe,
+    );
+    if !added.is_empty() {
+        header_edits.push(Splice::insert(0, added));
+    }
     let unchanged = |mut notes: Vec<String>| {
         let message = apply(raw, header_edits.clone()).unwrap_or_else(|e| {
             notes.push(e);
@@ -112,6 +146,7 @@ pub fn prepare(raw: &[u8], opts: &TrackingOptions, keys: &TokenKeys) -> Prepared
             links_tracked: 0,
             pixels_inserted: 0,
             unchanged_parts: notes,
+            list_unsubscribe,
         }
     };
 
@@ -140,6 +175,7 @@ pub fn prepare(raw: &[u8], opts: &TrackingOptions, keys: &TokenKeys) -> Prepared
             links_tracked: walk.links,
             pixels_inserted: walk.pixels,
             unchanged_parts: notes,
+            list_unsubscribe,
         },
         Err(e) => {
             notes.push(format!("{e}; message left unchanged"));
@@ -162,18 +198,7 @@ fn tracker<'k>(
     if !opens && !clicks {
         return Ok(None);
     }
-    let scheme = opts.scheme.trim().to_ascii_lowercase();
-    if scheme != "https" && scheme != "http" {
-        return Err(format!(
-            "tracking scheme {scheme:?} is neither https nor http; tracking off"
-        ));
-    }
-    // Through the URL parser so that an IDN host is written as ASCII and a
-    // path or credentials smuggled into the host are refused.
-    let base = url::Url::parse(&format!("{scheme}://{host}/"))
-        .ok()
-        .filter(|u| u.path() == "/" && u.query().is_none() && u.username().is_empty())
-        .ok_or_else(|| format!("tracking host {host:?} is not a host name; tracking off"))?;
+    let base = base_url(opts.scheme, host)?;
     let prefix = format!("{}v1/track/", base.as_str());
     let own_hosts = links::OwnHosts::new(
         std::iter::once(host).chain(opts.other_tracking_hosts.iter().map(String::as_str)),
@@ -191,6 +216,25 @@ fn tracker<'k>(
         }),
         own_hosts,
     }))
+}
+
+/// `{scheme}://{host}/`, the root of every URL on the tracking host.
+fn base_url(scheme: &str, host: &str) -> Result<url::Url, String> {
+    let scheme = scheme.trim().to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return Err(format!(
+            "tracking scheme {scheme:?} is neither https nor http; tracking off"
+        ));
+    }
+    // Through the URL parser so that an IDN host is written as ASCII and a
+    // path or credentials smuggled into the host are refused.
+    let host = host.trim();
+    url::Url::parse(&format!("{scheme}://{host}/"))
+        .ok()
+        .filter(|u| {
+            !host.is_empty() && u.path() == "/" && u.query().is_none() && u.username().is_empty()
+        })
+        .ok_or_else(|| format!("tracking host {host:?} is not a host name; tracking off"))
 }
 
 /// A bug must cost tracking, never the email: a panic while rewriting

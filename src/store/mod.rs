@@ -25,6 +25,7 @@ pub mod sql;
 pub mod stats;
 pub mod suppressions;
 pub mod tracking;
+pub mod unsubscribe;
 pub mod webhooks;
 
 use rusqlite::{Connection, OpenFlags, Transaction};

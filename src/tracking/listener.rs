@@ -30,6 +30,9 @@ pub struct Tracker {
     burst: ClickBurst,
     flood: Aggregator,
     metrics: Arc<Metrics>,
+    /// The List-Unsubscribe URL's handler (it reads the request body,
+    /// which nothing else here does).
+    unsubscriber: Option<super::unsubscribe::Unsubscriber>,
 }
 
 /// Repeated hits of one token by one client within this are one event
@@ -55,7 +58,17 @@ impl Tracker {
             burst: ClickBurst::new(Duration::from_secs(1), 100_000),
             flood: Aggregator::new(AGGREGATE_WINDOW, AGGREGATE_CAPACITY),
             metrics,
+            unsubscriber: None,
         }
+    }
+
+    pub fn with_unsubscriber(mut self, u: super::unsubscribe::Unsubscriber) -> Self {
+        self.unsubscriber = Some(u);
+        self
+    }
+
+    pub fn unsubscriber(&self) -> Option<&super::unsubscribe::Unsubscriber> {
+        self.unsubscriber.as_ref()
     }
 
     /// Answers a request. The request is read before the returned future

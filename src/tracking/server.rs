@@ -103,7 +103,14 @@ async fn connection<I>(
 {
     let service = service_fn(move |req| {
         let tracker = tracker.clone();
-        async move { Ok::<_, std::convert::Infallible>(tracker.handle(&req, peer).await) }
+        async move {
+            if req.uri().path().starts_with(super::unsubscribe::PREFIX) {
+                if let Some(u) = tracker.unsubscriber() {
+                    return Ok::<_, std::convert::Infallible>(u.handle(req, peer).await);
+                }
+            }
+            Ok(tracker.handle(&req, peer).await)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

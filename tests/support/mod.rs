@@ -7,4 +7,5 @@
 pub mod dkim;
 pub mod dns;
 pub mod mx;
+pub mod postfix;
 pub mod webhook;
