@@ -2,10 +2,11 @@
 //! (`inbound_reports`) into recipient states, events and suppressions.
 //!
 //! Each report is read, classified (`feedback::classify`), linked to the
-//! recipient its verified return-path token names, and applied in one
-//! store write that also marks it processed: a crash before the commit
-//! leaves it pending with nothing applied, after it nothing is applied
-//! twice. A report that names no email (no token, a forged one, an
+//! recipient its verified return-path token names, and applied in the
+//! transaction that also marks it processed (reports are read in batches of
+//! [`BATCH`], oldest first, and a batch is one write, each report under its
+//! own savepoint): a crash before the commit leaves it pending with nothing
+//! applied, after it nothing is applied twice. A report that names no email (no token, a forged one, an
 //! auto-reply, something unrecognised) is deleted in that same write and
 //! only counted (`trackrelay_inbound_reports_total{outcome}`); a linked one
 //! is kept, with its kind and outcome, for `retain_events`.
