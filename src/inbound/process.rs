@@ -4,7 +4,7 @@
 //! Each report is read, classified (`feedback::classify`), linked to the
 //! recipient its verified return-path token names, and applied in the
 //! transaction that also marks it processed (reports are read in batches of
-//! [`BATCH`], oldest first, and a batch is one write, each report under its
+//! `BATCH`, oldest first, and a batch is one write, each report under its
 //! own savepoint): a crash before the commit leaves it pending with nothing
 //! applied, after it nothing is applied twice. A report that names no email (no token, a forged one, an
 //! auto-reply, something unrecognised) is deleted in that same write and
@@ -555,7 +555,7 @@ fn unsubscribe_by_mail(tx: &Tx<'_>, t: &Target, rules: &Rules) -> rusqlite::Resu
     )
 }
 
-/// Reads pending reports at start, whenever woken, and every [`PERIOD`].
+/// Reads pending reports at start, whenever woken, and every `PERIOD`.
 pub struct Processor {
     store: Store,
     keys: Arc<TokenKeys>,
