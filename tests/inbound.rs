@@ -223,6 +223,38 @@ fn foreign_recipients_get_550_and_the_return_path_ones_are_kept() {
     assert_eq!(count_reports(&relay), 1);
 }
 
+#[test]
+fn a_hostile_sender_is_stored_as_sent_and_escaped_in_the_log() {
+    let relay = Relay::start(inbound(""));
+    let mut c = RawSmtp::connect(mx(&relay));
+    c.reply();
+    assert!(c.cmd("EHLO mta.example.net").starts_with("250"));
+    // A quoted local part may carry an escape sequence; smtp-proto takes it.
+    let sender = "\"x\x1b[2J\x1b]0;owned\x07\"@example.net";
+    assert!(c.cmd(&format!("MAIL FROM:<{sender}>")).starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{BOUNCES}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: x\r\n\r\nx\r\n");
+    let id = report_id(&c.cmd("."));
+    let stored: String = relay
+        .db()
+        .query_row(
+            "SELECT mail_from FROM inbound_reports WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // smtp-proto drops the quotes, keeps the bytes.
+    assert_eq!(stored, sender.replace('"', ""));
+    let log = relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("report_id={id} ")))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(!line.contains('\x1b') && !line.contains('\x07'), "{line:?}");
+    assert!(line.contains("\\u{1b}[2J"), "{line:?}");
+}
+
 #[tokio::test]
 async fn no_auth_is_offered_or_accepted_and_starttls_works() {
     let relay = Relay::start(inbound(""));

@@ -312,7 +312,7 @@ impl Inbound {
     async fn store_report(&self, env: Envelope, peer: SocketAddr) -> Result<String, String> {
         let size = env.data.len();
         let rcpt_count = env.recipients.len();
-        let from = printable(&env.mail_from).into_owned();
+        let from = format!("<{}>", printable(&env.mail_from));
         let report = store::reports::NewReport {
             received_at: store::now_ms(),
             peer_ip: peer.ip().to_canonical().to_string(),
