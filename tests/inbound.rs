@@ -420,6 +420,37 @@ fn an_oversize_report_gets_552_and_nothing_is_stored() {
 }
 
 #[test]
+fn recipients_beyond_fifty_get_452_and_sigterm_ends_cleanly() {
+    let mut relay = Relay::start(inbound(""));
+    let mut c = RawSmtp::connect(mx(&relay));
+    c.reply();
+    assert!(c.cmd("EHLO mta.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    for i in 0..50 {
+        let r = c.cmd(&format!("RCPT TO:<bounces+{i}@bounces.example.com>"));
+        assert!(r.starts_with("250"), "{i}: {r}");
+    }
+    let r = c.cmd("RCPT TO:<bounces+50@bounces.example.com>");
+    assert!(r.starts_with("452 4.5.3"), "{r}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: x\r\n\r\nx\r\n");
+    let id = report_id(&c.cmd("."));
+    let n: i64 = relay
+        .db()
+        .query_row(
+            "SELECT json_array_length(rcpt_to) FROM inbound_reports WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 50);
+    // An idle session is told 421 and the process exits 0.
+    let status = relay.stop();
+    assert!(status.success(), "{status}");
+    assert!(c.reply().starts_with("421 4.3.2"));
+}
+
+#[test]
 fn a_store_failure_is_451_and_the_session_goes_on() {
     let relay = Relay::start(Options {
         store: "busy_timeout = \"1s\"".into(),
