@@ -12,6 +12,7 @@ pub mod dns;
 pub mod dnscheck;
 pub mod events;
 pub mod feedback;
+pub mod inbound;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
