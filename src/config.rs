@@ -32,6 +32,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub inbound: InboundConfig,
     /// Where the file was read from; relative paths were resolved against it.
     #[serde(skip)]
     pub path: PathBuf,
@@ -336,6 +338,42 @@ impl Default for ApiConfig {
     }
 }
 
+/// `[inbound]`: the return-path MX, where bounces, complaints and mailto
+/// unsubscribes arrive. Off (no `listen`) unless configured. Timeouts and
+/// `max_errors` are `[submission]`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    pub listen: Vec<String>,
+    /// Default: the submission certificate (configured or self-signed).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_message_size: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Report data all inbound sessions together may hold in RAM.
+    pub max_data_in_flight: usize,
+    /// Run the feedback processor (stored reports → events, suppressions).
+    /// false: reports stay pending for another node sharing the store, or
+    /// a later start.
+    pub process: bool,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            listen: vec![],
+            tls_cert: None,
+            tls_key: None,
+            max_message_size: 10_485_760,
+            max_connections: 500,
+            max_connections_per_ip: 20,
+            max_data_in_flight: 128 * 1024 * 1024,
+            process: true,
+        }
+    }
+}
+
 pub const EVENT_TYPES: &[&str] = &[
     "email.sent",
     "email.delivered",
@@ -501,6 +539,8 @@ impl Config {
         fix(&mut self.server.data_dir);
         fix_opt(&mut self.submission.tls_cert);
         fix_opt(&mut self.submission.tls_key);
+        fix_opt(&mut self.inbound.tls_cert);
+        fix_opt(&mut self.inbound.tls_key);
         fix_opt(&mut self.tracking.tls_cert);
         fix_opt(&mut self.tracking.tls_key);
         fix_opt(&mut self.tracking.secret_file);
@@ -521,6 +561,18 @@ impl Config {
         self.domains
             .iter()
             .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+
+    /// The domains the inbound listener receives for, lowercase:
+    /// `{return_path}.{name}` of every domain that has a return path.
+    pub fn inbound_domains(&self) -> Vec<String> {
+        self.domains
+            .iter()
+            .filter_map(|d| {
+                let rp = d.return_path.as_ref()?;
+                Some(format!("{rp}.{}", d.name).to_ascii_lowercase())
+            })
+            .collect()
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -558,6 +610,7 @@ impl Config {
         self.validate_tracking(&mut p);
         self.validate_delivery(&mut p);
         self.validate_webhooks(&mut p);
+        self.validate_inbound(&mut p);
         check_listen("api.listen", &self.api.listen, &mut p);
         if let Some(hash) = &self.api.token_hash {
             if argon2::PasswordHash::new(hash).is_err() {
@@ -779,6 +832,36 @@ impl Config {
         }
     }
 
+    fn validate_inbound(&self, p: &mut Vec<String>) {
+        let s = &self.inbound;
+        check_listen("inbound.listen", &s.listen, p);
+        match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => {
+                check_readable("inbound.tls_cert", cert, p);
+                check_readable("inbound.tls_key", key, p);
+            }
+            (None, None) => {}
+            (Some(_), None) => p.push("inbound.tls_key: missing (tls_cert is set)".into()),
+            (None, Some(_)) => p.push("inbound.tls_cert: missing (tls_key is set)".into()),
+        }
+        for (key, value) in [
+            ("inbound.max_message_size", s.max_message_size),
+            ("inbound.max_connections", s.max_connections),
+            ("inbound.max_connections_per_ip", s.max_connections_per_ip),
+            ("inbound.max_data_in_flight", s.max_data_in_flight),
+        ] {
+            if value == 0 {
+                p.push(format!("{key}: must be greater than 0"));
+            }
+        }
+        if s.max_data_in_flight < s.max_message_size {
+            p.push(format!(
+                "inbound.max_data_in_flight: {} is less than max_message_size ({}); a report of the largest allowed size could never be accepted",
+                s.max_data_in_flight, s.max_message_size
+            ));
+        }
+    }
+
     fn validate_webhooks(&self, p: &mut Vec<String>) {
         for (i, w) in self.webhooks.iter().enumerate() {
             let key = format!("webhooks[{i}]");
@@ -846,6 +929,9 @@ impl Config {
             w.push(
                 "submission: no users and no trusted_networks, so nobody can submit mail".into(),
             );
+        }
+        if !self.inbound.listen.is_empty() && self.inbound_domains().is_empty() {
+            w.push("inbound.listen: no [[domains]] entry has a return_path, so the inbound listener refuses every recipient".into());
         }
         if self.api.token_hash.is_none() && !self.api.listen.is_empty() {
             w.push("api.token_hash: not set, so the admin API answers 401 to every request but /healthz".into());
@@ -1025,6 +1111,40 @@ mod tests {
         assert!(s.contains("submission.tls_key: cannot read"), "{s}");
         assert!(s.contains("domains[0].return_path"), "{s}");
         assert_eq!(e.0.len(), 4, "{s}");
+    }
+
+    #[test]
+    fn inbound_is_off_by_default_and_checked() {
+        let base = "[server]\nhostname = \"r.example.com\"\n";
+        let c = parse(base).unwrap();
+        assert!(c.inbound.listen.is_empty());
+        assert_eq!(c.inbound.max_message_size, 10_485_760);
+        assert_eq!(c.inbound.max_connections_per_ip, 20);
+        let c = parse(&format!(
+            "{base}[[domains]]\nname = \"Example.com\"\nreturn_path = \"Bounces\"\n\
+             [[domains]]\nname = \"example.org\"\n[inbound]\nlisten = [\"127.0.0.1:2525\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.inbound_domains(), vec!["bounces.example.com".to_string()]);
+        assert!(!c.warnings().iter().any(|w| w.contains("inbound")));
+        let c = parse(&format!("{base}[inbound]\nlisten = [\"127.0.0.1:2525\"]\n")).unwrap();
+        assert!(c.warnings().iter().any(|w| w.contains("inbound.listen")));
+        let e = parse(&format!(
+            "{base}[inbound]\nlisten = [\"nope\"]\nmax_connections_per_ip = 0\n\
+             max_message_size = 2000\nmax_data_in_flight = 1000\ntls_cert = \"/nonexistent.pem\"\n"
+        ))
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("inbound.listen: \"nope\""), "{s}");
+        assert!(
+            s.contains("inbound.max_connections_per_ip: must be greater than 0"),
+            "{s}"
+        );
+        assert!(s.contains("inbound.max_data_in_flight: 1000"), "{s}");
+        assert!(s.contains("inbound.tls_key: missing"), "{s}");
+        assert_eq!(e.0.len(), 4, "{s}");
+        let e = parse(&format!("{base}[inbound]\nlisen = []\n")).unwrap_err();
+        assert!(e.to_string().contains("lisen"), "{e}");
     }
 
     #[test]

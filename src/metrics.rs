@@ -97,6 +97,12 @@ pub struct Metrics {
     pub tracking_latency: Histogram,
     pub api_latency: Histogram,
     pub delivery_latency: Histogram,
+    /// The inbound listener (return-path MX).
+    pub inbound_sessions: Counter,
+    pub inbound_rejected_connections: Counter,
+    pub inbound_accepted: Counter,
+    pub inbound_store_failed: Counter,
+    pub inbound_recipients_refused: Counter,
     /// Feedback reports processed, by outcome (indexed like `INBOUND_OUTCOMES`).
     pub inbound_reports: [Counter; INBOUND_OUTCOMES.len()],
 }
@@ -230,6 +236,7 @@ impl Metrics {
                 c.get()
             );
         }
+        self.render_inbound(&mut out);
         let name = "trackrelay_inbound_reports_total";
         let _ = writeln!(
             out,
@@ -259,5 +266,40 @@ impl Metrics {
             h.render(name, "", &mut out);
         }
         out
+    }
+
+    fn render_inbound(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "trackrelay_inbound_messages_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} messages at the inbound listener: accepted (stored) or store_failed (451)\n\
+             # TYPE {name} counter\n{name}{{result=\"accepted\"}} {}\n{name}{{result=\"store_failed\"}} {}",
+            self.inbound_accepted.get(),
+            self.inbound_store_failed.get()
+        );
+        for (name, help, c) in [
+            (
+                "trackrelay_inbound_sessions_total",
+                "inbound listener sessions opened",
+                &self.inbound_sessions,
+            ),
+            (
+                "trackrelay_inbound_rejected_connections_total",
+                "inbound connections refused by connection limits (421)",
+                &self.inbound_rejected_connections,
+            ),
+            (
+                "trackrelay_inbound_recipients_refused_total",
+                "inbound RCPTs refused with 550 5.7.1 (not a return-path domain)",
+                &self.inbound_recipients_refused,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
+        }
     }
 }

@@ -21,6 +21,9 @@ pub struct Bound {
     pub tracking: Vec<SocketAddr>,
     pub tracking_tls: Vec<SocketAddr>,
     pub api: Vec<SocketAddr>,
+    /// The return-path MX; absent from the JSON when `[inbound]` has no listener.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inbound: Vec<SocketAddr>,
 }
 
 fn local_addrs(listeners: &[TcpListener]) -> Vec<SocketAddr> {
@@ -339,6 +342,8 @@ pub async fn run_until(
     )?);
     let api_listeners = bind_all("api.listen", &config.api.listen).await?;
     bound.api = local_addrs(&api_listeners);
+    let inbound_listeners = bind_all("inbound.listen", &config.inbound.listen).await?;
+    bound.inbound = local_addrs(&inbound_listeners);
     let api_task = tokio::spawn(crate::api::serve(api, api_listeners, shutdown.clone()));
     let webhooks = Arc::new(crate::webhooks::Webhooks::new(
         &config,
@@ -356,7 +361,7 @@ pub async fn run_until(
     let submission = Arc::new(Submission::new(
         &config,
         store.clone(),
-        submission_tls,
+        submission_tls.clone(),
         metrics.clone(),
         Some(new_mail.clone()),
     ));
@@ -364,22 +369,54 @@ pub async fn run_until(
     let submission_task = tokio::spawn(submission.serve(listeners, shutdown.clone(), grace));
 
     let runner_task = tokio::spawn(runner.run(shutdown.clone(), grace));
-    // Woken by the inbound listener after each stored report.
-    let inbound_wake = Arc::new(tokio::sync::Notify::new());
+    // The inbound listener wakes the feedback processor through
+    // `new_reports` after each stored report; the processor also reads
+    // what is pending at start and every 30 s.
+    let new_reports = Arc::new(tokio::sync::Notify::new());
     let feedback = Arc::new(crate::inbound::process::Processor::new(
         &config,
         store.clone(),
         token_keys.clone(),
         metrics.clone(),
-        inbound_wake,
+        new_reports.clone(),
     ));
-    let feedback_task = tokio::spawn(feedback.run(shutdown.clone()));
+    let feedback_task = if config.inbound.process {
+        Some(tokio::spawn(feedback.run(shutdown.clone())))
+    } else {
+        tracing::info!("inbound.process = false: stored reports are left pending");
+        None
+    };
+    let inbound_task = if inbound_listeners.is_empty() {
+        None
+    } else {
+        let tls = match (&config.inbound.tls_cert, &config.inbound.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
+            _ => submission_tls.clone(),
+        };
+        let inbound = Arc::new(crate::inbound::Inbound::new(
+            &config,
+            store.clone(),
+            tls,
+            metrics.clone(),
+            new_reports.clone(),
+        ));
+        Some(tokio::spawn(inbound.serve(
+            inbound_listeners,
+            shutdown.clone(),
+            grace,
+        )))
+    };
 
     ready(&bound);
 
     let _ = submission_task.await;
     let _ = runner_task.await;
-    let _ = feedback_task.await;
+    if let Some(t) = inbound_task {
+        let _ = t.await;
+    }
+    if let Some(t) = feedback_task {
+        let _ = t.await;
+    }
     let _ = tracking_task.await;
     let _ = retention_task.await;
     let _ = webhooks_task.await;

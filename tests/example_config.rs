@@ -34,7 +34,7 @@ fn example_on_free_ports() -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    assert_eq!(listeners, 4, "the example's loopback listeners:\n{out}");
+    assert_eq!(listeners, 5, "the example's loopback listeners:\n{out}");
     out
 }
 
@@ -88,6 +88,7 @@ fn the_example_config_runs_as_is() {
     // The example trusts loopback, so a local tool can submit right away.
     assert_eq!((bound.submission.len(), bound.submission_tls.len()), (1, 1));
     assert_eq!((bound.tracking.len(), bound.api.len()), (1, 1));
+    assert_eq!(bound.inbound.len(), 1, "the return-path MX");
     let mut c = RawSmtp::connect(bound.submission[0]);
     assert!(c.reply().starts_with("220 relay.example.com"));
     assert!(c.cmd("EHLO localhost").starts_with("250"));

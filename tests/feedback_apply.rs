@@ -720,3 +720,66 @@ async fn a_bounce_report_for_a_deferred_recipient_stops_its_retries() {
     let queued = String::from_utf8(cli_ok(&relay, &["queue", "list", "--json"])).unwrap();
     assert!(queued.trim().is_empty(), "{queued}");
 }
+
+/// The whole loop through the return-path MX: the bounce arrives over SMTP
+/// at the inbound listener, which stores it and wakes the processor; no
+/// restart, no waiting for the 30 s safety net.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_sent_to_the_return_path_mx_suppresses_the_address() {
+    let mx = TestMx::start(MxConfig::default()).await;
+    let relay = Relay::start(Options {
+        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        delivery: format!("routes = {{ \"example.net\" = \"{}\" }}", mx.addr()),
+        domain: "return_path = \"bounces\"".into(),
+        extra: "[inbound]\nlisten = [\"127.0.0.1:0\"]\n".into(),
+        ..Options::default()
+    });
+    let msg = message("news@example.com", "gone@example.net", "s", "hello");
+    let id = submit(&relay, "news@example.com", &["gone@example.net"], &msg);
+    wait_for("delivered", WAIT, || {
+        status(&relay, &id, "gone@example.net") == "delivered"
+    });
+    let sender = mx.received()[0].mail_from.clone();
+    let diag = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown";
+    let raw = dsn(
+        &sender,
+        &sender,
+        "gone@example.net",
+        "failed",
+        "5.1.1",
+        diag,
+    );
+
+    let mut c = RawSmtp::connect(relay.inbound.expect("the inbound listener"));
+    assert!(c.reply().starts_with("220"));
+    assert!(c.cmd("EHLO mx.example.net").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    assert!(c.cmd(&format!("RCPT TO:<{sender}>")).starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(&raw);
+    let stored = c.cmd(".");
+    assert!(stored.starts_with("250"), "{stored}");
+    c.cmd("QUIT");
+    let report: i64 = stored.rsplit(' ').next().unwrap().parse().unwrap();
+
+    // Well inside the processor's 30 s period: the listener's wake did it.
+    wait_for("the bounce applied", Duration::from_secs(10), || {
+        status(&relay, &id, "gone@example.net") == "bounced"
+    });
+    let b = events(&relay, &id, "gone@example.net", "email.bounced");
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].1["bounce"]["message"], diag);
+    assert_eq!(b[0].1["bounce"]["report_id"], report);
+    assert_eq!(
+        suppression(&relay, "gone@example.net"),
+        Some(("example.com".into(), "hard_bounce".into(), Some(b[0].0)))
+    );
+    let raw_back = cli_ok(&relay, &["reports", "show", &report.to_string(), "--raw"]);
+    assert_eq!(raw_back, raw, "kept as received");
+
+    let next = submit(&relay, "news@example.com", &["gone@example.net"], &msg);
+    wait_for("the next one suppressed", WAIT, || {
+        status(&relay, &next, "gone@example.net") == "suppressed"
+    });
+    assert_eq!(mx.received().len(), 1, "never delivered again");
+}

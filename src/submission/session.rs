@@ -74,6 +74,8 @@ pub enum RcptCheck {
     Suppressed(String),
     /// The store did not answer.
     Unavailable,
+    /// Refused with this reply (the inbound listener: not a local domain).
+    Refused(Reply),
 }
 
 enum Mode {
@@ -159,6 +161,8 @@ pub struct Session {
     reject_suppressed: bool,
     /// The recipient waiting for `recipient_checked`.
     checking: Option<String>,
+    /// The return-path MX (src/inbound): see `set_inbound`.
+    inbound: bool,
 }
 
 fn reply(out: &mut Vec<u8>, code: u16, status: &'static str, text: impl Into<String>) {
@@ -193,6 +197,7 @@ impl Session {
             closing: false,
             reject_suppressed: false,
             checking: None,
+            inbound: false,
         }
     }
 
@@ -340,6 +345,11 @@ impl Session {
             Request::Helo { host } => self.hello(host, false),
             Request::Lhlo { .. } => self.error(500, "5.5.1", "LHLO is for LMTP; this is SMTP"),
             Request::StartTls => return self.starttls(),
+            Request::Auth { .. } if self.inbound => self.error(
+                502,
+                "5.5.1",
+                "AUTH is not available here: this server only receives bounces and feedback for its return-path domains",
+            ),
             Request::Auth {
                 mechanism,
                 initial_response,
@@ -360,6 +370,11 @@ impl Session {
                 252,
                 "2.5.0",
                 "Cannot VRFY user, but will accept the message and attempt delivery",
+            ),
+            Request::Help { .. } if self.inbound => self.ok(
+                214,
+                "2.0.0",
+                "trackrelay return-path MX: EHLO, STARTTLS, MAIL, RCPT, DATA, BDAT, RSET, NOOP, QUIT",
             ),
             Request::Help { .. } => self.ok(
                 214,
@@ -437,7 +452,7 @@ impl Session {
         if self.cfg.starttls && !self.tls {
             lines.push("STARTTLS".into());
         }
-        if self.auth_allowed_here() && self.identity.is_none() {
+        if !self.inbound && self.auth_allowed_here() && self.identity.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         self.ok(250, "", lines.join("\n"));
@@ -623,6 +638,8 @@ impl Session {
 
     fn who(&self) -> Option<Identity> {
         match &self.identity {
+            // Anyone may hand the MX a report; each RCPT is checked instead.
+            None if self.inbound => Some(Identity::Trusted),
             Some(i) => Some(i.clone()),
             None if self.trusted => Some(Identity::Trusted),
             None => None,
@@ -661,8 +678,11 @@ impl Session {
                 "Non-ASCII sender address needs the SMTPUTF8 parameter",
             );
         }
-        if let Err(r) = self.policy.check_mail_from(&identity, &address) {
-            return self.error(r.code, r.status, r.text);
+        // The return path accepts any sender, including the null one `<>`.
+        if !self.inbound {
+            if let Err(r) = self.policy.check_mail_from(&identity, &address) {
+                return self.error(r.code, r.status, r.text);
+            }
         }
         self.tx = Some(Transaction {
             mail_from: address,
@@ -720,7 +740,7 @@ impl Session {
             );
             return None;
         }
-        if self.reject_suppressed {
+        if self.reject_suppressed || self.inbound {
             let sending_domain = tx
                 .mail_from
                 .rsplit_once('@')
@@ -742,6 +762,13 @@ impl Session {
     /// the address up (`Action::CheckRecipient`, then `recipient_checked`).
     pub fn set_reject_suppressed(&mut self, on: bool) {
         self.reject_suppressed = on;
+    }
+
+    /// The return-path MX: no AUTH (refused, not advertised), any sender,
+    /// no From: policy, and every RCPT decided by the driver through
+    /// `Action::CheckRecipient`.
+    pub fn set_inbound(&mut self) {
+        self.inbound = true;
     }
 
     /// The driver's answer to `Action::CheckRecipient`.
@@ -772,6 +799,7 @@ impl Session {
                 "4.3.0",
                 "Cannot check the suppression list now, try again later",
             ),
+            RcptCheck::Refused(r) => self.error(r.code, r.status, r.text),
         }
     }
 
@@ -915,14 +943,18 @@ impl Session {
             self.error(530, "5.7.0", "Authentication required");
             return None;
         };
-        let header = match self
-            .policy
-            .check_header_from(&identity, &tx.data, tx.smtputf8)
-        {
-            Ok(h) => h,
-            Err(r) => {
-                self.error(r.code, r.status, r.text);
-                return None;
+        let header = if self.inbound {
+            HeaderInfo::default()
+        } else {
+            match self
+                .policy
+                .check_header_from(&identity, &tx.data, tx.smtputf8)
+            {
+                Ok(h) => h,
+                Err(r) => {
+                    self.error(r.code, r.status, r.text);
+                    return None;
+                }
             }
         };
         self.waiting = true;
@@ -945,6 +977,7 @@ impl Session {
         // The driver has stored (or dropped) its copy of the data by now.
         self.queuing = None;
         match result {
+            Ok(id) if self.inbound => self.ok(250, "2.0.0", format!("Ok: stored as report {id}")),
             Ok(id) => self.ok(250, "2.0.0", format!("Ok: queued as {id}")),
             Err(why) => reply(
                 &mut self.out,

@@ -70,6 +70,9 @@ pub struct Bound {
     pub tracking: Vec<SocketAddr>,
     pub tracking_tls: Vec<SocketAddr>,
     pub api: Vec<SocketAddr>,
+    /// Absent from the file when `[inbound]` has no listener.
+    #[serde(default)]
+    pub inbound: Vec<SocketAddr>,
 }
 
 /// Waits for `serve --ready-file` to appear (it is written whole, by a
@@ -115,6 +118,8 @@ pub struct Relay {
     pub smtps: SocketAddr,
     pub tracking: SocketAddr,
     pub api: SocketAddr,
+    /// The return-path MX (`[inbound]`), when configured.
+    pub inbound: Option<SocketAddr>,
     /// Every address of the last start, as `serve` reported it.
     pub bound: Bound,
     child: Option<Child>,
@@ -218,6 +223,7 @@ listen = ["127.0.0.1:0"]
             smtps: unbound(),
             tracking: unbound(),
             api: unbound(),
+            inbound: None,
             bound: Bound::default(),
             child: None,
             starts: 0,
@@ -280,6 +286,7 @@ listen = ["127.0.0.1:0"]
         self.smtps = first(&bound.submission_tls);
         self.tracking = first(&bound.tracking);
         self.api = first(&bound.api);
+        self.inbound = bound.inbound.first().copied();
         self.bound = bound;
         Ok(())
     }
