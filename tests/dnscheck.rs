@@ -30,10 +30,14 @@ async fn setup(domain: &str) -> Setup {
 }
 
 fn parse(dir: &Path, dns: &DnsStub, domain: &str) -> Config {
+    parse_with(dir, dns, domain, "[inbound]\nlisten = [\"127.0.0.1:0\"]\n")
+}
+
+fn parse_with(dir: &Path, dns: &DnsStub, domain: &str, extra: &str) -> Config {
     let text = format!(
         "[server]\nhostname = \"{RELAY}\"\ndata_dir = \"{dir}/data\"\n\
          [[domains]]\nname = \"example.com\"\n{domain}\n\
-         [delivery]\nresolver = \"{resolver}\"\n",
+         [delivery]\nresolver = \"{resolver}\"\n{extra}",
         dir = dir.display(),
         domain = domain.replace("{dir}", &dir.display().to_string()),
         resolver = dns.resolver(),
@@ -186,6 +190,22 @@ async fn json_lines_carry_the_contract_fields() {
         table.contains("4 of 4 required records verified"),
         "{table}"
     );
+}
+
+#[tokio::test]
+async fn a_right_return_path_mx_with_no_inbound_listener_says_so() {
+    let (s, key) = full_setup().await;
+    publish_all(&s.dns, &key);
+    let config = parse_with(s.dir.path(), &s.dns, FULL, "");
+    let resolver = dnscheck::resolver(&config).unwrap();
+    let checks = dnscheck::check(&config, &resolver, &config.domains[0]).await;
+    let mx = get(&checks, RecordKind::ReturnPathMx);
+    // The record itself is right; the note says nothing takes the reports.
+    assert_eq!(mx.status, Status::Verified, "{mx:#?}");
+    assert!(note(mx).contains("[inbound] listen is not set"), "{mx:#?}");
+    // With the listener configured, the same record has no note.
+    let with = run_check(&s).await;
+    assert_eq!(get(&with, RecordKind::ReturnPathMx).note, None);
 }
 
 #[tokio::test]

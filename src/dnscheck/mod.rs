@@ -196,7 +196,17 @@ pub async fn check(
             None => why,
         });
         out.push(root);
-        out.push(records::return_path_mx(&mut dns, &relay, domain, &rp_domain).await);
+        let mut mx = records::return_path_mx(&mut dns, &relay, domain, &rp_domain).await;
+        if config.inbound.listen.is_empty() {
+            // The record can be right while nothing answers at it.
+            let why = "but [inbound] listen is not set: nothing here takes the bounces and \
+                       complaints it brings (set listen = [\"0.0.0.0:25\"])";
+            mx.note = Some(match mx.note.take() {
+                Some(note) if !note.is_empty() => format!("{note}; {why}"),
+                _ => why.to_string(),
+            });
+        }
+        out.push(mx);
         let rp_spf = spf::check(&mut dns, &relay, &rp_domain).await;
         out.push(spf_row(RecordKind::ReturnPathSpf, &rp_domain, true, rp_spf));
     } else {
