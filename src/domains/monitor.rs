@@ -1,0 +1,256 @@
+//! The background checker `serve` runs: every configured domain is checked
+//! at start, then every `[domain_checks] interval` while it is not
+//! verified and every `verified_interval` once it is, with the same code
+//! as `trackrelay dns-check`. Each result is stored; a status change is
+//! written with its history entry and its `domain.updated` event (and
+//! webhooks) in one transaction, and the tracking host in use is updated
+//! in memory for the queue runner.
+//!
+//! The first check of a domain that finds it merely pending (nothing
+//! published yet) goes into the history but sends no event: every new
+//! domain starts there, and a webhook saying so tells nobody anything.
+//!
+//! Tests fake the passage of days with `TRACKRELAY_TEST_CLOCK_SKEW`
+//! (seconds added to this checker's clock, and to nothing else).
+
+use super::rules::{self, DomainState, DomainStatus};
+use super::{tracking, TrackingHosts};
+use crate::config::{Config, DomainConfig};
+use crate::dnscheck::{self, RecordCheck, RecordKind, Status};
+use crate::store::domains::{Change, DomainRow};
+use crate::store::{self, Durability, Store};
+use mail_auth::MessageAuthenticator;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Seconds added to the checker's clock (tests of the 72-hour window).
+pub const CLOCK_SKEW_ENV: &str = "TRACKRELAY_TEST_CLOCK_SKEW";
+
+pub struct Monitor {
+    config: Config,
+    store: Store,
+    resolver: Arc<MessageAuthenticator>,
+    hosts: TrackingHosts,
+    skew_ms: i64,
+}
+
+/// The stored state the rules start from.
+pub fn state_of(row: Option<&DomainRow>) -> DomainState {
+    match row {
+        Some(r) => DomainState {
+            status: DomainStatus::parse(&r.status),
+            since: r.since,
+            lost_since: r.lost_since,
+        },
+        None => DomainState::default(),
+    }
+}
+
+/// The configured tracking host of `d`, lowercased.
+fn configured_host(d: &DomainConfig) -> Option<String> {
+    d.tracking_host().map(|h| h.to_ascii_lowercase())
+}
+
+/// What a check means for a domain: its new row, and the change to record
+/// when its status moved. `interval`/`verified_interval` set the next check.
+pub fn evaluate(
+    d: &DomainConfig,
+    prev: Option<&DomainRow>,
+    checks: &[RecordCheck],
+    now: i64,
+    interval: Duration,
+    verified_interval: Duration,
+) -> (DomainRow, Option<Change>) {
+    let before = state_of(prev);
+    let (state, reason) = rules::next(&before, checks, now);
+    let configured = configured_host(d);
+    let verified = checks
+        .iter()
+        .find(|c| c.record == RecordKind::Tracking)
+        .map(|c| c.status == Status::Verified && Some(&c.name) == configured.as_ref());
+    let choice = tracking::choose(
+        configured.as_deref(),
+        &d.previous_tracking_hosts(),
+        prev.and_then(|r| r.tracking_host.as_deref()),
+        verified,
+    );
+    let wait = if state.status == DomainStatus::Verified {
+        verified_interval
+    } else {
+        interval
+    };
+    let records = serde_json::to_value(checks).unwrap_or_else(|_| json!([]));
+    let changed = state.status != before.status || prev.is_none();
+    let row = DomainRow {
+        domain: d.name.to_ascii_lowercase(),
+        status: state.status.as_str().to_string(),
+        status_at: match prev {
+            Some(p) if !changed => p.status_at,
+            _ => now,
+        },
+        since: state.since,
+        lost_since: state.lost_since,
+        checked_at: Some(now),
+        next_check_at: Some(now.saturating_add(wait.as_millis() as i64)),
+        records: records.clone(),
+        reason: Some(reason.clone()),
+        tracking_host: choice.host.clone(),
+        tracking_reason: Some(choice.reason),
+    };
+    if state.status == before.status {
+        return (row, None);
+    }
+    let quiet = before.status == DomainStatus::NotStarted && state.status == DomainStatus::Pending;
+    let event = (!quiet).then(|| {
+        json!({
+            "name": row.domain,
+            "status": state.status.as_str(),
+            "previous_status": before.status.as_str(),
+            "reason": reason,
+            "records": records,
+            "tracking_host": choice.host,
+        })
+    });
+    let change = Change {
+        from: before.status.as_str().to_string(),
+        to: state.status.as_str().to_string(),
+        at: now,
+        reason,
+        event,
+    };
+    (row, Some(change))
+}
+
+impl Monitor {
+    pub fn new(config: &Config, store: Store, resolver: Arc<MessageAuthenticator>) -> Monitor {
+        let skew_ms = std::env::var(CLOCK_SKEW_ENV)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .map_or(0, |s| s.saturating_mul(1000));
+        if skew_ms != 0 {
+            tracing::warn!(
+                "{CLOCK_SKEW_ENV}: the domain checker's clock is {}s off (tests only)",
+                skew_ms / 1000
+            );
+        }
+        Monitor {
+            config: config.clone(),
+            store,
+            resolver,
+            hosts: TrackingHosts::default(),
+            skew_ms,
+        }
+    }
+
+    /// The tracking hosts in use, as the checker keeps them up to date.
+    pub fn hosts(&self) -> TrackingHosts {
+        self.hosts.clone()
+    }
+
+    fn now(&self) -> i64 {
+        store::now_ms().saturating_add(self.skew_ms)
+    }
+
+    async fn load(&self) -> Result<HashMap<String, DomainRow>, String> {
+        let rows = self
+            .store
+            .read(store::domains::list)
+            .await
+            .map_err(|e| format!("reading the domain statuses: {e}"))?;
+        Ok(rows.into_iter().map(|r| (r.domain.clone(), r)).collect())
+    }
+
+    /// Sets the tracking hosts in use from the store, before anything is
+    /// delivered: a restart keeps using what was chosen before.
+    pub async fn start(&self) -> Result<(), String> {
+        let rows = self.load().await?;
+        for d in &self.config.domains {
+            let name = d.name.to_ascii_lowercase();
+            let choice = tracking::choose(
+                configured_host(d).as_deref(),
+                &d.previous_tracking_hosts(),
+                rows.get(&name).and_then(|r| r.tracking_host.as_deref()),
+                None,
+            );
+            self.hosts.set(&name, choice.host);
+        }
+        Ok(())
+    }
+
+    /// Checks every domain now, then each when it is due, until shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let dc = &self.config.domain_checks;
+        let mut rows = match self.load().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("domain checks: {e}; statuses are not updated until a restart");
+                return;
+            }
+        };
+        // Everything at start: the config (and DNS) may have changed while
+        // serve was down.
+        let mut due: HashMap<String, i64> = HashMap::new();
+        loop {
+            for d in &self.config.domains {
+                if *shutdown.borrow() {
+                    return;
+                }
+                let name = d.name.to_ascii_lowercase();
+                if due.get(&name).is_some_and(|t| *t > self.now()) {
+                    continue;
+                }
+                let checks = tokio::select! {
+                    c = dnscheck::check(&self.config, &self.resolver, d) => c,
+                    _ = shutdown.changed() => return,
+                };
+                let now = self.now();
+                let (row, change) = evaluate(
+                    d,
+                    rows.get(&name),
+                    &checks,
+                    now,
+                    dc.interval,
+                    dc.verified_interval,
+                );
+                due.insert(name.clone(), row.next_check_at.unwrap_or(now));
+                if let Err(e) = self.save(&row, change.clone()).await {
+                    // Tried again at the next check; the old row stays.
+                    tracing::warn!("domain checks: storing the status of {name}: {e}");
+                    continue;
+                }
+                if let Some(c) = &change {
+                    tracing::info!("domain {name}: {} -> {} ({})", c.from, c.to, c.reason);
+                }
+                let old_host = self.hosts.get(&name);
+                if old_host != row.tracking_host {
+                    tracing::info!(
+                        "domain {name}: new links use {} ({})",
+                        row.tracking_host.as_deref().unwrap_or("no tracking host"),
+                        row.tracking_reason.as_deref().unwrap_or("")
+                    );
+                }
+                self.hosts.set(&name, row.tracking_host.clone());
+                rows.insert(name, row);
+            }
+            let next = due.values().min().copied().unwrap_or_else(|| self.now());
+            let wait = Duration::from_millis(next.saturating_sub(self.now()).max(0) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn save(&self, row: &DomainRow, change: Option<Change>) -> Result<(), String> {
+        let row = row.clone();
+        self.store
+            .write(Durability::Normal, move |tx| {
+                store::domains::save(tx, &row, change.as_ref()).map(|_| ())
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
