@@ -10,8 +10,10 @@
 //! published yet) goes into the history but sends no event: every new
 //! domain starts there, and a webhook saying so tells nobody anything.
 //!
-//! Tests fake the passage of days with `TRACKRELAY_TEST_CLOCK_SKEW`
-//! (seconds added to this checker's clock, and to nothing else).
+//! Tests fake the passage of days with `TRACKRELAY_TEST_CLOCK_SKEW`:
+//! seconds added to the clock the status rules see (the 72-hour windows),
+//! and to nothing else; recorded times (checks, history, events, webhooks)
+//! stay real.
 
 use super::rules::{self, DomainState, DomainStatus};
 use super::{tracking, TrackingHosts};
@@ -54,18 +56,26 @@ fn configured_host(d: &DomainConfig) -> Option<String> {
     d.tracking_host().map(|h| h.to_ascii_lowercase())
 }
 
-/// What a check means for a domain: its new row, and the change to record
-/// when its status moved. `interval`/`verified_interval` set the next check.
+/// How often to check, and the status rules' clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub interval: Duration,
+    pub verified_interval: Duration,
+    /// Added to `now` for the status rules only (tests).
+    pub skew_ms: i64,
+}
+
+/// What a check at `now` means for a domain: its new row, and the change
+/// to record when its status moved.
 pub fn evaluate(
     d: &DomainConfig,
     prev: Option<&DomainRow>,
     checks: &[RecordCheck],
     now: i64,
-    interval: Duration,
-    verified_interval: Duration,
+    schedule: Schedule,
 ) -> (DomainRow, Option<Change>) {
     let before = state_of(prev);
-    let (state, reason) = rules::next(&before, checks, now);
+    let (state, reason) = rules::next(&before, checks, now.saturating_add(schedule.skew_ms));
     let configured = configured_host(d);
     let verified = checks
         .iter()
@@ -78,9 +88,9 @@ pub fn evaluate(
         verified,
     );
     let wait = if state.status == DomainStatus::Verified {
-        verified_interval
+        schedule.verified_interval
     } else {
-        interval
+        schedule.interval
     };
     let records = serde_json::to_value(checks).unwrap_or_else(|_| json!([]));
     let changed = state.status != before.status || prev.is_none();
@@ -151,7 +161,7 @@ impl Monitor {
     }
 
     fn now(&self) -> i64 {
-        store::now_ms().saturating_add(self.skew_ms)
+        store::now_ms()
     }
 
     async fn load(&self) -> Result<HashMap<String, DomainRow>, String> {
@@ -183,6 +193,11 @@ impl Monitor {
     /// Checks every domain now, then each when it is due, until shutdown.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let dc = &self.config.domain_checks;
+        let schedule = Schedule {
+            interval: dc.interval,
+            verified_interval: dc.verified_interval,
+            skew_ms: self.skew_ms,
+        };
         let mut rows = match self.load().await {
             Ok(r) => r,
             Err(e) => {
@@ -207,14 +222,7 @@ impl Monitor {
                     _ = shutdown.changed() => return,
                 };
                 let now = self.now();
-                let (row, change) = evaluate(
-                    d,
-                    rows.get(&name),
-                    &checks,
-                    now,
-                    dc.interval,
-                    dc.verified_interval,
-                );
+                let (row, change) = evaluate(d, rows.get(&name), &checks, now, schedule);
                 due.insert(name.clone(), row.next_check_at.unwrap_or(now));
                 if let Err(e) = self.save(&row, change.clone()).await {
                     // Tried again at the next check; the old row stays.
