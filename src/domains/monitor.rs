@@ -52,8 +52,16 @@ pub fn state_of(row: Option<&DomainRow>) -> DomainState {
 }
 
 /// The configured tracking host of `d`, lowercased.
-fn configured_host(d: &DomainConfig) -> Option<String> {
+pub fn configured_host(d: &DomainConfig) -> Option<String> {
     d.tracking_host().map(|h| h.to_ascii_lowercase())
+}
+
+/// Its previous tracking hosts, lowercased, most recent first.
+pub fn previous_hosts(d: &DomainConfig) -> Vec<String> {
+    d.previous_tracking_hosts()
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect()
 }
 
 /// How often to check, and the status rules' clock.
@@ -83,7 +91,7 @@ pub fn evaluate(
         .map(|c| c.status == Status::Verified && Some(&c.name) == configured.as_ref());
     let choice = tracking::choose(
         configured.as_deref(),
-        &d.previous_tracking_hosts(),
+        &previous_hosts(d),
         prev.and_then(|r| r.tracking_host.as_deref()),
         verified,
     );
@@ -181,7 +189,7 @@ impl Monitor {
             let name = d.name.to_ascii_lowercase();
             let choice = tracking::choose(
                 configured_host(d).as_deref(),
-                &d.previous_tracking_hosts(),
+                &previous_hosts(d),
                 rows.get(&name).and_then(|r| r.tracking_host.as_deref()),
                 None,
             );
@@ -260,5 +268,95 @@ impl Monitor {
             })
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain() -> DomainConfig {
+        let text = "[server]\nhostname = \"relay.test\"\n[[domains]]\nname = \"Example.com\"\n\
+                    tracking_subdomain = \"t2\"\nprevious_tracking_subdomains = [\"links\"]\n";
+        Config::parse(text, std::path::Path::new("/tmp/c.toml"))
+            .unwrap()
+            .domains
+            .remove(0)
+    }
+
+    fn check(record: RecordKind, name: &str, status: Status) -> RecordCheck {
+        RecordCheck {
+            domain: "example.com".into(),
+            record,
+            name: name.into(),
+            record_type: "TXT",
+            expected: String::new(),
+            found: Vec::new(),
+            status,
+            required: true,
+            note: None,
+        }
+    }
+
+    const EVERY: Schedule = Schedule {
+        interval: Duration::from_secs(300),
+        verified_interval: Duration::from_secs(86400),
+        skew_ms: 0,
+    };
+
+    #[test]
+    fn a_sequence_of_checks() {
+        let d = domain();
+        let dkim = |s| check(RecordKind::Dkim, "s1._domainkey.example.com", s);
+        let track = |s| check(RecordKind::Tracking, "t2.example.com", s);
+
+        // First check, nothing published: pending, history only.
+        let checks = [dkim(Status::Pending), track(Status::Pending)];
+        let (r1, c) = evaluate(&d, None, &checks, 1000, EVERY);
+        let c = c.expect("a change");
+        assert_eq!(
+            (c.from.as_str(), c.to.as_str(), c.event.is_none()),
+            ("not_started", "pending", true)
+        );
+        assert_eq!(
+            (r1.domain.as_str(), r1.status.as_str()),
+            ("example.com", "pending")
+        );
+        assert_eq!(r1.next_check_at, Some(1000 + 300_000));
+        assert_eq!(r1.tracking_host.as_deref(), Some("links.example.com"));
+
+        // Same again: no change, the status keeps its start.
+        let (r2, c) = evaluate(&d, Some(&r1), &checks, 2000, EVERY);
+        assert!(c.is_none());
+        assert_eq!((r2.status_at, r2.checked_at), (1000, Some(2000)));
+
+        // Everything verified: an event with the domain's data, the new
+        // tracking host, the daily schedule.
+        let checks = [dkim(Status::Verified), track(Status::Verified)];
+        let (r3, c) = evaluate(&d, Some(&r2), &checks, 3000, EVERY);
+        let event = c.expect("a change").event.expect("an event");
+        assert_eq!(event["name"], "example.com");
+        assert_eq!(event["status"], "verified");
+        assert_eq!(event["previous_status"], "pending");
+        assert_eq!(event["tracking_host"], "t2.example.com");
+        assert_eq!(event["records"][1]["record"], "tracking");
+        assert_eq!(r3.status_at, 3000);
+        assert_eq!(r3.next_check_at, Some(3000 + 86_400_000));
+
+        // The tracking record goes: partially verified, the host stays.
+        let checks = [dkim(Status::Verified), track(Status::Pending)];
+        let (r4, c) = evaluate(&d, Some(&r3), &checks, 4000, EVERY);
+        assert_eq!(c.unwrap().to, "partially_verified");
+        assert_eq!(r4.tracking_host.as_deref(), Some("t2.example.com"));
+
+        // The rules' clock may be moved (tests), recorded times are not.
+        let skewed = Schedule {
+            skew_ms: 80 * 3600 * 1000,
+            ..EVERY
+        };
+        let (r5, c) = evaluate(&d, Some(&r4), &checks, 5000, skewed);
+        let c = c.unwrap();
+        assert_eq!((c.to.as_str(), c.at), ("partially_failed", 5000));
+        assert_eq!(r5.checked_at, Some(5000));
     }
 }

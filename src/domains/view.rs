@@ -15,8 +15,8 @@ pub fn domain_json(
     row: Option<&DomainRow>,
     history: Option<&[HistoryRow]>,
 ) -> Value {
-    let configured = d.tracking_host().map(|h| h.to_ascii_lowercase());
-    let previous = d.previous_tracking_hosts();
+    let configured = super::monitor::configured_host(d);
+    let previous = super::monitor::previous_hosts(d);
     // Never checked: what the checker will start from.
     let fallback = tracking::choose(configured.as_deref(), &previous, None, None);
     let (in_use, why) = match row {
