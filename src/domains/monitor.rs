@@ -360,3 +360,43 @@ mod tests {
         assert_eq!(r5.checked_at, Some(5000));
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::Config;
+    use std::path::Path;
+    use std::time::Duration;
+
+    #[test]
+    fn domain_checks_keys_and_defaults() {
+        let base = "[server]\nhostname = \"relay.test\"\n";
+        let c = Config::parse(base, Path::new("/tmp/c.toml")).unwrap();
+        assert!(c.domain_checks.enabled);
+        assert_eq!(c.domain_checks.interval, Duration::from_secs(300));
+        assert_eq!(
+            c.domain_checks.verified_interval,
+            Duration::from_secs(86400)
+        );
+        let text =
+            format!("{base}[domain_checks]\ninterval = \"1m\"\nverified_interval = \"12h\"\n");
+        let c = Config::parse(&text, Path::new("/tmp/c.toml")).unwrap();
+        assert_eq!(c.domain_checks.interval, Duration::from_secs(60));
+        assert_eq!(
+            c.domain_checks.verified_interval,
+            Duration::from_secs(43200)
+        );
+        let text = format!("{base}[domain_checks]\ninterval = \"0s\"\n");
+        let e = Config::parse(&text, Path::new("/tmp/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("domain_checks.interval: must be greater than 0"),
+            "{e}"
+        );
+        let text = format!("{base}[[webhooks]]\nurl = \"http://127.0.0.1:1/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nevents = [\"domain.updated\"]\n");
+        assert!(
+            Config::parse(&text, Path::new("/tmp/c.toml")).is_ok(),
+            "domain.updated is subscribable"
+        );
+    }
+}
