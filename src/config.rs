@@ -34,6 +34,8 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub inbound: InboundConfig,
+    #[serde(default)]
+    pub domain_checks: DomainChecksConfig,
     /// Where the file was read from; relative paths were resolved against it.
     #[serde(skip)]
     pub path: PathBuf,
@@ -374,6 +376,31 @@ impl Default for InboundConfig {
     }
 }
 
+/// `[domain_checks]`: how often `serve` re-checks each domain's DNS records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainChecksConfig {
+    /// Off: statuses are left as they were stored, and tracked links use
+    /// the host in use when the checks stopped.
+    pub enabled: bool,
+    /// Between checks of a domain that is not verified.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Between checks of a verified domain.
+    #[serde(with = "duration")]
+    pub verified_interval: Duration,
+}
+
+impl Default for DomainChecksConfig {
+    fn default() -> Self {
+        DomainChecksConfig {
+            enabled: true,
+            interval: Duration::from_secs(300),
+            verified_interval: Duration::from_secs(86400),
+        }
+    }
+}
+
 pub const EVENT_TYPES: &[&str] = &[
     "email.sent",
     "email.delivered",
@@ -385,6 +412,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "email.suppressed",
     "email.complained",
     "email.unsubscribed",
+    "domain.updated",
 ];
 
 /// What `[[domains]] suppress_on` may name: the automatic reasons.
@@ -612,6 +640,16 @@ impl Config {
         self.validate_webhooks(&mut p);
         self.validate_inbound(&mut p);
         check_listen("api.listen", &self.api.listen, &mut p);
+        let dc = &self.domain_checks;
+        // A zero interval would re-check in a busy loop.
+        for (key, v) in [
+            ("interval", dc.interval),
+            ("verified_interval", dc.verified_interval),
+        ] {
+            if v.is_zero() {
+                p.push(format!("domain_checks.{key}: must be greater than 0"));
+            }
+        }
         if let Some(hash) = &self.api.token_hash {
             if argon2::PasswordHash::new(hash).is_err() {
                 p.push("api.token_hash: not a PHC hash string (make one with `trackrelay hash-password`)".into());

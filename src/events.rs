@@ -16,10 +16,13 @@ pub enum EventType {
     Suppressed,
     Complained,
     Unsubscribed,
+    /// A configured domain's verification status changed (not about an
+    /// email: stored with `email_id` '' and the domain in the detail).
+    DomainUpdated,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::Sent,
         EventType::Delivered,
         EventType::DeliveryDelayed,
@@ -30,6 +33,7 @@ impl EventType {
         EventType::Suppressed,
         EventType::Complained,
         EventType::Unsubscribed,
+        EventType::DomainUpdated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,12 +48,13 @@ impl EventType {
             EventType::Suppressed => "email.suppressed",
             EventType::Complained => "email.complained",
             EventType::Unsubscribed => "email.unsubscribed",
+            EventType::DomainUpdated => "domain.updated",
         }
     }
 
-    /// Accepts `email.opened` and the short `opened`.
+    /// Accepts `email.opened`, the short `opened`, and `domain.updated`.
     pub fn parse(s: &str) -> Option<EventType> {
-        let full = if s.starts_with("email.") {
+        let full = if s.starts_with("email.") || s.starts_with("domain.") {
             s.to_string()
         } else {
             format!("email.{s}")
@@ -157,6 +162,15 @@ pub struct EmailSummary {
 /// The webhook body: `{"type", "created_at", "data": {...}}`, shaped like
 /// the hosted providers' payloads.
 pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
+    if ev.kind == EventType::DomainUpdated {
+        // Resend's shape: the domain itself is the data (name, status,
+        // previous_status, records), stored whole in the detail.
+        return json!({
+            "type": ev.kind.as_str(),
+            "created_at": crate::store::rfc3339(ev.at),
+            "data": ev.detail.clone().unwrap_or_else(|| json!({})),
+        });
+    }
     let mut data = Map::new();
     data.insert("email_id".into(), json!(ev.email_id));
     if let Some(e) = email {
@@ -256,7 +270,7 @@ pub fn webhook_payload(ev: &NewEvent, email: Option<&EmailSummary>) -> Value {
                 }),
             );
         }
-        EventType::Sent => {}
+        EventType::Sent | EventType::DomainUpdated => {}
     }
     json!({
         "type": ev.kind.as_str(),
@@ -276,6 +290,7 @@ mod tests {
         }
         assert_eq!(EventType::parse("clicked"), Some(EventType::Clicked));
         assert_eq!(EventType::parse("email.nope"), None);
+        assert_eq!(EventType::parse("domain.nope"), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod dnscheck;
+pub mod domains;
 pub mod events;
 pub mod feedback;
 pub mod inbound;

@@ -303,3 +303,61 @@ impl Metrics {
         }
     }
 }
+
+/// A state gauge (one series per state, 1 for the current one), e.g.
+/// `trackrelay_domain_status{domain="example.com",status="verified"} 1`.
+/// `labels`: the item's and the state's label names; `items`: (item,
+/// current state). Label values are escaped as the text format says.
+pub fn render_state_gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: (&str, &str),
+    states: &[&str],
+    items: &[(String, &str)],
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (item, current) in items {
+        let item = escape_label(item);
+        for s in states {
+            let v = u8::from(s == current);
+            let _ = writeln!(
+                out,
+                "{name}{{{}=\"{item}\",{}=\"{s}\"}} {v}",
+                labels.0, labels.1
+            );
+        }
+    }
+}
+
+/// Backslash, double quote and newline, escaped for a label value.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_gauge_has_one_series_per_state() {
+        let mut out = String::new();
+        render_state_gauge(
+            &mut out,
+            "x_status",
+            "help",
+            ("domain", "status"),
+            &["a", "b"],
+            &[("d\"1".to_string(), "b")],
+        );
+        assert_eq!(
+            out,
+            "# HELP x_status help\n# TYPE x_status gauge\n\
+             x_status{domain=\"d\\\"1\",status=\"a\"} 0\n\
+             x_status{domain=\"d\\\"1\",status=\"b\"} 1\n"
+        );
+    }
+}

@@ -270,16 +270,26 @@ pub async fn run_until(
         tracing::warn!("{w}");
     }
     let resolver = Arc::new(crate::dns::resolver(&config)?);
-    let router = crate::outbound::route::Router::new(&config, resolver)?;
-    let runner = Arc::new(crate::outbound::runner::Runner::new(
+    let router = crate::outbound::route::Router::new(&config, resolver.clone())?;
+    // Before the runner starts: links use the tracking host chosen before.
+    let domains = Arc::new(crate::domains::Monitor::new(
         &config,
         store.clone(),
-        router,
-        token_keys.clone(),
-        dkim_keys,
-        metrics.clone(),
-        new_mail.clone(),
+        resolver,
     ));
+    domains.start().await.map_err(|e| format!("store: {e}"))?;
+    let runner = Arc::new(
+        crate::outbound::runner::Runner::new(
+            &config,
+            store.clone(),
+            router,
+            token_keys.clone(),
+            dkim_keys,
+            metrics.clone(),
+            new_mail.clone(),
+        )
+        .with_tracking_hosts(domains.hosts()),
+    );
 
     let plain = bind_all("submission.listen", &config.submission.listen).await?;
     let implicit = bind_all("submission.listen_tls", &config.submission.listen_tls).await?;
@@ -351,6 +361,10 @@ pub async fn run_until(
         metrics.clone(),
     )?);
     let webhooks_task = tokio::spawn(webhooks.run(shutdown.clone()));
+    let domains_task = config
+        .domain_checks
+        .enabled
+        .then(|| tokio::spawn(domains.run(shutdown.clone())));
     let retention_task = tokio::spawn(crate::store::retention::run(
         store.clone(),
         config.store.retain_messages,
@@ -419,6 +433,9 @@ pub async fn run_until(
     }
     let _ = tracking_task.await;
     let _ = retention_task.await;
+    if let Some(t) = domains_task {
+        let _ = t.await;
+    }
     let _ = webhooks_task.await;
     let _ = api_task.await;
     // The tracker (and with it the last recorder handle) is gone once the

@@ -10,6 +10,8 @@
 //! POST /v1/suppressions        add one: {"address", "domain"?, "reason"?}
 //! DELETE /v1/suppressions/{address}  remove one            ?domain=
 //! GET /v1/reports/{id}         a received bounce/complaint: metadata and raw message
+//! GET /v1/domains              every configured domain's verification status and records
+//! GET /v1/domains/{name}       one domain, with its status history
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
@@ -17,6 +19,7 @@
 //! is read only for an authenticated POST, and only up to 64 KiB.
 
 mod auth;
+mod domains;
 mod params;
 mod reply;
 mod reports;
@@ -56,6 +59,8 @@ pub struct Api {
     store: Store,
     metrics: Arc<Metrics>,
     tokens: auth::TokenCheck,
+    /// The configured domains, for `/v1/domains` and the status gauges.
+    domains: Vec<crate::config::DomainConfig>,
 }
 
 impl Api {
@@ -70,6 +75,7 @@ impl Api {
             store,
             metrics,
             tokens: auth::TokenCheck::new(hash),
+            domains: config.domains.clone(),
         })
     }
 

@@ -27,6 +27,9 @@ pub enum Endpoint<'a> {
     Suppression(&'a str),
     /// An inbound report, by id (as it appears in the path).
     Report(&'a str),
+    Domains,
+    /// A domain name as it appears in the path.
+    Domain(&'a str),
 }
 
 impl<'a> Endpoint<'a> {
@@ -37,6 +40,11 @@ impl<'a> Endpoint<'a> {
             "/v1/events" => Some(Endpoint::Events),
             "/v1/stats" => Some(Endpoint::Stats),
             "/v1/suppressions" => Some(Endpoint::Suppressions),
+            "/v1/domains" => Some(Endpoint::Domains),
+            _ if path.starts_with("/v1/domains/") => {
+                let d = path.strip_prefix("/v1/domains/")?;
+                (!d.is_empty() && !d.contains('/')).then_some(Endpoint::Domain(d))
+            }
             _ if path.starts_with("/v1/reports/") => {
                 let id = path.strip_prefix("/v1/reports/")?;
                 (!id.is_empty() && !id.contains('/')).then_some(Endpoint::Report(id))
@@ -94,6 +102,8 @@ impl<'a> Endpoint<'a> {
             Endpoint::Suppressions => super::suppressions::list(api, query).await,
             Endpoint::Suppression(raw) => super::suppressions::remove(api, raw, query).await,
             Endpoint::Report(id) => super::reports::show(api, id, query).await,
+            Endpoint::Domains => super::domains::list(api, query).await,
+            Endpoint::Domain(name) => super::domains::show(api, name, query).await,
             Endpoint::Metrics => metrics(api, query).await,
             Endpoint::Events => events(api, query).await,
             Endpoint::Stats => stats(api, query).await,
@@ -269,18 +279,26 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
     let mut out = api.metrics.render();
     let gauges = api
         .store
-        .read(|c| Ok((store::queue::depth(c)?, store::webhooks::counts(c)?)))
+        .read(|c| {
+            Ok((
+                store::queue::depth(c)?,
+                store::webhooks::counts(c)?,
+                store::domains::list(c)?,
+            ))
+        })
         .await;
     // Up means what /healthz means: the writer answers and the file is ours.
     let healthy = matches!(
         tokio::time::timeout(HEALTH_TIMEOUT, api.store.health()).await,
         Ok(Ok(_))
     );
+    let mut domain_rows = None;
     let mut gauge = |name: &str, help: &str, v: i64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
     match gauges {
-        Ok((depth, (pending, _delivered, failed))) => {
+        Ok((depth, (pending, _delivered, failed), domains)) => {
+            domain_rows = Some(domains);
             gauge(
                 "trackrelay_store_up",
                 "1 when the store answered this scrape and passed its health check",
@@ -311,11 +329,38 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
             );
         }
     }
+    if let Some(rows) = domain_rows {
+        domain_gauges(api, &rows, &mut out);
+    }
     Ok(reply::text(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
         out,
     ))
+}
+
+/// `trackrelay_domain_status{domain,status}`: every configured domain, in
+/// every status, 1 for the one it is in (not_started before its first check).
+fn domain_gauges(api: &Api, rows: &[store::domains::DomainRow], out: &mut String) {
+    use crate::domains::DomainStatus;
+    let statuses: Vec<(String, &str)> = api
+        .domains
+        .iter()
+        .map(|d| {
+            let row = rows.iter().find(|r| r.domain.eq_ignore_ascii_case(&d.name));
+            let status = row.map_or(DomainStatus::NotStarted, |r| DomainStatus::parse(&r.status));
+            (d.name.to_ascii_lowercase(), status.as_str())
+        })
+        .collect();
+    let names = DomainStatus::ALL.map(|s| s.as_str());
+    crate::metrics::render_state_gauge(
+        out,
+        "trackrelay_domain_status",
+        "1 for each configured domain's current verification status, 0 for the others",
+        ("domain", "status"),
+        &names,
+        &statuses,
+    );
 }
 
 /// `GET /healthz` (no token): 200 when the store can take writes (its
@@ -354,6 +399,11 @@ mod tests {
         assert_eq!(Endpoint::resolve("/metrics"), Some(Endpoint::Metrics));
         assert_eq!(Endpoint::resolve("/v1/events"), Some(Endpoint::Events));
         assert_eq!(Endpoint::resolve("/v1/stats"), Some(Endpoint::Stats));
+        assert_eq!(Endpoint::resolve("/v1/domains"), Some(Endpoint::Domains));
+        assert_eq!(
+            Endpoint::resolve("/v1/domains/example.com"),
+            Some(Endpoint::Domain("example.com"))
+        );
         assert_eq!(
             Endpoint::resolve("/v1/emails/x"),
             Some(Endpoint::Email("x"))
@@ -371,6 +421,8 @@ mod tests {
             "/metricsx",
             "/v1/suppressions/",
             "/v1/suppressions/a/b",
+            "/v1/domains/",
+            "/v1/domains/a/b",
         ] {
             assert_eq!(Endpoint::resolve(none), None, "{none}");
         }

@@ -47,6 +47,12 @@ Statuses:
   failed        a record exists but is wrong, or the lookup failed (the note says why)
   not_started   nothing to check yet (the note says why), e.g. a DKIM key not generated
 
+Each domain also gets the status `serve` would record from this check
+(not_started, pending, verified, failed, temporary_failure,
+partially_verified, partially_failed), starting from the status stored by
+`serve`'s background checks when there is a store: `domain_status` on every
+JSON line, a last line in the table.
+
 Exits 1 when any required record is not verified. DMARC is recommended, not
 required. Lookups use [delivery] resolver when set, else the system resolver.";
 
@@ -234,6 +240,33 @@ pub fn render_json(checks: &[RecordCheck]) -> String {
         .collect()
 }
 
+/// [`render_json`] with the domain's status on every line, as
+/// `domain_status`.
+pub fn render_json_with_status(
+    checks: &[RecordCheck],
+    status: crate::domains::DomainStatus,
+) -> String {
+    checks
+        .iter()
+        .filter_map(|c| {
+            let mut v = serde_json::to_value(c).ok()?;
+            v.as_object_mut()?
+                .insert("domain_status".into(), status.as_str().into());
+            serde_json::to_string(&v).ok()
+        })
+        .map(|line| line + "\n")
+        .collect()
+}
+
+/// What `serve` stored, when there is a store to read (none, or one from
+/// before domain statuses: every domain starts from not_started).
+fn stored_statuses(config: &Config) -> Vec<crate::store::domains::DomainRow> {
+    crate::store::open_reader(&config.database_path())
+        .ok()
+        .and_then(|c| crate::store::domains::list(&c).ok())
+        .unwrap_or_default()
+}
+
 /// A table per domain: status, record, type and name on one line; expected,
 /// found and note below it, unabridged so they can be copied into a zone.
 pub fn render_table(checks: &[RecordCheck]) -> String {
@@ -319,16 +352,29 @@ pub async fn run_to<W: Write>(
         return Err("no [[domains]] configured: nothing to check".into());
     }
     let resolver = resolver(config)?;
+    let stored = stored_statuses(config);
     let mut all_ok = true;
     for (i, d) in domains.iter().enumerate() {
         let checks = check(config, &resolver, d).await;
         all_ok &= all_required_verified(&checks);
+        let prev = stored
+            .iter()
+            .find(|r| r.domain.eq_ignore_ascii_case(&d.name));
+        let (state, reason) = crate::domains::rules::next(
+            &crate::domains::monitor::state_of(prev),
+            &checks,
+            crate::time::now_ms(),
+        );
         let text = if json {
-            render_json(&checks)
-        } else if i > 0 {
-            format!("\n{}", render_table(&checks))
+            render_json_with_status(&checks, state.status)
         } else {
-            render_table(&checks)
+            let sep = if i > 0 { "\n" } else { "" };
+            format!(
+                "{sep}{}  domain status: {} ({})\n",
+                render_table(&checks),
+                state.status,
+                printable(&reason)
+            )
         };
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())

@@ -68,6 +68,10 @@ pub struct Runner {
     wake: Arc<Notify>,
     /// Sending domains (lowercased) whose `suppress_on` has `hard_bounce`.
     suppress_hard_bounce: Arc<HashSet<String>>,
+    /// The tracking host in use per domain, kept by the domain checker
+    /// (a changed tracking_subdomain only once verified); None: the
+    /// configured one.
+    tracking_in_use: Option<crate::domains::TrackingHosts>,
 }
 
 /// A stored message: our trace header and the bytes as submitted.
@@ -138,7 +142,14 @@ impl Runner {
                     .map(|d| d.name.to_ascii_lowercase())
                     .collect(),
             ),
+            tracking_in_use: None,
         }
+    }
+
+    /// New links use the host the domain checker says is in use.
+    pub fn with_tracking_hosts(mut self, hosts: crate::domains::TrackingHosts) -> Self {
+        self.tracking_in_use = Some(hosts);
+        self
     }
 
     /// Runs until shutdown, then waits up to `grace` for deliveries in
@@ -279,7 +290,6 @@ impl Runner {
     fn copy_for(&self, claim: &Claimed, received: &[u8], raw: &[u8]) -> Vec<u8> {
         let domain = self.domains.get(&claim.domain.to_ascii_lowercase());
         let email_id = uuid::Uuid::parse_str(&claim.email_id).unwrap_or_default();
-        let no_hosts: Vec<String> = Vec::new();
         let return_path_domain = domain
             .and_then(|d| d.return_path.as_ref())
             .map(|rp| format!("{rp}.{}", claim.domain.to_ascii_lowercase()));
@@ -289,14 +299,22 @@ impl Runner {
             return_path_domain.is_some() || domain.is_some_and(|d| d.tracking_host.is_some());
         let token = has_feedback_address
             .then(|| crate::feedback::return_path::encode(&self.keys, email_id, claim.idx));
+        let configured = domain.and_then(|d| d.tracking_host.as_deref());
+        let in_use = configured.map(|c| {
+            self.tracking_in_use
+                .as_ref()
+                .and_then(|h| h.get(&claim.domain))
+                .unwrap_or_else(|| c.to_string())
+        });
+        // Links already on any of the domain's tracking hosts stay as they are.
+        let mut other_hosts = domain.map_or_else(Vec::new, |d| d.previous_tracking_hosts.clone());
+        other_hosts.extend(configured.map(str::to_string));
         let opts = TrackingOptions {
             email_id,
             rcpt_index: claim.idx,
             scheme: &self.scheme,
-            tracking_host: domain.and_then(|d| d.tracking_host.as_deref()),
-            other_tracking_hosts: domain
-                .map(|d| d.previous_tracking_hosts.as_slice())
-                .unwrap_or(&no_hosts),
+            tracking_host: in_use.as_deref(),
+            other_tracking_hosts: &other_hosts,
             open_tracking: domain.is_some_and(|d| d.open_tracking),
             click_tracking: domain.is_some_and(|d| d.click_tracking),
             feedback: token.as_deref().map(|token| prepare::Feedback {

@@ -83,6 +83,8 @@ pub fn bits_for(ev: &NewEvent) -> i64 {
         EventType::Complained => bit::COMPLAINED,
         EventType::Suppressed => bit::SUPPRESSED,
         EventType::Unsubscribed => bit::UNSUBSCRIBED,
+        // About a domain, not a recipient: counted nowhere.
+        EventType::DomainUpdated => 0,
     }
 }
 

@@ -194,6 +194,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX inbound_reports_pending ON inbound_reports(id) WHERE processed_at IS NULL;
     CREATE INDEX inbound_reports_received ON inbound_reports(received_at);
     "#,
+    // 6 (domain statuses) (issue 12): each configured domain's verification
+    // status as `serve` re-checks its DNS records, the last result of every
+    // record, the tracking host new links use, and the history of changes.
+    r#"
+    CREATE TABLE domain_status (
+        domain          TEXT PRIMARY KEY,        -- lowercased
+        status          TEXT NOT NULL,           -- not_started, pending, verified, failed, ...
+        status_at       INTEGER NOT NULL,        -- unix ms: when this status began
+        since           INTEGER,                 -- not fully verified since (72 h window)
+        lost_since      INTEGER,                 -- a sending record missing since (temporary_failure)
+        checked_at      INTEGER,
+        next_check_at   INTEGER,
+        records         TEXT NOT NULL DEFAULT '[]', -- JSON: the last check, one object per record
+        reason          TEXT,
+        tracking_host   TEXT,                    -- the host new links use
+        tracking_reason TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE domain_history (
+        id          INTEGER PRIMARY KEY,
+        domain      TEXT NOT NULL,
+        from_status TEXT NOT NULL,
+        to_status   TEXT NOT NULL,
+        at          INTEGER NOT NULL,
+        reason      TEXT NOT NULL
+    );
+    CREATE INDEX domain_history_domain ON domain_history(domain, id);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
