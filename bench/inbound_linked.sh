@@ -72,7 +72,9 @@ if [ "$PERF" = 1 ]; then command -v perf >/dev/null || die "PERF=1 needs perf"; 
 OUT=$ROOT/bench/out/inbound_linked-$STAMP
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/trackrelay-bench-inbound-linked.XXXXXX)
-trap bench_cleanup EXIT INT TERM
+trap bench_cleanup EXIT
+# bench_cleanup alone would let the script run on after a signal, with its work dir gone.
+trap 'bench_cleanup; exit 143' INT TERM
 need_ports "$SINK_PORT" "$IN_PORT" "$TR_PORT" "$TR_TRACK_PORT" "$TR_API_PORT"
 
 build_release
