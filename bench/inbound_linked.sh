@@ -30,14 +30,18 @@
 #     smtp-source -s 20 -m N -f '' -t bounces+bench@bounces.example.com -F
 #     the Postfix DSN fixture (accepted/s; processed/s = parse + drop).
 # Ratio printed: linked (processed reports/s) / submission (accepted msg/s).
+# WEBHOOKS=1: the processing relay also has a [[webhooks]] endpoint for
+# `email.bounced` (bench/inbound_hooks.py, 204 to every POST), so each
+# bounce also writes its outbox row in the same transaction (system
+# `linked+hooks`; checked: N outbox rows; hooks_s = until all were posted).
 #
 #   bench/inbound_linked.sh                                  # RUNS=3 MSGS=5000 SESS=20
 #   RUNS=1 MSGS=500 QUIET_TIMEOUT=0 bench/inbound_linked.sh  # smoke
 #
 # Env: RUNS MSGS SESS LEN WARMUP=200 DSN_CONNS=8 PROCESS_TIMEOUT=300
 #      STALL_TIMEOUT=15 DELIVER_TIMEOUT=300 PERF=1 (perf record -g of the
-#      processing relay into the output dir)
-#      SINK_PORT IN_PORT TR_PORT TR_TRACK_PORT TR_API_PORT
+#      processing relay into the output dir) WEBHOOKS=1
+#      SINK_PORT IN_PORT TR_PORT TR_TRACK_PORT TR_API_PORT HOOK_PORT
 #      QUIET_MAX_BUSY=15 QUIET_TIMEOUT=300 SKIP_BUILD=1 KEEP_WORK=1
 # Needs: smtp-source and smtp-sink (apt-get install postfix), python3, sqlite3.
 set -euo pipefail
@@ -53,6 +57,8 @@ PROCESS_TIMEOUT=${PROCESS_TIMEOUT:-300}
 STALL_TIMEOUT=${STALL_TIMEOUT:-15}
 DELIVER_TIMEOUT=${DELIVER_TIMEOUT:-300}
 PERF=${PERF:-0}
+WEBHOOKS=${WEBHOOKS:-0}
+HOOK_PORT=${HOOK_PORT:-18291}
 SINK_PORT=${SINK_PORT:-14636}
 IN_PORT=${IN_PORT:-14535}
 TR_PORT=${TR_PORT:-14597}
@@ -76,12 +82,27 @@ trap bench_cleanup EXIT
 # bench_cleanup alone would let the script run on after a signal, with its work dir gone.
 trap 'bench_cleanup; exit 143' INT TERM
 need_ports "$SINK_PORT" "$IN_PORT" "$TR_PORT" "$TR_TRACK_PORT" "$TR_API_PORT"
+[ "$WEBHOOKS" != 1 ] || need_ports "$HOOK_PORT"
 
 build_release
 "$REL/trackrelay" dkim-keygen --domain example.com --selector bench --out "$WORK/dkim.pem" >/dev/null
 API_HASH=$(head -c 18 /dev/urandom | base64 | "$REL/trackrelay" hash-password)
 DUMP=$WORK/dump
 start_dump_sink "$SINK_PORT" "$WORK/sink.log" "$DUMP"
+LINKED=linked
+HOOKS=""
+if [ "$WEBHOOKS" = 1 ]; then
+  python3 "$BENCH_DIR/inbound_hooks.py" "127.0.0.1:$HOOK_PORT" >"$WORK/hooks.log" 2>&1 &
+  HOOK_PID=$!
+  bench_track "$HOOK_PID"
+  wait_port "$HOOK_PORT" "$HOOK_PID" 10 || die "webhook receiver did not start"
+  LINKED=linked+hooks
+  HOOKS="
+[[webhooks]]
+url = \"http://127.0.0.1:$HOOK_PORT/hooks\"
+secret = \"whsec_$(head -c 24 /dev/urandom | base64)\"
+events = [\"email.bounced\"]"
+fi
 
 db() { sqlite3 -cmd ".timeout 10000" "$DB" "$1"; }
 pending() { db "SELECT COUNT(*) FROM inbound_reports WHERE processed_at IS NULL"; }
@@ -158,7 +179,9 @@ for i in $(seq "$RUNS"); do
   dir=$WORK/run-$i; mkdir -p "$dir/data"
   DB=$dir/data/trackrelay.sqlite3
   for p in false true; do
-    write_tr_config "$dir/process-$p.toml" "$dir/data" "$TR_PORT" "$TR_TRACK_PORT" "$TR_API_PORT" "$WORK/dkim.pem" "$API_HASH" "$ROUTES" "$(inbound_section $p)"
+    extra=$(inbound_section $p)
+    if [ "$p" = true ]; then extra+=$HOOKS; fi
+    write_tr_config "$dir/process-$p.toml" "$dir/data" "$TR_PORT" "$TR_TRACK_PORT" "$TR_API_PORT" "$WORK/dkim.pem" "$API_HASH" "$ROUTES" "$extra"
     # The return path of example.com is bounces.example.com: the MX accepts RCPT there.
     sed -i 's/^name = "example.com"$/&\nreturn_path = "bounces"/' "$dir/process-$p.toml"
     "$REL/trackrelay" check-config --config "$dir/process-$p.toml" >&2 || die "check-config failed"
@@ -207,7 +230,7 @@ for i in $(seq "$RUNS"); do
   if [ "$PERF" = 1 ]; then kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; untrack_pid "$PERF_PID"; fi
   [ -n "$done_s" ] || die "the processor did not finish (see $dir/trackrelay.log)"
   wait_port "$TR_PORT" "$TR_PID" 30 || die "trackrelay did not start"
-  res=$(json_line linked "$t0" "$t1" 0 "$MSGS" "$busy" "$during" 0)
+  res=$(json_line "$LINKED" "$t0" "$t1" 0 "$MSGS" "$busy" "$during" 0)
   bounced=$(db "SELECT COUNT(*) FROM recipients WHERE status = 'bounced'")
   events=$(db "SELECT COUNT(*) FROM events WHERE type = 'email.bounced'")
   supp=$(db "SELECT COUNT(*) FROM suppressions WHERE reason = 'hard_bounce' AND scope = 'example.com'")
@@ -226,6 +249,20 @@ for i in $(seq "$RUNS"); do
     die "expected $MSGS bounced recipients, email.bounced events, suppressions and bounced reports; got $bounced, $events, $supp, $kept"
   fi
   log "checked: $bounced recipients bounced, $events email.bounced events, $supp hard_bounce suppressions, $kept reports kept as bounced"
+  if [ "$WEBHOOKS" = 1 ]; then
+    rows=$(db "SELECT COUNT(*) FROM webhook_outbox")
+    [ "$rows" -eq "$MSGS" ] || die "expected $MSGS webhook outbox rows, got $rows"
+    # Posted before the next phase, so the worker does not load it.
+    for ((k = 0; k < PROCESS_TIMEOUT * 10; k++)); do
+      [ "$(db "SELECT COUNT(*) FROM webhook_outbox WHERE status != 'delivered'")" -eq 0 ] && break
+      sleep 0.1
+    done
+    hooks_s=$(since "$t0")
+    left=$(db "SELECT COUNT(*) FROM webhook_outbox WHERE status != 'delivered'")
+    log "webhooks: $rows outbox rows, all but $left posted ${hooks_s}s after the relay started"
+    echo "$(add_fields "$(tail -1 "$OUT/runs.jsonl")" "outbox_rows=$rows" "hooks_s=$hooks_s" "hooks_left=$left")" >"$OUT/last.json"
+    sed -i '$d' "$OUT/runs.jsonl" && cat "$OUT/last.json" >>"$OUT/runs.jsonl" && rm "$OUT/last.json"
+  fi
 
   # ---- 3. inbound accept (timed), as bench/inbound.sh, on the processing relay
   res=$(source_run inbound "127.0.0.1:$IN_PORT" "$MSGS" -f '' -t "$RCPT" -F "$FIXTURE")
@@ -244,7 +281,7 @@ done
   echo "## inbound linked summary: $MSGS per phase, $RUNS run(s); median and min-max"
   echo "## rate: submission = accepted msg/s; linked = reports/s processed (bounced + event + suppression), exec to last write; inbound = DSNs accepted/s (unlinked fixture)"
   python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rate:rate/s steady_rate:steady/s processed_rate:unlinked_processed/s \
-    seconds poll_s tr_cpu_s first_commit_s busy_before busy_during stderr_lines \
-    --ratio linked/submission:rate --ratio inbound/submission:rate
+    seconds poll_s tr_cpu_s first_commit_s hooks_s busy_before busy_during stderr_lines \
+    --ratio "$LINKED/submission:rate" --ratio inbound/submission:rate
   echo "(runs: $OUT/runs.jsonl)"
 } | tee "$OUT/summary.txt"
