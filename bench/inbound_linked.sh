@@ -40,7 +40,8 @@
 #
 # Env: RUNS MSGS SESS LEN WARMUP=200 DSN_CONNS=8 PROCESS_TIMEOUT=300
 #      STALL_TIMEOUT=15 DELIVER_TIMEOUT=300 PERF=1 (perf record -g of the
-#      processing relay into the output dir) WEBHOOKS=1
+#      processing relay into the output dir; PERF_CALLGRAPH=dwarf for Rust
+#      callers, default fp) WEBHOOKS=1
 #      SINK_PORT IN_PORT TR_PORT TR_TRACK_PORT TR_API_PORT HOOK_PORT
 #      QUIET_MAX_BUSY=15 QUIET_TIMEOUT=300 SKIP_BUILD=1 KEEP_WORK=1
 # Needs: smtp-source and smtp-sink (apt-get install postfix), python3, sqlite3.
@@ -219,7 +220,7 @@ for i in $(seq "$RUNS"); do
   TR_PID=$!
   bench_track "$TR_PID"
   if [ "$PERF" = 1 ]; then
-    perf record -g -q -p "$TR_PID" -o "$OUT/perf-linked-$i.data" >/dev/null 2>&1 &
+    perf record --call-graph "${PERF_CALLGRAPH:-fp}" -q -p "$TR_PID" -o "$OUT/perf-linked-$i.data" >/dev/null 2>&1 &
     PERF_PID=$!
     bench_track "$PERF_PID"
   fi
