@@ -294,3 +294,24 @@ start_trackrelay() {
 }
 
 stop_tracked() { stop_pid "$1"; untrack_pid "$1"; }
+
+# start_dump_sink PORT LOGFILE DIR: Postfix's smtp-sink -c that also dumps each
+# delivery to DIR/m.<random> (`-d`), the file starting with `X-Mail-Args:
+# <envelope sender>` and `X-Rcpt-Args: <recipient>`. As root smtp-sink runs as
+# nobody, so DIR is made theirs and its parent searchable. Sets SINK_PID, SINK_KIND.
+start_dump_sink() {
+  local port=$1 logf=$2 dir=$3 u=()
+  command -v smtp-sink >/dev/null || die "smtp-sink is needed (apt-get install postfix)"
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then
+    u=(-u nobody)
+    chown nobody "$dir"
+    chmod o+x "$(dirname "$dir")"
+  fi
+  : >"$logf"
+  smtp-sink -c "${u[@]}" -d "$dir/m." "127.0.0.1:$port" 1024 >"$logf" 2>&1 &
+  SINK_PID=$!
+  SINK_KIND="smtp-sink -d"
+  bench_track "$SINK_PID"
+  wait_port "$port" "$SINK_PID" 10 || { cat "$logf" >&2; die "the sink did not start on $port"; }
+}

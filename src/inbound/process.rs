@@ -594,71 +594,97 @@ impl Processor {
 
     /// Every report pending now, once: a report whose write fails waits
     /// for the next pass instead of being read again at once.
+    ///
+    /// The next batch is read and classified while the current one is
+    /// written: the store writer, not the hand-offs between read, parse and
+    /// write, sets the pace. Batches are still written one after the other,
+    /// in arrival order, and the batch read ahead has only ids above the one
+    /// being written, so the two never touch the same report.
     pub async fn pass(&self, shutdown: &watch::Receiver<bool>) {
-        let mut after = 0;
+        let Some(mut batch) = self.fetch(0).await else {
+            return;
+        };
         while !*shutdown.borrow() {
-            let rows = match self
-                .store
-                .read(move |c| store::reports::pending(c, after, BATCH))
-                .await
-            {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!("feedback: reading pending reports: {e}");
-                    return;
-                }
-            };
-            let Some(last) = rows.last() else { return };
-            after = last.id;
-            let keys = self.keys.clone();
-            // Parsing is CPU work on untrusted megabytes: off the async threads.
-            let classified = match tokio::task::spawn_blocking(move || {
-                rows.iter().map(|p| classify(p, &keys)).collect::<Vec<_>>()
-            })
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("feedback: classifying reports failed: {e}");
-                    return;
-                }
-            };
-            // One write for the batch, the reports applied in arrival order,
-            // each under its own savepoint (see `apply_batch`).
-            let rules = self.rules.clone();
-            let done = self
-                .store
-                .write(Durability::Normal, move |tx| {
-                    apply_batch(tx, &classified, &rules, store::now_ms())
-                })
-                .await;
-            let done = match done {
-                Ok(d) => d,
-                Err(e) => {
-                    // Nothing of the batch was applied: the next pass
-                    // reads it again.
-                    tracing::error!("feedback: applying reports failed (retried later): {e}");
-                    return;
-                }
-            };
-            for (id, outcome) in done {
-                match outcome {
-                    Ok(Some(outcome)) => {
-                        self.metrics.inbound_report(outcome.as_str());
-                        tracing::debug!(
-                            report_id = id,
-                            outcome = outcome.as_str(),
-                            "feedback report processed"
-                        );
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::error!(
-                        report_id = id,
-                        "feedback: a report could not be applied; kept with the error: {e}"
-                    ),
-                }
+            let after = batch.last().map_or(0, |c| c.id);
+            let (written, next) = tokio::join!(self.write(batch), self.fetch(after));
+            // Nothing of a failed batch was applied, and what was read
+            // ahead is still pending: both wait for the next pass.
+            if !written {
+                return;
+            }
+            match next {
+                Some(b) => batch = b,
+                None => return,
             }
         }
+    }
+
+    /// Reads up to `BATCH` pending reports with ids above `after` and
+    /// classifies them; `None` when there are none or the read failed.
+    async fn fetch(&self, after: i64) -> Option<Vec<Classified>> {
+        let rows = match self
+            .store
+            .read(move |c| store::reports::pending(c, after, BATCH))
+            .await
+        {
+            Ok(rows) if rows.is_empty() => return None,
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("feedback: reading pending reports: {e}");
+                return None;
+            }
+        };
+        let keys = self.keys.clone();
+        // Parsing is CPU work on untrusted megabytes: off the async threads.
+        match tokio::task::spawn_blocking(move || {
+            rows.iter().map(|p| classify(p, &keys)).collect::<Vec<_>>()
+        })
+        .await
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("feedback: classifying reports failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// One write for the batch, the reports applied in arrival order, each
+    /// under its own savepoint (see `apply_batch`). Returns whether the
+    /// write committed.
+    async fn write(&self, classified: Vec<Classified>) -> bool {
+        let rules = self.rules.clone();
+        let done = self
+            .store
+            .write(Durability::Normal, move |tx| {
+                apply_batch(tx, &classified, &rules, store::now_ms())
+            })
+            .await;
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("feedback: applying reports failed (retried later): {e}");
+                return false;
+            }
+        };
+        for (id, outcome) in done {
+            match outcome {
+                Ok(Some(outcome)) => {
+                    self.metrics.inbound_report(outcome.as_str());
+                    tracing::debug!(
+                        report_id = id,
+                        outcome = outcome.as_str(),
+                        "feedback report processed"
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(
+                    report_id = id,
+                    "feedback: a report could not be applied; kept with the error: {e}"
+                ),
+            }
+        }
+        true
     }
 }
 

@@ -510,3 +510,97 @@ fn a_report_that_fails_to_apply_is_rolled_back_alone_and_kept_with_the_error() {
     assert!(outcome.contains("error"), "{outcome}");
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM inbound_reports"), 1);
 }
+
+#[test]
+fn one_pass_applies_every_batch_in_arrival_order() {
+    // More than two batches, so that batches are read ahead while others
+    // are written: each report is applied once, in the order it arrived.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let k = Arc::new(keys());
+    let store = store::Store::open(
+        &dir.path().join("t.sqlite3"),
+        store::StoreOptions::default(),
+    )
+    .unwrap();
+    let email = Uuid::now_v7();
+    let row = store::emails::NewEmail {
+        id: email.to_string(),
+        created_at: 1,
+        domain: "example.com".into(),
+        mail_from: "a@example.com".into(),
+        header_from: None,
+        to_header: None,
+        subject: None,
+        message_id: None,
+        tags: vec![],
+        auth_user: None,
+        client_ip: None,
+        smtputf8: false,
+        received: vec![],
+        body: b"\r\n".to_vec(),
+        recipients: vec!["someone@example.net".into()],
+    };
+    let to = return_path::address(&k, "bounces", "bounces.example.com", email, 0).unwrap();
+    let n = 2 * BATCH + 5;
+    let reports: Vec<_> = (0..n)
+        .map(|i| store::reports::NewReport {
+            received_at: 100 + i as i64,
+            peer_ip: "127.0.0.1".into(),
+            helo: "mx".into(),
+            mail_from: String::new(),
+            rcpt_to: vec![to.clone()],
+            raw: format!(
+                "From: MAILER-DAEMON@mx.example.net\r\nSubject: Delayed Mail\r\nMIME-Version: 1.0\r\n\
+                 Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+                 --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+                 Final-Recipient: rfc822; someone@example.net\r\nAction: delayed\r\nStatus: 4.4.7\r\n\
+                 Diagnostic-Code: smtp; 451 4.4.7 try {i}\r\n\r\n--b--\r\n"
+            )
+            .into_bytes(),
+        })
+        .collect();
+    let ids: Vec<i64> = rt
+        .block_on(store.write(Durability::Full, move |tx| {
+            store::emails::insert(tx, &row)?;
+            reports
+                .iter()
+                .map(|r| store::reports::insert(tx, r))
+                .collect::<rusqlite::Result<Vec<i64>>>()
+        }))
+        .unwrap();
+    let processor = Processor {
+        store: store.clone(),
+        keys: k,
+        rules: Arc::new(Rules::default()),
+        metrics: Arc::new(Metrics::default()),
+        wake: Arc::new(Notify::new()),
+    };
+    let (_stop, shutdown) = watch::channel(false);
+    rt.block_on(processor.pass(&shutdown));
+    let (pending, applied): (i64, Vec<i64>) = rt
+        .block_on(store.read(|c| {
+            let pending = c.query_row(
+                "SELECT COUNT(*) FROM inbound_reports WHERE processed_at IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            let applied = c
+                .prepare(
+                    "SELECT json_extract(detail, '$.report_id') FROM events
+                     WHERE type = 'email.delivery_delayed' ORDER BY id",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            Ok((pending, applied))
+        }))
+        .unwrap();
+    assert_eq!(pending, 0, "one pass leaves nothing pending");
+    assert_eq!(applied, ids, "one delay per report, in arrival order");
+    assert_eq!(processor.metrics.inbound_reports[1].get(), n as u64);
+    store.close();
+}
