@@ -13,12 +13,13 @@
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
+//! Every other path is the dashboard's (src/ui), which has its own login.
 //! Errors are `{"error": "..."}` with the status that fits. A request body
 //! is read only for an authenticated POST, and only up to 64 KiB.
 
-mod auth;
+pub(crate) mod auth;
 mod params;
-mod reply;
+pub(crate) mod reply;
 mod reports;
 mod routes;
 mod suppressions;
@@ -56,6 +57,8 @@ pub struct Api {
     store: Store,
     metrics: Arc<Metrics>,
     tokens: auth::TokenCheck,
+    /// The dashboard (src/ui): every path the JSON API does not serve.
+    ui: crate::ui::Ui,
 }
 
 impl Api {
@@ -67,10 +70,17 @@ impl Api {
             })?;
         }
         Ok(Api {
-            store,
+            store: store.clone(),
             metrics,
             tokens: auth::TokenCheck::new(hash),
+            ui: crate::ui::Ui::new(store, config.tracking.trusted_proxies.clone()),
         })
+    }
+
+    /// The dashboard's retry wakes the delivery runner through this.
+    pub fn with_queue_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.ui.set_queue_wake(wake);
+        self
     }
 
     /// Answers one request; every answer's time goes into `api_latency`.
@@ -100,6 +110,25 @@ impl Api {
             } else {
                 reply::method_not_allowed()
             };
+        }
+        if crate::ui::owns(uri.path()) {
+            let body = if method == Method::POST {
+                match read_body(body).await {
+                    Ok(b) => b,
+                    Err(e) => return e.reply(),
+                }
+            } else {
+                hyper::body::Bytes::new()
+            };
+            let req = crate::ui::Req {
+                method,
+                path: uri.path(),
+                query: uri.query(),
+                headers,
+                peer,
+                body,
+            };
+            return self.ui.handle(req, &self.tokens).await;
         }
         match self.tokens.check(headers, peer).await {
             auth::Outcome::Allowed => {}

@@ -1,0 +1,300 @@
+//! The dashboard's reads (src/ui): a time series from the hourly rollups,
+//! the email search, an email's webhook deliveries, and the queue grouped
+//! by destination and reason. Writes reuse `queue`.
+
+use super::rollups::HOUR_MS;
+use super::sql::Where;
+use super::stats::Stats;
+use rusqlite::{params, Connection};
+
+/// Rollup counters per bucket of `bucket` ms (a multiple of an hour) over
+/// the whole hours `[from, to)`, oldest first; empty buckets are included
+/// so a chart's x axis is even. Reads only `rollups`.
+pub fn series(
+    conn: &Connection,
+    domain: Option<&str>,
+    from: i64,
+    to: i64,
+    bucket: i64,
+) -> rusqlite::Result<Vec<(i64, Stats)>> {
+    let bucket = bucket.max(HOUR_MS);
+    let mut w = Where::default();
+    w.and("hour >= ?", from);
+    w.and("hour < ?", to);
+    if let Some(d) = domain {
+        w.and("domain = ?", d.to_ascii_lowercase());
+    }
+    let q = w.wrap(
+        &format!(
+            "SELECT (hour - {from}) / {bucket}, SUM(sent), SUM(delivered), SUM(delayed), SUM(bounced),
+                    SUM(complained), SUM(opened_human), SUM(opened_machine), SUM(clicked_human),
+                    SUM(clicked_machine), SUM(opened), SUM(clicked) FROM rollups"
+        ),
+        "GROUP BY 1 ORDER BY 1",
+    );
+    let n = ((to - from).max(0) + bucket - 1) / bucket;
+    let mut out: Vec<(i64, Stats)> = (0..n)
+        .map(|i| (from + i * bucket, Stats::default()))
+        .collect();
+    let mut stmt = conn.prepare(q.sql())?;
+    let mut rows = stmt.query(q.params())?;
+    while let Some(r) = rows.next()? {
+        let i: i64 = r.get(0)?;
+        let Some((_, s)) = out.get_mut(i as usize) else {
+            continue;
+        };
+        s.sent = r.get(1)?;
+        s.delivered = r.get(2)?;
+        s.delayed = r.get(3)?;
+        s.bounced = r.get(4)?;
+        s.complained = r.get(5)?;
+        s.opened_human = r.get(6)?;
+        s.opened_machine = r.get(7)?;
+        s.clicked_human = r.get(8)?;
+        s.clicked_machine = r.get(9)?;
+        s.opened = r.get(10)?;
+        s.clicked = r.get(11)?;
+    }
+    Ok(out)
+}
+
+/// The sending domains that have rollups, for the overview's filter.
+pub fn domains(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT DISTINCT domain FROM rollups ORDER BY domain LIMIT 500")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// What the email search filters on; `None` or empty: not filtered.
+#[derive(Debug, Clone, Default)]
+pub struct EmailSearch {
+    /// A recipient address, exact (case-insensitive).
+    pub recipient: Option<String>,
+    /// A substring of the subject.
+    pub subject: Option<String>,
+    pub tag: Option<String>,
+    /// A recipient status (queued, deferred, delivered, bounced, ...).
+    pub status: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailRow {
+    pub id: String,
+    pub created_at: i64,
+    pub from: String,
+    pub subject: Option<String>,
+    pub tags: Vec<String>,
+    /// `address (status)` of each recipient, in index order.
+    pub recipients: Vec<(String, String)>,
+}
+
+/// `%` and `_` in a user's text are literal in the LIKE pattern.
+fn like_pattern(s: &str) -> String {
+    let mut p = String::from("%");
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// The search statement: only the filters given appear in it.
+pub fn search_query(s: &EmailSearch) -> Where {
+    let mut w = Where::default();
+    if let Some(r) = s.recipient.as_deref().filter(|r| !r.is_empty()) {
+        w.and(
+            "e.id IN (SELECT email_id FROM recipients WHERE address = ? COLLATE NOCASE)",
+            r.trim().to_string(),
+        );
+    }
+    if let Some(st) = s.status.as_deref().filter(|r| !r.is_empty()) {
+        w.and(
+            "EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = ?)",
+            st.to_string(),
+        );
+    }
+    if let Some(sub) = s.subject.as_deref().filter(|r| !r.is_empty()) {
+        w.and("e.subject LIKE ? ESCAPE '\\'", like_pattern(sub));
+    }
+    if let Some(t) = s.tag.as_deref().filter(|r| !r.is_empty()) {
+        w.and(
+            "EXISTS (SELECT 1 FROM json_each(e.tags) WHERE value = ?)",
+            t.trim().to_string(),
+        );
+    }
+    if let Some(t) = s.since {
+        w.and("e.created_at >= ?", t);
+    }
+    if let Some(t) = s.until {
+        w.and("e.created_at < ?", t);
+    }
+    w.bind(s.limit.clamp(1, 500) as i64);
+    w.wrap(
+        "SELECT e.id, e.created_at, COALESCE(e.header_from, e.mail_from), e.subject, e.tags FROM emails e",
+        "ORDER BY e.created_at DESC, e.id DESC LIMIT ?",
+    )
+}
+
+/// Newest first, with each email's recipients and their status.
+pub fn search(conn: &Connection, s: &EmailSearch) -> rusqlite::Result<Vec<EmailRow>> {
+    let q = search_query(s);
+    let mut stmt = conn.prepare(q.sql())?;
+    let mut out: Vec<EmailRow> = stmt
+        .query_map(q.params(), |r| {
+            let tags: String = r.get(4)?;
+            Ok(EmailRow {
+                id: r.get(0)?,
+                created_at: r.get(1)?,
+                from: r.get(2)?,
+                subject: r.get(3)?,
+                tags: serde_json::from_str(&tags).unwrap_or_default(),
+                recipients: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut rcpts = conn.prepare_cached(
+        "SELECT address, status FROM recipients WHERE email_id = ?1 ORDER BY idx LIMIT 20",
+    )?;
+    for e in &mut out {
+        e.recipients = rcpts
+            .query_map(params![e.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSent {
+    pub event_id: i64,
+    pub endpoint: String,
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// The webhook deliveries of one email's events.
+pub fn webhooks_for_email(conn: &Connection, email_id: &str) -> rusqlite::Result<Vec<WebhookSent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT w.event_id, w.endpoint, w.status, w.attempts, w.last_error, w.created_at, w.delivered_at
+         FROM events e JOIN webhook_outbox w ON w.event_id = e.id
+         WHERE e.email_id = ?1 ORDER BY w.created_at, w.id LIMIT 1000",
+    )?;
+    let rows = stmt.query_map(params![email_id], |r| {
+        Ok(WebhookSent {
+            event_id: r.get(0)?,
+            endpoint: r.get(1)?,
+            status: r.get(2)?,
+            attempts: r.get::<_, i64>(3)? as u32,
+            last_error: r.get(4)?,
+            created_at: r.get(5)?,
+            delivered_at: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Waiting recipients sharing a destination domain and last reply.
+#[derive(Debug, Clone)]
+pub struct QueueGroup {
+    pub destination: String,
+    /// The last reply (`None`: never tried).
+    pub reason: Option<String>,
+    pub recipients: i64,
+    pub next_attempt_at: Option<i64>,
+}
+
+const DESTINATION: &str = "lower(substr(address, instr(address, '@') + 1))";
+
+/// The queue (queued and deferred recipients) grouped by destination
+/// domain and last reply, biggest first. Reads the `recipients_due`
+/// partial index's rows only.
+pub fn queue_groups(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<QueueGroup>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {DESTINATION} AS dest, last_response, COUNT(*), MIN(next_attempt_at)
+         FROM recipients WHERE status IN ('queued', 'deferred')
+         GROUP BY dest, last_response ORDER BY 3 DESC, dest LIMIT ?1"
+    ))?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok(QueueGroup {
+            destination: r.get(0)?,
+            reason: r.get(1)?,
+            recipients: r.get(2)?,
+            next_attempt_at: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Makes a group's recipients due now; returns how many.
+pub fn retry_group(
+    conn: &Connection,
+    destination: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "UPDATE recipients SET next_attempt_at = ?1
+             WHERE status IN ('queued', 'deferred') AND {DESTINATION} = ?2
+               AND last_response IS ?3"
+        ),
+        params![now, destination.to_ascii_lowercase(), reason],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_take_the_text_literally() {
+        assert_eq!(like_pattern("50%_off"), "%50\\%\\_off%");
+    }
+
+    #[test]
+    fn only_given_search_filters_reach_the_statement() {
+        let q = search_query(&EmailSearch {
+            limit: 10,
+            ..Default::default()
+        });
+        assert!(!q.sql().contains("WHERE"), "{}", q.sql());
+        let q = search_query(&EmailSearch {
+            recipient: Some("a@b.test".into()),
+            tag: Some("t".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert!(q.sql().contains("address = ?"));
+        assert!(q.sql().contains("json_each"));
+        assert!(!q.sql().contains("LIKE"));
+    }
+
+    #[test]
+    fn series_buckets_rollups_and_keeps_empty_buckets() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let h = HOUR_MS;
+        for (hour, sent) in [(10 * h, 2), (11 * h, 3), (14 * h, 5)] {
+            c.execute(
+                "INSERT INTO rollups (hour, domain, sent, opened_human) VALUES (?1, 'example.com', ?2, 1)",
+                params![hour, sent],
+            )
+            .unwrap();
+        }
+        let s = series(&c, None, 10 * h, 16 * h, 2 * h).unwrap();
+        let sent: Vec<i64> = s.iter().map(|(_, st)| st.sent).collect();
+        assert_eq!(sent, vec![5, 0, 5]);
+        assert_eq!(s[2].0, 14 * h);
+        assert_eq!(s[0].1.opened_human, 2);
+        let none = series(&c, Some("example.org"), 10 * h, 16 * h, 2 * h).unwrap();
+        assert!(none.iter().all(|(_, st)| st.sent == 0));
+    }
+}
