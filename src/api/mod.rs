@@ -13,7 +13,8 @@
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
-//! Every other path is the dashboard's (src/ui), which has its own login.
+//! `/`, `/login`, `/logout`, `/emails...`, `/queue...` and `/assets/...` are the
+//! dashboard's (src/ui), which has its own login.
 //! Errors are `{"error": "..."}` with the status that fits. A request body
 //! is read only for an authenticated POST, and only up to 64 KiB.
 

@@ -94,9 +94,13 @@ impl Req<'_> {
     }
 }
 
-/// True for paths the dashboard serves (everything the JSON API does not).
+/// True for the dashboard's paths; every other one stays the JSON API's
+/// (so an unknown path still answers as the API always has).
 pub fn owns(path: &str) -> bool {
-    !(path == "/healthz" || path == "/metrics" || path.starts_with("/v1/"))
+    matches!(path, "/" | "/login" | "/logout" | "/emails" | "/queue")
+        || ["/emails/", "/queue/", "/assets/"]
+            .iter()
+            .any(|p| path.starts_with(p))
 }
 
 impl Ui {
