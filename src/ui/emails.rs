@@ -82,7 +82,7 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     } else {
         let _ = write!(
             b,
-            "<p>{} email{}, newest first{}.</p><div class=\"scroll\"><table class=\"emails\"><thead><tr>\
+            "<p>{} email{}, newest first{}.</p><div class=\"scroll\"><table class=\"emails stack\"><thead><tr>\
              <th scope=\"col\">Accepted (UTC)</th><th scope=\"col\">Subject</th><th scope=\"col\">From</th>\
              <th scope=\"col\">Recipients</th><th scope=\"col\">Tags</th></tr></thead><tbody>",
             rows.len(),
@@ -114,7 +114,8 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             let subject = e.subject.as_deref().unwrap_or("(no subject)");
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td><a href=\"/emails/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td data-label=\"Accepted (UTC)\">{}</td><td data-label=\"Subject\"><a href=\"/emails/{}\">{}</a></td>\
+                 <td data-label=\"From\">{}</td><td data-label=\"Recipients\">{}</td><td data-label=\"Tags\">{}</td></tr>",
                 time(e.created_at),
                 esc(&e.id),
                 esc(subject),

@@ -40,7 +40,7 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         b.push_str("<p class=\"empty\">Nothing is waiting.</p>");
     } else {
         b.push_str(
-            "<div class=\"scroll\"><table class=\"groups\"><thead><tr><th scope=\"col\">Destination</th>\
+            "<div class=\"scroll\"><table class=\"groups stack\"><thead><tr><th scope=\"col\">Destination</th>\
              <th scope=\"col\">Last reply</th><th scope=\"col\">Recipients</th><th scope=\"col\">Next attempt (UTC)</th>\
              <th scope=\"col\">Action</th></tr></thead><tbody>",
         );
@@ -54,7 +54,8 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             };
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>\
+                "<tr><td data-label=\"Destination\">{}</td><td data-label=\"Last reply\">{}</td>\
+                 <td class=\"n\" data-label=\"Recipients\">{}</td><td data-label=\"Next attempt (UTC)\">{}</td><td>\
                  <form method=\"post\" action=\"/queue/retry-group\">{csrf}\
                  <input type=\"hidden\" name=\"destination\" value=\"{}\">{reason_field}\
                  <button type=\"submit\">Retry {} now</button></form></td></tr>",
@@ -76,15 +77,16 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         b.push_str("<p class=\"empty\">None.</p>");
     } else {
         b.push_str(
-            "<div class=\"scroll\"><table class=\"rows\"><thead><tr><th scope=\"col\">Recipient</th>\
+            "<div class=\"scroll\"><table class=\"rows stack\"><thead><tr><th scope=\"col\">Recipient</th>\
              <th scope=\"col\">Status</th><th scope=\"col\">Attempts</th><th scope=\"col\">Next attempt (UTC)</th>\
              <th scope=\"col\">Last reply</th><th scope=\"col\">Email</th><th scope=\"col\">Actions</th></tr></thead><tbody>",
         );
         for r in &rows {
             let _ = write!(
                 b,
-                "<tr><td>{rcpt}</td><td><span class=\"st st-{st}\">{st}</span></td><td class=\"n\">{}</td><td>{}</td>\
-                 <td>{}</td><td><a href=\"/emails/{id}\">details</a></td><td class=\"actions\">\
+                "<tr><td data-label=\"Recipient\">{rcpt}</td><td data-label=\"Status\"><span class=\"st st-{st}\">{st}</span></td>\
+                 <td class=\"n\" data-label=\"Attempts\">{}</td><td data-label=\"Next attempt (UTC)\">{}</td>\
+                 <td data-label=\"Last reply\">{}</td><td><a href=\"/emails/{id}\">details</a></td><td class=\"actions\">\
                  <form method=\"post\" action=\"/queue/retry\">{csrf}<input type=\"hidden\" name=\"email_id\" value=\"{id}\">\
                  <button type=\"submit\" aria-label=\"Retry {rcpt} now\">Retry</button></form>\
                  <form method=\"post\" action=\"/queue/delete\">{csrf}<input type=\"hidden\" name=\"email_id\" value=\"{id}\">\
