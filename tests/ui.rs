@@ -17,6 +17,7 @@ use support::mx::{MxConfig, Script, TestMx};
 
 const READER: &str = "reader@example.net";
 const SLOW: &str = "slow@example.net";
+const GONE: &str = "gone@example.net";
 const DEFER: &str = "451 4.7.1 greylisted, come back later";
 const SUBJECT: &str = "<script>alert(\"s\")</script> Welcome & hello";
 const HOSTILE_UA: &str = "<img src=x onerror=alert(1)> Evil/1.0";
@@ -69,6 +70,14 @@ fn start_relay(mx: &TestMx) -> Relay {
         ),
         ..Options::default()
     })
+}
+
+/// The port of the (closed) webhook endpoint in the relay's config.
+fn hook_port(relay: &Relay) -> u16 {
+    let config = std::fs::read_to_string(&relay.config_path).unwrap();
+    between(&config, "url = \"http://127.0.0.1:", "/hook")
+        .parse()
+        .unwrap()
 }
 
 /// `name=value` of the `Set-Cookie` headers named `name`.
@@ -369,8 +378,14 @@ async fn a_real_browser_logs_in_reads_and_retries() {
         eprintln!("SKIPPED a_real_browser_logs_in_reads_and_retries: {why}");
         return;
     }
-    let mx = TestMx::start(MxConfig::default().script(SLOW, Script::first(1, DEFER))).await;
+    let mx = TestMx::start(
+        MxConfig::default()
+            .script(SLOW, Script::first(1, DEFER))
+            .script(GONE, Script::always("550 5.1.1 no such user")),
+    )
+    .await;
     let relay = start_relay(&mx);
+    let hook_port = hook_port(&relay);
     let id = submit(
         &relay,
         "news@example.com",
@@ -383,18 +398,29 @@ async fn a_real_browser_logs_in_reads_and_retries() {
         &[SLOW],
         &html_message(SLOW, "Greylisted"),
     );
+    submit(
+        &relay,
+        "news@example.com",
+        &[GONE],
+        &html_message(GONE, "Bounces"),
+    );
     assert!(
         mx.wait_for(1, Duration::from_secs(30)).await,
         "the reader's copy arrives"
     );
     wait_for(
-        "the slow recipient deferred",
+        "the slow recipient deferred, the gone one bounced and suppressed",
         Duration::from_secs(30),
         || {
             count(
                 &relay,
                 "SELECT COUNT(*) FROM recipients WHERE status = 'deferred'",
             ) == 1
+                && count(
+                    &relay,
+                    "SELECT COUNT(*) FROM recipients WHERE status = 'bounced'",
+                ) == 1
+                && count(&relay, "SELECT COUNT(*) FROM suppressions") == 1
         },
     );
     let copy = mx
@@ -455,6 +481,8 @@ async fn a_real_browser_logs_in_reads_and_retries() {
         "token": API_TOKEN,
         "reader": READER,
         "slow": SLOW,
+        "gone": GONE,
+        "hook_url": format!("http://127.0.0.1:{hook_port}/hook"),
         "email_id": id,
         "slow_email_id": slow_id,
         "subject": SUBJECT,
@@ -462,7 +490,7 @@ async fn a_real_browser_logs_in_reads_and_retries() {
         "link": LINK,
         "defer_reason": DEFER,
         "expect": {
-            "sent": 2, "delivered": 1, "delayed": 1,
+            "sent": 3, "delivered": 1, "delayed": 1, "bounced": 1,
             "opened_human": 1, "opened_machine": 1, "clicked_human": 1,
         },
         "shots": screenshot_dir(),
@@ -512,7 +540,16 @@ async fn a_real_browser_logs_in_reads_and_retries() {
         },
     );
     let dir = screenshot_dir();
-    for page in ["login", "overview", "emails", "email", "queue"] {
+    assert_eq!(seen["suppressions_after"], 1, "only the bounce remains");
+    for page in [
+        "login",
+        "overview",
+        "emails",
+        "email",
+        "queue",
+        "suppressions",
+        "webhooks",
+    ] {
         for width in ["desktop", "phone"] {
             let f = dir.join(format!("{page}-{width}.png"));
             assert!(

@@ -13,7 +13,8 @@
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
-//! `/`, `/login`, `/logout`, `/emails...`, `/queue...` and `/assets/...` are the
+//! `/`, `/login`, `/logout`, `/emails`, `/queue`, `/suppressions`, `/webhooks`
+//! (and below them) and `/assets/...` are the
 //! dashboard's (src/ui), which has its own login.
 //! Errors are `{"error": "..."}` with the status that fits. A request body
 //! is read only for an authenticated POST, and only up to 64 KiB.
@@ -74,7 +75,7 @@ impl Api {
             store: store.clone(),
             metrics,
             tokens: auth::TokenCheck::new(hash),
-            ui: crate::ui::Ui::new(store, config.tracking.trusted_proxies.clone()),
+            ui: crate::ui::Ui::new(config, store),
         })
     }
 

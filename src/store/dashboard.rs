@@ -250,9 +250,77 @@ pub fn retry_group(
     )
 }
 
+/// A suppression with what caused it: the event's type and email.
+#[derive(Debug, Clone)]
+pub struct SuppressionWhy {
+    pub entry: super::suppressions::Suppression,
+    pub event_type: Option<String>,
+    pub email_id: Option<String>,
+}
+
+/// Suppressions whose address starts with `prefix` (lowercased, as the
+/// list stores them), in address order: a range on the primary key.
+pub fn suppressions(
+    conn: &Connection,
+    prefix: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<SuppressionWhy>> {
+    let lo = prefix.trim().to_lowercase();
+    let hi = format!("{lo}\u{10FFFF}");
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.address, s.scope, s.reason, s.event_id, s.created_at, s.expires_at, e.type, e.email_id
+         FROM suppressions s LEFT JOIN events e ON e.id = s.event_id
+         WHERE s.address >= ?1 AND s.address < ?2 ORDER BY s.address, s.scope LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![lo, hi, limit as i64], |r| {
+        let scope: String = r.get(1)?;
+        Ok(SuppressionWhy {
+            entry: super::suppressions::Suppression {
+                address: r.get(0)?,
+                domain: (!scope.is_empty()).then_some(scope),
+                reason: r.get(2)?,
+                event_id: r.get(3)?,
+                created_at: r.get(4)?,
+                expires_at: r.get(5)?,
+            },
+            event_type: r.get(6)?,
+            email_id: r.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suppressions_are_found_by_prefix_with_their_cause() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        for a in ["ann@x.test", "bob@x.test", "bobby@y.test"] {
+            c.execute(
+                "INSERT INTO suppressions (address, scope, reason, event_id, created_at) VALUES (?1, '', 'manual', 7, 1)",
+                params![a],
+            )
+            .unwrap();
+        }
+        c.execute(
+            "INSERT INTO events (id, email_id, type, at) VALUES (7, 'e1', 'email.bounced', 1)",
+            [],
+        )
+        .unwrap();
+        let got: Vec<String> = suppressions(&c, "BOB", 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.entry.address)
+            .collect();
+        assert_eq!(got, ["bob@x.test", "bobby@y.test"]);
+        let all = suppressions(&c, "", 10).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].email_id.as_deref(), Some("e1"));
+        assert_eq!(all[0].event_type.as_deref(), Some("email.bounced"));
+    }
 
     #[test]
     fn like_patterns_take_the_text_literally() {

@@ -52,10 +52,13 @@ pub fn q(s: &str) -> String {
 }
 
 /// The pages' navigation entries: (path, label).
-const NAV: [(&str, &str); 3] = [
+/// Domains are added by the domain-verification work (issue 12).
+const NAV: [(&str, &str); 5] = [
     ("/", "Overview"),
     ("/emails", "Emails"),
     ("/queue", "Queue"),
+    ("/suppressions", "Suppressions"),
+    ("/webhooks", "Webhooks"),
 ];
 
 /// The chrome around a page's body: head, navigation, logout.

@@ -8,6 +8,8 @@
 //! GET  /emails/{id}       an email and each recipient's timeline
 //! GET  /queue             waiting recipients grouped by destination and reply
 //! POST /queue/retry, /queue/delete, /queue/retry-group
+//! GET  /suppressions      search by address, why, add, remove (POST /suppressions/add|remove)
+//! GET  /webhooks          endpoints, recent deliveries, replay (POST /webhooks/replay)
 //! GET  /assets/...        the stylesheet (embedded; immutable, hashed URL)
 //! ```
 //!
@@ -25,6 +27,8 @@ pub mod html;
 mod overview;
 mod queue;
 pub mod session;
+mod suppressions;
+mod webhooks;
 
 use crate::api::auth::{Outcome, TokenCheck};
 use crate::api::reply::Reply;
@@ -56,6 +60,8 @@ pub struct Ui {
     /// the old one may be cached for ever.
     css_path: String,
     css_etag: String,
+    /// The configured endpoints: (url, events). Never their secrets.
+    webhooks: Vec<(String, Vec<String>)>,
 }
 
 /// What a handler needs of the request.
@@ -97,20 +103,33 @@ impl Req<'_> {
 /// True for the dashboard's paths; every other one stays the JSON API's
 /// (so an unknown path still answers as the API always has).
 pub fn owns(path: &str) -> bool {
-    matches!(path, "/" | "/login" | "/logout" | "/emails" | "/queue")
-        || ["/emails/", "/queue/", "/assets/"]
-            .iter()
-            .any(|p| path.starts_with(p))
+    matches!(
+        path,
+        "/" | "/login" | "/logout" | "/emails" | "/queue" | "/suppressions" | "/webhooks"
+    ) || [
+        "/emails/",
+        "/queue/",
+        "/assets/",
+        "/suppressions/",
+        "/webhooks/",
+    ]
+    .iter()
+    .any(|p| path.starts_with(p))
 }
 
 impl Ui {
-    pub fn new(store: Store, trusted_proxies: Vec<IpNet>) -> Ui {
+    pub fn new(config: &crate::config::Config, store: Store) -> Ui {
         let digest = ring::digest::digest(&ring::digest::SHA256, CSS);
         let hash = data_encoding::HEXLOWER.encode(&digest.as_ref()[..8]);
         Ui {
             store,
             sessions: Sessions::default(),
-            trusted_proxies,
+            trusted_proxies: config.tracking.trusted_proxies.clone(),
+            webhooks: config
+                .webhooks
+                .iter()
+                .map(|w| (w.url.clone(), w.events.clone()))
+                .collect(),
             queue_wake: None,
             css_path: format!("/assets/ui.{hash}.css"),
             css_etag: format!("\"{hash}\""),
@@ -168,6 +187,12 @@ impl Ui {
             ("/queue/retry", true) | ("/queue/retry-group", true) | ("/queue/delete", true) => {
                 queue::act(&page, &req).await
             }
+            ("/suppressions", false) => suppressions::page(&page, &req).await,
+            ("/suppressions/add", true) | ("/suppressions/remove", true) => {
+                suppressions::act(&page, &req).await
+            }
+            ("/webhooks", false) => webhooks::page(&page, &req).await,
+            ("/webhooks/replay", true) => webhooks::replay(&page, &req).await,
             (p, false) if p.starts_with("/emails/") => {
                 emails::show(&page, &req, &p["/emails/".len()..]).await
             }

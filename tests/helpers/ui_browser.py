@@ -85,11 +85,14 @@ with sync_playwright() as pw:
     check(len(cookie) == 1 and cookie[0]["httpOnly"] and cookie[0]["sameSite"] == "Strict",
           f"session cookie: {cookie}")
     seen["cookie"] = {k: cookie[0][k] for k in ("httpOnly", "sameSite", "secure", "path")}
+    nav = page.locator("header nav a").all_inner_texts()
+    check(nav == ["Overview", "Emails", "Queue", "Suppressions", "Webhooks"], f"navigation: {nav}")
 
     # Overview: the charts carry this run's numbers.
     e = P["expect"]
     for key, chart in (("sent", "chart-delivery"), ("delivered", "chart-delivery"),
-                       ("delayed", "chart-delivery"), ("opened_human", "chart-engagement"),
+                       ("delayed", "chart-delivery"), ("bounced", "chart-delivery"),
+                       ("opened_human", "chart-engagement"),
                        ("opened_machine", "chart-engagement"), ("clicked_human", "chart-engagement")):
         got = sum(series(page, chart, key))
         check(got == e[key], f"chart {key}: {got}, expected {e[key]}")
@@ -169,6 +172,35 @@ with sync_playwright() as pw:
     check(nav.value.status == 403, f"cross-site form: {nav.value.status}")
     seen["cross_site_form_status"] = nav.value.status
     evil.close()
+
+    # Suppressions: the hard bounce is there with its cause; add and
+    # remove one by hand.
+    page.goto(BASE + "/suppressions")
+    table = page.inner_text("table.sup")
+    check(P["gone"] in table and "hard_bounce" in table and "email.bounced" in table,
+          f"suppressions: {table}")
+    shots(page, "suppressions")
+    page.focus("form[action='/suppressions/add'] input[name=address]")
+    page.keyboard.type("manual@example.net")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    check("Address added." in page.inner_text("main"), "no notice after adding")
+    check("manual@example.net" in page.inner_text("table.sup"), "the added address is not listed")
+    with page.expect_navigation():
+        page.locator("table.sup tr", has_text="manual@example.net").locator("button").click()
+    check("Address removed." in page.inner_text("main"), "no notice after removing")
+    seen["suppressions_after"] = page.locator("table.sup tbody tr").count()
+
+    # Webhooks: the endpoint, its deliveries (never delivered: it is down),
+    # and a replay.
+    page.goto(BASE + "/webhooks")
+    check(P["hook_url"] in page.inner_text("ul.endpoints"), "endpoint not listed")
+    hooks = page.locator("table.hooks tbody tr")
+    check(hooks.count() >= 5, f"{hooks.count()} webhook deliveries listed")
+    shots(page, "webhooks")
+    with page.expect_navigation():
+        hooks.first.locator("button", has_text="Replay").click()
+    check("Queued again" in page.inner_text("main"), "no notice after replay")
 
     # Retry from the page, by keyboard: the button, then Enter.
     page.goto(BASE + "/queue")
