@@ -18,7 +18,8 @@ use support::mx::{MxConfig, Script, TestMx};
 const READER: &str = "reader@example.net";
 const SLOW: &str = "slow@example.net";
 const GONE: &str = "gone@example.net";
-const DEFER: &str = "451 4.7.1 greylisted, come back later";
+/// A remote reply with markup in it: shown as text on every page.
+const DEFER: &str = "451 4.7.1 <b>greylisted</b> & come back later";
 const SUBJECT: &str = "<script>alert(\"s\")</script> Welcome & hello";
 const HOSTILE_UA: &str = "<img src=x onerror=alert(1)> Evil/1.0";
 const LINK: &str = "https://example.org/welcome?a=1&b=2";

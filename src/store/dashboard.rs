@@ -346,6 +346,29 @@ mod tests {
     }
 
     #[test]
+    fn search_by_recipient_uses_the_address_index() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let q = search_query(&EmailSearch {
+            recipient: Some("A@B.test".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        let mut stmt = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql()))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(q.params(), |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("recipients_address")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
     fn series_buckets_rollups_and_keeps_empty_buckets() {
         let mut c = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut c).unwrap();

@@ -194,6 +194,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX inbound_reports_pending ON inbound_reports(id) WHERE processed_at IS NULL;
     CREATE INDEX inbound_reports_received ON inbound_reports(received_at);
     "#,
+    // 6 (dashboard) (issue 12): the dashboard's search by recipient looks
+    // an address up instead of reading every recipient.
+    r#"
+    CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address COLLATE NOCASE);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

@@ -109,6 +109,17 @@ with sync_playwright() as pw:
     shots(page, "overview")
     page.goto(BASE + "/?range=30d")
     check(sum(series(page, "chart-delivery", "sent")) == e["sent"], "30 d window lost mail")
+    # The per-domain filter: all of it is example.com's, none example.org's.
+    options = page.locator("select[name=domain] option").all_inner_texts()
+    check("example.com" in options, f"domain options: {options}")
+    page.select_option("select[name=domain]", "example.com")
+    with page.expect_navigation():
+        page.click("form.filters button[type=submit]")
+    check("domain=example.com" in page.url, page.url)
+    check(sum(series(page, "chart-delivery", "sent")) == e["sent"], "example.com lost mail")
+    page.goto(BASE + "/?range=7d&domain=example.org")
+    check(sum(series(page, "chart-delivery", "sent")) == 0, "example.org has mail it never sent")
+    check(page.inner_text(".card [data-k=sent]") == "0", "example.org card")
 
     # Emails: find the reader's email by recipient, by keyboard.
     page.goto(BASE + "/emails")
@@ -145,6 +156,7 @@ with sync_playwright() as pw:
     check("example.net" in groups and P["defer_reason"] in groups, f"groups: {groups}")
     rows = page.locator("table.rows tbody tr", has_text=P["slow"])
     check(rows.count() == 1, "the deferred recipient is not listed")
+    check(page.locator("main b").count() == 0, "the remote reply's markup became elements")
     shots(page, "queue")
 
     # Forged POSTs, with this browser's own session cookie:
