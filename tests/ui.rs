@@ -309,6 +309,27 @@ async fn login_sessions_csrf_and_headers() {
     assert!(header(&headers, "location")
         .unwrap()
         .starts_with("/queue?retried="));
+    // Behind a proxy that rewrites Host, its X-Forwarded-Host names the
+    // origin (loopback is a trusted proxy in the harness's config).
+    let (status, _, _) = post(
+        relay.api,
+        "/queue/retry",
+        &[
+            ("Cookie", &session),
+            ("Origin", "https://admin.example.com"),
+            ("X-Forwarded-Host", "admin.example.com"),
+        ],
+        &form,
+    );
+    assert_eq!(status, 303, "the origin a trusted proxy forwarded");
+    // A logged-in visit to the login form goes to the overview.
+    let (status, headers, _) = http(
+        relay.api,
+        "GET",
+        "/login",
+        &[("Host", &host), ("Cookie", &session)],
+    );
+    assert_eq!((status, header(&headers, "location")), (303, Some("/")));
 
     // Logout ends the session on the server, whatever the browser keeps.
     let (status, _, _) = post(relay.api, "/logout", &with_session, &format!("csrf={csrf}"));

@@ -180,13 +180,15 @@ pub struct WebhookSent {
     pub delivered_at: Option<i64>,
 }
 
-/// The webhook deliveries of one email's events.
+const WEBHOOKS_FOR_EMAIL: &str =
+    "SELECT w.event_id, w.endpoint, w.status, w.attempts, w.last_error, w.created_at, w.delivered_at
+     FROM events e JOIN webhook_outbox w ON w.event_id = e.id
+     WHERE e.email_id = ?1 ORDER BY w.created_at, w.id LIMIT 1000";
+
+/// The webhook deliveries of one email's events (through the
+/// `events_email` and `webhook_outbox_event` indexes).
 pub fn webhooks_for_email(conn: &Connection, email_id: &str) -> rusqlite::Result<Vec<WebhookSent>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT w.event_id, w.endpoint, w.status, w.attempts, w.last_error, w.created_at, w.delivered_at
-         FROM events e JOIN webhook_outbox w ON w.event_id = e.id
-         WHERE e.email_id = ?1 ORDER BY w.created_at, w.id LIMIT 1000",
-    )?;
+    let mut stmt = conn.prepare_cached(WEBHOOKS_FOR_EMAIL)?;
     let rows = stmt.query_map(params![email_id], |r| {
         Ok(WebhookSent {
             event_id: r.get(0)?,
@@ -343,6 +345,27 @@ mod tests {
         assert!(q.sql().contains("address = ?"));
         assert!(q.sql().contains("json_each"));
         assert!(!q.sql().contains("LIKE"));
+    }
+
+    fn plan(c: &Connection, sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn an_emails_webhooks_are_found_through_indexes() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let p = plan(&c, WEBHOOKS_FOR_EMAIL, ["x"]);
+        assert!(
+            p.iter().any(|l| l.contains("webhook_outbox_event")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|l| l.contains("events_email")), "{p:?}");
+        assert!(webhooks_for_email(&c, "x").unwrap().is_empty());
     }
 
     #[test]

@@ -195,9 +195,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX inbound_reports_received ON inbound_reports(received_at);
     "#,
     // 6 (dashboard) (issue 12): the dashboard's search by recipient looks
-    // an address up instead of reading every recipient.
+    // an address up instead of reading every recipient, and an email's
+    // page finds the webhooks of its events without reading the outbox.
     r#"
     CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address COLLATE NOCASE);
+    CREATE INDEX IF NOT EXISTS webhook_outbox_event ON webhook_outbox(event_id);
     "#,
 ];
 

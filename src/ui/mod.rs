@@ -146,14 +146,16 @@ impl Ui {
         if req.path.starts_with("/assets/") && get {
             return self.asset(&req);
         }
+        let sid = session::cookie(req.headers, session::COOKIE).map(str::to_string);
+        let live = sid.and_then(|id| self.sessions.get(&id).map(|s| (id, s)));
         match req.path {
+            "/login" if get && live.is_some() => return redirect("/"),
             "/login" if get => return self.login_form(&req, None, StatusCode::OK),
             "/login" if post => return self.login(&req, tokens).await,
             "/login" => return method_not_allowed("GET, HEAD, POST"),
             _ => {}
         }
-        let sid = session::cookie(req.headers, session::COOKIE).map(str::to_string);
-        let Some((sid, sess)) = sid.and_then(|id| self.sessions.get(&id).map(|s| (id, s))) else {
+        let Some((sid, sess)) = live else {
             return if get {
                 redirect("/login")
             } else {
@@ -227,16 +229,21 @@ impl Ui {
             }
         }
         if let Some(origin) = req.headers.get(header::ORIGIN) {
-            let host = req
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
             let origin = origin.to_str().unwrap_or("null");
             let origin_host = origin
                 .strip_prefix("https://")
                 .or_else(|| origin.strip_prefix("http://"));
-            if host.is_empty() || !origin_host.is_some_and(|o| o.eq_ignore_ascii_case(host)) {
+            let ours = |name: header::HeaderName| {
+                req.headers
+                    .get(name)
+                    .and_then(|h| h.to_str().ok())
+                    .is_some_and(|h| origin_host.is_some_and(|o| o.eq_ignore_ascii_case(h.trim())))
+            };
+            // Behind a proxy that rewrites Host, the name the browser used
+            // is in X-Forwarded-Host, believed from a trusted proxy only.
+            let forwarded = self.trusted_proxies.iter().any(|n| n.contains(&req.peer))
+                && ours(header::HeaderName::from_static("x-forwarded-host"));
+            if !(ours(header::HOST) || forwarded) {
                 return Err("This form was sent from another origin; refused.");
             }
         }
