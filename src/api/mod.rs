@@ -114,7 +114,9 @@ impl Api {
             };
         }
         if crate::ui::owns(uri.path()) {
-            let body = if method == Method::POST {
+            // As for the API: a body is read only for the login form or
+            // from a logged-in browser.
+            let body = if method == Method::POST && self.ui.may_post(uri.path(), headers) {
                 match read_body(body).await {
                     Ok(b) => b,
                     Err(e) => return e.reply(),

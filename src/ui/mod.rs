@@ -136,6 +136,14 @@ impl Ui {
         }
     }
 
+    /// Whether a POST's body is worth reading: the login form's, or one
+    /// from a browser with a live session (others are refused unread).
+    pub fn may_post(&self, path: &str, headers: &HeaderMap) -> bool {
+        path == "/login"
+            || session::cookie(headers, session::COOKIE)
+                .is_some_and(|id| self.sessions.get(id).is_some())
+    }
+
     pub fn set_queue_wake(&mut self, wake: Arc<Notify>) {
         self.queue_wake = Some(wake);
     }
