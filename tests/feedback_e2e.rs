@@ -98,38 +98,23 @@ async fn a_postfix_bounce_after_250_bounces_suppresses_and_stops_the_next_messag
     assert_eq!(bounce["type"], "permanent", "{detail}");
     assert_eq!(bounce["sub_type"], "no_email", "{detail}");
     assert!(
-        bounce["message"]
-            .as_str()
-            .unwrap()
-            .contains("Mailbox does not exist"),
+        bounce["message"].as_str().unwrap().contains("Mailbox does not exist"),
         "{detail}"
     );
     assert!(
-        bounce["reporting_mta"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("pf{}.test", pf.addr.port())),
+        bounce["reporting_mta"].as_str().unwrap().contains(&format!("pf{}.test", pf.addr.port())),
         "{detail}"
     );
 
     wait_for("the email.bounced webhook", Duration::from_secs(30), || {
-        hooks
-            .accepted()
-            .iter()
-            .any(|h| h.body["type"] == "email.bounced")
+        hooks.accepted().iter().any(|h| h.body["type"] == "email.bounced")
     });
     let h = hooks.accepted();
-    let h = h
-        .iter()
-        .find(|h| h.body["type"] == "email.bounced")
-        .unwrap();
+    let h = h.iter().find(|h| h.body["type"] == "email.bounced").unwrap();
     assert!(h.signature_ok);
     assert_eq!(h.body["data"]["email_id"], first.as_str());
     assert!(
-        h.body["data"]["bounce"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Mailbox does not exist"),
+        h.body["data"]["bounce"]["message"].as_str().unwrap().contains("Mailbox does not exist"),
         "{}",
         h.body
     );
@@ -145,21 +130,12 @@ async fn a_postfix_bounce_after_250_bounces_suppresses_and_stops_the_next_messag
     assert_eq!(rows[0]["event_id"], event_id);
 
     let second = submit(&relay, "news@example.com", &["gone@pf.example.net"], &msg);
-    wait_for(
-        "the next message suppressed",
-        Duration::from_secs(30),
-        || status(&relay, &second).as_deref() == Some("suppressed"),
-    );
-    wait_for(
-        "the email.suppressed webhook",
-        Duration::from_secs(30),
-        || {
-            hooks
-                .accepted()
-                .iter()
-                .any(|h| h.body["type"] == "email.suppressed")
-        },
-    );
+    wait_for("the next message suppressed", Duration::from_secs(30), || {
+        status(&relay, &second).as_deref() == Some("suppressed")
+    });
+    wait_for("the email.suppressed webhook", Duration::from_secs(30), || {
+        hooks.accepted().iter().any(|h| h.body["type"] == "email.suppressed")
+    });
     // Postfix saw the address once.
     let log = pf.log();
     assert_eq!(log.matches("to=<gone@pf.example.net>").count(), 1, "{log}");
