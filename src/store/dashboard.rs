@@ -58,13 +58,6 @@ pub fn series(
     Ok(out)
 }
 
-/// The sending domains that have rollups, for the overview's filter.
-pub fn domains(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT DISTINCT domain FROM rollups ORDER BY domain LIMIT 500")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    rows.collect()
-}
-
 /// What the email search filters on; `None` or empty: not filtered.
 #[derive(Debug, Clone, Default)]
 pub struct EmailSearch {
@@ -104,45 +97,103 @@ fn like_pattern(s: &str) -> String {
     p
 }
 
+/// Emails a search by subject, tag or status looks at, newest first, at
+/// most: those filters have no index, so a search that finds little would
+/// otherwise read every email. The page says when it stopped, and where
+/// to continue (an earlier `until`).
+pub const SCAN_BUDGET: i64 = 20_000;
+
+/// The emails of the time window, newest first (for the budgeted scan).
+fn window_sql(s: &EmailSearch, w: &mut Where, limit: Option<i64>) -> String {
+    let mut clauses = Vec::new();
+    if let Some(t) = s.since {
+        clauses.push("created_at >= ?");
+        w.bind(t);
+    }
+    if let Some(t) = s.until {
+        clauses.push("created_at < ?");
+        w.bind(t);
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    if let Some(n) = limit {
+        w.bind(n);
+    }
+    format!(
+        "SELECT id, created_at, header_from, mail_from, subject, tags FROM emails{filter}
+         ORDER BY created_at DESC, id DESC{}",
+        if limit.is_some() { " LIMIT ?" } else { "" }
+    )
+}
+
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|r| !r.is_empty())
+}
+
+/// Whether the search reads emails without an index (and so within
+/// [`SCAN_BUDGET`]): a recipient is looked up by index and bounds the rest.
+pub fn is_scan(s: &EmailSearch) -> bool {
+    given(&s.recipient).is_none()
+        && (given(&s.subject).is_some() || given(&s.tag).is_some() || given(&s.status).is_some())
+}
+
 /// The search statement: only the filters given appear in it.
 pub fn search_query(s: &EmailSearch) -> Where {
     let mut w = Where::default();
-    if let Some(r) = s.recipient.as_deref().filter(|r| !r.is_empty()) {
+    let from = if is_scan(s) {
+        format!("({}) e", window_sql(s, &mut w, Some(SCAN_BUDGET)))
+    } else {
+        if let Some(t) = s.since {
+            w.and("e.created_at >= ?", t);
+        }
+        if let Some(t) = s.until {
+            w.and("e.created_at < ?", t);
+        }
+        "emails e".to_string()
+    };
+    if let Some(r) = given(&s.recipient) {
         w.and(
             "e.id IN (SELECT email_id FROM recipients WHERE address = ? COLLATE NOCASE)",
-            r.trim().to_string(),
+            r.to_string(),
         );
     }
-    if let Some(st) = s.status.as_deref().filter(|r| !r.is_empty()) {
+    if let Some(st) = given(&s.status) {
         w.and(
             "EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = ?)",
             st.to_string(),
         );
     }
-    if let Some(sub) = s.subject.as_deref().filter(|r| !r.is_empty()) {
+    if let Some(sub) = given(&s.subject) {
         w.and("e.subject LIKE ? ESCAPE '\\'", like_pattern(sub));
     }
-    if let Some(t) = s.tag.as_deref().filter(|r| !r.is_empty()) {
+    if let Some(t) = given(&s.tag) {
         w.and(
             "EXISTS (SELECT 1 FROM json_each(e.tags) WHERE value = ?)",
-            t.trim().to_string(),
+            t.to_string(),
         );
-    }
-    if let Some(t) = s.since {
-        w.and("e.created_at >= ?", t);
-    }
-    if let Some(t) = s.until {
-        w.and("e.created_at < ?", t);
     }
     w.bind(s.limit.clamp(1, 500) as i64);
     w.wrap(
-        "SELECT e.id, e.created_at, COALESCE(e.header_from, e.mail_from), e.subject, e.tags FROM emails e",
+        &format!(
+            "SELECT e.id, e.created_at, COALESCE(e.header_from, e.mail_from), e.subject, e.tags FROM {from}"
+        ),
         "ORDER BY e.created_at DESC, e.id DESC LIMIT ?",
     )
 }
 
+/// What a search found, and, when a scan stopped at [`SCAN_BUDGET`]
+/// emails, the acceptance time of the oldest one it read.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    pub rows: Vec<EmailRow>,
+    pub scanned_back_to: Option<i64>,
+}
+
 /// Newest first, with each email's recipients and their status.
-pub fn search(conn: &Connection, s: &EmailSearch) -> rusqlite::Result<Vec<EmailRow>> {
+pub fn search(conn: &Connection, s: &EmailSearch) -> rusqlite::Result<Found> {
     let q = search_query(s);
     let mut stmt = conn.prepare(q.sql())?;
     let mut out: Vec<EmailRow> = stmt
@@ -166,7 +217,25 @@ pub fn search(conn: &Connection, s: &EmailSearch) -> rusqlite::Result<Vec<EmailR
             .query_map(params![e.id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
     }
-    Ok(out)
+    let mut scanned_back_to = None;
+    if is_scan(s) && out.len() < s.limit {
+        let mut w = Where::default();
+        let inner = window_sql(s, &mut w, Some(SCAN_BUDGET));
+        let w = w.wrap(
+            &format!("SELECT COUNT(*), MIN(created_at) FROM ({inner})"),
+            "",
+        );
+        let (n, oldest): (i64, Option<i64>) = conn
+            .prepare(w.sql())?
+            .query_row(w.params(), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if n >= SCAN_BUDGET {
+            scanned_back_to = oldest;
+        }
+    }
+    Ok(Found {
+        rows: out,
+        scanned_back_to,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -322,6 +391,40 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].email_id.as_deref(), Some("e1"));
         assert_eq!(all[0].event_type.as_deref(), Some("email.bounced"));
+    }
+
+    #[test]
+    fn scans_stop_at_the_budget_and_say_where() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c).unwrap();
+        let t = c.transaction().unwrap();
+        for i in 0..(SCAN_BUDGET + 10) {
+            t.execute(
+                "INSERT INTO emails (id, created_at, domain, mail_from, subject, tags, size)
+                 VALUES (?1, ?2, 'example.com', 'a@example.com', ?3, '[\"t\"]', 1)",
+                params![format!("e{i:06}"), i, if i < 5 { "needle" } else { "hay" }],
+            )
+            .unwrap();
+        }
+        t.commit().unwrap();
+        let mut s = EmailSearch {
+            subject: Some("needle".into()),
+            limit: 50,
+            ..Default::default()
+        };
+        // The needles are the oldest emails: past the budget.
+        let f = search(&c, &s).unwrap();
+        assert!(f.rows.is_empty());
+        assert_eq!(f.scanned_back_to, Some(10));
+        // Continuing from there finds them.
+        s.until = f.scanned_back_to;
+        let f = search(&c, &s).unwrap();
+        assert_eq!(f.rows.len(), 5);
+        assert_eq!(f.scanned_back_to, None);
+        // A search that fills its page does not stop early.
+        s.until = None;
+        s.subject = Some("hay".into());
+        assert_eq!(search(&c, &s).unwrap().rows.len(), 50);
     }
 
     #[test]

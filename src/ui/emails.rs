@@ -51,9 +51,10 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         until: time_of("until", "To")?,
         limit: PAGE_SIZE,
     };
-    let rows = p
+    let found = p
         .read("emails", move |c| store::dashboard::search(c, &s))
         .await?;
+    let rows = found.rows;
     let mut b = String::new();
     let _ = write!(
         b,
@@ -77,6 +78,28 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         esc(get("since")),
         esc(get("until"))
     );
+    if let Some(t) = found.scanned_back_to {
+        // Continue where the scan stopped: the same search, older emails.
+        let mut more: Vec<(String, String)> = f
+            .iter()
+            .filter(|(k, v)| k.as_str() != "until" && !v.trim().is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        more.sort();
+        more.push(("until".into(), crate::time::rfc3339(t)));
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(more)
+            .finish();
+        let _ = write!(
+            b,
+            "<p class=\"note\" role=\"status\">Subject, tag and status are searched in the newest {} emails \
+             of the window at a time; this search reached back to {} UTC. \
+             <a href=\"/emails?{}\">Search older emails</a></p>",
+            store::dashboard::SCAN_BUDGET,
+            time(t),
+            esc(&query)
+        );
+    }
     if rows.is_empty() {
         b.push_str("<p class=\"empty\">No email matches.</p>");
     } else {

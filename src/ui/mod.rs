@@ -62,6 +62,8 @@ pub struct Ui {
     css_etag: String,
     /// The configured endpoints: (url, events). Never their secrets.
     webhooks: Vec<(String, Vec<String>)>,
+    /// The configured sending domains, lower case, for the overview's filter.
+    domains: Vec<String>,
 }
 
 /// What a handler needs of the request.
@@ -129,6 +131,11 @@ impl Ui {
                 .webhooks
                 .iter()
                 .map(|w| (w.url.clone(), w.events.clone()))
+                .collect(),
+            domains: config
+                .domains
+                .iter()
+                .map(|d| d.name.to_ascii_lowercase())
                 .collect(),
             queue_wake: None,
             css_path: format!("/assets/ui.{hash}.css"),

@@ -96,14 +96,12 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let domain = Some(get("domain").trim().to_ascii_lowercase()).filter(|d| !d.is_empty());
     let d = domain.clone();
     let (from, to, bucket) = (w.from, w.to, w.bucket);
-    let (series, domains) = p
+    let series = p
         .read("the rollups", move |c| {
-            Ok((
-                store::dashboard::series(c, d.as_deref(), from, to, bucket)?,
-                store::dashboard::domains(c)?,
-            ))
+            store::dashboard::series(c, d.as_deref(), from, to, bucket)
         })
         .await?;
+    let domains = &p.ui.domains;
     let mut t = Stats::default();
     for (_, s) in &series {
         t.sent += s.sent;
@@ -124,7 +122,7 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         &mut b,
         &w,
         domain.as_deref(),
-        &domains,
+        domains,
         get("since"),
         get("until"),
     );
