@@ -101,7 +101,7 @@ fn like_pattern(s: &str) -> String {
 /// most: those filters have no index, so a search that finds little would
 /// otherwise read every email. The page says when it stopped, and where
 /// to continue (an earlier `until`).
-pub const SCAN_BUDGET: i64 = 20_000;
+pub const SCAN_BUDGET: i64 = 10_000;
 
 /// The emails of the time window, newest first (for the budgeted scan).
 fn window_sql(s: &EmailSearch, w: &mut Where, limit: Option<i64>) -> String {
