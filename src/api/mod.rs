@@ -14,8 +14,8 @@
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
 //! `/`, `/login`, `/logout`, `/emails`, `/queue`, `/suppressions`, `/webhooks`
-//! (and below them) and `/assets/...` are the
-//! dashboard's (src/ui), which has its own login.
+//! (and below them) and `/assets/...` are the dashboard's (src/ui), which
+//! has its own login.
 //! Errors are `{"error": "..."}` with the status that fits. A request body
 //! is read only for an authenticated POST, and only up to 64 KiB.
 
@@ -59,7 +59,7 @@ pub struct Api {
     store: Store,
     metrics: Arc<Metrics>,
     tokens: auth::TokenCheck,
-    /// The dashboard (src/ui): every path the JSON API does not serve.
+    /// The dashboard (src/ui): the paths `ui::owns`.
     ui: crate::ui::Ui,
 }
 
