@@ -54,7 +54,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if path.exists() {
         return Err(format!("{} exists; remove it first", path.display()).into());
     }
-    let mut conn = store::open_writer(&path)?;
+    // store::open_writer never creates a database (only `serve` does);
+    // this tool makes a new one.
+    let mut conn = rusqlite::Connection::open(&path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    store::schema::migrate(&mut conn)?;
     conn.pragma_update(None, "synchronous", "OFF")?;
     conn.pragma_update(None, "cache_size", -262_144)?; // 256 MiB
 

@@ -25,4 +25,5 @@ pub mod text;
 pub mod time;
 pub mod tls;
 pub mod tracking;
+pub mod ui;
 pub mod webhooks;

@@ -345,11 +345,10 @@ pub async fn run_until(
         tracking_acceptor,
         shutdown.clone(),
     ));
-    let api = Arc::new(crate::api::Api::new(
-        &config,
-        store.clone(),
-        metrics.clone(),
-    )?);
+    let api = Arc::new(
+        crate::api::Api::new(&config, store.clone(), metrics.clone())?
+            .with_queue_wake(new_mail.clone()),
+    );
     let api_listeners = bind_all("api.listen", &config.api.listen).await?;
     bound.api = local_addrs(&api_listeners);
     let inbound_listeners = bind_all("inbound.listen", &config.inbound.listen).await?;

@@ -59,6 +59,26 @@ impl TokenCheck {
             Bearer::Malformed => return Outcome::Invalid,
             Bearer::Token(t) => t,
         };
+        self.verify(token, peer, auth).await
+    }
+
+    /// The dashboard's login: the same check (and throttle) for a token
+    /// typed into a form.
+    pub async fn check_token(&self, token: &str, peer: IpAddr) -> Outcome {
+        let Some(auth) = &self.auth else {
+            return Outcome::NotConfigured;
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Outcome::Missing;
+        }
+        if token.len() > MAX_TOKEN || token.contains(char::is_whitespace) {
+            return Outcome::Invalid;
+        }
+        self.verify(token.to_string(), peer, auth).await
+    }
+
+    async fn verify(&self, token: String, peer: IpAddr, auth: &Arc<Authenticator>) -> Outcome {
         let Some(attempt) = self.throttle.begin(peer, None) else {
             return Outcome::Throttled;
         };

@@ -15,13 +15,16 @@
 //! GET /metrics                 Prometheus text
 //! GET /healthz                 "ok" when the store can take writes (no token)
 //! ```
+//! `/`, `/login`, `/logout`, `/emails`, `/queue`, `/suppressions`, `/webhooks`
+//! (and below them) and `/assets/...` are the dashboard's (src/ui), which
+//! has its own login.
 //! Errors are `{"error": "..."}` with the status that fits. A request body
 //! is read only for an authenticated POST, and only up to 64 KiB.
 
-mod auth;
+pub(crate) mod auth;
 mod domains;
 mod params;
-mod reply;
+pub(crate) mod reply;
 mod reports;
 mod routes;
 mod suppressions;
@@ -61,6 +64,8 @@ pub struct Api {
     tokens: auth::TokenCheck,
     /// The configured domains, for `/v1/domains` and the status gauges.
     domains: Vec<crate::config::DomainConfig>,
+    /// The dashboard (src/ui): the paths `ui::owns`.
+    ui: crate::ui::Ui,
 }
 
 impl Api {
@@ -72,11 +77,18 @@ impl Api {
             })?;
         }
         Ok(Api {
-            store,
+            store: store.clone(),
             metrics,
             tokens: auth::TokenCheck::new(hash),
             domains: config.domains.clone(),
+            ui: crate::ui::Ui::new(config, store),
         })
+    }
+
+    /// The dashboard's retry wakes the delivery runner through this.
+    pub fn with_queue_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.ui.set_queue_wake(wake);
+        self
     }
 
     /// Answers one request; every answer's time goes into `api_latency`.
@@ -106,6 +118,27 @@ impl Api {
             } else {
                 reply::method_not_allowed()
             };
+        }
+        if crate::ui::owns(uri.path()) {
+            // As for the API: a body is read only for the login form or
+            // from a logged-in browser.
+            let body = if method == Method::POST && self.ui.may_post(uri.path(), headers) {
+                match read_body(body).await {
+                    Ok(b) => b,
+                    Err(e) => return e.reply(),
+                }
+            } else {
+                hyper::body::Bytes::new()
+            };
+            let req = crate::ui::Req {
+                method,
+                path: uri.path(),
+                query: uri.query(),
+                headers,
+                peer,
+                body,
+            };
+            return self.ui.handle(req, &self.tokens).await;
         }
         match self.tokens.check(headers, peer).await {
             auth::Outcome::Allowed => {}

@@ -13,6 +13,7 @@
 //! Queries are plain functions over `&Connection` in the submodules, so the
 //! CLI can call them on a connection of its own.
 
+pub mod dashboard;
 pub mod domains;
 pub mod emails;
 pub mod events;

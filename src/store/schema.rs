@@ -221,6 +221,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX domain_history_domain ON domain_history(domain, id);
     "#,
+    // 7 (dashboard) (issue 12): the dashboard's search by recipient looks
+    // an address up instead of reading every recipient, and an email's
+    // page finds the webhooks of its events without reading the outbox.
+    r#"
+    CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address COLLATE NOCASE);
+    CREATE INDEX IF NOT EXISTS webhook_outbox_event ON webhook_outbox(event_id);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
