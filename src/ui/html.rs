@@ -52,13 +52,13 @@ pub fn q(s: &str) -> String {
 }
 
 /// The pages' navigation entries: (path, label).
-/// Domains are added by the domain-verification work (issue 12).
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("/", "Overview"),
     ("/emails", "Emails"),
     ("/queue", "Queue"),
     ("/suppressions", "Suppressions"),
     ("/webhooks", "Webhooks"),
+    ("/domains", "Domains"),
 ];
 
 /// The chrome around a page's body: head, navigation, logout.

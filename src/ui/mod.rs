@@ -10,6 +10,7 @@
 //! POST /queue/retry, /queue/delete, /queue/retry-group
 //! GET  /suppressions      search by address, why, add, remove (POST /suppressions/add|remove)
 //! GET  /webhooks          endpoints, recent deliveries, replay (POST /webhooks/replay)
+//! GET  /domains           each configured domain's status; /domains/{name} its records, tracking host, settings, history
 //! GET  /assets/...        the stylesheet (embedded; immutable, hashed URL)
 //! ```
 //!
@@ -22,6 +23,8 @@
 //! came from another site. Pages send a strict Content-Security-Policy:
 //! the dashboard has no script at all, and charts are SVG drawn here.
 
+mod cert;
+mod domains;
 mod emails;
 pub mod html;
 mod overview;
@@ -64,6 +67,8 @@ pub struct Ui {
     webhooks: Vec<(String, Vec<String>)>,
     /// The configured sending domains, lower case, for the overview's filter.
     domains: Vec<String>,
+    /// The configured domains, for the domain pages.
+    domain_configs: Vec<crate::config::DomainConfig>,
 }
 
 /// What a handler needs of the request.
@@ -107,13 +112,20 @@ impl Req<'_> {
 pub fn owns(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/login" | "/logout" | "/emails" | "/queue" | "/suppressions" | "/webhooks"
+        "/" | "/login"
+            | "/logout"
+            | "/emails"
+            | "/queue"
+            | "/suppressions"
+            | "/webhooks"
+            | "/domains"
     ) || [
         "/emails/",
         "/queue/",
         "/assets/",
         "/suppressions/",
         "/webhooks/",
+        "/domains/",
     ]
     .iter()
     .any(|p| path.starts_with(p))
@@ -137,6 +149,7 @@ impl Ui {
                 .iter()
                 .map(|d| d.name.to_ascii_lowercase())
                 .collect(),
+            domain_configs: config.domains.clone(),
             queue_wake: None,
             css_path: format!("/assets/ui.{hash}.css"),
             css_etag: format!("\"{hash}\""),
@@ -210,6 +223,10 @@ impl Ui {
             }
             ("/webhooks", false) => webhooks::page(&page, &req).await,
             ("/webhooks/replay", true) => webhooks::replay(&page, &req).await,
+            ("/domains", false) => domains::list(&page, &req).await,
+            (p, false) if p.starts_with("/domains/") => {
+                domains::show(&page, &req, &p["/domains/".len()..]).await
+            }
             (p, false) if p.starts_with("/emails/") => {
                 emails::show(&page, &req, &p["/emails/".len()..]).await
             }

@@ -1,0 +1,65 @@
+//! A certificate's notAfter, for the domain page. The `der` crate is
+//! already in the graph (through rsa/pkcs8); a full X.509 parser
+//! (x509-parser, x509-cert) would add a crate tree to read one field.
+//! Only the path to `tbsCertificate.validity.notAfter` is walked; the rest
+//! is skipped as opaque TLVs. The file is the operator's own config, but a
+//! broken one still gives an error, never a panic.
+
+use der::asn1::{AnyRef, GeneralizedTime, UtcTime};
+use der::{Decode, Reader, SliceReader, Tag, Tagged};
+
+/// notAfter in Unix milliseconds.
+pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
+    walk(cert_der).map_err(|e| format!("not an X.509 certificate ({e})"))
+}
+
+fn walk(cert_der: &[u8]) -> der::Result<i64> {
+    let cert = AnyRef::from_der(cert_der)?;
+    let mut r = SliceReader::new(cert.value())?;
+    let tbs: AnyRef = r.decode()?;
+    let mut r = SliceReader::new(tbs.value())?;
+    let first: AnyRef = r.decode()?;
+    // `version` is an optional explicit [0]; the serial follows it.
+    if matches!(first.tag(), Tag::ContextSpecific { .. }) {
+        let _serial: AnyRef = r.decode()?;
+    }
+    let _signature: AnyRef = r.decode()?;
+    let _issuer: AnyRef = r.decode()?;
+    let validity: AnyRef = r.decode()?;
+    let mut r = SliceReader::new(validity.value())?;
+    let _not_before: AnyRef = r.decode()?;
+    let not_after: AnyRef = r.decode()?;
+    let t = match not_after.tag() {
+        Tag::UtcTime => not_after.decode_as::<UtcTime>()?.to_unix_duration(),
+        Tag::GeneralizedTime => not_after.decode_as::<GeneralizedTime>()?.to_unix_duration(),
+        t => {
+            return Err(der::Error::from(der::ErrorKind::TagUnexpected {
+                expected: Some(Tag::UtcTime),
+                actual: t,
+            }))
+        }
+    };
+    Ok(t.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_not_after_of_a_generated_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec!["links.example.com".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(not_after(cert.der().as_ref()).unwrap(), 1_936_742_400_000);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(not_after(b"").is_err());
+        assert!(not_after(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_err());
+        assert!(not_after(&[0x30, 0x82, 0xff]).is_err());
+    }
+}
