@@ -369,6 +369,148 @@ async fn login_sessions_csrf_and_headers() {
     assert!(throttled, "40 wrong tokens in a row were never throttled");
 }
 
+/// A DMARC record as whoever controls the zone may publish it.
+const HOSTILE_DMARC: &str = "v=DMARC1; p=none; rua=mailto:<img src=x onerror=alert(1)>@example.com";
+
+/// A page over raw HTTP with the session: (status, body).
+fn ui_get(relay: &Relay, session: &str, path: &str) -> (u16, String) {
+    let host = relay.api.to_string();
+    let (status, _, body) = http(
+        relay.api,
+        "GET",
+        path,
+        &[("Host", &host), ("Cookie", session)],
+    );
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// The Domains pages against a stub DNS: the list with each domain's
+/// status as the API has it, and example.com's page with every record the
+/// checker stored (names, expected, found), the hostile DMARC record
+/// shown as text, the tracking host in use and the previous one, the
+/// certificate's expiry read from `tracking_tls_cert`, the settings and
+/// the history; an unconfigured name is a 404 page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_pages_show_records_certificate_and_escape_dns() {
+    let dns = support::dns::DnsStub::start().await;
+    dns.txt("_dmarc.example.com", HOSTILE_DMARC)
+        .txt("example.com", "v=spf1 ip4:127.0.0.1 -all");
+    let certs = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["links.example.com".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (
+        certs.path().join("links.pem"),
+        certs.path().join("links.key"),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let relay = Relay::start(Options {
+        domain: format!(
+            "click_tracking = true\ntracking_subdomain = \"links\"\n\
+             previous_tracking_subdomains = [\"t-old\"]\nreturn_path = \"bounces\"\n\
+             tracking_tls_cert = \"{}\"\ntracking_tls_key = \"{}\"\n\
+             dkim = [{{ selector = \"s1\" }}]",
+            cert_path.display(),
+            key_path.display()
+        ),
+        delivery: format!("resolver = \"{}\"", dns.resolver()),
+        extra: "[domain_checks]\ninterval = \"200ms\"\nverified_interval = \"200ms\"".into(),
+        api_token: true,
+        ..Options::default()
+    });
+    let (session, _) = login(&relay);
+    let auth = format!("Bearer {API_TOKEN}");
+    let api = |path: &str| -> serde_json::Value {
+        let (status, _, body) = http(relay.api, "GET", path, &[("Authorization", &auth)]);
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).unwrap()
+    };
+    wait_for("example.com's first check", Duration::from_secs(30), || {
+        !api("/v1/domains/example.com")["checked_at"].is_null()
+            && ui_get(&relay, &session, "/domains/example.com")
+                .1
+                .contains("onerror")
+    });
+    // Read the API after the page so the page is never newer than it.
+    let (status, page) = ui_get(&relay, &session, "/domains/example.com");
+    let v = api("/v1/domains/example.com");
+    assert_eq!(status, 200);
+    assert!(page.contains("<a href=\"/domains\" aria-current=\"page\">Domains</a>"));
+    let st = v["status"].as_str().unwrap();
+    assert!(
+        page.contains(&format!("<span class=\"st st-{st}\">{st}</span>")),
+        "{st}: {page}"
+    );
+    let records = v["records"].as_array().unwrap();
+    assert!(records.len() >= 4, "{v:#}");
+    for r in records {
+        let name = r["name"].as_str().unwrap();
+        // Each record's row shows its name, expected value and status.
+        let kind = r["record"].as_str().unwrap();
+        let row_at = page
+            .find(&format!("<td data-label=\"Record\">{kind} "))
+            .unwrap_or_else(|| panic!("no {kind} row: {page}"));
+        let row = &page[row_at..row_at + page[row_at..].find("</tr>").unwrap()];
+        if !name.is_empty() {
+            assert!(row.contains(&format!("<code>{name}</code>")), "{row}");
+        }
+        let st = r["status"].as_str().unwrap();
+        assert!(row.contains(&format!("st-{st}\">{st}<")), "{row}");
+    }
+    // The hostile found record lands as text, never as markup.
+    assert!(
+        page.contains("rua=mailto:&lt;img src=x onerror=alert(1)&gt;@example.com"),
+        "{page}"
+    );
+    assert!(!page.contains("<img"), "{page}");
+    assert!(
+        page.contains("<code>v=DMARC1; p=none</code>"),
+        "the expected DMARC"
+    );
+    assert!(page.contains("required") && page.contains("recommended"));
+    // Tracking: what the API says is in use, and why; the old host.
+    let in_use = v["tracking"]["in_use"].as_str().unwrap();
+    assert!(
+        page.contains(&format!("<dt>In use</dt><dd><code>{in_use}</code>")),
+        "{page}"
+    );
+    let why = v["tracking"]["reason"].as_str().unwrap();
+    assert!(!why.is_empty());
+    assert!(page.contains("<code>t-old.example.com</code>"), "{page}");
+    assert!(page.contains("expires 2031-05-17 00:00:00 UTC"), "{page}");
+    // Settings and history (newest first, as the API lists it).
+    assert!(page.contains("<dt>Click tracking</dt><dd>on</dd>"));
+    assert!(page.contains("<dt>Open tracking</dt><dd>off</dd>"));
+    assert!(page.contains("<dt>Return path</dt><dd><code>bounces</code></dd>"));
+    assert!(page.contains("<dt>DKIM selectors</dt><dd><code>s1</code></dd>"));
+    let history = v["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{v:#}");
+    let newest = history[0]["to"].as_str().unwrap();
+    let h = &page[page.find("Status history").unwrap()..];
+    assert!(h.contains(&format!("st-{newest}")), "{h}");
+
+    // The list: every configured domain, with the status the API has.
+    let (status, list) = ui_get(&relay, &session, "/domains");
+    assert_eq!(status, 200);
+    for d in api("/v1/domains")["data"].as_array().unwrap() {
+        let name = d["name"].as_str().unwrap();
+        let st = d["status"].as_str().unwrap();
+        assert!(
+            list.contains(&format!("<a href=\"/domains/{name}\">{name}</a>")),
+            "{list}"
+        );
+        assert!(list.contains(&format!("st-{st}")), "{list}");
+    }
+    assert!(list.contains("example.org"));
+
+    let (status, missing) = ui_get(&relay, &session, "/domains/%3Cb%3Enope.example");
+    assert_eq!(status, 404);
+    assert!(missing.contains("is not a configured domain"), "{missing}");
+    assert!(!missing.contains("<b>"));
+}
+
 /// Whether the browser part can run: `Some(reason)` when it cannot.
 fn browser_missing() -> Option<String> {
     let chromium = std::env::var("TRACKRELAY_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
