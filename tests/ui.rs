@@ -681,6 +681,26 @@ async fn a_real_browser_logs_in_reads_and_retries() {
     assert_eq!(seen["no_csrf_status"], 403);
     assert_eq!(seen["cross_origin_status"], 403);
     assert_eq!(seen["cross_site_form_status"], 403);
+    let auth = format!("Bearer {API_TOKEN}");
+    let (_, _, body) = http(
+        relay.api,
+        "GET",
+        "/v1/domains/example.com",
+        &[("Authorization", &auth)],
+    );
+    let api: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // The checker may have moved on since the page was drawn: the
+    // status shown is the API's now or one in its history.
+    let shown = &seen["domain_status"];
+    assert!(
+        *shown == api["status"]
+            || api["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["from"] == *shown || h["to"] == *shown),
+        "shown {shown}, API {api}"
+    );
     assert_eq!(seen["cookie"]["httpOnly"], true);
     assert_eq!(
         seen["cookie"]["secure"], false,

@@ -31,6 +31,16 @@ fn when(v: &Value) -> String {
     }
 }
 
+/// A DNS name or value as code; a dash when there is none yet (e.g. DKIM
+/// before a selector is configured).
+fn code_or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "<span class=\"muted\">–</span>".into()
+    } else {
+        format!("<code>{}</code>", esc(s))
+    }
+}
+
 fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("")
 }
@@ -140,13 +150,13 @@ fn records(b: &mut String, records: &Value) {
         let _ = write!(
             b,
             "<tr><td data-label=\"Record\">{} <span class=\"muted\">{}</span></td>\
-             <td data-label=\"Name\"><code>{}</code></td><td data-label=\"Expected\"><code>{}</code></td>\
+             <td data-label=\"Name\">{}</td><td data-label=\"Expected\">{}</td>\
              <td data-label=\"Found\">{found}</td><td data-label=\"Status\">{}</td>\
              <td data-label=\"Needed\">{needed}</td><td data-label=\"Note\">{}</td></tr>",
             esc(text(&r["record"])),
             esc(text(&r["type"])),
-            esc(text(&r["name"])),
-            esc(text(&r["expected"])),
+            code_or_dash(text(&r["name"])),
+            code_or_dash(text(&r["expected"])),
             badge(text(&r["status"])),
             esc(text(&r["note"])),
         );

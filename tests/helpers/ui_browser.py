@@ -2,6 +2,8 @@
 """Drives the trackrelay dashboard in headless Chromium (Playwright, the
 system's /usr/bin/chromium; no browser download) for tests/ui.rs.
 
+Also visits the Domains list and example.com's page.
+
 argv[1]: JSON with base, token, reader, slow, email_id, slow_email_id,
 subject, hostile_ua, link, expect {sent, delivered, delayed, opened_human,
 opened_machine, clicked_human}, shots (directory).
@@ -86,7 +88,8 @@ with sync_playwright() as pw:
           f"session cookie: {cookie}")
     seen["cookie"] = {k: cookie[0][k] for k in ("httpOnly", "sameSite", "secure", "path")}
     nav = page.locator("header nav a").all_inner_texts()
-    check(nav == ["Overview", "Emails", "Queue", "Suppressions", "Webhooks"], f"navigation: {nav}")
+    check(nav == ["Overview", "Emails", "Queue", "Suppressions", "Webhooks", "Domains"],
+          f"navigation: {nav}")
 
     # Overview: the charts carry this run's numbers.
     e = P["expect"]
@@ -213,6 +216,23 @@ with sync_playwright() as pw:
     with page.expect_navigation():
         hooks.first.locator("button", has_text="Replay").click()
     check("Queued again" in page.inner_text("main"), "no notice after replay")
+
+    # Domains: the list, then example.com's page reached by keyboard (its
+    # link focused, Enter); both fit a phone.
+    page.goto(BASE + "/domains")
+    listed = page.inner_text("table.domains")
+    check("example.com" in listed and "example.org" in listed, f"domains: {listed}")
+    shots(page, "domains")
+    page.locator("table.domains a", has_text="example.com").focus()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    check(page.url == BASE + "/domains/example.com", f"domain page url {page.url}")
+    main = page.inner_text("main")
+    for want in ("DNS records", "Tracking host", "links.example.com", "Settings",
+                 "Click tracking", "Status history"):
+        check(want in main, f"the domain page lacks {want!r}")
+    seen["domain_status"] = page.inner_text("main dl.facts .st")
+    shots(page, "domain")
 
     # Retry from the page, by keyboard: the button, then Enter.
     page.goto(BASE + "/queue")
