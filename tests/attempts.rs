@@ -6,10 +6,14 @@ mod harness;
 mod support;
 
 use harness::*;
+use std::net::Ipv4Addr;
 use std::time::Duration;
+use support::dns::DnsStub;
 use support::mx::{MxConfig, TestMx};
 
 const RCPT: &str = "slow@example.net";
+/// The harness's `server.hostname`, which tracking CNAMEs point at.
+const RELAY: &str = "relay.test";
 /// How long the MX sits on the DATA reply.
 const DATA_DELAY: Duration = Duration::from_millis(1200);
 
@@ -152,4 +156,88 @@ async fn a_slow_delivery_records_and_shows_its_duration() {
         "{shown} shown for {ms} ms"
     );
     assert_eq!(shown, format!("{:.1} s", ms as f64 / 1000.0));
+}
+
+const TEMPLATE: &str = "From: News <news@example.com>\r\nTo: a@example.net\r\nSubject: t\r\n\
+MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+<html><body><a href=\"https://example.org/x\">go</a></body></html>\r\n";
+
+/// The host of the first tracked click link in `preview`'s output.
+fn preview_host(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let i = text.find("http://").expect("a tracked link") + "http://".len();
+    let url = &text[i..];
+    let rest = &url[..url.find('"').unwrap()];
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    assert!(path.starts_with("/v1/track/click/"), "{rest}");
+    host.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_uses_the_tracking_host_serve_uses() {
+    let dns = DnsStub::start().await;
+    dns.a(RELAY, Ipv4Addr::LOCALHOST)
+        .cname("links.example.com", RELAY);
+    let mut relay = Relay::start(Options {
+        domain: "click_tracking = true\ntracking_subdomain = \"t2\"\n\
+                 previous_tracking_subdomains = [\"links\"]"
+            .into(),
+        delivery: format!("resolver = \"{}\"", dns.resolver()),
+        extra: "[domain_checks]\ninterval = \"200ms\"\nverified_interval = \"200ms\"".into(),
+        ..Options::default()
+    });
+    let in_use = |relay: &Relay| -> Option<String> {
+        relay
+            .db()
+            .query_row(
+                "SELECT tracking_host FROM domain_status WHERE domain = 'example.com'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten()
+    };
+    let wait_in_use = |relay: &Relay, host: &str| {
+        wait_for(&format!("{host} in use"), Duration::from_secs(30), || {
+            in_use(relay).as_deref() == Some(host)
+        })
+    };
+    // t2 is configured but its record is missing: links keep the old host.
+    wait_in_use(&relay, "links.example.com");
+    let out = relay.cli_with_stdin(&["preview", "--no-sign"], TEMPLATE.as_bytes());
+    assert_eq!(preview_host(&out), "links.example.com");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("t2.example.com is not verified yet"), "{err}");
+
+    // Verified: serve switches, and so does preview, also once stopped.
+    dns.cname("t2.example.com", RELAY);
+    wait_in_use(&relay, "t2.example.com");
+    relay.stop();
+    let out = relay.cli_with_stdin(&["preview", "--no-sign"], TEMPLATE.as_bytes());
+    assert_eq!(preview_host(&out), "t2.example.com");
+
+    // No store at all (the same config elsewhere): the configured host.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config = elsewhere.path().join("config.toml");
+    std::fs::copy(&relay.config_path, &config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+        .args(["preview", "--no-sign", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(TEMPLATE.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!elsewhere.path().join("data/trackrelay.sqlite3").exists());
+    assert_eq!(preview_host(&out), "t2.example.com");
 }
