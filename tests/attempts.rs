@@ -9,9 +9,13 @@ use harness::*;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use support::dns::DnsStub;
-use support::mx::{MxConfig, TestMx};
+use support::mx::{MxConfig, Script, TestMx};
+use support::webhook::Receiver;
 
 const RCPT: &str = "slow@example.net";
+const LATER: &str = "later@example.net";
+const GONE: &str = "gone@example.net";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The harness's `server.hostname`, which tracking CNAMEs point at.
 const RELAY: &str = "relay.test";
 /// How long the MX sits on the DATA reply.
@@ -90,50 +94,112 @@ fn login(relay: &Relay) -> String {
     cookie(&headers, "trackrelay_session")
 }
 
+/// The timeline entry of `class` (e.g. "ev-delivered") on an email page,
+/// and the duration it shows, in seconds.
+fn shown_duration(page: &str, class: &str) -> (String, f64) {
+    let entry = between(page, &format!("<li class=\"ev {class}\">"), "</li>");
+    let shown = between(&entry, "<dt>Duration</dt><dd>", "</dd>");
+    let secs = seconds(&shown)
+        .unwrap_or_else(|| panic!("{shown:?} is not a duration in seconds or minutes"));
+    (shown, secs)
+}
+
+/// "1.2 s" or, on a machine slow enough to take a minute, "2 min 5 s".
+fn seconds(shown: &str) -> Option<f64> {
+    let rest = shown.strip_suffix(" s")?;
+    match rest.split_once(" min ") {
+        Some((m, s)) => Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?),
+        None => rest.parse().ok(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_delivery_records_and_shows_its_duration() {
-    let mx = TestMx::start(MxConfig {
-        data_delay: Some(DATA_DELAY),
-        ..MxConfig::default()
-    })
+async fn slow_attempts_record_and_show_their_duration() {
+    // Every transaction waits DATA_DELAY before its final reply: delivered,
+    // deferred (451) or refused (550) at the end of DATA.
+    let mx = TestMx::start(
+        MxConfig {
+            data_delay: Some(DATA_DELAY),
+            ..MxConfig::default()
+        }
+        .script(LATER, Script::always("451 4.3.0 try later").at_data())
+        .script(GONE, Script::always("550 5.1.1 no such user").at_data()),
+    )
     .await;
+    let hooks = Receiver::start(SECRET).await;
     let relay = Relay::start(Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
-        delivery: format!("routes = {{ \"example.net\" = \"{}\" }}", mx.addr()),
+        delivery: format!(
+            "routes = {{ \"example.net\" = \"{}\" }}\nretry = [\"1h\"]",
+            mx.addr()
+        ),
         api_token: true,
+        extra: format!(
+            "[[webhooks]]\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"*\"]",
+            hooks.url()
+        ),
         ..Options::default()
     });
     let msg = message("news@example.com", RCPT, "slow", "hello");
-    let id = submit(&relay, "news@example.com", &[RCPT], &msg);
-    let detail = || -> Option<serde_json::Value> {
+    let id = submit(&relay, "news@example.com", &[RCPT, LATER, GONE], &msg);
+    let detail = |kind: &str| -> Option<serde_json::Value> {
         relay
             .db()
             .query_row(
-                "SELECT detail FROM events WHERE email_id = ?1 AND type = 'email.delivered'",
-                [&id],
+                "SELECT detail FROM events WHERE email_id = ?1 AND type = ?2",
+                [id.as_str(), kind],
                 |r| r.get::<_, String>(0),
             )
             .ok()
             .map(|s| serde_json::from_str(&s).unwrap())
     };
-    wait_for("the delivered event", Duration::from_secs(30), || {
-        detail().is_some()
+    let kinds = ["email.delivered", "email.delivery_delayed", "email.bounced"];
+    wait_for("the three outcomes", Duration::from_secs(60), || {
+        kinds.iter().all(|k| detail(k).is_some())
     });
-    let d = detail().unwrap();
-    let ms = d["duration_ms"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no duration_ms in {d}"));
-    assert!(
-        ms >= DATA_DELAY.as_millis() as i64,
-        "{ms} ms is less than the MX's own delay"
-    );
-    // The fields the detail (and so the webhook's `delivery`) had before.
-    for k in ["response", "tls", "mx", "attempt"] {
-        assert!(d.get(k).is_some(), "{k} missing from {d}");
+    let mut stored = Vec::new();
+    for kind in kinds {
+        let d = detail(kind).unwrap();
+        let ms = d["duration_ms"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no duration_ms in {kind}: {d}"));
+        assert!(
+            ms >= DATA_DELAY.as_millis() as i64,
+            "{kind}: {ms} ms is less than the MX's own delay"
+        );
+        // The fields the detail (and so the webhook's `delivery`) had before.
+        for k in ["response", "tls", "mx", "attempt"] {
+            assert!(d.get(k).is_some(), "{k} missing from {kind}: {d}");
+        }
+        assert_eq!(d["attempt"], 1, "{kind}");
+        stored.push(ms);
     }
-    assert_eq!(d["attempt"], 1);
+    assert!(detail("email.delivery_delayed").unwrap()["next_attempt_at"].is_string());
+    assert!(detail("email.bounced").unwrap()["bounce"].is_object());
 
-    // The email page shows it in the attempt's timeline entry.
+    // Webhooks: `delivery` carries it beside the fields it had.
+    for kind in ["email.delivered", "email.delivery_delayed"] {
+        wait_for(
+            &format!("the {kind} webhook"),
+            Duration::from_secs(30),
+            || hooks.accepted().iter().any(|h| h.body["type"] == kind),
+        );
+        let hook = hooks
+            .accepted()
+            .into_iter()
+            .find(|h| h.body["type"] == kind)
+            .unwrap();
+        let delivery = &hook.body["data"]["delivery"];
+        assert!(
+            delivery["duration_ms"].as_i64().unwrap_or(0) >= DATA_DELAY.as_millis() as i64,
+            "{delivery}"
+        );
+        for k in ["response", "tls", "mx", "attempt", "timestamp"] {
+            assert!(delivery.get(k).is_some(), "{k} missing from {delivery}");
+        }
+    }
+
+    // The email page shows each in its timeline entry.
     let session = login(&relay);
     let host = relay.api.to_string();
     let (status, _, body) = http(
@@ -143,19 +209,20 @@ async fn a_slow_delivery_records_and_shows_its_duration() {
         &[("Host", &host), ("Cookie", &session)],
     );
     assert_eq!(status, 200);
-    let body = String::from_utf8(body).unwrap();
-    let delivered = between(&body, "<li class=\"ev ev-delivered\">", "</li>");
-    let shown = between(&delivered, "<dt>Duration</dt><dd>", "</dd>");
-    let secs: f64 = shown
-        .strip_suffix(" s")
-        .unwrap_or_else(|| panic!("{shown:?} is not in seconds"))
-        .parse()
-        .unwrap();
-    assert!(
-        secs + 1e-9 >= DATA_DELAY.as_secs_f64(),
-        "{shown} shown for {ms} ms"
-    );
-    assert_eq!(shown, format!("{:.1} s", ms as f64 / 1000.0));
+    let page = String::from_utf8(body).unwrap();
+    for (class, ms) in ["ev-delivered", "ev-delivery_delayed", "ev-bounced"]
+        .into_iter()
+        .zip(stored)
+    {
+        let (shown, secs) = shown_duration(&page, class);
+        assert!(
+            secs + 1e-9 >= DATA_DELAY.as_secs_f64(),
+            "{shown} shown for {ms} ms"
+        );
+        if ms < 60_000 {
+            assert_eq!(shown, format!("{:.1} s", ms as f64 / 1000.0));
+        }
+    }
 }
 
 const TEMPLATE: &str = "From: News <news@example.com>\r\nTo: a@example.net\r\nSubject: t\r\n\
