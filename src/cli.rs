@@ -378,6 +378,43 @@ pub fn dkim_keygen(
     Ok(())
 }
 
+/// The tracking host `serve` would put into new links for `domain`: the
+/// choice stored by its domain checks (src/domains/tracking.rs), so a
+/// changed `tracking_subdomain` shows the previous host until the new one
+/// is verified. Without a store, nothing has been chosen yet: the
+/// configured host.
+fn preview_tracking_host(config: &Config, domain: &crate::config::DomainConfig) -> Option<String> {
+    let configured = crate::domains::monitor::configured_host(domain);
+    let path = config.database_path();
+    if configured.is_none() || !path.exists() {
+        return configured;
+    }
+    let row = store::open_reader(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|conn| store::domains::get(&conn, &domain.name).map_err(|e| e.to_string()));
+    let row = match row {
+        Ok(row) => row,
+        // A preview is still worth having; stderr says which host it used.
+        Err(e) => {
+            eprintln!(
+                "tracking host: {} (the configured one: reading the one in use failed: {e})",
+                configured.as_deref().unwrap_or_default()
+            );
+            return configured;
+        }
+    };
+    let choice = crate::domains::tracking::choose(
+        configured.as_deref(),
+        &crate::domains::monitor::previous_hosts(domain),
+        row.as_ref().and_then(|r| r.tracking_host.as_deref()),
+        None,
+    );
+    if let Some(host) = &choice.host {
+        eprintln!("tracking host: {host} ({})", choice.reason);
+    }
+    choice.host
+}
+
 /// `preview`: the message as it would be delivered to one recipient.
 pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
     use std::io::Read;
@@ -404,7 +441,7 @@ pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
     )
     .map_err(|e| format!("tracking.secret_file: {e}"))?;
     let email_id = uuid::Uuid::now_v7();
-    let tracking_host = domain.tracking_host();
+    let tracking_host = preview_tracking_host(config, domain);
     let previous = domain.previous_tracking_hosts();
     // As the runner adds them (src/outbound/runner.rs, copy_for).
     let token = crate::feedback::return_path::encode(&keys, email_id, 0);

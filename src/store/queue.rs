@@ -347,10 +347,10 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
         // row went to another attempt: it is no longer ours to change.
         return Ok(None);
     }
-    let attempts: i64 = tx.query_row(
-        "SELECT attempts FROM recipients WHERE email_id = ?1 AND idx = ?2",
+    let (attempts, started): (i64, Option<i64>) = tx.query_row(
+        "SELECT attempts, attempt_started_at FROM recipients WHERE email_id = ?1 AND idx = ?2",
         params![a.email_id, a.idx],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut ev = NewEvent::new(a.email_id.clone(), kind, a.at);
     ev.rcpt_idx = Some(a.idx);
@@ -360,6 +360,9 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
         "mx": a.mx,
         "attempt": attempts,
     });
+    if let Some(ms) = duration_ms(started, a.at) {
+        detail["duration_ms"] = json!(ms);
+    }
     if let Some(next) = next {
         detail["next_attempt_at"] = json!(super::rfc3339(next));
     }
@@ -370,6 +373,14 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
     }
     ev.detail = Some(detail);
     super::events::insert(tx, &ev).map(Some)
+}
+
+/// From the claim that started the attempt to its outcome: connecting,
+/// the transaction and any queueing behind earlier recipients of the same
+/// batch. None without a recorded start (rows claimed before the column
+/// existed); a wall clock stepped back gives 0, not a negative time.
+fn duration_ms(started: Option<i64>, at: i64) -> Option<i64> {
+    started.map(|s| (at - s).max(0))
 }
 
 /// `queue retry ID`: the email's waiting recipients (by email id, or one
@@ -552,6 +563,52 @@ mod tests {
             .unwrap();
         assert!(detail.contains("\"reason\":\"hard_bounce\""), "{detail}");
         assert!(due(&conn, now, 10, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_outcome_records_the_time_since_its_claim() {
+        let mut conn = db();
+        let id = email(&mut conn, &["a@example.net", "b@example.net"]);
+        let now = crate::store::now_ms();
+        let wanted = due(&conn, now, 10, &[]).unwrap();
+        let got = write(&mut conn, |tx| claim(tx, wanted, "lease-a", now, 60_000));
+        assert_eq!(got.len(), 2);
+        let mut delivered_a = delivered(&got[0], "lease-a");
+        delivered_a.at = now + 1234;
+        let mut deferred_b = delivered(&got[1], "lease-a");
+        deferred_b.at = now + 2500;
+        deferred_b.outcome = Outcome::Deferred {
+            next_attempt_at: now + 60_000,
+        };
+        deferred_b.response = "421 try later".into();
+        write(&mut conn, |tx| record(tx, &delivered_a));
+        write(&mut conn, |tx| record(tx, &deferred_b));
+        let detail = |kind: &str| -> serde_json::Value {
+            let s: String = conn
+                .query_row(
+                    "SELECT detail FROM events WHERE email_id = ?1 AND type = ?2",
+                    params![id, kind],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            serde_json::from_str(&s).unwrap()
+        };
+        let d = detail("email.delivered");
+        assert_eq!(d["duration_ms"], 1234);
+        // The fields that were there before stay.
+        assert_eq!(d["response"], "250 ok");
+        assert_eq!(d["attempt"], 1);
+        let d = detail("email.delivery_delayed");
+        assert_eq!(d["duration_ms"], 2500);
+        assert_eq!(d["response"], "421 try later");
+        assert!(d["next_attempt_at"].is_string());
+    }
+
+    #[test]
+    fn a_clock_stepped_back_gives_no_negative_duration() {
+        assert_eq!(duration_ms(Some(5_000), 4_000), Some(0));
+        assert_eq!(duration_ms(Some(1_000), 4_000), Some(3_000));
+        assert_eq!(duration_ms(None, 4_000), None);
     }
 
     #[test]

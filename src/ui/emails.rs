@@ -310,6 +310,18 @@ fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// An attempt's duration as a person reads it: "850 ms", "1.2 s", "2 min 5 s".
+fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000)
+    }
+}
+
 /// One timeline entry, its fields as a small definition list.
 fn entry(b: &mut String, ev: &StoredEvent) {
     let label = match ev.kind.as_str() {
@@ -352,6 +364,9 @@ fn entry(b: &mut String, ev: &StoredEvent) {
             "TLS",
             field("tls").unwrap_or_else(|| "none (plaintext)".into()),
         ));
+    }
+    if let Some(ms) = d.and_then(|d| d.get("duration_ms")).and_then(Value::as_i64) {
+        facts.push(("Duration", duration(ms)));
     }
     if let Some(n) = field("next_attempt_at") {
         facts.push(("Next attempt", n));
@@ -400,7 +415,13 @@ fn entry(b: &mut String, ev: &StoredEvent) {
         for (k, v) in m {
             if !matches!(
                 k.as_str(),
-                "attempt" | "mx" | "response" | "tls" | "next_attempt_at" | "bounce"
+                "attempt"
+                    | "mx"
+                    | "response"
+                    | "tls"
+                    | "duration_ms"
+                    | "next_attempt_at"
+                    | "bounce"
             ) {
                 facts.push((
                     "Detail",
@@ -417,4 +438,19 @@ fn entry(b: &mut String, ev: &StoredEvent) {
         b.push_str("</dl>");
     }
     b.push_str("</li>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_read_in_the_unit_that_fits() {
+        assert_eq!(duration(0), "0 ms");
+        assert_eq!(duration(850), "850 ms");
+        assert_eq!(duration(1234), "1.2 s");
+        assert_eq!(duration(59_949), "59.9 s");
+        assert_eq!(duration(125_000), "2 min 5 s");
+        assert_eq!(duration(-5), "0 ms");
+    }
 }
