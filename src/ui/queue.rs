@@ -90,7 +90,7 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
                  <form method=\"post\" action=\"/queue/retry\">{csrf}<input type=\"hidden\" name=\"email_id\" value=\"{id}\">\
                  <button type=\"submit\" aria-label=\"Retry {rcpt} now\">Retry</button></form>\
                  <form method=\"post\" action=\"/queue/delete\">{csrf}<input type=\"hidden\" name=\"email_id\" value=\"{id}\">\
-                 <button type=\"submit\" class=\"danger\" aria-label=\"Delete {rcpt} from the queue\">Delete</button></form></td></tr>",
+                 <button type=\"submit\" class=\"danger\" aria-label=\"Delete every waiting recipient of the email to {rcpt}\">Delete email</button></form></td></tr>",
                 r.attempts,
                 r.next_attempt_at.map(time).unwrap_or_default(),
                 esc_opt(&r.last_response),
