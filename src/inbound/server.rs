@@ -11,17 +11,17 @@
 use crate::metrics::Metrics;
 use crate::store::{self, Durability, Store};
 use crate::submission::budget::DataBudget;
+use crate::submission::driver::{drive, Actions, End, Slots, Timeouts};
 use crate::submission::policy::Policy;
 use crate::submission::reply::Reply;
-use crate::submission::session::{Action, Envelope, RcptCheck, Session, SessionConfig};
+use crate::submission::session::{Envelope, RcptCheck, Session, SessionConfig};
 use crate::text::printable;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio_rustls::TlsAcceptor;
 
 /// Recipients per message: a report goes to one return path; a few more
@@ -41,35 +41,9 @@ pub struct Inbound {
     command_timeout: Duration,
     data_timeout: Duration,
     max_connections: usize,
-    max_connections_per_ip: usize,
-    connections: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    slots: Slots,
     /// Woken after each stored report: the feedback processor waits on it.
     new_reports: Arc<Notify>,
-}
-
-/// Holds a connection slot (global and per IP) for as long as it lives.
-struct Slot<'a> {
-    _permit: OwnedSemaphorePermit,
-    ip: IpAddr,
-    owner: &'a Inbound,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut map = self.owner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-enum End {
-    Closed,
-    StartTls,
 }
 
 /// Whether `address` is at one of `domains` (lowercase), whatever its
@@ -109,27 +83,9 @@ impl Inbound {
             command_timeout: config.submission.command_timeout,
             data_timeout: config.submission.data_timeout,
             max_connections: c.max_connections,
-            max_connections_per_ip: c.max_connections_per_ip,
-            connections: Arc::new(Semaphore::new(c.max_connections)),
-            per_ip: Mutex::new(HashMap::new()),
+            slots: Slots::new(c.max_connections, c.max_connections_per_ip),
             new_reports,
         }
-    }
-
-    fn try_slot(&self, ip: IpAddr) -> Option<Slot<'_>> {
-        let permit = self.connections.clone().try_acquire_owned().ok()?;
-        let ip = ip.to_canonical();
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_connections_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            _permit: permit,
-            ip,
-            owner: self,
-        })
     }
 
     /// Accepts connections until shutdown, then waits (up to `grace`) for
@@ -159,8 +115,7 @@ impl Inbound {
         for t in tasks {
             let _ = t.await;
         }
-        let all = self.max_connections as u32;
-        if tokio::time::timeout(grace, self.connections.acquire_many(all))
+        if tokio::time::timeout(grace, self.slots.wait_idle(self.max_connections))
             .await
             .is_err()
         {
@@ -174,7 +129,7 @@ impl Inbound {
         peer: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) {
-        let Some(_slot) = self.try_slot(peer.ip()) else {
+        let Some(_slot) = self.slots.try_slot(peer.ip()) else {
             self.metrics.inbound_rejected_connections.inc();
             let msg = format!(
                 "421 4.7.0 {} Too many connections from your address, try again later\r\n",
@@ -188,9 +143,19 @@ impl Inbound {
         let mut session = Session::new(self.session.clone(), self.policy.clone(), peer.ip(), false);
         session.set_inbound();
         session.greeting();
-        if let End::StartTls = self
-            .drive(&mut tcp, &mut session, peer, shutdown.clone())
-            .await
+        let timeouts = Timeouts {
+            command: self.command_timeout,
+            data: self.data_timeout,
+        };
+        if let End::StartTls = drive(
+            self,
+            &mut tcp,
+            &mut session,
+            peer,
+            timeouts,
+            shutdown.clone(),
+        )
+        .await
         {
             let Some(acceptor) = &self.tls else { return };
             let mut tls =
@@ -203,97 +168,12 @@ impl Inbound {
                     Err(_) => return,
                 };
             session.tls_started();
-            self.drive(&mut tls, &mut session, peer, shutdown).await;
+            drive(self, &mut tls, &mut session, peer, timeouts, shutdown).await;
             let _ = tls.shutdown().await;
         }
     }
 
-    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        stream: &mut S,
-        session: &mut Session,
-        peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> End {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        let mut data_started: Option<Instant> = None;
-        // A whole command must arrive within `command_timeout` of the last
-        // reply, so a byte-at-a-time client cannot hold a slot for good.
-        let mut command_deadline = Instant::now() + self.command_timeout;
-        loop {
-            while !pending.is_empty() {
-                let (used, action) = session.feed(&pending);
-                pending.drain(..used);
-                match action {
-                    None => break,
-                    Some(Action::StartTls) => {
-                        // Bytes pipelined after STARTTLS were sent in the
-                        // clear and must not count as sent under TLS.
-                        let _ = write_out(stream, session).await;
-                        return End::StartTls;
-                    }
-                    Some(Action::Close) => {
-                        let _ = write_out(stream, session).await;
-                        return End::Closed;
-                    }
-                    // Inbound mode refuses AUTH before asking; answer
-                    // anyway rather than stall if that ever changes.
-                    Some(Action::Authenticate { .. }) => session.auth_result(None),
-                    Some(Action::CheckRecipient { address, .. }) => {
-                        session.recipient_checked(self.check_recipient(&address));
-                    }
-                    Some(Action::Queue(envelope)) => {
-                        let result = self.store_report(*envelope, peer).await;
-                        session.queued(result);
-                    }
-                }
-            }
-            if session.has_output() {
-                if write_out(stream, session).await.is_err() {
-                    return End::Closed;
-                }
-                command_deadline = Instant::now() + self.command_timeout;
-            }
-            if session.is_closing() {
-                return End::Closed;
-            }
-            if *shutdown.borrow() && !session.in_transaction() {
-                session.close_with(421, "4.3.2", "Service shutting down, closing connection");
-                let _ = write_out(stream, session).await;
-                return End::Closed;
-            }
-            let wait = if session.in_data() {
-                let started = *data_started.get_or_insert_with(Instant::now);
-                match self.data_timeout.checked_sub(started.elapsed()) {
-                    Some(left) => left.min(self.command_timeout),
-                    None => Duration::ZERO,
-                }
-            } else {
-                data_started = None;
-                command_deadline.saturating_duration_since(Instant::now())
-            };
-            let read = tokio::select! {
-                r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
-                _ = shutdown.changed(), if !session.in_transaction() => continue,
-            };
-            match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
-                Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
-                Err(_) => {
-                    session.close_with(
-                        421,
-                        "4.4.2",
-                        "Timeout waiting for client, closing connection",
-                    );
-                    let _ = write_out(stream, session).await;
-                    return End::Closed;
-                }
-            }
-        }
-    }
-
-    fn check_recipient(&self, address: &str) -> RcptCheck {
+    fn recipient(&self, address: &str) -> RcptCheck {
         if is_local(&self.domains, address) {
             return RcptCheck::Clear;
         }
@@ -343,25 +223,25 @@ impl Inbound {
     }
 }
 
-async fn write_out<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    session: &mut Session,
-) -> std::io::Result<()> {
-    let out = session.take_output();
-    if out.is_empty() {
-        return Ok(());
+impl Actions for Inbound {
+    /// Inbound mode refuses AUTH before asking; answer anyway rather than
+    /// stall if that ever changes.
+    async fn authenticate(&self, session: &mut Session, _: SocketAddr, _: String, _: String) {
+        session.auth_result(None)
     }
-    // A client that stops reading must not hold a session forever.
-    match tokio::time::timeout(Duration::from_secs(300), async {
-        stream.write_all(&out).await?;
-        stream.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timeout",
-        )),
+
+    async fn check_recipient(
+        &self,
+        session: &mut Session,
+        _: SocketAddr,
+        address: String,
+        _: String,
+    ) {
+        session.recipient_checked(self.recipient(&address));
+    }
+
+    async fn queue(&self, session: &mut Session, peer: SocketAddr, envelope: Envelope) {
+        let result = self.store_report(envelope, peer).await;
+        session.queued(result);
     }
 }

@@ -8,6 +8,7 @@
 mod address;
 pub mod auth;
 pub mod budget;
+pub(crate) mod driver;
 pub mod policy;
 pub mod reply;
 pub mod server;

@@ -1,18 +1,18 @@
 //! Sockets for the submission session: listeners, connection limits, TLS,
 //! timeouts, and the durable commit behind `250 queued as`.
 
+use super::driver::{drive, Actions, End, Slots, Timeouts};
 use super::policy::{Identity, Policy};
-use super::session::{Action, Envelope, RcptCheck, Session, SessionConfig};
+use super::session::{Envelope, RcptCheck, Session, SessionConfig};
 use crate::auth::{Authenticator, Throttle};
 use crate::metrics::Metrics;
 use crate::store::{self, Durability, Store};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 pub struct Submission {
@@ -27,36 +27,11 @@ pub struct Submission {
     pub data_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
-    connections: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    slots: Slots,
     /// Tells the queue runner there is new work.
     pub new_mail: Option<Arc<tokio::sync::Notify>>,
     /// `submission.reject_suppressed`.
     reject_suppressed: bool,
-}
-
-/// Holds a connection slot (global and per IP) for as long as it lives.
-struct Slot<'a> {
-    _permit: OwnedSemaphorePermit,
-    ip: IpAddr,
-    owner: &'a Submission,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut map = self.owner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-enum End {
-    Closed,
-    StartTls,
 }
 
 enum Checked {
@@ -101,26 +76,9 @@ impl Submission {
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
             reject_suppressed: s.reject_suppressed,
-            connections: Arc::new(Semaphore::new(s.max_connections)),
-            per_ip: Mutex::new(HashMap::new()),
+            slots: Slots::new(s.max_connections, s.max_connections_per_ip),
             new_mail,
         }
-    }
-
-    fn try_slot(&self, ip: IpAddr) -> Option<Slot<'_>> {
-        let permit = self.connections.clone().try_acquire_owned().ok()?;
-        let ip = ip.to_canonical();
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= self.max_connections_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            _permit: permit,
-            ip,
-            owner: self,
-        })
     }
 
     /// Accepts connections until shutdown, then waits (up to `grace`) for
@@ -143,8 +101,7 @@ impl Submission {
             let _ = t.await;
         }
         // Every session holds a permit: having them all back means all ended.
-        let all = self.max_connections as u32;
-        if tokio::time::timeout(grace, self.connections.acquire_many(all))
+        if tokio::time::timeout(grace, self.slots.wait_idle(self.max_connections))
             .await
             .is_err()
         {
@@ -183,7 +140,7 @@ impl Submission {
         implicit_tls: bool,
         shutdown: watch::Receiver<bool>,
     ) {
-        let Some(_slot) = self.try_slot(peer.ip()) else {
+        let Some(_slot) = self.slots.try_slot(peer.ip()) else {
             self.metrics.smtp_rejected_connections.inc();
             if !implicit_tls {
                 let msg = format!(
@@ -216,14 +173,28 @@ impl Submission {
             };
             let mut tls = tls;
             session.greeting();
-            self.drive(&mut tls, &mut session, peer, shutdown).await;
+            drive(
+                self,
+                &mut tls,
+                &mut session,
+                peer,
+                self.timeouts(),
+                shutdown,
+            )
+            .await;
             let _ = tls.shutdown().await;
             return;
         }
         session.greeting();
-        match self
-            .drive(&mut tcp, &mut session, peer, shutdown.clone())
-            .await
+        match drive(
+            self,
+            &mut tcp,
+            &mut session,
+            peer,
+            self.timeouts(),
+            shutdown.clone(),
+        )
+        .await
         {
             End::Closed => {}
             End::StartTls => {
@@ -238,116 +209,24 @@ impl Submission {
                         Err(_) => return,
                     };
                 session.tls_started();
-                self.drive(&mut tls, &mut session, peer, shutdown).await;
+                drive(
+                    self,
+                    &mut tls,
+                    &mut session,
+                    peer,
+                    self.timeouts(),
+                    shutdown,
+                )
+                .await;
                 let _ = tls.shutdown().await;
             }
         }
     }
 
-    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        stream: &mut S,
-        session: &mut Session,
-        peer: SocketAddr,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> End {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pending: Vec<u8> = Vec::new();
-        let mut data_started: Option<Instant> = None;
-        // Each command must arrive whole within `command_timeout` of the
-        // last reply: a per-read timeout would let a client trickle one
-        // byte at a time and hold the session for good.
-        let mut command_deadline = Instant::now() + self.command_timeout;
-        loop {
-            while !pending.is_empty() {
-                let (used, action) = session.feed(&pending);
-                pending.drain(..used);
-                match action {
-                    None => break,
-                    Some(Action::StartTls) => {
-                        // Bytes pipelined after STARTTLS were sent in the
-                        // clear and must not count as sent under TLS.
-                        let _ = write_out(stream, session).await;
-                        return End::StartTls;
-                    }
-                    Some(Action::Close) => {
-                        let _ = write_out(stream, session).await;
-                        return End::Closed;
-                    }
-                    Some(Action::Authenticate { username, password }) => {
-                        match self.check_password(peer.ip(), username, password).await {
-                            Checked::Throttled => session.auth_throttled(),
-                            Checked::Done(user) => session.auth_result(user),
-                        }
-                    }
-                    Some(Action::CheckRecipient {
-                        address,
-                        sending_domain,
-                    }) => {
-                        let now = store::now_ms();
-                        let found = self
-                            .store
-                            .read(move |c| {
-                                store::suppressions::lookup(c, &address, &sending_domain, now)
-                            })
-                            .await;
-                        session.recipient_checked(match found {
-                            Ok(None) => RcptCheck::Clear,
-                            Ok(Some((reason, _))) => RcptCheck::Suppressed(reason),
-                            Err(e) => {
-                                tracing::error!(%peer, "reading the suppression list: {e}");
-                                RcptCheck::Unavailable
-                            }
-                        });
-                    }
-                    Some(Action::Queue(envelope)) => {
-                        let tls = session.is_tls();
-                        let result = self.queue(*envelope, peer, tls).await;
-                        session.queued(result);
-                    }
-                }
-            }
-            if session.has_output() {
-                if write_out(stream, session).await.is_err() {
-                    return End::Closed;
-                }
-                command_deadline = Instant::now() + self.command_timeout;
-            }
-            if session.is_closing() {
-                return End::Closed;
-            }
-            if *shutdown.borrow() && !session.in_transaction() {
-                session.close_with(421, "4.3.2", "Service shutting down, closing connection");
-                let _ = write_out(stream, session).await;
-                return End::Closed;
-            }
-            let wait = if session.in_data() {
-                let started = *data_started.get_or_insert_with(Instant::now);
-                match self.data_timeout.checked_sub(started.elapsed()) {
-                    Some(left) => left.min(self.command_timeout),
-                    None => Duration::ZERO,
-                }
-            } else {
-                data_started = None;
-                command_deadline.saturating_duration_since(Instant::now())
-            };
-            let read = tokio::select! {
-                r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
-                _ = shutdown.changed(), if !session.in_transaction() => continue,
-            };
-            match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
-                Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
-                Err(_) => {
-                    session.close_with(
-                        421,
-                        "4.4.2",
-                        "Timeout waiting for client, closing connection",
-                    );
-                    let _ = write_out(stream, session).await;
-                    return End::Closed;
-                }
-            }
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            command: self.command_timeout,
+            data: self.data_timeout,
         }
     }
 
@@ -430,26 +309,46 @@ impl Submission {
     }
 }
 
-async fn write_out<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    session: &mut Session,
-) -> std::io::Result<()> {
-    let out = session.take_output();
-    if out.is_empty() {
-        return Ok(());
+impl Actions for Submission {
+    async fn authenticate(
+        &self,
+        session: &mut Session,
+        peer: SocketAddr,
+        username: String,
+        password: String,
+    ) {
+        match self.check_password(peer.ip(), username, password).await {
+            Checked::Throttled => session.auth_throttled(),
+            Checked::Done(user) => session.auth_result(user),
+        }
     }
-    // A client that stops reading must not hold a session forever.
-    match tokio::time::timeout(Duration::from_secs(300), async {
-        stream.write_all(&out).await?;
-        stream.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "write timeout",
-        )),
+
+    async fn check_recipient(
+        &self,
+        session: &mut Session,
+        peer: SocketAddr,
+        address: String,
+        sending_domain: String,
+    ) {
+        let now = store::now_ms();
+        let found = self
+            .store
+            .read(move |c| store::suppressions::lookup(c, &address, &sending_domain, now))
+            .await;
+        session.recipient_checked(match found {
+            Ok(None) => RcptCheck::Clear,
+            Ok(Some((reason, _))) => RcptCheck::Suppressed(reason),
+            Err(e) => {
+                tracing::error!(%peer, "reading the suppression list: {e}");
+                RcptCheck::Unavailable
+            }
+        });
+    }
+
+    async fn queue(&self, session: &mut Session, peer: SocketAddr, envelope: Envelope) {
+        let tls = session.is_tls();
+        let result = Submission::queue(self, envelope, peer, tls).await;
+        session.queued(result);
     }
 }
 
