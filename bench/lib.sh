@@ -315,3 +315,43 @@ start_dump_sink() {
   bench_track "$SINK_PID"
   wait_port "$port" "$SINK_PID" 10 || { cat "$logf" >&2; die "the sink did not start on $port"; }
 }
+
+# --- wrk over many paths (queries.sh, dashboard.sh) -------------------------
+# write_paths_lua FILE: a wrk script that cycles through the request paths
+# in $PATHS (one per line), each thread from its own offset, sending the
+# header $HEADER_NAME: $HEADER_VALUE; requests are formatted once in init().
+write_paths_lua() {
+  cat >"$1" <<'LUA'
+local paths = {}
+for line in io.lines(os.getenv("PATHS")) do paths[#paths + 1] = line end
+local headers = { [os.getenv("HEADER_NAME")] = os.getenv("HEADER_VALUE") }
+local reqs, n, i = {}, 0, 0
+function setup(thread) thread:set("start", math.random(1, #paths)) end
+function init(args)
+  for k, p in ipairs(paths) do reqs[k] = wrk.format("GET", p, headers) end
+  n = #reqs
+  i = start or 0
+end
+function request()
+  i = i + 1
+  if i > n then i = 1 end
+  return reqs[i]
+end
+LUA
+}
+
+# parse_wrk FILE: wrk --latency output as one JSON line (rps, requests,
+# p50_ms, p99_ms, non_2xx).
+parse_wrk() {
+  python3 - "$1" <<'PY'
+import json, re, sys
+t = open(sys.argv[1]).read()
+unit = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+lat = {p: round(float(v) * unit[u], 3) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", t, re.M)}
+req = re.search(r"(\d+) requests in", t)
+rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
+non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
+print(json.dumps({"rps": float(rps.group(1)) if rps else None, "requests": int(req.group(1)) if req else None,
+                  "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "non_2xx": int(non.group(1)) if non else 0}))
+PY
+}

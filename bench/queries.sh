@@ -106,39 +106,8 @@ write("stats_domain", ["/v1/stats?since=30d&domain=example.com"])
 write("stats_window", [f"/v1/stats?since={d}d&until={d - 30}d" for d in range(60, 365)])
 PY
 
-cat >"$WORK/paths.lua" <<'EOF'
--- cycles through the request paths in $PATHS, each thread from its own
--- offset, with the bearer token; requests formatted once in init().
-local paths = {}
-for line in io.lines(os.getenv("PATHS")) do paths[#paths + 1] = line end
-local auth = "Bearer " .. os.getenv("TOKEN")
-local reqs, n, i = {}, 0, 0
-function setup(thread) thread:set("start", math.random(1, #paths)) end
-function init(args)
-  for k, p in ipairs(paths) do reqs[k] = wrk.format("GET", p, { ["Authorization"] = auth }) end
-  n = #reqs
-  i = start or 0
-end
-function request()
-  i = i + 1
-  if i > n then i = 1 end
-  return reqs[i]
-end
-EOF
+write_paths_lua "$WORK/paths.lua"
 
-parse_wrk() {
-  python3 - "$1" <<'PY'
-import json, re, sys
-t = open(sys.argv[1]).read()
-unit = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-lat = {p: round(float(v) * unit[u], 3) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", t, re.M)}
-req = re.search(r"(\d+) requests in", t)
-rps = re.search(r"Requests/sec:\s+([\d.]+)", t)
-non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", t)
-print(json.dumps({"rps": float(rps.group(1)) if rps else None, "requests": int(req.group(1)) if req else None,
-                  "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "non_2xx": int(non.group(1)) if non else 0}))
-PY
-}
 
 {
   echo "# queries benchmark $(date -u +%FT%TZ) host=$(hostname) cores=$(nproc) mem=$(awk '/MemTotal/{printf "%.0fG", $2/1048576}' /proc/meminfo)"
@@ -150,7 +119,7 @@ for RUN in $(seq "$RUNS"); do
   for name in email hotpage page stats stats_domain stats_window; do
     busy=$(quiet_wait)
     s=$(cpu_sample)
-    PATHS=$WORK/$name.paths TOKEN=$TOKEN timeout 300 wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency \
+    PATHS=$WORK/$name.paths HEADER_NAME=Authorization HEADER_VALUE="Bearer $TOKEN" timeout 300 wrk -t"$THREADS" -c"$CONNS" -d"$DUR" --latency \
       -s "$WORK/paths.lua" "http://127.0.0.1:$API_PORT" >"$OUT/wrk-$name-$RUN.txt" 2>&1 || true
     add_fields "$(parse_wrk "$OUT/wrk-$name-$RUN.txt")" "what=$name" "run=$RUN" \
       "busy_before=$busy" "busy_during=$(busy_since "$s")" | tee -a "$OUT/runs.jsonl"
