@@ -41,47 +41,9 @@ WORK=$(mktemp -d /tmp/trackrelay-bench-dashboard.XXXXXX)
 trap bench_cleanup EXIT INT TERM
 need_ports "$API_PORT" "$SMTP_PORT" "$TRACK_PORT"
 
-build_release --example gen_store
-DB=$STORE_DIR/trackrelay.sqlite3
-IDS=$STORE_DIR/trackrelay.ids
-if [ ! -s "$IDS" ]; then
-  rm -rf "$STORE_DIR"; mkdir -p "$STORE_DIR"
-  log "generating $EMAILS emails, $EVENTS events (hot email: $HOT) into $STORE_DIR"
-  start=$SECONDS
-  "$REL/examples/gen_store" "$DB" "$EMAILS" "$EVENTS" "$HOT" 2>"$OUT/gen.txt" \
-    || { tail -20 "$OUT/gen.txt" >&2; rm -rf "$STORE_DIR"; die "gen_store failed"; }
-  echo "generated in $((SECONDS - start)) s" | tee "$OUT/gen-summary.txt" >&2
-else
-  log "reusing $STORE_DIR"
-fi
+gen_store_ready
 
-TOKEN=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-HASH=$(printf '%s' "$TOKEN" | "$REL/trackrelay" hash-password)
-cat >"$WORK/config.toml" <<EOF
-[server]
-hostname = "relay.bench.test"
-data_dir = "$STORE_DIR"
-
-[submission]
-listen = ["127.0.0.1:$SMTP_PORT"]
-listen_tls = []
-trusted_networks = ["127.0.0.0/8"]
-
-[tracking]
-listen = ["127.0.0.1:$TRACK_PORT"]
-listen_tls = []
-
-[api]
-listen = ["127.0.0.1:$API_PORT"]
-token_hash = "$HASH"
-
-[store]
-# The generated store spans a year: nothing may be pruned while measuring.
-retain_messages = "3650d"
-retain_events = "3650d"
-EOF
-# The first start on an older store adds the dashboard's indexes.
-start_trackrelay "$WORK/config.toml" "$API_PORT" "$WORK/serve.log"
+serve_gen_store
 
 # ---------------------------------------------------------------- session
 BASE=http://127.0.0.1:$API_PORT

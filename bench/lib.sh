@@ -355,3 +355,57 @@ print(json.dumps({"rps": float(rps.group(1)) if rps else None, "requests": int(r
                   "p50_ms": lat.get("50"), "p99_ms": lat.get("99"), "non_2xx": int(non.group(1)) if non else 0}))
 PY
 }
+
+# --- the generated year-long store (queries.sh, dashboard.sh) ---------------
+# gen_store_ready: makes (or reuses) $STORE_DIR with $EMAILS emails, $EVENTS
+# events and a hot email with $HOT events, by examples/gen_store (built
+# release); sets DB and IDS. Generation notes go to $OUT/gen*.txt.
+gen_store_ready() {
+  build_release --example gen_store
+  DB=$STORE_DIR/trackrelay.sqlite3
+  IDS=$STORE_DIR/trackrelay.ids
+  if [ -s "$IDS" ]; then
+    log "reusing $STORE_DIR"
+    return
+  fi
+  rm -rf "$STORE_DIR"; mkdir -p "$STORE_DIR"
+  log "generating $EMAILS emails, $EVENTS events (hot email: $HOT) into $STORE_DIR"
+  local start=$SECONDS timer=()
+  [ -x /usr/bin/time ] && timer=(/usr/bin/time -v)
+  "${timer[@]}" "$REL/examples/gen_store" "$DB" "$EMAILS" "$EVENTS" "$HOT" 2>"$OUT/gen.txt" \
+    || { tail -20 "$OUT/gen.txt" >&2; rm -rf "$STORE_DIR"; die "gen_store failed"; }
+  echo "generated in $((SECONDS - start)) s: $(grep '^done' "$OUT/gen.txt" || true)" | tee "$OUT/gen-summary.txt" >&2
+}
+
+# serve_gen_store: serves $STORE_DIR (ports $SMTP_PORT, $TRACK_PORT,
+# $API_PORT) with a fresh admin token in TOKEN; nothing is pruned.
+serve_gen_store() {
+  TOKEN=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+  local hash
+  hash=$(printf '%s' "$TOKEN" | "$REL/trackrelay" hash-password)
+  cat >"$WORK/config.toml" <<CONF
+[server]
+hostname = "relay.bench.test"
+data_dir = "$STORE_DIR"
+
+[submission]
+listen = ["127.0.0.1:$SMTP_PORT"]
+listen_tls = []
+trusted_networks = ["127.0.0.0/8"]
+
+[tracking]
+listen = ["127.0.0.1:$TRACK_PORT"]
+listen_tls = []
+
+[api]
+listen = ["127.0.0.1:$API_PORT"]
+token_hash = "$hash"
+
+[store]
+# The generated store spans a year: nothing may be pruned while measuring.
+retain_messages = "3650d"
+retain_events = "3650d"
+CONF
+  # The first start on an older store migrates it (e.g. adds indexes).
+  start_trackrelay "$WORK/config.toml" "$API_PORT" "$WORK/serve.log"
+}

@@ -43,47 +43,10 @@ WORK=$(mktemp -d /tmp/trackrelay-bench-queries.XXXXXX)
 trap bench_cleanup EXIT INT TERM
 need_ports "$API_PORT" "$SMTP_PORT" "$TRACK_PORT"
 
-build_release --example gen_store
-DB=$STORE_DIR/trackrelay.sqlite3
-IDS=$STORE_DIR/trackrelay.ids
-if [ ! -s "$IDS" ]; then
-  rm -rf "$STORE_DIR"; mkdir -p "$STORE_DIR"
-  log "generating $EMAILS emails, $EVENTS events (hot email: $HOT) into $STORE_DIR"
-  start=$SECONDS
-  /usr/bin/time -v "$REL/examples/gen_store" "$DB" "$EMAILS" "$EVENTS" "$HOT" 2>"$OUT/gen.txt" \
-    || { tail -20 "$OUT/gen.txt" >&2; rm -rf "$STORE_DIR"; die "gen_store failed"; }
-  echo "generated in $((SECONDS - start)) s: $(grep '^done' "$OUT/gen.txt")" | tee "$OUT/gen-summary.txt" >&2
-else
-  log "reusing $STORE_DIR"
-fi
+gen_store_ready
 HOT_ID=$(head -1 "$IDS")
 
-TOKEN=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-HASH=$(printf '%s' "$TOKEN" | "$REL/trackrelay" hash-password)
-cat >"$WORK/config.toml" <<EOF
-[server]
-hostname = "relay.bench.test"
-data_dir = "$STORE_DIR"
-
-[submission]
-listen = ["127.0.0.1:$SMTP_PORT"]
-listen_tls = []
-trusted_networks = ["127.0.0.0/8"]
-
-[tracking]
-listen = ["127.0.0.1:$TRACK_PORT"]
-listen_tls = []
-
-[api]
-listen = ["127.0.0.1:$API_PORT"]
-token_hash = "$HASH"
-
-[store]
-# The generated store spans a year: nothing may be pruned while measuring.
-retain_messages = "3650d"
-retain_events = "3650d"
-EOF
-start_trackrelay "$WORK/config.toml" "$API_PORT" "$WORK/serve.log"
+serve_gen_store
 api() { curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$API_PORT$1"; }
 api "/v1/emails/$HOT_ID/events?limit=1" >/dev/null || die "the API does not answer"
 
