@@ -244,6 +244,21 @@ pub struct DeliveryConfig {
     /// another runner (after a crash, or on another node).
     #[serde(with = "duration")]
     pub lease_time: Duration,
+    /// DANE (RFC 7672) for MX deliveries: "auto" (on when the resolver
+    /// passes DNSSEC through, see `outbound::dane`), "on" or "off".
+    pub dane: DaneMode,
+    /// DNSKEY records (zone-file form) to trust instead of the IANA root
+    /// keys when validating DNSSEC; for private signed zones and tests.
+    pub dnssec_trust_anchor: Option<PathBuf>,
+}
+
+/// `delivery.dane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DaneMode {
+    Auto,
+    On,
+    Off,
 }
 
 impl Default for DeliveryConfig {
@@ -263,6 +278,8 @@ impl Default for DeliveryConfig {
             tls_failure_memory: Duration::from_secs(3600),
             max_messages_per_connection: 100,
             lease_time: Duration::from_secs(45 * 60),
+            dane: DaneMode::Auto,
+            dnssec_trust_anchor: None,
         }
     }
 }
@@ -848,6 +865,9 @@ impl Config {
                     "delivery.resolver: {r:?} is not an IP address (optionally with :port)"
                 ));
             }
+        }
+        if let Some(f) = &d.dnssec_trust_anchor {
+            check_readable("delivery.dnssec_trust_anchor", f, p);
         }
         if d.retry.is_empty() {
             p.push("delivery.retry: needs at least one interval".into());

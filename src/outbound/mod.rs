@@ -5,6 +5,7 @@
 //! [`dkim::sign`] runs on each copy as the connection asks for it.
 
 pub mod client;
+pub mod dane;
 pub mod dkim;
 pub mod keys;
 pub mod protocol;
