@@ -278,18 +278,20 @@ pub async fn run_until(
         resolver,
     ));
     domains.start().await.map_err(|e| format!("store: {e}"))?;
-    let runner = Arc::new(
-        crate::outbound::runner::Runner::new(
-            &config,
-            store.clone(),
-            router,
-            token_keys.clone(),
-            dkim_keys,
-            metrics.clone(),
-            new_mail.clone(),
-        )
-        .with_tracking_hosts(domains.hosts()),
-    );
+    let mut runner = crate::outbound::runner::Runner::new(
+        &config,
+        store.clone(),
+        router,
+        token_keys.clone(),
+        dkim_keys,
+        metrics.clone(),
+        new_mail.clone(),
+    )
+    .with_tracking_hosts(domains.hosts());
+    if let Some(dane) = crate::outbound::dane::Dane::start(&config)? {
+        runner = runner.with_dane(dane);
+    }
+    let runner = Arc::new(runner);
 
     let plain = bind_all("submission.listen", &config.submission.listen).await?;
     let implicit = bind_all("submission.listen_tls", &config.submission.listen_tls).await?;

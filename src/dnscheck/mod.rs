@@ -20,6 +20,7 @@
 //!
 //! [`check`] is the core (no output), [`run`] the command.
 
+mod dnssec;
 mod lookup;
 mod records;
 pub mod spf;
@@ -54,7 +55,11 @@ partially_verified, partially_failed), starting from the status stored by
 JSON line, a last line in the table.
 
 Exits 1 when any required record is not verified. DMARC is recommended, not
-required. Lookups use [delivery] resolver when set, else the system resolver.";
+required. Lookups use [delivery] resolver when set, else the system resolver.
+
+A last line says whether DNSSEC validates through that resolver, which DANE
+needs (delivery.dane); with --json it goes to stderr. It does not change the
+exit status.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -379,6 +384,16 @@ pub async fn run_to<W: Write>(
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
             .map_err(|e| format!("writing the dns-check report for {}: {e}", d.name))?;
+    }
+    // Not a record of any domain: a last line in the table; with --json on
+    // stderr, so that stdout stays one record object per line.
+    let dnssec = crate::text::printable(&dnssec::line(config).await).into_owned();
+    if json {
+        eprintln!("{dnssec}");
+    } else {
+        out.write_all(format!("\n{dnssec}\n").as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(|e| format!("writing the dns-check report: {e}"))?;
     }
     Ok(all_ok)
 }

@@ -62,6 +62,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::sync::Mutex;
 
+use super::tls_policy::{DaneHost, DaneSource, ResultType};
 use crate::config::{parse_host_port, Config, DaneMode};
 
 /// How often `auto` mode checks again that the resolver passes DNSSEC
@@ -117,6 +118,9 @@ pub enum Probe {
 
 pub struct Dane {
     mode: DaneMode,
+    /// The last Secure TLSA RRset per MX host (presentation form), for
+    /// TLS-RPT's `policy-string`.
+    tlsa_seen: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     resolver: TokioResolver,
     /// The zone whose SOA the probe validates: the trust anchor's.
     probe_zone: Name,
@@ -136,7 +140,35 @@ impl Dane {
             resolver,
             probe_zone,
             state: Mutex::new(None),
+            tlsa_seen: Default::default(),
         })))
+    }
+
+    /// For `serve`: builds DANE from the config and probes the resolver in
+    /// the background (a slow or unreachable resolver must not hold up the
+    /// listeners); the log says the result. None when DANE is off.
+    pub fn start(config: &Config) -> Result<Option<Arc<Dane>>, String> {
+        let Some(dane) = Dane::new(config)? else {
+            tracing::info!("DANE: off (delivery.dane = \"off\")");
+            return Ok(None);
+        };
+        let probing = dane.clone();
+        tokio::spawn(async move {
+            if probing.mode == DaneMode::On {
+                match probing.probe().await {
+                    Probe::Validates => tracing::info!(
+                        "DANE: on (delivery.dane = \"on\"); the resolver passes DNSSEC through"
+                    ),
+                    Probe::DoesNot(why) => tracing::warn!(
+                        "DANE: on (delivery.dane = \"on\"), but DNSSEC does not validate through the resolver, so mail to signed domains will be deferred: {why}"
+                    ),
+                }
+            } else {
+                // Logs the outcome itself.
+                probing.active().await;
+            }
+        });
+        Ok(Some(dane))
     }
 
     pub fn mode(&self) -> DaneMode {
@@ -176,10 +208,14 @@ impl Dane {
         let ok = probe == Probe::Validates;
         match (&probe, state.map(|(was, _)| was)) {
             (Probe::DoesNot(why), Some(true) | None) => {
-                tracing::warn!("DANE: off until the resolver passes DNSSEC through: {why}")
+                tracing::warn!(
+                    "DANE: off (delivery.dane = \"auto\") until the resolver passes DNSSEC through: {why}"
+                )
             }
             (Probe::Validates, Some(false) | None) => {
-                tracing::info!("DANE: on (the resolver passes DNSSEC through)")
+                tracing::info!(
+                    "DANE: on (delivery.dane = \"auto\"): the resolver passes DNSSEC through"
+                )
             }
             _ => {}
         }
@@ -221,13 +257,13 @@ impl Dane {
             Answer::Bogus(e) => {
                 return Decision::Defer(
                     DeferKind::Dnssec,
-                    format!("DANE: the MX records of {domain} fail DNSSEC validation ({e})"),
+                    format!("the MX records of {domain} fail DNSSEC validation ({e})"),
                 )
             }
             Answer::Failed(e) => {
                 return Decision::Defer(
                     DeferKind::Dnssec,
-                    format!("DANE: validated MX lookup for {domain} failed ({e})"),
+                    format!("validated MX lookup for {domain} failed ({e})"),
                 )
             }
         }
@@ -243,13 +279,13 @@ impl Dane {
                     Answer::Bogus(e) => {
                         return Decision::Defer(
                             DeferKind::Dnssec,
-                            format!("DANE: the address of {host} fails DNSSEC validation ({e})"),
+                            format!("the address of {host} fails DNSSEC validation ({e})"),
                         )
                     }
                     Answer::Failed(e) => {
                         return Decision::Defer(
                             DeferKind::Dnssec,
-                            format!("DANE: validated address lookup for {host} failed ({e})"),
+                            format!("validated address lookup for {host} failed ({e})"),
                         )
                     }
                     _ => {}
@@ -269,18 +305,30 @@ impl Dane {
                         _ => None,
                     })
                     .collect();
+                self.remember(&host, &tlsa_name, &tlsa);
                 Decision::Verify(Arc::new(DaneVerifier::new(&tlsa, &host)))
             }
             Answer::Insecure | Answer::NoRecords => Decision::NotApplicable,
             Answer::Bogus(e) => Decision::Defer(
                 DeferKind::Dnssec,
-                format!("DANE: the TLSA records {tlsa_name} fail DNSSEC validation ({e})"),
+                format!("the TLSA records {tlsa_name} fail DNSSEC validation ({e})"),
             ),
             Answer::Failed(e) => Decision::Defer(
                 DeferKind::Tlsa,
-                format!("DANE: TLSA lookup {tlsa_name} failed ({e})"),
+                format!("TLSA lookup {tlsa_name} failed ({e})"),
             ),
         }
+    }
+
+    fn remember(&self, host: &str, name: &Name, tlsa: &[TLSA]) {
+        let strings = tlsa.iter().map(|t| format!("{name} IN TLSA {t}")).collect();
+        let mut seen = self.tlsa_seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: a relay talks to many hosts; losing an entry only loses
+        // a report detail.
+        if seen.len() >= 4096 {
+            seen.clear();
+        }
+        seen.insert(host.to_string(), strings);
     }
 
     async fn lookup(&self, name: &Name, rtype: RecordType) -> Answer {
@@ -304,6 +352,34 @@ impl Dane {
             }
             Err(e) => classify_error(e),
         }
+    }
+}
+
+impl DaneSource for Dane {
+    fn host<'a>(
+        &'a self,
+        domain: &'a str,
+        mx_host: &'a str,
+        port: u16,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = DaneHost> + Send + 'a>> {
+        Box::pin(async move {
+            match Dane::host(self, domain, mx_host, port).await {
+                Decision::NotApplicable => DaneHost::NotApplicable,
+                Decision::Verify(v) => DaneHost::Verify(v),
+                Decision::Defer(DeferKind::Dnssec, why) => {
+                    DaneHost::Defer(ResultType::DnssecInvalid, why)
+                }
+                Decision::Defer(DeferKind::Tlsa, why) => {
+                    DaneHost::Defer(ResultType::TlsaInvalid, why)
+                }
+            }
+        })
+    }
+
+    fn policy_strings(&self, _domain: &str, mx_host: &str) -> Vec<String> {
+        let host = mx_host.trim_end_matches('.').to_ascii_lowercase();
+        let seen = self.tlsa_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&host).cloned().unwrap_or_default()
     }
 }
 
