@@ -6,6 +6,7 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod dnssec;
 pub mod mx;
 pub mod postfix;
 pub mod webhook;
