@@ -244,6 +244,11 @@ pub struct DeliveryConfig {
     /// another runner (after a crash, or on another node).
     #[serde(with = "duration")]
     pub lease_time: Duration,
+    /// Honour the MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+    /// Extra trust anchors (PEM) for verified outbound TLS: MTA-STS policy
+    /// fetches and MX certificates under MTA-STS (private CAs, tests).
+    pub extra_ca_file: Option<PathBuf>,
     /// DANE (RFC 7672) for MX deliveries: "auto" (on when the resolver
     /// passes DNSSEC through, see `outbound::dane`), "on" or "off".
     pub dane: DaneMode,
@@ -259,6 +264,15 @@ pub enum DaneMode {
     Auto,
     On,
     Off,
+}
+
+impl DeliveryConfig {
+    /// `extra_ca_file`, where set and not empty (`""` means none).
+    pub fn extra_ca(&self) -> Option<&std::path::Path> {
+        self.extra_ca_file
+            .as_deref()
+            .filter(|f| !f.as_os_str().is_empty())
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -278,6 +292,8 @@ impl Default for DeliveryConfig {
             tls_failure_memory: Duration::from_secs(3600),
             max_messages_per_connection: 100,
             lease_time: Duration::from_secs(45 * 60),
+            mta_sts: true,
+            extra_ca_file: None,
             dane: DaneMode::Auto,
             dnssec_trust_anchor: None,
         }
@@ -864,6 +880,11 @@ impl Config {
                 p.push(format!(
                     "delivery.resolver: {r:?} is not an IP address (optionally with :port)"
                 ));
+            }
+        }
+        if let Some(f) = d.extra_ca() {
+            if let Err(e) = crate::outbound::tls::root_store(Some(f)) {
+                p.push(e);
             }
         }
         if let Some(f) = &d.dnssec_trust_anchor {

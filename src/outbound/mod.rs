@@ -8,6 +8,7 @@ pub mod client;
 pub mod dane;
 pub mod dkim;
 pub mod keys;
+pub mod mta_sts;
 pub mod protocol;
 pub mod route;
 pub mod runner;

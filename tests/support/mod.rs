@@ -9,4 +9,5 @@ pub mod dns;
 pub mod dnssec;
 pub mod mx;
 pub mod postfix;
+pub mod sts;
 pub mod webhook;
