@@ -7,6 +7,8 @@
 //! - `match.dane.test`: TLSA 3 1 1 of the MX certificate's key;
 //! - `mismatch.dane.test`: TLSA 3 1 1 of another key;
 //! - `bogus.dane.test`: the right TLSA, but its RRSIG is tampered with;
+//! - `servfail.dane.test`: signed MX and address, but the TLSA query
+//!   gets SERVFAIL;
 //! - `insecure.dane.test`: an unsigned child zone, delegated without DS
 //!   (the parent's signed NSEC proves it insecure).
 
@@ -17,6 +19,7 @@ use harness::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::dnssec::{self, DnssecStub, SignedZone};
+use support::mx::{MxConfig, TestMx};
 
 /// The signed parent zone; `port` is the MX port the TLSA names carry.
 fn parent_zone(port: u16, good: &str, other: &str) -> String {
@@ -34,6 +37,8 @@ fn parent_zone(port: u16, good: &str, other: &str) -> String {
          bogus IN MX 10 mx-bogus.dane.test.\n\
          mx-bogus IN A 127.0.0.1\n\
          _{port}._tcp.mx-bogus IN TLSA 3 1 1 {good}\n\
+         servfail IN MX 10 mx-servfail.dane.test.\n\
+         mx-servfail IN A 127.0.0.1\n\
          insecure IN NS ns.insecure.dane.test.\n\
          ns.insecure IN A 127.0.0.1\n"
     )
@@ -106,7 +111,8 @@ async fn world(port: u16, good: &str) -> World {
     );
     let anchor = dir.path().join("anchor.key");
     std::fs::write(&anchor, &zone.anchor).unwrap();
-    let stub = DnssecStub::start(&[&signed, CHILD_ZONE]).await;
+    let servfail = format!("_{port}._tcp.mx-servfail.dane.test.");
+    let stub = DnssecStub::start(&[&signed, CHILD_ZONE], &[&servfail]).await;
     World {
         _dir: dir,
         anchor,
@@ -178,4 +184,185 @@ async fn dns_check_and_serve_say_whether_dnssec_validates() {
         Duration::from_secs(20),
         || stripping.log().contains("DANE: off"),
     );
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Setup {
+    relay: Relay,
+    mx: TestMx,
+    _world: World,
+}
+
+/// The relay delivers by MX through the DNSSEC stub to a test MX that
+/// presents the certificate `match` pins; `delivery.dane` stays at its
+/// default ("auto").
+async fn setup() -> Setup {
+    let (cert, key, spki) = mx_certificate();
+    let mx = TestMx::start(MxConfig {
+        certificate: Some((cert, key)),
+        ..MxConfig::default()
+    })
+    .await;
+    let world = world(mx.addr().port(), &spki).await;
+    let relay = Relay::start(Options {
+        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        delivery: format!(
+            "resolver = \"{}\"\nmx_port = {}\ndnssec_trust_anchor = \"{}\"",
+            world.stub.resolver(),
+            mx.addr().port(),
+            world.anchor.display()
+        ),
+        ..Options::default()
+    });
+    Setup {
+        relay,
+        mx,
+        _world: world,
+    }
+}
+
+fn send(relay: &Relay, to: &str) -> String {
+    let msg = message("news@example.com", to, "dane", "hello");
+    submit(relay, "news@example.com", &[to], &msg)
+}
+
+/// (type, detail) of the email's delivery events, oldest first.
+fn events(relay: &Relay, id: &str) -> Vec<(String, serde_json::Value)> {
+    relay
+        .db()
+        .prepare("SELECT type, COALESCE(detail, 'null') FROM events WHERE email_id = ?1 AND type != 'email.sent' ORDER BY id")
+        .unwrap()
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (t, d) = r.unwrap();
+            (t, serde_json::from_str(&d).unwrap())
+        })
+        .collect()
+}
+
+fn status(relay: &Relay, id: &str) -> String {
+    relay
+        .db()
+        .query_row(
+            "SELECT status FROM recipients WHERE email_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The first delivery event: a delay whose response names `reason`, under
+/// the DANE policy; the recipient is still waiting and the MX never saw a
+/// transaction (nothing went out in plaintext or to an unverified host).
+fn assert_deferred(s: &Setup, id: &str, reason: &str) {
+    wait_for("a delivery_delayed event", WAIT, || {
+        !events(&s.relay, id).is_empty()
+    });
+    let evs = events(&s.relay, id);
+    let (first, detail) = &evs[0];
+    assert_eq!(first, "email.delivery_delayed", "{evs:?}");
+    let response = detail["response"].as_str().unwrap_or_default();
+    assert!(response.contains("DANE"), "{detail}");
+    assert!(response.contains(reason), "{detail}");
+    assert_eq!(detail["tls_policy"], "dane", "{detail}");
+    let st = status(&s.relay, id);
+    assert!(st != "delivered" && st != "bounced", "status {st}");
+    assert!(s.mx.received().is_empty());
+    let commands = s.mx.commands();
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.starts_with("MAIL") || c.starts_with("RCPT") || c.starts_with("DATA")),
+        "a transaction was started: {commands:?}"
+    );
+}
+
+/// A TLSA 3 1 1 record matching the MX certificate's key: delivered over
+/// TLS, and the event says DANE governed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsa_match_delivers_under_dane() {
+    if !dnssec::available("tlsa_match_delivers_under_dane") {
+        return;
+    }
+    let s = setup().await;
+    let id = send(&s.relay, "a@match.dane.test");
+    wait_for("delivered", WAIT, || status(&s.relay, &id) == "delivered");
+    let evs = events(&s.relay, &id);
+    let (kind, detail) = &evs[0];
+    assert_eq!(kind, "email.delivered", "{evs:?}");
+    assert_eq!(detail["tls_policy"], "dane", "{detail}");
+    assert!(
+        detail["tls"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("TLSv1."),
+        "{detail}"
+    );
+    let got = s.mx.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls.is_some());
+}
+
+/// A TLSA record for another key: the handshake is refused by the DANE
+/// verifier and the message waits; no plaintext retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tlsa_mismatch_defers_without_plaintext() {
+    if !dnssec::available("tlsa_mismatch_defers_without_plaintext") {
+        return;
+    }
+    let s = setup().await;
+    let id = send(&s.relay, "b@mismatch.dane.test");
+    assert_deferred(&s, &id, "certificate");
+    // The MX was reached and offered STARTTLS: the refusal is the relay's.
+    assert!(s.mx.commands().iter().any(|c| c.starts_with("STARTTLS")));
+}
+
+/// The TLSA RRset's signature is forged: Bogus, so the host is not even
+/// connected to, and the reason says DNSSEC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bogus_tlsa_defers() {
+    if !dnssec::available("bogus_tlsa_defers") {
+        return;
+    }
+    let s = setup().await;
+    let id = send(&s.relay, "c@bogus.dane.test");
+    assert_deferred(&s, &id, "TLSA records");
+    assert_deferred(&s, &id, "fail DNSSEC validation");
+    assert!(
+        s.mx.connections().is_empty(),
+        "no connection to a Bogus host"
+    );
+}
+
+/// The TLSA lookup fails on a signed chain (SERVFAIL): the host may have
+/// DANE, so the message waits instead of going out unauthenticated or in
+/// plaintext (the kumomta#543 downgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tlsa_lookup_on_a_signed_chain_defers() {
+    if !dnssec::available("failed_tlsa_lookup_on_a_signed_chain_defers") {
+        return;
+    }
+    let s = setup().await;
+    let id = send(&s.relay, "e@servfail.dane.test");
+    assert_deferred(&s, &id, "TLSA lookup");
+    assert!(s.mx.connections().is_empty(), "no connection without TLSA");
+}
+
+/// An unsigned zone (delegated insecurely from the signed one): DANE does
+/// not apply and the domain's own policy (opportunistic) delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_zone_falls_back_to_the_domain_policy() {
+    if !dnssec::available("insecure_zone_falls_back_to_the_domain_policy") {
+        return;
+    }
+    let s = setup().await;
+    let id = send(&s.relay, "d@insecure.dane.test");
+    wait_for("delivered", WAIT, || status(&s.relay, &id) == "delivered");
+    let evs = events(&s.relay, &id);
+    let (kind, detail) = &evs[0];
+    assert_eq!(kind, "email.delivered", "{evs:?}");
+    assert_eq!(detail["tls_policy"], "opportunistic", "{detail}");
+    assert_eq!(s.mx.received().len(), 1);
 }

@@ -87,6 +87,11 @@ impl SignedZone {
     }
 }
 
+struct Zones {
+    zones: Vec<Zone>,
+    servfail: Vec<LowerName>,
+}
+
 struct Zone {
     origin: LowerName,
     records: Vec<Record>,
@@ -247,9 +252,17 @@ impl Drop for DnssecStub {
 }
 
 impl DnssecStub {
-    /// Serves these zone files (signed or not).
-    pub async fn start(zone_texts: &[&str]) -> DnssecStub {
-        let zones: Arc<Vec<Zone>> = Arc::new(zone_texts.iter().map(|t| Zone::parse(t)).collect());
+    /// Serves these zone files (signed or not); queries for the names in
+    /// `servfail` get SERVFAIL (a broken or attacked server).
+    pub async fn start(zone_texts: &[&str], servfail: &[&str]) -> DnssecStub {
+        let servfail = servfail
+            .iter()
+            .map(|n| LowerName::new(&Name::from_ascii(n).expect("servfail name")))
+            .collect();
+        let zones = Arc::new(Zones {
+            zones: zone_texts.iter().map(|t| Zone::parse(t)).collect(),
+            servfail,
+        });
         let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().unwrap();
         let tasks = vec![
@@ -276,7 +289,7 @@ async fn bind_pair() -> (UdpSocket, TcpListener) {
     panic!("no loopback port free for both UDP and TCP");
 }
 
-async fn serve_udp(socket: UdpSocket, zones: Arc<Vec<Zone>>) {
+async fn serve_udp(socket: UdpSocket, zones: Arc<Zones>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
@@ -288,7 +301,7 @@ async fn serve_udp(socket: UdpSocket, zones: Arc<Vec<Zone>>) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, zones: Arc<Vec<Zone>>) {
+async fn serve_tcp(listener: TcpListener, zones: Arc<Zones>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -298,7 +311,7 @@ async fn serve_tcp(listener: TcpListener, zones: Arc<Vec<Zone>>) {
     }
 }
 
-async fn serve_tcp_conn(mut stream: TcpStream, zones: Arc<Vec<Zone>>) {
+async fn serve_tcp_conn(mut stream: TcpStream, zones: Arc<Zones>) {
     let idle = Duration::from_secs(10);
     loop {
         let mut len = [0u8; 2];
@@ -326,7 +339,7 @@ async fn serve_tcp_conn(mut stream: TcpStream, zones: Arc<Vec<Zone>>) {
     }
 }
 
-fn handle(packet: &[u8], zones: &[Zone], udp: bool) -> Option<Vec<u8>> {
+fn handle(packet: &[u8], zones: &Zones, udp: bool) -> Option<Vec<u8>> {
     let query = Message::from_vec(packet).ok()?;
     if query.metadata.message_type != MessageType::Query || query.queries.len() != 1 {
         return None;
@@ -361,15 +374,20 @@ fn handle(packet: &[u8], zones: &[Zone], udp: bool) -> Option<Vec<u8>> {
 }
 
 fn answer(
-    zones: &[Zone],
+    zones: &Zones,
     q: &mail_auth::hickory_resolver::proto::op::Query,
     dnssec_ok: bool,
     reply: &mut Message,
 ) {
     let qname = LowerName::new(q.name());
     let qtype = q.query_type();
+    if zones.servfail.contains(&qname) {
+        reply.metadata.response_code = ResponseCode::ServFail;
+        return;
+    }
     // The closest enclosing zone; for DS at a zone apex, its parent.
     let zone = zones
+        .zones
         .iter()
         .filter(|z| z.origin.zone_of(&qname))
         .filter(|z| !(qtype == RecordType::DS && z.origin == qname))
