@@ -927,6 +927,24 @@ mod tests {
     }
 
     #[test]
+    fn dane_setting_parses_and_defaults_to_auto() {
+        use crate::config::DeliveryConfig;
+        let d: DeliveryConfig = toml::from_str("").unwrap();
+        assert_eq!(d.dane, DaneMode::Auto);
+        assert!(d.dnssec_trust_anchor.is_none());
+        for (text, mode) in [
+            ("on", DaneMode::On),
+            ("off", DaneMode::Off),
+            ("auto", DaneMode::Auto),
+        ] {
+            let d: DeliveryConfig = toml::from_str(&format!("dane = \"{text}\"")).unwrap();
+            assert_eq!(d.dane, mode);
+        }
+        let e = toml::from_str::<DeliveryConfig>("dane = \"yes\"").unwrap_err();
+        assert!(e.to_string().contains("dane"), "{e}");
+    }
+
+    #[test]
     fn spki_of_garbage_is_none() {
         assert!(spki_of(b"").is_none());
         assert!(spki_of(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_none());
