@@ -190,6 +190,16 @@ async fn enforce_with_matching_mx_and_valid_certificate_delivers_over_verified_t
     assert_eq!(evs[0].1["tls_policy"], "mta-sts", "{:?}", evs[0].1);
     assert!(evs[0].1.get("tls_policy_failure").is_none());
     assert_eq!(queue_policy(&s.relay, &id).as_deref(), Some("mta-sts"));
+    let auth = format!("Bearer {API_TOKEN}");
+    let (code, _, body) = http(
+        s.relay.api,
+        "GET",
+        &format!("/v1/emails/{id}"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(code, 200);
+    let email: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(email["recipients"][0]["tls_policy"], "mta-sts", "{email}");
     // The policy was fetched over HTTPS from the policy host, once.
     let requests = s.server.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
