@@ -7,6 +7,9 @@
 //! - `match.dane.test`: TLSA 3 1 1 of the MX certificate's key;
 //! - `mismatch.dane.test`: TLSA 3 1 1 of another key;
 //! - `bogus.dane.test`: the right TLSA, but its RRSIG is tampered with;
+//! - `ta.dane.test`: TLSA 2 0 1 of the CA that issued the MX certificate;
+//! - `ta-name.dane.test`: the same, but the certificate does not name its
+//!   MX host;
 //! - `servfail.dane.test`: signed MX and address, but the TLSA query
 //!   gets SERVFAIL;
 //! - `insecure.dane.test`: an unsigned child zone, delegated without DS
@@ -22,7 +25,7 @@ use support::dnssec::{self, DnssecStub, SignedZone};
 use support::mx::{MxConfig, TestMx};
 
 /// The signed parent zone; `port` is the MX port the TLSA names carry.
-fn parent_zone(port: u16, good: &str, other: &str) -> String {
+fn parent_zone(port: u16, good: &str, other: &str, ca: &str) -> String {
     format!(
         "$ORIGIN dane.test.\n$TTL 300\n\
          @ IN SOA ns.dane.test. hostmaster.dane.test. 1 3600 600 86400 300\n\
@@ -37,6 +40,12 @@ fn parent_zone(port: u16, good: &str, other: &str) -> String {
          bogus IN MX 10 mx-bogus.dane.test.\n\
          mx-bogus IN A 127.0.0.1\n\
          _{port}._tcp.mx-bogus IN TLSA 3 1 1 {good}\n\
+         ta IN MX 10 mx-ta.dane.test.\n\
+         mx-ta IN A 127.0.0.1\n\
+         _{port}._tcp.mx-ta IN TLSA 2 0 1 {ca}\n\
+         ta-name IN MX 10 mx-ta-name.dane.test.\n\
+         mx-ta-name IN A 127.0.0.1\n\
+         _{port}._tcp.mx-ta-name IN TLSA 2 0 1 {ca}\n\
          servfail IN MX 10 mx-servfail.dane.test.\n\
          mx-servfail IN A 127.0.0.1\n\
          insecure IN NS ns.insecure.dane.test.\n\
@@ -76,17 +85,33 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A certificate for the test MX (PEM chain and key) and the SHA-256 of
-/// its SubjectPublicKeyInfo, as `TLSA 3 1 1` carries it.
-fn mx_certificate() -> (String, String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["mx.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+/// The test MX's certificate: a leaf for `mx-match.dane.test` and
+/// `mx-ta.dane.test` issued by a test CA, sent with the CA. Returns the
+/// PEM chain and key, the SHA-256 of the leaf's SubjectPublicKeyInfo (as
+/// `TLSA 3 1 1` carries it) and of the CA certificate (`TLSA 2 0 1`).
+fn mx_certificate() -> (String, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![
+        "mx-match.dane.test".to_string(),
+        "mx-ta.dane.test".to_string(),
+    ])
+    .unwrap()
+    .signed_by(&key, &issuer)
+    .unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let digest = ring::digest::digest(&ring::digest::SHA256, &spki);
-    (cert.pem(), key.serialize_pem(), hex(digest.as_ref()))
+    let sha = |b: &[u8]| hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+    (
+        format!("{}{}", leaf.pem(), ca.pem()),
+        key.serialize_pem(),
+        sha(&spki),
+        sha(ca.der()),
+    )
 }
 
 struct World {
@@ -95,13 +120,13 @@ struct World {
     stub: DnssecStub,
 }
 
-async fn world(port: u16, good: &str) -> World {
+async fn world(port: u16, good: &str, ca: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let other = hex(&[0x5a; 32]);
     let zone = SignedZone::sign(
         dir.path(),
         "dane.test",
-        &parent_zone(port, good, &other),
+        &parent_zone(port, good, &other, ca),
         &[],
     );
     let signed = tamper_rrsig(
@@ -147,8 +172,8 @@ async fn dns_check_and_serve_say_whether_dnssec_validates() {
     if !dnssec::available("dns_check_and_serve_say_whether_dnssec_validates") {
         return;
     }
-    let (_, _, spki) = mx_certificate();
-    let w = world(25, &spki).await;
+    let (_, _, spki, ca) = mx_certificate();
+    let w = world(25, &spki, &ca).await;
     let plain = support::dns::DnsStub::start().await;
     let delivery = |resolver: String| {
         format!(
@@ -198,13 +223,13 @@ struct Setup {
 /// presents the certificate `match` pins; `delivery.dane` stays at its
 /// default ("auto").
 async fn setup() -> Setup {
-    let (cert, key, spki) = mx_certificate();
+    let (cert, key, spki, ca) = mx_certificate();
     let mx = TestMx::start(MxConfig {
         certificate: Some((cert, key)),
         ..MxConfig::default()
     })
     .await;
-    let world = world(mx.addr().port(), &spki).await;
+    let world = world(mx.addr().port(), &spki, &ca).await;
     let relay = Relay::start(Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
         delivery: format!(
@@ -305,6 +330,27 @@ async fn tlsa_match_delivers_under_dane() {
     assert!(got[0].tls.is_some());
 }
 
+/// DANE-TA: the TLSA record pins the issuing CA; the chain the MX sends
+/// leads to it and the certificate names the MX host: delivered under
+/// DANE. With a host the certificate does not name, the message waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dane_ta_delivers_when_the_chain_and_name_match() {
+    if !dnssec::available("dane_ta_delivers_when_the_chain_and_name_match") {
+        return;
+    }
+    let s = setup().await;
+    let id = send(&s.relay, "f@ta.dane.test");
+    wait_for("delivered", WAIT, || status(&s.relay, &id) == "delivered");
+    let evs = events(&s.relay, &id);
+    assert_eq!(evs[0].0, "email.delivered", "{evs:?}");
+    assert_eq!(evs[0].1["tls_policy"], "dane", "{:?}", evs[0].1);
+    assert_eq!(s.mx.received().len(), 1);
+
+    let s = setup().await;
+    let id = send(&s.relay, "g@ta-name.dane.test");
+    assert_deferred(&s, &id, "certificate");
+}
+
 /// A TLSA record for another key: the handshake is refused by the DANE
 /// verifier and the message waits; no plaintext retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +360,7 @@ async fn tlsa_mismatch_defers_without_plaintext() {
     }
     let s = setup().await;
     let id = send(&s.relay, "b@mismatch.dane.test");
-    assert_deferred(&s, &id, "certificate");
+    assert_deferred(&s, &id, "matches none of the 1 usable TLSA records");
     // The MX was reached and offered STARTTLS: the refusal is the relay's.
     assert!(s.mx.commands().iter().any(|c| c.starts_with("STARTTLS")));
 }

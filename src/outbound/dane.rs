@@ -542,6 +542,24 @@ fn spki_of(cert: &[u8]) -> Option<Vec<u8>> {
     walk().ok()
 }
 
+/// rustls shows a `CertificateError::Other` by its Debug form, which
+/// lands in the queue and events: make that the plain sentence.
+struct NoMatch(String);
+
+impl fmt::Debug for NoMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for NoMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoMatch {}
+
 /// Checks a server certificate against Secure TLSA records.
 pub struct DaneVerifier {
     ee: Vec<Association>,
@@ -656,9 +674,13 @@ impl ServerCertVerifier for DaneVerifier {
                 Err(_) => {}
             }
         }
-        Err(rustls::Error::InvalidCertificate(
-            CertificateError::ApplicationVerificationFailure,
-        ))
+        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(NoMatch(format!(
+                "the certificate matches none of the {} usable TLSA records of {}",
+                self.ee.len() + self.ta.len(),
+                self.host
+            )))),
+        )))
     }
 
     fn verify_tls12_signature(
