@@ -609,6 +609,7 @@ impl Runner {
             require_tls: d.require_tls,
             verifier,
             report_only: d.report_only,
+            applied: d.applied,
         })
     }
 
