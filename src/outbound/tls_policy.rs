@@ -379,7 +379,7 @@ pub struct TlsOutcome {
 
 /// Where every delivery attempt's TLS outcome goes: one call per
 /// connection attempt at an MX host (or per refused host, or per policy
-/// fetch failure). TLS-RPT plugs in with `Runner::with_tls_outcome_sink`;
+/// fetch failure); not for static routes or the smarthost. TLS-RPT plugs in with `Runner::with_tls_outcome_sink`;
 /// the runner counts `trackrelay_tls_policy_*` metrics beside it. Called
 /// on the delivery path: it must not block.
 pub trait TlsOutcomeSink: Send + Sync {
