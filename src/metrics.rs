@@ -105,6 +105,8 @@ pub struct Metrics {
     pub inbound_recipients_refused: Counter,
     /// Feedback reports processed, by outcome (indexed like `INBOUND_OUTCOMES`).
     pub inbound_reports: [Counter; INBOUND_OUTCOMES.len()],
+    /// notAfter per tracking host certificate issued by ACME.
+    pub certificate_expiry: crate::acme::ExpiryGauges,
 }
 
 /// The `outcome` label values of `trackrelay_inbound_reports_total`.
@@ -237,6 +239,7 @@ impl Metrics {
             );
         }
         self.render_inbound(&mut out);
+        self.certificate_expiry.render(&mut out);
         let name = "trackrelay_inbound_reports_total";
         let _ = writeln!(
             out,
