@@ -7,5 +7,6 @@
 pub mod dkim;
 pub mod dns;
 pub mod mx;
+pub mod pebble;
 pub mod postfix;
 pub mod webhook;
