@@ -644,7 +644,7 @@ impl Config {
         self.validate_delivery(&mut p);
         self.validate_webhooks(&mut p);
         self.validate_inbound(&mut p);
-        self.acme.validate(!self.tracking.listen.is_empty(), &mut p);
+        self.acme.validate(&self.tracking, &mut p);
         check_listen("api.listen", &self.api.listen, &mut p);
         let dc = &self.domain_checks;
         // A zero interval would re-check in a busy loop.
@@ -1291,6 +1291,9 @@ pub struct AcmeConfig {
     pub ca_file: PathBuf,
     /// The CA's domain in CAA records ("letsencrypt.org" for Let's Encrypt).
     pub caa_identity: String,
+    /// "http-01" (answered on tracking.listen, which the CA reaches on port
+    /// 80) or "tls-alpn-01" (on tracking.listen_tls, reached on port 443).
+    pub challenge: String,
     /// First wait after a failed attempt; it doubles up to 6 hours.
     #[serde(with = "duration")]
     pub retry_interval: Duration,
@@ -1304,6 +1307,7 @@ impl Default for AcmeConfig {
             contact: String::new(),
             ca_file: PathBuf::new(),
             caa_identity: "letsencrypt.org".into(),
+            challenge: "http-01".into(),
             retry_interval: Duration::from_secs(300),
         }
     }
@@ -1314,7 +1318,7 @@ impl AcmeConfig {
         (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path())
     }
 
-    fn validate(&self, has_plain_tracking: bool, p: &mut Vec<String>) {
+    fn validate(&self, tracking: &TrackingConfig, p: &mut Vec<String>) {
         if !self.enabled {
             return;
         }
@@ -1330,11 +1334,18 @@ impl AcmeConfig {
                 self.contact
             ));
         }
-        if !has_plain_tracking {
-            p.push(
-                "acme.enabled: HTTP-01 challenges are answered on tracking.listen, which is empty"
+        match self.challenge.as_str() {
+            "http-01" if tracking.listen.is_empty() => p.push(
+                "acme.challenge: http-01 is answered on tracking.listen, which is empty".into(),
+            ),
+            "tls-alpn-01" if tracking.listen_tls.is_empty() => p.push(
+                "acme.challenge: tls-alpn-01 is answered on tracking.listen_tls, which is empty"
                     .into(),
-            );
+            ),
+            "http-01" | "tls-alpn-01" => {}
+            other => p.push(format!(
+                "acme.challenge: {other:?} is not \"http-01\" or \"tls-alpn-01\""
+            )),
         }
         if self.caa_identity.trim().is_empty() {
             p.push("acme.caa_identity: must not be empty".into());

@@ -32,7 +32,10 @@ struct Setup {
 /// example.com tracks on t. (a CNAME to the relay) and keeps its previous
 /// old. (the relay's address); example.org's links. points elsewhere and
 /// its previous prev. points here but CAA at example.org names another CA.
-async fn setup(validity_secs: Option<u64>) -> Setup {
+///
+/// `challenge`: the relay's `acme.challenge`; Pebble gets a closed port for
+/// the other kind, so only the one asked for can succeed.
+async fn setup(validity_secs: Option<u64>, challenge: &str) -> Setup {
     let dns = DnsStub::start().await;
     dns.a(RELAY, Ipv4Addr::LOCALHOST)
         .cname("t.example.com", RELAY)
@@ -52,14 +55,19 @@ async fn setup(validity_secs: Option<u64>) -> Setup {
             delivery: format!("resolver = \"{}\"", dns.resolver()),
             extra: format!(
                 "[acme]\nenabled = true\ndirectory = \"{}\"\nca_file = \"{}\"\n\
-                 contact = \"mailto:ops@example.com\"\ncaa_identity = \"{CA}\"\nretry_interval = \"1s\"",
+                 contact = \"mailto:ops@example.com\"\ncaa_identity = \"{CA}\"\nretry_interval = \"1s\"\n\
+                 challenge = \"{challenge}\"",
                 pebble.directory,
                 pebble.ca_file.display()
             ),
             api_token: true,
             ..Options::default()
         });
-        match pebble.start(relay.tracking.port()) {
+        let (http_port, tls_port) = match challenge {
+            "http-01" => (relay.tracking.port(), closed_port()),
+            _ => (closed_port(), tls_port(&relay).port()),
+        };
+        match pebble.start(http_port, tls_port) {
             Ok(()) => {
                 return Setup {
                     relay,
@@ -121,12 +129,18 @@ fn row<'a>(rows: &'a [Value], record: &str, name: &str) -> &'a Value {
 }
 
 fn wait_served(s: &Setup, host: &str, root: &CertificateDer<'static>) -> CertificateDer<'static> {
-    let mut leaf = None;
-    wait_for(&format!("a certificate for {host}"), WAIT, || {
-        leaf = served_leaf(tls_port(&s.relay), host, root).ok();
-        leaf.is_some()
-    });
-    leaf.unwrap_or_else(|| panic!("{}\n{}", s.relay.log(), s.pebble.log()))
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match served_leaf(tls_port(&s.relay), host, root) {
+            Ok(leaf) => return leaf,
+            Err(e) if std::time::Instant::now() > deadline => panic!(
+                "no certificate for {host} ({e})\n--- relay\n{}\n--- pebble\n{}",
+                s.relay.log(),
+                s.pebble.log()
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +148,7 @@ async fn issues_for_hosts_that_point_here_serves_them_by_sni_and_says_why_not_fo
     if !pebble::available("acme issuance") {
         return;
     }
-    let mut s = setup(None).await;
+    let mut s = setup(None, "http-01").await;
     let root = s.pebble.root_der();
     let t = wait_served(&s, "t.example.com", &root);
     let old = wait_served(&s, "old.example.com", &root);
@@ -228,7 +242,7 @@ async fn renews_a_short_lived_certificate_without_a_restart() {
         return;
     }
     // Renewal at two thirds: 20 s into a 30 s certificate.
-    let s = setup(Some(30)).await;
+    let s = setup(Some(30), "http-01").await;
     let root = s.pebble.root_der();
     let first = wait_served(&s, "t.example.com", &root);
     let first_validity = trackrelay::acme::store::cert_validity(first.as_ref()).unwrap();
@@ -250,4 +264,42 @@ async fn renews_a_short_lived_certificate_without_a_restart() {
         .unwrap()
         .unwrap();
     assert_eq!(saved, renewed, "the renewed certificate is the one saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_on_the_tracking_tls_listener() {
+    if !pebble::available("acme tls-alpn-01") {
+        return;
+    }
+    let s = setup(None, "tls-alpn-01").await;
+    let root = s.pebble.root_der();
+    let t = wait_served(&s, "t.example.com", &root);
+    let old = wait_served(&s, "old.example.com", &root);
+    assert_ne!(t, old);
+    // An acme-tls/1 handshake outside a validation gets no certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let name = ServerName::try_from("t.example.com").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(tls_port(&s.relay)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut failed = false;
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut tcp).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(
+        failed,
+        "an acme-tls/1 handshake with no validation in flight must fail"
+    );
 }

@@ -118,19 +118,26 @@ impl Acme {
             if authz.status == "valid" {
                 continue;
             }
+            let kind = self.config.acme.challenge.as_str();
             let ch = authz
                 .challenges
                 .iter()
-                .find(|ch| ch.kind == "http-01")
-                .ok_or("the CA offers no http-01 challenge")?;
-            self.set_challenge(&ch.token, Some(c.key_authorization(&ch.token)));
+                .find(|ch| ch.kind == kind)
+                .ok_or_else(|| format!("the CA offers no {kind} challenge for {name}"))?;
+            let key_auth = c.key_authorization(&ch.token);
+            if kind == "tls-alpn-01" {
+                self.set_alpn_cert(name, Some(alpn_cert(name, &key_auth)?));
+            } else {
+                self.set_challenge(&ch.token, Some(key_auth));
+            }
             let result = async {
                 c.ready(&ch.url).await?;
                 c.wait_authorization(authz_url).await
             }
             .await;
             self.set_challenge(&ch.token, None);
-            result.map_err(|e| format!("validating {name} (HTTP-01): {e}"))?;
+            self.set_alpn_cert(name, None);
+            result.map_err(|e| format!("validating {name} ({kind}): {e}"))?;
         }
         let key = rcgen::KeyPair::generate().map_err(|e| format!("generating a key: {e}"))?;
         let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
@@ -151,6 +158,34 @@ impl Acme {
             not_after,
         })
     }
+}
+
+/// The self-signed certificate TLS-ALPN-01 asks for (RFC 8737 3): the
+/// name, and the SHA-256 of the key authorization in a critical
+/// acmeIdentifier extension.
+fn alpn_cert(
+    name: &str,
+    key_authorization: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("generating a key: {e}"))?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
+        .map_err(|e| format!("TLS-ALPN-01 certificate for {name}: {e}"))?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| format!("TLS-ALPN-01 certificate for {name}: {e}"))?;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+    let signing = crate::tls::provider()
+        .key_provider
+        .load_private_key(der.into())
+        .map_err(|e| format!("TLS-ALPN-01 key: {e}"))?;
+    // Not `keys_match`: webpki refuses the critical acmeIdentifier
+    // extension, which is the point of this certificate.
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 fn certified(chain_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, String> {

@@ -26,6 +26,9 @@ use store::Issued;
 
 /// The path HTTP-01 challenges are fetched at (RFC 8555 8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737): a handshake offering it
+/// gets the challenge certificate and no HTTP.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 pub struct Acme {
     config: Config,
@@ -33,6 +36,8 @@ pub struct Acme {
     certs: RwLock<HashMap<String, Issued>>,
     /// token → key authorization, while the CA validates.
     challenges: RwLock<HashMap<String, String>>,
+    /// name → TLS-ALPN-01 certificate, while the CA validates.
+    alpn_certs: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl Acme {
@@ -47,6 +52,7 @@ impl Acme {
             metrics,
             certs: RwLock::new(HashMap::new()),
             challenges: RwLock::new(HashMap::new()),
+            alpn_certs: RwLock::new(HashMap::new()),
         };
         for name in names(config) {
             match store::load(&config.server.data_dir, &name) {
@@ -69,6 +75,20 @@ impl Acme {
     pub fn challenge(&self, token: &str) -> Option<String> {
         let ch = self.challenges.read().unwrap_or_else(|p| p.into_inner());
         ch.get(token).cloned()
+    }
+
+    /// The TLS-ALPN-01 certificate for a name being validated.
+    pub fn alpn_cert_for(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let certs = self.alpn_certs.read().unwrap_or_else(|p| p.into_inner());
+        certs.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    fn set_alpn_cert(&self, name: &str, cert: Option<Arc<CertifiedKey>>) {
+        let mut certs = self.alpn_certs.write().unwrap_or_else(|p| p.into_inner());
+        match cert {
+            Some(c) => certs.insert(name.to_string(), c),
+            None => certs.remove(name),
+        };
     }
 
     fn issued(&self, name: &str) -> Option<Issued> {

@@ -89,6 +89,12 @@ async fn accept_loop(
                             tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                                 .await
                         {
+                            // TLS-ALPN-01: the handshake was the answer.
+                            if stream.get_ref().1.alpn_protocol()
+                                == Some(crate::acme::ACME_TLS_ALPN)
+                            {
+                                return;
+                            }
                             connection(tracker, acme, TokioIo::new(stream), peer, shutdown).await;
                         }
                     }
@@ -165,6 +171,14 @@ impl std::fmt::Debug for SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name();
+        if let Some(acme) = &self.acme {
+            if hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN))
+            {
+                return acme.alpn_cert_for(name?);
+            }
+        }
         name.and_then(|n| self.acme.as_ref()?.cert_for(n))
             .or_else(|| name.and_then(|n| self.by_name.get(&n.to_ascii_lowercase()).cloned()))
             .or_else(|| self.default.clone())
@@ -211,6 +225,10 @@ pub fn acceptor(config: &Config, acme: Option<Arc<Acme>>) -> Result<Option<TlsAc
         default,
         acme,
     });
-    let config = crate::tls::server_config_with_resolver(resolver, &[b"http/1.1"])?;
+    let alpn: &[&[u8]] = match resolver.acme {
+        Some(_) => &[b"http/1.1", crate::acme::ACME_TLS_ALPN],
+        None => &[b"http/1.1"],
+    };
+    let config = crate::tls::server_config_with_resolver(resolver, alpn)?;
     Ok(Some(TlsAcceptor::from(config)))
 }

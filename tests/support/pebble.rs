@@ -179,9 +179,10 @@ impl Pebble {
         self
     }
 
-    /// Starts the CA, validating HTTP-01 on `http_port`. Err when it could
-    /// not bind its ports (then prepare again: the directory URL changes).
-    pub fn start(&mut self, http_port: u16) -> Result<(), String> {
+    /// Starts the CA, validating HTTP-01 on `http_port` and TLS-ALPN-01 on
+    /// `tls_port`. Err when it could not bind its ports (then prepare
+    /// again: the directory URL changes).
+    pub fn start(&mut self, http_port: u16, tls_port: u16) -> Result<(), String> {
         let d = self.dir.path();
         let mut pebble = serde_json::json!({
             "listenAddress": self.listen.to_string(),
@@ -189,7 +190,7 @@ impl Pebble {
             "certificate": d.join("cert.pem"),
             "privateKey": d.join("key.pem"),
             "httpPort": http_port,
-            "tlsPort": 5001,
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         });
