@@ -1291,6 +1291,9 @@ pub struct AcmeConfig {
     pub ca_file: PathBuf,
     /// The CA's domain in CAA records ("letsencrypt.org" for Let's Encrypt).
     pub caa_identity: String,
+    /// Also get a certificate for server.hostname, served on the submission
+    /// (and inbound) TLS listeners in place of the configured one.
+    pub submission_hostname: bool,
     /// "http-01" (answered on tracking.listen, which the CA reaches on port
     /// 80) or "tls-alpn-01" (on tracking.listen_tls, reached on port 443).
     pub challenge: String,
@@ -1308,6 +1311,7 @@ impl Default for AcmeConfig {
             ca_file: PathBuf::new(),
             caa_identity: "letsencrypt.org".into(),
             challenge: "http-01".into(),
+            submission_hostname: false,
             retry_interval: Duration::from_secs(300),
         }
     }

@@ -305,6 +305,7 @@ pub async fn run_until(
         .collect();
 
     let acme = crate::acme::Acme::start(&config, metrics.clone())?;
+    let submission_tls = crate::acme::submission_tls(&config, acme.as_ref(), submission_tls);
     let tracking_acceptor = crate::tracking::server::acceptor(&config, acme.clone())?;
     let tracking_plain = bind_all("tracking.listen", &config.tracking.listen).await?;
     let tracking_tls = bind_all("tracking.listen_tls", &config.tracking.listen_tls).await?;

@@ -56,7 +56,7 @@ async fn setup(validity_secs: Option<u64>, challenge: &str) -> Setup {
             extra: format!(
                 "[acme]\nenabled = true\ndirectory = \"{}\"\nca_file = \"{}\"\n\
                  contact = \"mailto:ops@example.com\"\ncaa_identity = \"{CA}\"\nretry_interval = \"1s\"\n\
-                 challenge = \"{challenge}\"",
+                 challenge = \"{challenge}\"\nsubmission_hostname = true",
                 pebble.directory,
                 pebble.ca_file.display()
             ),
@@ -153,6 +153,14 @@ async fn issues_for_hosts_that_point_here_serves_them_by_sni_and_says_why_not_fo
     let t = wait_served(&s, "t.example.com", &root);
     let old = wait_served(&s, "old.example.com", &root);
     assert_ne!(t, old, "one certificate per host");
+    // acme.submission_hostname: the relay's own name, on the submission
+    // TLS listener.
+    let mut hostname = None;
+    wait_for("the hostname's certificate on submission", WAIT, || {
+        hostname = served_leaf(s.relay.smtps, RELAY, &root).ok();
+        hostname.is_some()
+    });
+    assert!(![t.clone(), old.clone()].contains(hostname.as_ref().unwrap()));
 
     // Files 0600 in data_dir/acme, account key included.
     use std::os::unix::fs::PermissionsExt;

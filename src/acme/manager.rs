@@ -1,7 +1,8 @@
 //! The background task: for each name, issue when there is no
-//! certificate, renew at two thirds of its lifetime, and after a failure
-//! (including "DNS does not point here yet") wait `retry_interval`,
-//! doubling up to [`MAX_BACKOFF_MS`].
+//! certificate, renew at two thirds of its lifetime; after a failure at
+//! the CA wait `retry_interval`, doubling up to [`MAX_BACKOFF_MS`]. A name
+//! whose DNS does not point here (or whose CAA forbids the CA) is
+//! re-checked every `domain_checks.interval` without asking the CA.
 
 use super::client::Client;
 use super::{store, Acme};
@@ -48,7 +49,20 @@ impl Acme {
                 if *shutdown.borrow() {
                     return;
                 }
-                let result = self.attempt(&resolver, &mut client, name).await;
+                // Never ask the CA for a name that does not reach us (or that
+                // CAA keeps from it): the validation would fail and count
+                // against its rate limits. DNS is re-checked on the domain
+                // checks' schedule, at no cost to the CA.
+                if let Err(e) = crate::dnscheck::issuable(&self.config, &resolver, name).await {
+                    let a = attempts.entry(name.clone()).or_default();
+                    let wait = self.config.domain_checks.interval.as_millis() as i64;
+                    a.next_at = crate::time::now_ms() + wait;
+                    next_wake = next_wake.min(a.next_at);
+                    // Not saved as the last error: dns-check finds it itself.
+                    tracing::info!(name = %name, "acme: not issuing: {e}");
+                    continue;
+                }
+                let result = self.attempt(&mut client, name).await;
                 let a = attempts.entry(name.clone()).or_default();
                 match result {
                     Ok(issued) => {
@@ -87,13 +101,9 @@ impl Acme {
 
     async fn attempt(
         &self,
-        resolver: &mail_auth::MessageAuthenticator,
         client: &mut Option<Client>,
         name: &str,
     ) -> Result<store::Issued, String> {
-        // Never ask the CA for a name that does not reach us: the
-        // validation would fail and count against its rate limits.
-        crate::dnscheck::issuable(&self.config, resolver, name).await?;
         if client.is_none() {
             let acme = &self.config.acme;
             let key = store::account_key(&self.config.server.data_dir)?;

@@ -116,6 +116,10 @@ impl Acme {
 /// Every name to hold a certificate for: each domain's tracking host and
 /// its previous ones (links already sent still point there), lower case.
 pub fn names(config: &Config) -> Vec<String> {
+    let hostname = config
+        .acme
+        .submission_hostname
+        .then(|| config.server.hostname.clone());
     let mut out: Vec<String> = config
         .domains
         .iter()
@@ -124,6 +128,7 @@ pub fn names(config: &Config) -> Vec<String> {
                 .into_iter()
                 .chain(d.previous_tracking_hosts())
         })
+        .chain(hostname)
         .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
         .collect();
     out.sort();
@@ -178,5 +183,56 @@ impl Acme {
             hyper::header::HeaderValue::from_static("application/octet-stream"),
         );
         resp
+    }
+}
+
+/// With `acme.submission_hostname`: `tls` (the submission listeners'
+/// config) answering with the hostname's ACME certificate once there is
+/// one, and with its own certificate until then.
+pub fn submission_tls(
+    config: &Config,
+    acme: Option<&Arc<Acme>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let (Some(acme), Some(tls)) = (acme, &tls) else {
+        return tls;
+    };
+    if !config.acme.submission_hostname {
+        return Some(tls.clone());
+    }
+    let mut with_acme = (**tls).clone();
+    with_acme.cert_resolver = Arc::new(HostnameResolver {
+        acme: acme.clone(),
+        hostname: config
+            .server
+            .hostname
+            .trim_end_matches('.')
+            .to_ascii_lowercase(),
+        fallback: tls.cert_resolver.clone(),
+    });
+    Some(Arc::new(with_acme))
+}
+
+/// Mail clients may send no SNI, or another name for the same server:
+/// the hostname's certificate answers whatever they ask.
+struct HostnameResolver {
+    acme: Arc<Acme>,
+    hostname: String,
+    fallback: Arc<dyn rustls::server::ResolvesServerCert>,
+}
+
+impl std::fmt::Debug for HostnameResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostnameResolver")
+            .field("hostname", &self.hostname)
+            .finish()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for HostnameResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.acme
+            .cert_for(&self.hostname)
+            .or_else(|| self.fallback.resolve(hello))
     }
 }
