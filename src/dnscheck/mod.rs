@@ -16,7 +16,9 @@
 //! `return_path` is set, and the tracking host when `tracking_subdomain` is
 //! set. SPF at the bare domain is required only without `return_path`: with
 //! one, every envelope sender is under `{return_path}.{domain}` and that is
-//! where receivers check SPF.
+//! where receivers check SPF. With `[acme] enabled`, each tracking host
+//! (current and previous) also gets a CAA row and a certificate row (not
+//! required; see [`acme`]).
 //!
 //! [`check`] is the core (no output), [`run`] the command.
 
