@@ -218,6 +218,26 @@ async fn issues_for_hosts_that_point_here_serves_them_by_sni_and_says_why_not_fo
     );
     assert_eq!(row(&rows, "caa", "t.example.com")["status"], "verified");
 
+    // The domain view (API) carries the same rows, from serve's own checks.
+    let auth = format!("Bearer {API_TOKEN}");
+    let mut view = Value::Null;
+    wait_for("example.org's checked records", WAIT, || {
+        let (status, _, body) = http(
+            s.relay.api,
+            "GET",
+            "/v1/domains/example.org",
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(status, 200);
+        view = serde_json::from_slice(&body).unwrap();
+        view["records"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let records = view["records"].as_array().unwrap();
+    assert_eq!(
+        row(records, "caa", "example.org")["expected"],
+        format!("0 issue \"{CA}\"")
+    );
+
     let (status, _, body) = http(
         s.relay.api,
         "GET",

@@ -364,7 +364,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jwk_thumbprint_matches_rfc7638_shape() {
+    fn jwk_has_32_byte_coordinates_and_rejects_other_encodings() {
         let key = generate_key().unwrap();
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key, &SystemRandom::new())

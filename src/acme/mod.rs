@@ -236,3 +236,80 @@ impl rustls::server::ResolvesServerCert for HostnameResolver {
             .or_else(|| self.fallback.resolve(hello))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn parse(acme: &str, tracking: &str) -> Result<Config, String> {
+        let text = format!(
+            "[server]\nhostname = \"relay.example.com\"\n[tracking]\n{tracking}\n\
+             [[domains]]\nname = \"example.com\"\ntracking_subdomain = \"t\"\n\
+             previous_tracking_subdomains = [\"old\"]\n[acme]\n{acme}\n"
+        );
+        Config::parse(&text, Path::new("/etc/trackrelay/c.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_defaults_and_problems_name_their_key() {
+        let c = parse("", "").unwrap();
+        assert!(!c.acme.enabled);
+        assert_eq!(
+            c.acme.directory,
+            "https://acme-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(c.acme.challenge, "http-01");
+        assert_eq!(c.acme.caa_identity, "letsencrypt.org");
+        assert!(c.acme.ca_file().is_none());
+        let c = parse("enabled = true\nca_file = \"pebble.pem\"", "").unwrap();
+        assert_eq!(
+            c.acme.ca_file(),
+            Some(Path::new("/etc/trackrelay/pebble.pem"))
+        );
+        for (acme, tracking, key) in [
+            (
+                "enabled = true\ndirectory = \"http://ca.test/dir\"",
+                "",
+                "acme.directory",
+            ),
+            (
+                "enabled = true\ncontact = \"ops@example.com\"",
+                "",
+                "acme.contact",
+            ),
+            (
+                "enabled = true\nchallenge = \"dns-01\"",
+                "",
+                "acme.challenge",
+            ),
+            ("enabled = true", "listen = []", "acme.challenge: http-01"),
+            (
+                "enabled = true\nchallenge = \"tls-alpn-01\"",
+                "",
+                "acme.challenge: tls-alpn-01",
+            ),
+            (
+                "enabled = true\nretry_interval = \"0s\"",
+                "",
+                "acme.retry_interval",
+            ),
+        ] {
+            let e = parse(acme, tracking).unwrap_err();
+            assert!(e.contains(key), "{acme}: {e}");
+        }
+        // Off, nothing about it is checked.
+        assert!(parse("challenge = \"dns-01\"", "").is_ok());
+    }
+
+    #[test]
+    fn names_are_every_tracking_host_and_optionally_the_hostname() {
+        let c = parse("", "").unwrap();
+        assert_eq!(names(&c), ["old.example.com", "t.example.com"]);
+        let c = parse("submission_hostname = true", "").unwrap();
+        assert_eq!(
+            names(&c),
+            ["old.example.com", "relay.example.com", "t.example.com"]
+        );
+    }
+}
