@@ -151,6 +151,7 @@ async fn connection<I>(
 /// Certificates by server name: each tracking host (current and previous)
 /// gets the first of its domain's certificates that is valid for it; the
 /// default certificate answers anything else.
+///
 /// With ACME, its certificates come first (looked up per handshake, so a
 /// renewal is served at once); the configured ones are the fallback.
 struct SniResolver {
