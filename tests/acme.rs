@@ -187,6 +187,21 @@ async fn issues_for_hosts_that_point_here_serves_them_by_sni_and_says_why_not_fo
         );
     }
 
+    // Not even asked of the CA (its validation would fail and count
+    // against the account's rate limits).
+    let log = s.relay.log();
+    assert!(
+        log.contains("not issuing: links.example.org does not point at this relay"),
+        "{log}"
+    );
+    let ordered = |host: &str| {
+        log.lines()
+            .any(|l| l.contains("acme: ordering a certificate") && l.contains(host))
+    };
+    assert!(ordered("t.example.com"), "{log}");
+    assert!(!ordered("links.example.org"), "{log}");
+    assert!(!ordered("prev.example.org"), "{log}");
+
     let rows = dns_check(&s.relay);
     let cert = row(&rows, "certificate", "t.example.com");
     assert_eq!(cert["status"], "verified", "{cert}");

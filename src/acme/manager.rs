@@ -53,7 +53,11 @@ impl Acme {
                 // CAA keeps from it): the validation would fail and count
                 // against its rate limits. DNS is re-checked on the domain
                 // checks' schedule, at no cost to the CA.
-                if let Err(e) = crate::dnscheck::issuable(&self.config, &resolver, name).await {
+                let issuable = tokio::select! {
+                    r = crate::dnscheck::issuable(&self.config, &resolver, name) => r,
+                    _ = shutdown.changed() => return,
+                };
+                if let Err(e) = issuable {
                     let a = attempts.entry(name.clone()).or_default();
                     let wait = self.config.domain_checks.interval.as_millis() as i64;
                     a.next_at = crate::time::now_ms() + wait;
@@ -62,7 +66,11 @@ impl Acme {
                     tracing::info!(name = %name, "acme: not issuing: {e}");
                     continue;
                 }
-                let result = self.attempt(&mut client, name).await;
+                // An attempt can poll the CA for minutes: shutdown must not wait.
+                let result = tokio::select! {
+                    r = self.attempt(&mut client, name) => r,
+                    _ = shutdown.changed() => return,
+                };
                 let a = attempts.entry(name.clone()).or_default();
                 match result {
                     Ok(issued) => {
@@ -122,6 +130,7 @@ impl Acme {
     }
 
     async fn issue(&self, c: &Client, name: &str) -> Result<store::Issued, String> {
+        tracing::info!(name = %name, "acme: ordering a certificate");
         let (order_url, order) = c.new_order(name).await?;
         for authz_url in &order.authorizations {
             let authz = c.authorization(authz_url).await?;
