@@ -85,6 +85,21 @@ fn tls_port(relay: &Relay) -> SocketAddr {
     relay.bound.tracking_tls[0]
 }
 
+/// A client trusting only `root`, offering `alpn`.
+fn client_config(root: &CertificateDer<'static>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// A TLS handshake with SNI `host`, trusting only `root`: the leaf served,
 /// or why the handshake (or the chain/name check) failed.
 fn served_leaf(
@@ -92,17 +107,8 @@ fn served_leaf(
     host: &str,
     root: &CertificateDer<'static>,
 ) -> Result<CertificateDer<'static>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).map_err(|e| e.to_string())?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let name = ServerName::try_from(host.to_string()).unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut conn = rustls::ClientConnection::new(client_config(root, &[]), name).unwrap();
     let mut tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     while conn.is_handshaking() {
@@ -320,18 +326,9 @@ async fn tls_alpn_01_on_the_tracking_tls_listener() {
     let old = wait_served(&s, "old.example.com", &root);
     assert_ne!(t, old);
     // An acme-tls/1 handshake outside a validation gets no certificate.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let config = client_config(&root, &[b"acme-tls/1"]);
     let name = ServerName::try_from("t.example.com").unwrap();
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
     let mut tcp = TcpStream::connect(tls_port(&s.relay)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut failed = false;
