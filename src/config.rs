@@ -246,6 +246,20 @@ pub struct DeliveryConfig {
     /// another runner (after a crash, or on another node).
     #[serde(with = "duration")]
     pub lease_time: Duration,
+    /// Honour the MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+    /// Extra trust anchors (PEM) for verified outbound TLS: MTA-STS policy
+    /// fetches and MX certificates under MTA-STS (private CAs, tests).
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl DeliveryConfig {
+    /// `extra_ca_file`, where set and not empty (`""` means none).
+    pub fn extra_ca(&self) -> Option<&std::path::Path> {
+        self.extra_ca_file
+            .as_deref()
+            .filter(|f| !f.as_os_str().is_empty())
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -265,6 +279,8 @@ impl Default for DeliveryConfig {
             tls_failure_memory: Duration::from_secs(3600),
             max_messages_per_connection: 100,
             lease_time: Duration::from_secs(45 * 60),
+            mta_sts: true,
+            extra_ca_file: None,
         }
     }
 }
@@ -585,6 +601,15 @@ impl Config {
         if let Some(relay) = &mut self.delivery.relay {
             fix_opt(&mut relay.password_file);
         }
+        // "" means no file, not the config's directory.
+        if let Some(p) = self
+            .delivery
+            .extra_ca_file
+            .as_mut()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            fix(p);
+        }
         if !self.acme.ca_file.as_os_str().is_empty() {
             fix(&mut self.acme.ca_file);
         }
@@ -855,6 +880,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(f) = d.extra_ca() {
+            if let Err(e) = crate::outbound::tls::root_store(Some(f)) {
+                p.push(e);
+            }
+        }
         if d.retry.is_empty() {
             p.push("delivery.retry: needs at least one interval".into());
         }
@@ -1105,6 +1135,23 @@ mod tests {
     fn relative_paths_follow_the_config_file() {
         let c = parse("[server]\nhostname = \"r.example.com\"\ndata_dir = \"./data\"\n").unwrap();
         assert_eq!(c.server.data_dir, PathBuf::from("/etc/trackrelay/data"));
+    }
+
+    #[test]
+    fn mta_sts_defaults_and_extra_ca_file() {
+        let base = "[server]\nhostname = \"r.example.com\"\n[delivery]\n";
+        let c = parse(base).unwrap();
+        assert!(c.delivery.mta_sts);
+        assert_eq!(c.delivery.extra_ca(), None);
+        let c = parse(&format!("{base}mta_sts = false\nextra_ca_file = \"\"\n")).unwrap();
+        assert!(!c.delivery.mta_sts);
+        assert_eq!(c.delivery.extra_ca(), None, "\"\" is no file");
+        let e = parse(&format!("{base}extra_ca_file = \"ca/missing.pem\"\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("delivery.extra_ca_file: cannot read /etc/trackrelay/ca/missing.pem"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,11 +7,13 @@
 pub mod client;
 pub mod dkim;
 pub mod keys;
+pub mod mta_sts;
 pub mod protocol;
 pub mod route;
 pub mod runner;
 mod session;
 pub mod tls;
+pub mod tls_policy;
 
 pub use client::{deliver, ClientConfig, Outcome, OutgoingMessage, Timeouts, TlsPolicy};
 pub use dkim::{generate_key, sign, DkimAlgorithm, DkimKey};

@@ -228,6 +228,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address COLLATE NOCASE);
     CREATE INDEX IF NOT EXISTS webhook_outbox_event ON webhook_outbox(event_id);
     "#,
+    // 8 (MTA-STS) (issue 13): recipient domains' MTA-STS policies (RFC
+    // 8461), cached until max_age runs out, and the TLS policy that
+    // governed each recipient's last attempt.
+    r#"
+    CREATE TABLE mta_sts_policies (
+        domain      TEXT PRIMARY KEY,            -- recipient domain, lowercased
+        policy_id   TEXT NOT NULL,               -- id= of the _mta-sts TXT record it came with
+        policy      TEXT NOT NULL,               -- the policy text as fetched
+        fetched_at  INTEGER NOT NULL,            -- unix ms
+        expires_at  INTEGER NOT NULL             -- unix ms: fetched_at + max_age
+    ) WITHOUT ROWID;
+    ALTER TABLE recipients ADD COLUMN tls_policy TEXT;  -- dane, mta-sts, enforced, opportunistic
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

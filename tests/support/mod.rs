@@ -9,4 +9,5 @@ pub mod dns;
 pub mod mx;
 pub mod pebble;
 pub mod postfix;
+pub mod sts;
 pub mod webhook;
