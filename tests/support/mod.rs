@@ -8,6 +8,7 @@ pub mod dkim;
 pub mod dns;
 pub mod dnssec;
 pub mod mx;
+pub mod pebble;
 pub mod postfix;
 pub mod sts;
 pub mod webhook;
