@@ -244,6 +244,9 @@ pub struct DeliveryConfig {
     /// another runner (after a crash, or on another node).
     #[serde(with = "duration")]
     pub lease_time: Duration,
+    /// TLS reporting (RFC 8460): count each delivery session's TLS outcome
+    /// and send the daily report to domains that publish `_smtp._tls`.
+    pub tls_reports: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -263,6 +266,7 @@ impl Default for DeliveryConfig {
             tls_failure_memory: Duration::from_secs(3600),
             max_messages_per_connection: 100,
             lease_time: Duration::from_secs(45 * 60),
+            tls_reports: true,
         }
     }
 }
