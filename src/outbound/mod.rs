@@ -12,6 +12,8 @@ pub mod route;
 pub mod runner;
 mod session;
 pub mod tls;
+pub mod tls;
+pub mod tls_policy;
 pub mod tls_report;
 
 pub use client::{deliver, ClientConfig, Outcome, OutgoingMessage, Timeouts, TlsPolicy};

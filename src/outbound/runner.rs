@@ -20,6 +20,7 @@ use super::dkim::{self, DkimKey};
 use super::protocol;
 use super::route::{RouteError, Router, Target};
 use super::tls::TlsMemory;
+use super::tls_policy::{DaneSource, NoopSink, TlsOutcomeSink};
 use crate::config::{Config, TlsPolicy};
 use crate::metrics::Metrics;
 use crate::prepare::{self, TokenKeys, TrackingOptions};
@@ -72,6 +73,10 @@ pub struct Runner {
     /// (a changed tracking_subdomain only once verified); None: the
     /// configured one.
     tracking_in_use: Option<crate::domains::TrackingHosts>,
+    /// Where every attempt's TLS outcome is reported (TLS-RPT plugs in).
+    tls_sink: Arc<dyn TlsOutcomeSink>,
+    /// DANE decisions per MX host, once `dane.rs` provides them.
+    dane: Option<Arc<dyn DaneSource>>,
 }
 
 /// A stored message: our trace header and the bytes as submitted.
@@ -143,7 +148,21 @@ impl Runner {
                     .collect(),
             ),
             tracking_in_use: None,
+            tls_sink: Arc::new(NoopSink),
+            dane: None,
         }
+    }
+
+    /// Every delivery attempt's TLS outcome goes to `sink` (TLS-RPT).
+    pub fn with_tls_outcome_sink(mut self, sink: Arc<dyn TlsOutcomeSink>) -> Self {
+        self.tls_sink = sink;
+        self
+    }
+
+    /// DANE decides first for each MX host (see `tls_policy`).
+    pub fn with_dane(mut self, dane: Arc<dyn DaneSource>) -> Self {
+        self.dane = Some(dane);
+        self
     }
 
     /// New links use the host the domain checker says is in use.
