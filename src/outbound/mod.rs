@@ -12,7 +12,6 @@ pub mod route;
 pub mod runner;
 mod session;
 pub mod tls;
-pub mod tls;
 pub mod tls_policy;
 pub mod tls_report;
 

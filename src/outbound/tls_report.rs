@@ -18,102 +18,15 @@ mod record;
 mod send;
 
 pub use record::{parse_record, parse_records, Rua};
-pub use send::Reporter;
+pub use send::{report_for_show, Reporter, Sender};
+
+use super::tls_policy::{SessionResult, TlsOutcome, TlsOutcomeSink};
 
 use crate::store::tls_reports::CountKey;
 use crate::store::{Durability, Store};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::Mutex;
-
-/// RFC 8460 section 4.4 `policy-type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PolicyType {
-    Sts,
-    Tlsa,
-    NoPolicyFound,
-}
-
-impl PolicyType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PolicyType::Sts => "sts",
-            PolicyType::Tlsa => "tlsa",
-            PolicyType::NoPolicyFound => "no-policy-found",
-        }
-    }
-}
-
-/// RFC 8460 section 4.3 result types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ResultType {
-    StarttlsNotSupported,
-    CertificateHostMismatch,
-    CertificateExpired,
-    CertificateNotTrusted,
-    ValidationFailure,
-    TlsaInvalid,
-    DnssecInvalid,
-    DaneRequired,
-    StsPolicyFetchError,
-    StsPolicyInvalid,
-    StsWebpkiInvalid,
-}
-
-impl ResultType {
-    pub const ALL: [ResultType; 11] = [
-        ResultType::StarttlsNotSupported,
-        ResultType::CertificateHostMismatch,
-        ResultType::CertificateExpired,
-        ResultType::CertificateNotTrusted,
-        ResultType::ValidationFailure,
-        ResultType::TlsaInvalid,
-        ResultType::DnssecInvalid,
-        ResultType::DaneRequired,
-        ResultType::StsPolicyFetchError,
-        ResultType::StsPolicyInvalid,
-        ResultType::StsWebpkiInvalid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResultType::StarttlsNotSupported => "starttls-not-supported",
-            ResultType::CertificateHostMismatch => "certificate-host-mismatch",
-            ResultType::CertificateExpired => "certificate-expired",
-            ResultType::CertificateNotTrusted => "certificate-not-trusted",
-            ResultType::ValidationFailure => "validation-failure",
-            ResultType::TlsaInvalid => "tlsa-invalid",
-            ResultType::DnssecInvalid => "dnssec-invalid",
-            ResultType::DaneRequired => "dane-required",
-            ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
-            ResultType::StsPolicyInvalid => "sts-policy-invalid",
-            ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ResultType> {
-        ResultType::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// One delivery session's TLS outcome, as the report counts it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    /// The recipient domain whose policy applied.
-    pub policy_domain: String,
-    pub policy_type: PolicyType,
-    /// The policy as published (MTA-STS lines, TLSA records); empty for
-    /// no-policy-found.
-    pub policy_strings: Vec<String>,
-    /// The MTA-STS policy's `mx` patterns.
-    pub mx_host: Vec<String>,
-    /// None: TLS negotiated as the policy asked.
-    pub failure: Option<ResultType>,
-    pub receiving_mx: String,
-    pub receiving_ip: Option<IpAddr>,
-    pub sending_ip: Option<IpAddr>,
-}
 
 /// Sessions tallied in memory until the next flush: recording is a hash
 /// map update under a lock, never a store write.
@@ -136,11 +49,13 @@ impl Counter {
         self.enabled
     }
 
-    pub fn record(&self, s: &Session) {
-        if !self.enabled || s.policy_domain.is_empty() {
+    fn count(&self, o: &TlsOutcome) {
+        if !self.enabled || o.policy.policy_domain.is_empty() {
             return;
         }
-        let key = count_key(&day_of(now_ms(self.skew_ms)), s);
+        let Some(key) = count_key(&day_of(o.at.saturating_add(self.skew_ms)), o) else {
+            return;
+        };
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         *pending.entry(key).or_insert(0) += 1;
     }
@@ -171,30 +86,42 @@ impl Counter {
     }
 }
 
+impl TlsOutcomeSink for Counter {
+    fn record(&self, outcome: &TlsOutcome) {
+        self.count(outcome);
+    }
+}
+
 fn json_list(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
-/// The store key of one session. Successes keep only the policy: the
+/// The store key of one session; `None` when there is nothing to count
+/// (no TLS asked for and none tried). Successes keep only the policy: the
 /// report's summary counts them, and per-host detail is for failures.
-pub fn count_key(day: &str, s: &Session) -> CountKey {
-    let ip = |ip: Option<IpAddr>| ip.map(|i| i.to_canonical().to_string()).unwrap_or_default();
-    let failed = s.failure.is_some();
-    CountKey {
+pub fn count_key(day: &str, o: &TlsOutcome) -> Option<CountKey> {
+    let failure = match &o.result {
+        SessionResult::Success => None,
+        SessionResult::Failure(kind, _) => Some(kind.as_str()),
+        SessionResult::NotApplicable => return None,
+    };
+    let detail = |v: String| if failure.is_some() { v } else { String::new() };
+    Some(CountKey {
         day: day.to_string(),
-        policy_domain: s.policy_domain.to_ascii_lowercase(),
-        policy_type: s.policy_type.as_str().to_string(),
-        policy_strings: json_list(&s.policy_strings),
-        mx_host: json_list(&s.mx_host),
-        result_type: s.failure.map(|f| f.as_str().to_string()).unwrap_or_default(),
-        sending_ip: if failed { ip(s.sending_ip) } else { String::new() },
-        receiving_mx: if failed {
-            s.receiving_mx.to_ascii_lowercase()
-        } else {
-            String::new()
-        },
-        receiving_ip: if failed { ip(s.receiving_ip) } else { String::new() },
-    }
+        policy_domain: o.policy.policy_domain.to_ascii_lowercase(),
+        policy_type: o.policy.policy_type.to_string(),
+        policy_strings: json_list(&o.policy.policy_strings),
+        mx_host: json_list(&o.policy.mx_patterns),
+        result_type: failure.unwrap_or_default().to_string(),
+        // Not known to the client (the kernel picks the source address).
+        sending_ip: String::new(),
+        receiving_mx: detail(o.mx_host.trim_end_matches('.').to_ascii_lowercase()),
+        receiving_ip: detail(
+            o.receiving_ip
+                .map(|i| i.to_canonical().to_string())
+                .unwrap_or_default(),
+        ),
+    })
 }
 
 /// `TRACKRELAY_TEST_CLOCK_SKEW` (seconds; tests only), as the domain
@@ -218,9 +145,13 @@ pub fn day_of(ms: i64) -> String {
 /// A `YYYY-MM-DD` day as given on the command line or in a query.
 pub fn check_day(s: &str) -> Result<String, String> {
     let ok = s.len() == 10
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() })
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
         && crate::time::parse_time(s).is_some_and(|ms| day_of(ms) == s);
     if ok {
         Ok(s.to_string())
@@ -348,16 +279,25 @@ pub fn gzip(json: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn session(domain: &str, failure: Option<ResultType>, mx: &str) -> Session {
-        Session {
-            policy_domain: domain.into(),
-            policy_type: PolicyType::NoPolicyFound,
-            policy_strings: vec![],
-            mx_host: vec![],
-            failure,
-            receiving_mx: mx.into(),
+    use crate::outbound::tls_policy::{Applied, PolicyRef, ResultType};
+
+    fn session(domain: &str, failure: Option<ResultType>, mx: &str) -> TlsOutcome {
+        TlsOutcome {
+            at: 1_795_392_000_000,
+            applied: Applied::Opportunistic,
+            policy: PolicyRef {
+                policy_type: "no-policy-found",
+                policy_domain: domain.into(),
+                policy_strings: vec![],
+                mx_patterns: vec![],
+            },
+            mx_host: mx.into(),
             receiving_ip: Some("127.0.0.1".parse().unwrap()),
-            sending_ip: None,
+            result: match failure {
+                Some(f) => SessionResult::Failure(f, "why".into()),
+                None => SessionResult::Success,
+            },
+            report_only: false,
         }
     }
 
@@ -374,24 +314,35 @@ mod tests {
     fn the_report_sums_successes_and_groups_failures_per_host_and_type() {
         let day = "2026-11-23";
         let mut sts = session("a.test", None, "mx1.a.test");
-        sts.policy_type = PolicyType::Sts;
-        sts.policy_strings = vec!["version: STSv1".into(), "mode: enforce".into()];
-        sts.mx_host = vec!["*.a.test".into()];
+        sts.policy.policy_type = "sts";
+        sts.policy.policy_strings = vec!["version: STSv1".into(), "mode: enforce".into()];
+        sts.policy.mx_patterns = vec!["*.a.test".into()];
         let mut sts_fail = sts.clone();
-        sts_fail.failure = Some(ResultType::CertificateExpired);
+        sts_fail.result = SessionResult::Failure(ResultType::CertificateExpired, "x".into());
         let rows = vec![
-            (count_key(day, &session("a.test", None, "mx1.a.test")), 3),
+            (
+                count_key(day, &session("a.test", None, "mx1.a.test")).unwrap(),
+                3,
+            ),
             // Successes at another host fold into the same summary.
-            (count_key(day, &session("a.test", None, "mx2.a.test")), 2),
+            (
+                count_key(day, &session("a.test", None, "mx2.a.test")).unwrap(),
+                2,
+            ),
             (
                 count_key(
                     day,
-                    &session("a.test", Some(ResultType::StarttlsNotSupported), "mx1.a.test"),
-                ),
+                    &session(
+                        "a.test",
+                        Some(ResultType::StarttlsNotSupported),
+                        "mx1.a.test",
+                    ),
+                )
+                .unwrap(),
                 4,
             ),
-            (count_key(day, &sts), 7),
-            (count_key(day, &sts_fail), 1),
+            (count_key(day, &sts).unwrap(), 7),
+            (count_key(day, &sts_fail).unwrap(), 1),
         ];
         let r = build_report(&meta(), &rows);
         assert_eq!(r["organization-name"], "relay.test");
@@ -421,12 +372,18 @@ mod tests {
         assert_eq!(sts["policy"]["policy-string"][1], "mode: enforce");
         assert_eq!(sts["policy"]["mx-host"][0], "*.a.test");
         assert_eq!(sts["summary"]["total-successful-session-count"], 7);
-        assert_eq!(sts["failure-details"][0]["result-type"], "certificate-expired");
+        assert_eq!(
+            sts["failure-details"][0]["result-type"],
+            "certificate-expired"
+        );
     }
 
     #[test]
     fn a_day_without_failures_has_no_failure_details() {
-        let rows = vec![(count_key("2026-11-23", &session("a.test", None, "mx")), 1)];
+        let rows = vec![(
+            count_key("2026-11-23", &session("a.test", None, "mx")).unwrap(),
+            1,
+        )];
         let r = build_report(&meta(), &rows);
         assert!(r["policies"][0].get("failure-details").is_none(), "{r}");
     }
@@ -434,13 +391,23 @@ mod tests {
     #[test]
     fn the_counter_tallies_in_memory_and_off_does_nothing() {
         let c = Counter::new(true);
-        let s = session("A.test", Some(ResultType::StarttlsNotSupported), "MX.a.test");
+        let s = session(
+            "A.test",
+            Some(ResultType::StarttlsNotSupported),
+            "MX.a.test.",
+        );
         c.record(&s);
         c.record(&s);
         c.record(&session("a.test", None, "mx.a.test"));
+        let mut plain = session("a.test", None, "mx.a.test");
+        plain.result = SessionResult::NotApplicable;
+        c.record(&plain);
         let pending = c.pending.lock().unwrap();
         assert_eq!(pending.len(), 2);
-        let failed = pending.iter().find(|(k, _)| !k.result_type.is_empty()).unwrap();
+        let failed = pending
+            .iter()
+            .find(|(k, _)| !k.result_type.is_empty())
+            .unwrap();
         assert_eq!(*failed.1, 2);
         assert_eq!(failed.0.policy_domain, "a.test");
         assert_eq!(failed.0.receiving_mx, "mx.a.test");
@@ -453,7 +420,14 @@ mod tests {
     #[test]
     fn days_are_checked() {
         assert_eq!(check_day("2026-11-23").unwrap(), "2026-11-23");
-        for bad in ["2026-13-01", "2026-02-30", "24h", "2026-1-01", "", "2026-11-23x"] {
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "24h",
+            "2026-1-01",
+            "",
+            "2026-11-23x",
+        ] {
             assert!(check_day(bad).is_err(), "{bad}");
         }
         assert_eq!(day_of(0), "1970-01-01");

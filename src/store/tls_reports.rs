@@ -200,7 +200,11 @@ pub fn record_attempt(tx: &Tx<'_>, r: &ReportRow) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn get(conn: &Connection, policy_domain: &str, day: &str) -> rusqlite::Result<Option<ReportRow>> {
+pub fn get(
+    conn: &Connection,
+    policy_domain: &str,
+    day: &str,
+) -> rusqlite::Result<Option<ReportRow>> {
     conn.prepare_cached(&format!(
         "SELECT {REPORT_COLUMNS} FROM tls_reports WHERE policy_domain = ?1 AND day = ?2"
     ))?
@@ -322,7 +326,13 @@ mod tests {
         write(&mut c, |tx| add_counts(tx, &batch[..1]));
         let rows = counts(&c, "a.test", "2026-11-23").unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows.iter().find(|(k, _)| k.result_type.is_empty()).unwrap().1, 4);
+        assert_eq!(
+            rows.iter()
+                .find(|(k, _)| k.result_type.is_empty())
+                .unwrap()
+                .1,
+            4
+        );
         assert_eq!(
             unreported_days(&c, "2026-11-24").unwrap(),
             [("a.test".to_string(), "2026-11-23".to_string())]

@@ -30,8 +30,9 @@ pub fn parse_records(txts: &[String]) -> Result<Option<Vec<Rua>>, String> {
         .iter()
         .filter(|t| {
             let t = t.trim_start();
-            t.strip_prefix("v=TLSRPTv1")
-                .is_some_and(|rest| rest.trim_start().is_empty() || rest.trim_start().starts_with(';'))
+            t.strip_prefix("v=TLSRPTv1").is_some_and(|rest| {
+                rest.trim_start().is_empty() || rest.trim_start().starts_with(';')
+            })
         })
         .collect();
     match ours.as_slice() {
@@ -107,9 +108,9 @@ fn plain_address(a: &str) -> bool {
     };
     let local_ok = !local.is_empty()
         && local.len() <= 64
-        && local.chars().all(|c| {
-            c.is_alphanumeric() || "!#$%&'*+-/=^_`{|}~.".contains(c)
-        });
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=^_`{|}~.".contains(c));
     let domain_ok = domain.contains('.')
         && domain.len() <= 253
         && domain
@@ -151,7 +152,9 @@ mod tests {
         assert_eq!(r, [Rua::Mailto("ok@b.example".into())]);
         assert!(parse_record("v=TLSRPTv1; rua=ftp://x.example/").is_err());
         assert!(parse_record("v=TLSRPTv1;").is_err());
-        assert!(parse_record("v=TLSRPTv1; rua=mailto:a@b.example; rua=mailto:c@d.example").is_err());
+        assert!(
+            parse_record("v=TLSRPTv1; rua=mailto:a@b.example; rua=mailto:c@d.example").is_err()
+        );
         assert!(parse_record("rua=mailto:a@b.example; v=TLSRPTv1").is_err());
         assert!(parse_record("v=TLSRPTv1; rua").is_err());
     }

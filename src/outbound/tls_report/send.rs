@@ -171,7 +171,11 @@ impl Reporter {
         let now = store::now_ms();
         let (status, rua, why) = match self.lookup(domain).await {
             Err(e) => {
-                tracing::info!(domain, day, "TLS report: _smtp._tls lookup failed, trying later: {e}");
+                tracing::info!(
+                    domain,
+                    day,
+                    "TLS report: _smtp._tls lookup failed, trying later: {e}"
+                );
                 return;
             }
             Ok(Ok(Some(rua))) => ("pending", rua, None),
@@ -184,7 +188,11 @@ impl Reporter {
         };
         let report = if status == "pending" {
             let (d, y) = (domain.to_string(), day.to_string());
-            match self.store.read(move |c| tls_reports::counts(c, &d, &y)).await {
+            match self
+                .store
+                .read(move |c| tls_reports::counts(c, &d, &y))
+                .await
+            {
                 Ok(rows) => Some(build_report(&sender.meta(domain, day), &rows).to_string()),
                 Err(e) => {
                     tracing::warn!(domain, day, "TLS report: reading counts: {e}");
@@ -223,8 +231,7 @@ impl Reporter {
     async fn lookup(&self, domain: &str) -> Result<Result<Option<Vec<Rua>>, String>, String> {
         let name = Name::from_str_relaxed(format!("_smtp._tls.{domain}."))
             .map_err(|e| format!("{domain:?} is not a DNS name: {e}"))?;
-        let txts: Vec<String> = match self.resolver.resolver().lookup(name, RecordType::TXT).await
-        {
+        let txts: Vec<String> = match self.resolver.resolver().lookup(name, RecordType::TXT).await {
             Ok(l) => l
                 .answers()
                 .iter()
@@ -244,8 +251,12 @@ impl Reporter {
 
     /// One round for a pending report: every destination not yet reached.
     async fn send(&self, mut row: ReportRow) {
-        let Some(sender) = self.sender.clone() else { return };
-        let Some(json) = row.report.clone() else { return };
+        let Some(sender) = self.sender.clone() else {
+            return;
+        };
+        let Some(json) = row.report.clone() else {
+            return;
+        };
         let gz = gzip(json.as_bytes());
         let mut errors = Vec::new();
         for uri in row.rua.clone() {
@@ -283,7 +294,12 @@ impl Reporter {
             match RETRY.get(row.attempts as usize - 1) {
                 Some(wait) => row.next_attempt_at = Some(now + wait.as_millis() as i64),
                 None => {
-                    row.status = if row.done.is_empty() { "failed" } else { "sent" }.into();
+                    row.status = if row.done.is_empty() {
+                        "failed"
+                    } else {
+                        "sent"
+                    }
+                    .into();
                     row.sent_at = (!row.done.is_empty()).then_some(now);
                     row.next_attempt_at = None;
                 }
@@ -291,7 +307,9 @@ impl Reporter {
         }
         if let Err(e) = self
             .store
-            .write(Durability::Normal, move |tx| tls_reports::record_attempt(tx, &row))
+            .write(Durability::Normal, move |tx| {
+                tls_reports::record_attempt(tx, &row)
+            })
             .await
         {
             tracing::warn!("TLS report: recording the attempt: {e}");
@@ -299,7 +317,13 @@ impl Reporter {
     }
 
     /// Queues the report as an email through our own outbound.
-    async fn mail(&self, sender: &Sender, row: &ReportRow, to: &str, gz: &[u8]) -> Result<(), String> {
+    async fn mail(
+        &self,
+        sender: &Sender,
+        row: &ReportRow,
+        to: &str,
+        gz: &[u8],
+    ) -> Result<(), String> {
         let now = store::now_ms();
         let id = uuid::Uuid::now_v7().to_string();
         let message_id = format!("{id}@{}", sender.hostname);
@@ -327,7 +351,9 @@ impl Reporter {
             recipients: vec![to.to_string()],
         };
         self.store
-            .write(Durability::Full, move |tx| store::emails::insert(tx, &email))
+            .write(Durability::Full, move |tx| {
+                store::emails::insert(tx, &email)
+            })
             .await
             .map_err(|e| format!("queueing the report: {e}"))?;
         self.queue_wake.notify_one();
@@ -450,7 +476,8 @@ pub fn report_for_show(
 ) -> Result<(String, bool), String> {
     let day = check_day(day)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    let stored = tls_reports::get(conn, &domain, &day).map_err(|e| format!("reading the store: {e}"))?;
+    let stored =
+        tls_reports::get(conn, &domain, &day).map_err(|e| format!("reading the store: {e}"))?;
     if let Some(report) = stored.as_ref().and_then(|r| r.report.clone()) {
         return Ok((report, true));
     }
@@ -461,17 +488,22 @@ pub fn report_for_show(
             r.last_error.map(|e| format!(": {e}")).unwrap_or_default()
         ));
     }
-    let rows = tls_reports::counts(conn, &domain, &day).map_err(|e| format!("reading the store: {e}"))?;
+    let rows =
+        tls_reports::counts(conn, &domain, &day).map_err(|e| format!("reading the store: {e}"))?;
     if rows.is_empty() {
         return Err(format!("no TLS sessions counted for {domain} on {day}"));
     }
     let sender = Sender::from_config(config).ok_or("no [[domains]] configured")?;
-    Ok((build_report(&sender.meta(&domain, &day), &rows).to_string(), false))
+    Ok((
+        build_report(&sender.meta(&domain, &day), &rows).to_string(),
+        false,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mail_parser::MimeHeaders;
 
     #[test]
     fn the_report_mail_has_the_rfc_headers_and_attachment() {
@@ -503,7 +535,10 @@ mod tests {
             "Report Domain: example.net Submitter: example.com Report-ID: <2026-11-23T00:00:00Z_example.net_relay.test>"
         );
         let text = String::from_utf8_lossy(&m);
-        assert!(text.contains("TLS-Report-Domain: example.net\r\n"), "{text}");
+        assert!(
+            text.contains("TLS-Report-Domain: example.net\r\n"),
+            "{text}"
+        );
         assert!(text.contains("TLS-Report-Submitter: example.com\r\n"));
         let ct = parsed.content_type().unwrap();
         assert_eq!(ct.ctype(), "multipart");
