@@ -26,6 +26,7 @@ use crate::store::tls_reports::CountKey;
 use crate::store::{Durability, Store};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// Sessions tallied in memory until the next flush: recording is a hash
@@ -53,7 +54,14 @@ impl Counter {
         if !self.enabled || o.policy.policy_domain.is_empty() {
             return;
         }
-        let Some(key) = count_key(&day_of(o.at.saturating_add(self.skew_ms)), o) else {
+        // Only failures name the sending address; finding it is a few
+        // syscalls, and failures are the rare case.
+        let sending_ip = match o.result {
+            SessionResult::Failure(..) => o.receiving_ip.and_then(source_ip),
+            _ => None,
+        };
+        let day = day_of(o.at.saturating_add(self.skew_ms));
+        let Some(key) = count_key(&day, o, sending_ip) else {
             return;
         };
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,7 +107,7 @@ fn json_list(v: &[String]) -> String {
 /// The store key of one session; `None` when there is nothing to count
 /// (no TLS asked for and none tried). Successes keep only the policy: the
 /// report's summary counts them, and per-host detail is for failures.
-pub fn count_key(day: &str, o: &TlsOutcome) -> Option<CountKey> {
+pub fn count_key(day: &str, o: &TlsOutcome, sending_ip: Option<IpAddr>) -> Option<CountKey> {
     let failure = match &o.result {
         SessionResult::Success => None,
         SessionResult::Failure(kind, _) => Some(kind.as_str()),
@@ -113,8 +121,11 @@ pub fn count_key(day: &str, o: &TlsOutcome) -> Option<CountKey> {
         policy_strings: json_list(&o.policy.policy_strings),
         mx_host: json_list(&o.policy.mx_patterns),
         result_type: failure.unwrap_or_default().to_string(),
-        // Not known to the client (the kernel picks the source address).
-        sending_ip: String::new(),
+        sending_ip: detail(
+            sending_ip
+                .map(|i| i.to_canonical().to_string())
+                .unwrap_or_default(),
+        ),
         receiving_mx: detail(o.mx_host.trim_end_matches('.').to_ascii_lowercase()),
         receiving_ip: detail(
             o.receiving_ip
@@ -122,6 +133,15 @@ pub fn count_key(day: &str, o: &TlsOutcome) -> Option<CountKey> {
                 .unwrap_or_default(),
         ),
     })
+}
+
+/// The local address the kernel picks towards `to` (the session's
+/// `sending-mta-ip`): connecting a UDP socket sends nothing.
+fn source_ip(to: IpAddr) -> Option<IpAddr> {
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect((to, 25)).ok()?;
+    s.local_addr().ok().map(|a| a.ip().to_canonical())
 }
 
 /// `TRACKRELAY_TEST_CLOCK_SKEW` (seconds; tests only), as the domain
@@ -321,12 +341,12 @@ mod tests {
         sts_fail.result = SessionResult::Failure(ResultType::CertificateExpired, "x".into());
         let rows = vec![
             (
-                count_key(day, &session("a.test", None, "mx1.a.test")).unwrap(),
+                count_key(day, &session("a.test", None, "mx1.a.test"), None).unwrap(),
                 3,
             ),
             // Successes at another host fold into the same summary.
             (
-                count_key(day, &session("a.test", None, "mx2.a.test")).unwrap(),
+                count_key(day, &session("a.test", None, "mx2.a.test"), None).unwrap(),
                 2,
             ),
             (
@@ -337,12 +357,13 @@ mod tests {
                         Some(ResultType::StarttlsNotSupported),
                         "mx1.a.test",
                     ),
+                    Some("192.0.2.1".parse().unwrap()),
                 )
                 .unwrap(),
                 4,
             ),
-            (count_key(day, &sts).unwrap(), 7),
-            (count_key(day, &sts_fail).unwrap(), 1),
+            (count_key(day, &sts, None).unwrap(), 7),
+            (count_key(day, &sts_fail, None).unwrap(), 1),
         ];
         let r = build_report(&meta(), &rows);
         assert_eq!(r["organization-name"], "relay.test");
@@ -364,7 +385,7 @@ mod tests {
         assert_eq!(d["receiving-mx-hostname"], "mx1.a.test");
         assert_eq!(d["receiving-ip"], "127.0.0.1");
         assert_eq!(d["failed-session-count"], 4);
-        assert!(d.get("sending-mta-ip").is_none(), "unknown, so left out");
+        assert_eq!(d["sending-mta-ip"], "192.0.2.1");
         let sts = policies
             .iter()
             .find(|p| p["policy"]["policy-type"] == "sts")
@@ -381,7 +402,7 @@ mod tests {
     #[test]
     fn a_day_without_failures_has_no_failure_details() {
         let rows = vec![(
-            count_key("2026-11-23", &session("a.test", None, "mx")).unwrap(),
+            count_key("2026-11-23", &session("a.test", None, "mx"), None).unwrap(),
             1,
         )];
         let r = build_report(&meta(), &rows);
@@ -411,6 +432,8 @@ mod tests {
         assert_eq!(*failed.1, 2);
         assert_eq!(failed.0.policy_domain, "a.test");
         assert_eq!(failed.0.receiving_mx, "mx.a.test");
+        // The address this host sends to 127.0.0.1 from.
+        assert_eq!(failed.0.sending_ip, "127.0.0.1");
         drop(pending);
         let off = Counter::new(false);
         off.record(&s);
