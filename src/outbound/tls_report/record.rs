@@ -163,7 +163,7 @@ mod tests {
     fn exactly_one_tlsrpt_record_counts() {
         let other = "v=spf1 -all".to_string();
         let one = "v=TLSRPTv1; rua=mailto:a@b.example".to_string();
-        assert_eq!(parse_records(&[other.clone()]).unwrap(), None);
+        assert_eq!(parse_records(std::slice::from_ref(&other)).unwrap(), None);
         assert_eq!(parse_records(&[]).unwrap(), None);
         assert_eq!(
             parse_records(&[other.clone(), one.clone()]).unwrap(),
