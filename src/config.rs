@@ -244,9 +244,23 @@ pub struct DeliveryConfig {
     /// another runner (after a crash, or on another node).
     #[serde(with = "duration")]
     pub lease_time: Duration,
+    /// Honour the MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+    /// Extra trust anchors (PEM) for verified outbound TLS: MTA-STS policy
+    /// fetches and MX certificates under MTA-STS (private CAs, tests).
+    pub extra_ca_file: Option<PathBuf>,
     /// TLS reporting (RFC 8460): count each delivery session's TLS outcome
     /// and send the daily report to domains that publish `_smtp._tls`.
     pub tls_reports: bool,
+}
+
+impl DeliveryConfig {
+    /// `extra_ca_file`, where set and not empty (`""` means none).
+    pub fn extra_ca(&self) -> Option<&std::path::Path> {
+        self.extra_ca_file
+            .as_deref()
+            .filter(|f| !f.as_os_str().is_empty())
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -267,6 +281,8 @@ impl Default for DeliveryConfig {
             max_messages_per_connection: 100,
             lease_time: Duration::from_secs(45 * 60),
             tls_reports: true,
+            mta_sts: true,
+            extra_ca_file: None,
         }
     }
 }
@@ -851,6 +867,11 @@ impl Config {
                 p.push(format!(
                     "delivery.resolver: {r:?} is not an IP address (optionally with :port)"
                 ));
+            }
+        }
+        if let Some(f) = d.extra_ca() {
+            if let Err(e) = crate::outbound::tls::root_store(Some(f)) {
+                p.push(e);
             }
         }
         if d.retry.is_empty() {

@@ -105,6 +105,67 @@ pub struct Metrics {
     pub inbound_recipients_refused: Counter,
     /// Feedback reports processed, by outcome (indexed like `INBOUND_OUTCOMES`).
     pub inbound_reports: [Counter; INBOUND_OUTCOMES.len()],
+    /// Outbound TLS policy outcomes (issue 13).
+    pub tls_policy: TlsPolicyMetrics,
+}
+
+/// `policy` label values of `trackrelay_tls_policy_sessions_total`.
+pub const TLS_POLICIES: [&str; 4] = ["dane", "mta-sts", "enforced", "opportunistic"];
+/// `result` label values of `trackrelay_tls_policy_sessions_total`:
+/// verified or accepted TLS, a failure that stopped delivery, a failure
+/// only recorded (MTA-STS testing), a host refused before connecting.
+pub const TLS_SESSION_RESULTS: [&str; 4] = ["success", "failure", "report_only_failure", "refused"];
+/// `result` label values of `trackrelay_tls_policy_sts_lookups_total`.
+pub const STS_LOOKUP_RESULTS: [&str; 5] = ["none", "fetched", "cached", "kept_cached", "failed"];
+
+#[derive(Default)]
+pub struct TlsPolicyMetrics {
+    sessions: [[Counter; TLS_SESSION_RESULTS.len()]; TLS_POLICIES.len()],
+    sts_lookups: [Counter; STS_LOOKUP_RESULTS.len()],
+}
+
+impl TlsPolicyMetrics {
+    /// `policy` from `TLS_POLICIES`, `result` from `TLS_SESSION_RESULTS`.
+    pub fn session(&self, policy: &str, result: &str) {
+        let p = TLS_POLICIES.iter().position(|x| *x == policy);
+        let r = TLS_SESSION_RESULTS.iter().position(|x| *x == result);
+        if let (Some(p), Some(r)) = (p, r) {
+            self.sessions[p][r].inc();
+        }
+    }
+
+    /// `result` from `STS_LOOKUP_RESULTS`.
+    pub fn sts_lookup(&self, result: &str) {
+        if let Some(i) = STS_LOOKUP_RESULTS.iter().position(|x| *x == result) {
+            self.sts_lookups[i].inc();
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let name = "trackrelay_tls_policy_sessions_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} outbound TLS sessions by the policy that governed them and how they ended\n# TYPE {name} counter"
+        );
+        for (policy, row) in TLS_POLICIES.iter().zip(&self.sessions) {
+            for (result, c) in TLS_SESSION_RESULTS.iter().zip(row) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{policy=\"{policy}\",result=\"{result}\"}} {}",
+                    c.get()
+                );
+            }
+        }
+        let name = "trackrelay_tls_policy_sts_lookups_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} MTA-STS policy lookups: none published, fetched, from the cache, cached kept after a failed fetch, failed\n# TYPE {name} counter"
+        );
+        for (result, c) in STS_LOOKUP_RESULTS.iter().zip(&self.sts_lookups) {
+            let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", c.get());
+        }
+    }
 }
 
 /// The `outcome` label values of `trackrelay_inbound_reports_total`.
@@ -245,6 +306,7 @@ impl Metrics {
         for (label, c) in INBOUND_OUTCOMES.iter().zip(&self.inbound_reports) {
             let _ = writeln!(out, "{name}{{outcome=\"{label}\"}} {}", c.get());
         }
+        self.tls_policy.render(&mut out);
         for (name, help, h) in [
             (
                 "trackrelay_tracking_request_seconds",

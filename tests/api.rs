@@ -122,6 +122,7 @@ fn attempt(email_id: &str, idx: u32, at: i64, outcome: Outcome, response: &str) 
         response: response.to_string(),
         tls: Some("TLSv1.3".into()),
         mx: Some("mx.example.net".into()),
+        tls_policy: None,
     }
 }
 

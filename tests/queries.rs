@@ -236,6 +236,7 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
                 response: "250 ok".into(),
                 tls: None,
                 mx: None,
+                tls_policy: None,
             });
             // Opens and clicks, repeated, human or machine, some days later.
             for _ in 0..rng.next(5) {

@@ -19,11 +19,17 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::client::danger::ServerCertVerifier;
 
 use super::protocol::{self, Capabilities, MailParams, Reply};
 use super::session::{ConnError, Connection};
 use super::tls::TlsMemory;
+use super::tls_policy::{
+    classify_certificate_error, Applied, RecordingVerifier, ResultType, SessionResult,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsPolicy {
@@ -201,6 +207,10 @@ pub trait MessageSource: Send {
     fn next(&mut self) -> impl Future<Output = Option<OutgoingMessage>> + Send;
     /// The outcome of the message `next` returned last.
     fn outcome(&mut self, outcome: Outcome) -> impl Future<Output = ()> + Send;
+    /// How TLS went on a connection that is about to carry messages
+    /// (before the first `next` there): the runner notes it in each
+    /// attempt's record.
+    fn tls_session(&mut self, _result: &SessionResult) {}
 }
 
 /// Why the messages still in the source were not attempted (with the TLS
@@ -268,22 +278,84 @@ pub async fn deliver_each<S: MessageSource>(
     source: &mut S,
     tls_memory: &TlsMemory,
 ) -> Result<(), NotAttempted> {
+    let tls = SessionTls::from_policy(cfg.tls_policy);
+    deliver_each_tls(addr, server_name, cfg, &tls, source, tls_memory)
+        .await
+        .0
+}
+
+/// What a TLS policy asks of one session (see `tls_policy::HostDecision`).
+#[derive(Clone)]
+pub struct SessionTls {
+    /// STARTTLS must be offered and succeed with TLS 1.2+; never plaintext.
+    pub require_tls: bool,
+    /// The certificate check; `None` accepts any certificate.
+    pub verifier: Option<Arc<dyn ServerCertVerifier>>,
+    /// Certificate failures are only recorded (MTA-STS `testing`).
+    pub report_only: bool,
+}
+
+impl SessionTls {
+    pub fn from_policy(policy: TlsPolicy) -> Self {
+        SessionTls {
+            require_tls: policy == TlsPolicy::Enforced,
+            verifier: None,
+            report_only: false,
+        }
+    }
+}
+
+impl fmt::Debug for SessionTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionTls")
+            .field("require_tls", &self.require_tls)
+            .field("verifies", &self.verifier.is_some())
+            .field("report_only", &self.report_only)
+            .finish()
+    }
+}
+
+/// [`deliver_each`] under an explicit TLS policy, also saying how TLS went
+/// (for TLS-RPT and the `testing` mode of MTA-STS).
+pub async fn deliver_each_tls<S: MessageSource>(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: &ClientConfig,
+    tls: &SessionTls,
+    source: &mut S,
+    tls_memory: &TlsMemory,
+) -> (Result<(), NotAttempted>, SessionResult) {
     if let Err(e) = protocol::check_ehlo_name(&cfg.ehlo_name) {
-        return Err(NotAttempted {
+        let stop = NotAttempted {
             reason: e,
             tls: None,
-        });
+        };
+        return (Err(stop), SessionResult::NotApplicable);
     }
-    let opportunistic = cfg.tls_policy == TlsPolicy::Opportunistic;
-    let known_broken = opportunistic && tls_memory.is_broken(addr);
-    let starttls = !cfg.implicit_tls && !known_broken;
+    let opportunistic = !tls.require_tls;
+    let known_broken = opportunistic
+        .then(|| tls_memory.broken_reason(addr))
+        .flatten();
+    let starttls = !cfg.implicit_tls && known_broken.is_none();
+    let mut trace = Trace::new(tls);
+    if let Some(why) = &known_broken {
+        if tls.verifier.is_some() {
+            trace.result = SessionResult::Failure(
+                ResultType::ValidationFailure,
+                format!("TLS with this host failed recently ({why}); sent in plaintext"),
+            );
+        }
+    }
     // A failed STARTTLS happens before any message is taken from the source.
-    match attempt(addr, server_name, cfg, source, starttls).await {
+    let rest = match attempt(addr, server_name, cfg, &mut trace, source, starttls).await {
         Attempt::Done(rest) => rest,
         Attempt::TlsFailed(reason) if opportunistic => {
             tracing::warn!(%addr, server_name, %reason, "STARTTLS failed; retrying in plaintext");
             tls_memory.mark_broken(addr, reason.clone());
-            match attempt(addr, server_name, cfg, source, false).await {
+            let mut plain = Trace::new(&SessionTls::from_policy(TlsPolicy::Opportunistic));
+            // What the messages are told is how TLS went, not the plaintext.
+            plain.result = trace.result.clone();
+            match attempt(addr, server_name, cfg, &mut plain, source, false).await {
                 Attempt::Done(rest) => rest,
                 // Unreachable without STARTTLS; kept total rather than panicking.
                 Attempt::TlsFailed(again) => Err(NotAttempted {
@@ -298,6 +370,62 @@ pub async fn deliver_each<S: MessageSource>(
             ),
             tls: None,
         }),
+    };
+    (rest, trace.result)
+}
+
+/// How TLS went in one session, with the verifier that saw the certificate.
+struct Trace {
+    result: SessionResult,
+    recorder: Option<Arc<RecordingVerifier>>,
+    config: Option<Arc<rustls::ClientConfig>>,
+    config_error: Option<String>,
+    required: bool,
+}
+
+impl Trace {
+    fn new(tls: &SessionTls) -> Trace {
+        let mut trace = Trace {
+            result: SessionResult::NotApplicable,
+            recorder: None,
+            config: None,
+            config_error: None,
+            required: tls.require_tls,
+        };
+        if let Some(v) = &tls.verifier {
+            let recorder = Arc::new(RecordingVerifier::new(v.clone(), tls.report_only));
+            match super::tls::config_with_verifier(recorder.clone()) {
+                Ok(c) => trace.config = Some(c),
+                Err(e) => trace.config_error = Some(e),
+            }
+            trace.recorder = Some(recorder);
+        }
+        trace
+    }
+
+    /// The certificate error the verifier saw, classified.
+    fn certificate_failure(&self) -> Option<(ResultType, String)> {
+        let e = self.recorder.as_ref()?.failure()?;
+        let kind = classify_certificate_error(Applied::MtaSts, &e);
+        Some((kind, format!("certificate: {e}")))
+    }
+
+    fn failed(&mut self, kind: ResultType, why: impl Into<String>) {
+        self.result = SessionResult::Failure(kind, why.into());
+    }
+
+    fn handshake_failed(&mut self, why: &str) {
+        let (kind, detail) = self
+            .certificate_failure()
+            .unwrap_or((ResultType::ValidationFailure, why.to_string()));
+        self.failed(kind, detail);
+    }
+
+    fn established(&mut self) {
+        self.result = match self.certificate_failure() {
+            Some((kind, why)) => SessionResult::Failure(kind, why),
+            None => SessionResult::Success,
+        };
     }
 }
 
@@ -310,10 +438,11 @@ async fn attempt<S: MessageSource>(
     addr: SocketAddr,
     server_name: &str,
     cfg: &ClientConfig,
+    trace: &mut Trace,
     source: &mut S,
     starttls: bool,
 ) -> Attempt {
-    let (mut conn, caps) = match open(addr, server_name, cfg, starttls).await {
+    let (mut conn, caps) = match open(addr, server_name, cfg, trace, starttls).await {
         Ok(open) => open,
         Err(Setup::TlsFailed(reason)) => return Attempt::TlsFailed(reason),
         Err(Setup::Failed(reason, tls)) => {
@@ -323,6 +452,7 @@ async fn attempt<S: MessageSource>(
             }))
         }
     };
+    source.tls_session(&trace.result);
     let (rest, alive) = run_transactions(&mut conn, &caps, cfg, source).await;
     if alive {
         conn.quit(cfg.timeouts.quit).await;
@@ -348,15 +478,26 @@ async fn open(
     addr: SocketAddr,
     server_name: &str,
     cfg: &ClientConfig,
+    trace: &mut Trace,
     starttls: bool,
 ) -> Result<(Connection, Capabilities), Setup> {
     let t = &cfg.timeouts;
+    if let Some(e) = &trace.config_error {
+        return Err(Setup::Failed(e.clone(), None));
+    }
     let mut conn = Connection::connect(addr, t.connect).await?;
     if cfg.implicit_tls {
-        conn = conn
-            .into_tls(server_name, t.tls_handshake)
+        conn = match conn
+            .into_tls(server_name, t.tls_handshake, trace.config.clone())
             .await
-            .map_err(|e| Setup::Failed(format!("implicit TLS: {e}"), None))?;
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                trace.handshake_failed(&e.0);
+                return Err(Setup::Failed(format!("implicit TLS: {e}"), None));
+            }
+        };
+        trace.established();
     }
     let (greeting, _) = conn.read_reply(t.greeting, "greeting").await?;
     if !greeting.is_positive() {
@@ -368,36 +509,56 @@ async fn open(
     };
 
     if starttls && !conn.is_tls() {
-        let enforced = cfg.tls_policy == TlsPolicy::Enforced;
+        let enforced = trace.required;
         if caps.starttls {
-            let reply = conn
-                .command(b"STARTTLS\r\n", t.command, "STARTTLS")
-                .await
-                .map_err(|e| Setup::TlsFailed(e.0))?
-                .0;
+            let reply = match conn.command(b"STARTTLS\r\n", t.command, "STARTTLS").await {
+                Ok((reply, _)) => reply,
+                Err(e) => {
+                    trace.failed(ResultType::ValidationFailure, e.0.clone());
+                    return Err(Setup::TlsFailed(e.0));
+                }
+            };
             if reply.code == 220 {
-                conn = conn
-                    .into_tls(server_name, t.tls_handshake)
+                conn = match conn
+                    .into_tls(server_name, t.tls_handshake, trace.config.clone())
                     .await
-                    .map_err(|e| Setup::TlsFailed(e.0))?;
+                {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        trace.handshake_failed(&e.0);
+                        return Err(Setup::TlsFailed(e.0));
+                    }
+                };
+                trace.established();
                 // A TLS stack that breaks on the first encrypted exchange is
                 // as broken as one that fails the handshake.
                 caps = match hello(&mut conn, cfg).await {
                     Ok(Ok(caps)) => caps,
                     Ok(Err(why)) => return Err(refuse(&mut conn, cfg, why).await),
-                    Err(e) => return Err(Setup::TlsFailed(e.0)),
+                    Err(e) => {
+                        trace.failed(ResultType::ValidationFailure, e.0.clone());
+                        return Err(Setup::TlsFailed(e.0));
+                    }
                 };
             } else if enforced || reply.is_closing() {
                 let why = format!("STARTTLS refused: {reply}");
+                trace.failed(ResultType::StarttlsNotSupported, why.clone());
                 return Err(refuse(&mut conn, cfg, why).await);
             } else {
                 // RFC 3207: after a refused STARTTLS the session goes on
                 // as before, in plaintext.
                 tracing::info!(%addr, server_name, %reply, "STARTTLS refused; continuing in plaintext");
+                trace.failed(
+                    ResultType::StarttlsNotSupported,
+                    format!("STARTTLS refused: {reply}"),
+                );
             }
         } else if enforced {
             let why = "STARTTLS not offered, and TLS is required".to_string();
+            trace.failed(ResultType::StarttlsNotSupported, why.clone());
             return Err(refuse(&mut conn, cfg, why).await);
+        } else {
+            trace.failed(ResultType::StarttlsNotSupported, "STARTTLS not offered");
         }
     }
 

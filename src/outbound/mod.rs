@@ -7,6 +7,7 @@
 pub mod client;
 pub mod dkim;
 pub mod keys;
+pub mod mta_sts;
 pub mod protocol;
 pub mod route;
 pub mod runner;

@@ -87,6 +87,18 @@ impl Router {
         })
     }
 
+    /// The resolver MX lookups go through (MTA-STS uses it too).
+    pub fn resolver(&self) -> Arc<MessageAuthenticator> {
+        self.resolver.clone()
+    }
+
+    /// True when `rcpt_domain`'s mail goes to its MX hosts (not a static
+    /// route or the smarthost): only then do MTA-STS and DANE apply.
+    pub fn uses_mx(&self, rcpt_domain: &str) -> bool {
+        let d = rcpt_domain.to_ascii_lowercase();
+        self.relay.is_none() && !self.routes.contains_key(&d)
+    }
+
     pub fn relay(&self) -> Option<&Relay> {
         self.relay.as_ref()
     }

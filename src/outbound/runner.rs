@@ -15,17 +15,22 @@ mod leases;
 use batch::Batch;
 use leases::Claim;
 
-use super::client::{self, ClientConfig, NotAttempted, OutgoingMessage};
+use super::client::{self, ClientConfig, NotAttempted, OutgoingMessage, SessionTls};
 use super::dkim::{self, DkimKey};
+use super::mta_sts::MtaSts;
 use super::protocol;
 use super::route::{RouteError, Router, Target};
 use super::tls::TlsMemory;
-use super::tls_policy::{DaneSource, NoopSink, TlsOutcomeSink};
+use super::tls_policy::{
+    self, Applied, DaneHost, DaneSource, HostDecision, NoopSink, SessionResult, StsState,
+    TlsOutcome, TlsOutcomeSink, Verification,
+};
 use crate::config::{Config, TlsPolicy};
 use crate::metrics::Metrics;
 use crate::prepare::{self, TokenKeys, TrackingOptions};
-use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome};
+use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome, TlsPolicyNote};
 use crate::store::{self, Durability, Store};
+use rustls::client::danger::ServerCertVerifier;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,13 +82,18 @@ pub struct Runner {
     tls_sink: Arc<dyn TlsOutcomeSink>,
     /// DANE decisions per MX host, once `dane.rs` provides them.
     dane: Option<Arc<dyn DaneSource>>,
+    /// `delivery.mta_sts`: recipient domains' policies.
+    mta_sts: Option<Arc<MtaSts>>,
+    /// WebPKI for MX hosts under MTA-STS (or why it could not be set up).
+    webpki: Result<Arc<dyn ServerCertVerifier>, String>,
 }
 
 /// A stored message: our trace header and the bytes as submitted.
 type Stored = (Vec<u8>, Vec<u8>);
 
-/// The last temporary failure of a message: reason, TLS version, host.
-type LastFailure = (String, Option<String>, String);
+/// The last temporary failure of a message: reason, TLS version, host,
+/// TLS policy.
+type LastFailure = (String, Option<String>, String, Option<TlsPolicyNote>);
 
 impl Runner {
     pub fn new(
@@ -118,6 +128,18 @@ impl Runner {
             })
             .collect();
         let dc = &config.delivery;
+        let mta_sts = if dc.mta_sts {
+            match MtaSts::new(config, store.clone(), router.resolver(), metrics.clone()) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    tracing::error!("MTA-STS is off: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let webpki = super::tls::webpki_verifier(dc.extra_ca());
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Runner {
             store,
@@ -150,6 +172,8 @@ impl Runner {
             tracking_in_use: None,
             tls_sink: Arc::new(NoopSink),
             dane: None,
+            mta_sts,
+            webpki,
         }
     }
 
@@ -444,6 +468,17 @@ impl Runner {
             }
         };
         let cfg = self.client_config(&domain, policy);
+        let uses_mx = self.router.uses_mx(&domain);
+        let sts = match &self.mta_sts {
+            Some(m) if uses_mx => m.state(&domain).await,
+            _ => StsState::Absent,
+        };
+        if let StsState::FetchFailed(kind, why) = &sts {
+            let mut d = HostDecision::floor(policy, &domain);
+            d.policy.policy_type = "sts";
+            let failure = SessionResult::Failure(*kind, why.clone());
+            self.report_tls(&d, "", None, failure, false);
+        }
         let mut source = Batch {
             runner: self.clone(),
             pending: batch.into(),
@@ -451,6 +486,8 @@ impl Runner {
             failed: Vec::new(),
             host: String::new(),
             stored: None,
+            tls_note: None,
+            report_only: false,
         };
         let mut failed: Vec<(Claimed, LastFailure)> = Vec::new();
         for Target { addr, name } in &targets {
@@ -458,13 +495,69 @@ impl Runner {
                 break;
             }
             source.host = name.clone();
-            let rest = client::deliver_each(*addr, name, &cfg, &mut source, &self.tls_memory).await;
+            let dane = match &self.dane {
+                Some(dane) if uses_mx => dane.host(&domain, name, addr.port()).await,
+                _ => DaneHost::NotApplicable,
+            };
+            let decision = tls_policy::decide(policy, &domain, &sts, dane, name);
+            let note = TlsPolicyNote {
+                applied: decision.applied.as_str().to_string(),
+                failure: decision
+                    .known_failure
+                    .as_ref()
+                    .map(|(k, why)| (k.as_str().to_string(), why.clone())),
+            };
+            source.tls_note = Some(note.clone());
+            source.report_only = decision.report_only;
+            let session = match self.session_tls(&decision) {
+                Ok(session) => session,
+                Err((kind, why)) => {
+                    self.report_tls(
+                        &decision,
+                        name,
+                        Some(addr.ip()),
+                        SessionResult::Failure(kind, why.clone()),
+                        true,
+                    );
+                    for c in source.pending.drain(..) {
+                        let last = (why.clone(), None, name.clone(), Some(note.clone()));
+                        source.failed.push((c, last));
+                    }
+                    failed = std::mem::take(&mut source.failed);
+                    source.pending = failed.iter().map(|(c, _)| c.clone()).collect();
+                    continue;
+                }
+            };
+            let (rest, result) = client::deliver_each_tls(
+                *addr,
+                name,
+                &cfg,
+                &session,
+                &mut source,
+                &self.tls_memory,
+            )
+            .await;
+            // One outcome per session: a host outside the policy's mx
+            // patterns is the failure, whatever its certificate.
+            let result = match (&decision.known_failure, result) {
+                (Some((kind, why)), SessionResult::Success) => {
+                    SessionResult::Failure(*kind, why.clone())
+                }
+                (_, result) => result,
+            };
+            self.report_tls(&decision, name, Some(addr.ip()), result, false);
             if let Err(NotAttempted { reason, tls }) = rest {
+                let reason = match decision.applied {
+                    Applied::MtaSts => format!("MTA-STS policy of {domain} (enforce): {reason}"),
+                    Applied::Dane => format!("DANE: {reason}"),
+                    _ => reason,
+                };
+                let note = source.tls_note.clone();
                 let left: Vec<Claimed> = source.pending.drain(..).collect();
                 for c in left {
                     source
                         .failed
-                        .push((c, (reason.clone(), tls.clone(), name.clone())));
+                        .push((c, (reason.clone(), tls.clone(), name.clone(), note.clone())));
                 }
             }
             // RFC 5321 5.1: a temporary failure at one MX host is worth
@@ -477,16 +570,74 @@ impl Runner {
             failed = source
                 .pending
                 .drain(..)
-                .map(|c| (c, (why.clone(), None, String::new())))
+                .map(|c| (c, (why.clone(), None, String::new(), None)))
                 .collect();
         }
         let attempts = failed
             .into_iter()
-            .map(|(c, (reason, tls, host))| {
-                self.temp_failure(&c, reason, tls, Some(host).filter(|h| !h.is_empty()))
+            .map(|(c, (reason, tls, host, note))| {
+                let mut a =
+                    self.temp_failure(&c, reason, tls, Some(host).filter(|h| !h.is_empty()));
+                a.tls_policy = note;
+                a
             })
             .collect();
         self.record(attempts).await;
+    }
+
+    /// What the client must do at one host; `Err` when the host must not
+    /// be tried (refused by the policy, or no verifier to honour it).
+    fn session_tls(
+        &self,
+        d: &HostDecision,
+    ) -> Result<SessionTls, (tls_policy::ResultType, String)> {
+        if let Some(refuse) = &d.refuse {
+            return Err(refuse.clone());
+        }
+        let verifier = match &d.verification {
+            Verification::AnyCertificate => None,
+            Verification::WebPki => match &self.webpki {
+                Ok(v) => Some(v.clone()),
+                Err(e) => {
+                    return Err((tls_policy::ResultType::ValidationFailure, e.clone()));
+                }
+            },
+            Verification::Dane(v) => Some(v.clone()),
+        };
+        Ok(SessionTls {
+            require_tls: d.require_tls,
+            verifier,
+            report_only: d.report_only,
+        })
+    }
+
+    /// The one place every attempt's TLS outcome goes: metrics and the
+    /// outcome sink (TLS-RPT). `refused`: the host was not even tried.
+    fn report_tls(
+        &self,
+        d: &HostDecision,
+        mx_host: &str,
+        ip: Option<std::net::IpAddr>,
+        result: SessionResult,
+        refused: bool,
+    ) {
+        let label = match (&result, refused) {
+            (SessionResult::NotApplicable, _) => return,
+            (_, true) => "refused",
+            (SessionResult::Success, _) => "success",
+            (SessionResult::Failure(..), _) if d.report_only => "report_only_failure",
+            (SessionResult::Failure(..), _) => "failure",
+        };
+        self.metrics.tls_policy.session(d.applied.as_str(), label);
+        self.tls_sink.record(&TlsOutcome {
+            at: store::now_ms(),
+            applied: d.applied,
+            policy: d.policy.clone(),
+            mx_host: mx_host.to_string(),
+            receiving_ip: ip,
+            result,
+            report_only: d.report_only,
+        });
     }
 
     /// Deferred on the retry schedule, or bounced once past `expire_after`.
@@ -618,6 +769,7 @@ fn attempt(
         response,
         tls,
         mx,
+        tls_policy: None,
     }
 }
 

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,11 +90,16 @@ impl Connection {
         mut self,
         server_name: &str,
         limit: Duration,
+        config: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, ConnError> {
         let Stream::Plain(tcp) = self.stream else {
             return Err(ConnError("TLS already active".into()));
         };
-        let config = tls::client_config().map_err(ConnError)?;
+        // A policy's own verifier, else the process-wide accept-any one.
+        let config = match config {
+            Some(c) => c,
+            None => tls::client_config().map_err(ConnError)?,
+        };
         let name = tls::server_name(server_name, self.peer);
         let tls_stream = timed(
             limit,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,70 @@ pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
             Ok(Arc::new(config))
         })
         .clone()
+}
+
+/// A client configuration with `verifier` (one per connection when it
+/// records what it saw; see `tls_policy::RecordingVerifier`).
+pub(crate) fn config_with_verifier(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The trust anchors of verified outbound TLS (MTA-STS policy fetches and
+/// MX hosts under MTA-STS): the Mozilla roots of webpki-roots, plus the
+/// certificates of `delivery.extra_ca_file` (PEM) for private CAs and tests.
+pub fn root_store(extra_ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            format!(
+                "delivery.extra_ca_file: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert
+                .map_err(|e| format!("delivery.extra_ca_file: {}: bad PEM: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "delivery.extra_ca_file: {}: unusable certificate: {e}",
+                    path.display()
+                )
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!(
+                "delivery.extra_ca_file: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+    }
+    Ok(roots)
+}
+
+/// WebPKI verification against [`root_store`].
+pub fn webpki_verifier(
+    extra_ca_file: Option<&Path>,
+) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(root_store(extra_ca_file)?),
+        provider,
+    )
+    .build()
+    .map_err(|e| format!("TLS verifier: {e}"))?;
+    Ok(verifier)
 }
 
 /// SNI is the MX host name; an unusable name (or an IP literal) falls back

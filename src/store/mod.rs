@@ -18,6 +18,7 @@ pub mod domains;
 pub mod emails;
 pub mod events;
 pub mod feedback;
+pub mod mta_sts;
 pub mod queue;
 pub mod reports;
 pub mod retention;

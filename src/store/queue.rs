@@ -314,6 +314,19 @@ pub struct Attempt {
     pub response: String,
     pub tls: Option<String>,
     pub mx: Option<String>,
+    /// The outbound TLS policy that governed the attempt, if known.
+    pub tls_policy: Option<TlsPolicyNote>,
+}
+
+/// `detail.tls_policy` of delivery events and the recipient's
+/// `tls_policy` column (see `outbound::tls_policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPolicyNote {
+    /// `dane`, `mta-sts`, `enforced` or `opportunistic`.
+    pub applied: String,
+    /// A policy check that failed without stopping delivery (MTA-STS
+    /// `testing`): RFC 8460 result type and what happened.
+    pub failure: Option<(String, String)>,
 }
 
 /// Records an attempt's outcome and its event, in one transaction, if the
@@ -336,11 +349,21 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
                     lease_until = NULL, lease_id = NULL,
                     last_response = ?5, tls = ?6, mx = ?7,
                     delivered_at = CASE WHEN ?3 = 'delivered' THEN ?8 ELSE delivered_at END,
-                    bounced_at = CASE WHEN ?3 = 'bounced' THEN ?8 ELSE bounced_at END
+                    bounced_at = CASE WHEN ?3 = 'bounced' THEN ?8 ELSE bounced_at END,
+                    tls_policy = ?10
              WHERE email_id = ?1 AND idx = ?2 AND status = 'sending' AND lease_id = ?9",
         )?
         .execute(params![
-            a.email_id, a.idx, status, next, a.response, a.tls, a.mx, a.at, a.lease_id
+            a.email_id,
+            a.idx,
+            status,
+            next,
+            a.response,
+            a.tls,
+            a.mx,
+            a.at,
+            a.lease_id,
+            a.tls_policy.as_ref().map(|p| p.applied.as_str())
         ])?;
     if changed == 0 {
         // The operator deleted it meanwhile, or the lease ran out and the
@@ -360,6 +383,12 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
         "mx": a.mx,
         "attempt": attempts,
     });
+    if let Some(p) = &a.tls_policy {
+        detail["tls_policy"] = json!(p.applied);
+        if let Some((result_type, why)) = &p.failure {
+            detail["tls_policy_failure"] = json!({ "result_type": result_type, "detail": why });
+        }
+    }
     if let Some(ms) = duration_ms(started, a.at) {
         detail["duration_ms"] = json!(ms);
     }
@@ -475,6 +504,7 @@ mod tests {
             response: "250 ok".into(),
             tls: None,
             mx: None,
+            tls_policy: None,
         }
     }
 

@@ -228,7 +228,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS recipients_address ON recipients(address COLLATE NOCASE);
     CREATE INDEX IF NOT EXISTS webhook_outbox_event ON webhook_outbox(event_id);
     "#,
-    // 8 (tlsrpt) (issue 13): TLS reporting (RFC 8460). Session counts per
+    // 8 (MTA-STS) (issue 13): recipient domains' MTA-STS policies (RFC
+    // 8461), cached until max_age runs out, and the TLS policy that
+    // governed each recipient's last attempt.
+    r#"
+    CREATE TABLE mta_sts_policies (
+        domain      TEXT PRIMARY KEY,            -- recipient domain, lowercased
+        policy_id   TEXT NOT NULL,               -- id= of the _mta-sts TXT record it came with
+        policy      TEXT NOT NULL,               -- the policy text as fetched
+        fetched_at  INTEGER NOT NULL,            -- unix ms
+        expires_at  INTEGER NOT NULL             -- unix ms: fetched_at + max_age
+    ) WITHOUT ROWID;
+    ALTER TABLE recipients ADD COLUMN tls_policy TEXT;  -- dane, mta-sts, enforced, opportunistic
+    "#,
+    // 9 (tlsrpt) (issue 13): TLS reporting (RFC 8460). Session counts per
     // policy domain and UTC day, one row per distinct outcome (a success
     // has result_type ''); and the daily reports built from them, each
     // sent once per (policy domain, day).

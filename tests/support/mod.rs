@@ -8,4 +8,5 @@ pub mod dkim;
 pub mod dns;
 pub mod mx;
 pub mod postfix;
+pub mod sts;
 pub mod webhook;

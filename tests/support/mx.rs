@@ -100,6 +100,9 @@ pub struct MxConfig {
     pub log_commands: bool,
     /// Time taken over each message before its final reply (a slow MX).
     pub data_delay: Option<std::time::Duration>,
+    /// The certificate chain and key (PEM) to present; a fresh self-signed
+    /// one for `hostname` otherwise.
+    pub certificate: Option<(String, String)>,
 }
 
 impl Default for MxConfig {
@@ -126,6 +129,7 @@ impl Default for MxConfig {
             keep_data: true,
             log_commands: true,
             data_delay: None,
+            certificate: None,
         }
     }
 }
@@ -280,9 +284,24 @@ impl TestMx {
 }
 
 fn tls_acceptor(cfg: &MxConfig) -> TlsAcceptor {
-    let cert = rcgen::generate_simple_self_signed(vec![cfg.hostname.clone()]).expect("rcgen");
-    let chain = vec![CertificateDer::from(cert.cert.der().to_vec())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let (chain, key) = match &cfg.certificate {
+        Some((chain, key)) => (
+            rustls_pemfile::certs(&mut chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certificate PEM"),
+            rustls_pemfile::private_key(&mut key.as_bytes())
+                .expect("key PEM")
+                .expect("a key"),
+        ),
+        None => {
+            let cert =
+                rcgen::generate_simple_self_signed(vec![cfg.hostname.clone()]).expect("rcgen");
+            let chain = vec![CertificateDer::from(cert.cert.der().to_vec())];
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+            (chain, key)
+        }
+    };
     let versions: &[&rustls::SupportedProtocolVersion] = if cfg.tls12_only {
         &[&rustls::version::TLS12]
     } else {

@@ -2,8 +2,9 @@
 
 use super::{attempt, LastFailure, Runner, Stored};
 use crate::outbound::client::{MessageSource, Outcome, OutgoingMessage};
+use crate::outbound::tls_policy::SessionResult;
 use crate::store;
-use crate::store::queue::{Claimed, Outcome as QueueOutcome};
+use crate::store::queue::{Claimed, Outcome as QueueOutcome, TlsPolicyNote};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -22,6 +23,11 @@ pub(super) struct Batch {
     /// The last stored message read (recipients of one email come
     /// together), so a batch holds at most one.
     pub(super) stored: Option<(String, Option<Arc<Stored>>)>,
+    /// The TLS policy at the current host, for each attempt's record.
+    pub(super) tls_note: Option<TlsPolicyNote>,
+    /// The policy only records failures (MTA-STS testing): a failed check
+    /// of the session goes into the note.
+    pub(super) report_only: bool,
 }
 
 impl Batch {
@@ -63,7 +69,8 @@ impl MessageSource for Batch {
                 }
                 Err(why) => {
                     tracing::error!(email_id = %c.email_id, rcpt = c.idx, "{why}");
-                    self.failed.push((c, (why, None, self.host.clone())));
+                    let note = self.tls_note.clone();
+                    self.failed.push((c, (why, None, self.host.clone(), note)));
                 }
             }
         }
@@ -74,7 +81,7 @@ impl MessageSource for Batch {
         let Some(c) = self.current.take() else { return };
         let tls = outcome.tls().map(str::to_string);
         let host = Some(self.host.clone());
-        let done = match outcome {
+        let mut done = match outcome {
             Outcome::Delivered { response, .. } => {
                 attempt(&c, QueueOutcome::Delivered, response, tls, host)
             }
@@ -82,10 +89,24 @@ impl MessageSource for Batch {
                 attempt(&c, QueueOutcome::Bounced, reason, tls, host)
             }
             Outcome::TempFail { reason, .. } => {
-                self.failed.push((c, (reason, tls, self.host.clone())));
+                let note = self.tls_note.clone();
+                self.failed
+                    .push((c, (reason, tls, self.host.clone(), note)));
                 return;
             }
         };
+        done.tls_policy = self.tls_note.clone();
         self.runner.record(vec![done]).await;
+    }
+
+    fn tls_session(&mut self, result: &SessionResult) {
+        // Only a check that did not stop delivery is news for the record;
+        // one that did is the attempt's reason already.
+        if let (true, SessionResult::Failure(kind, why)) = (self.report_only, result) {
+            if let Some(note) = &mut self.tls_note {
+                note.failure
+                    .get_or_insert_with(|| (kind.as_str().to_string(), why.clone()));
+            }
+        }
     }
 }

@@ -1,0 +1,352 @@
+//! MTA-STS (RFC 8461) through the real binary: the recipient domain's MX
+//! and policy host resolve to loopback through a DNS stub, the policy is
+//! served over HTTPS by a test CA's certificate (trusted through
+//! `delivery.extra_ca_file`), and the MX presents certificates from the
+//! same CA over STARTTLS.
+
+mod harness;
+mod support;
+
+use harness::*;
+use serde_json::Value;
+use std::time::Duration;
+use support::dns::DnsStub;
+use support::mx::{MxConfig, TestMx};
+use support::sts::{PolicyServer, TestCa};
+
+const PORT_ENV: &str = "TRACKRELAY_TEST_MTA_STS_PORT";
+const WAIT: Duration = Duration::from_secs(40);
+
+fn policy(mode: &str, mx: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+struct Setup {
+    dns: DnsStub,
+    ca: TestCa,
+    server: PolicyServer,
+    mx: TestMx,
+    relay: Relay,
+}
+
+/// example.net: MX mx.example.net (127.0.0.1), a `_mta-sts` TXT with id 1,
+/// the policy `policy` at mta-sts.example.net, and an MX built by
+/// `mx_config` from the CA. Retries every second, bounces after 3 s.
+async fn setup(policy: &str, mx_config: impl FnOnce(&TestCa) -> MxConfig) -> Setup {
+    let dns = DnsStub::start().await;
+    let localhost = "127.0.0.1".parse().unwrap();
+    dns.mx("example.net", 10, "mx.example.net")
+        .a("mx.example.net", localhost)
+        .a("mta-sts.example.net", localhost)
+        .txt("_mta-sts.example.net", "v=STSv1; id=1");
+    let ca = TestCa::new();
+    let server = PolicyServer::start(&ca, "mta-sts.example.net", policy).await;
+    let mx = TestMx::start(mx_config(&ca)).await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_pem(ca_dir.path());
+    let mut relay = Relay::start(Options {
+        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        delivery: format!(
+            "resolver = \"{}\"\nmx_port = {}\nextra_ca_file = \"{}\"\n\
+             retry = [\"1s\"]\nexpire_after = \"3s\"",
+            dns.resolver(),
+            mx.addr().port(),
+            ca_file.display()
+        ),
+        api_token: true,
+        ..Options::default()
+    });
+    // The CA file must outlive the relay's reads of it (start-up only).
+    std::mem::forget(ca_dir);
+    // Started again with the policy host's port, known only now.
+    relay.stop();
+    relay
+        .spawn_with(&[], &[(PORT_ENV, &server.port().to_string())])
+        .unwrap();
+    Setup {
+        dns,
+        ca,
+        server,
+        mx,
+        relay,
+    }
+}
+
+/// An MX for mx.example.net with a certificate from the test CA for `names`.
+fn mx_with_cert(ca: &TestCa, names: &[&str]) -> MxConfig {
+    let issued = ca.issue(names);
+    MxConfig {
+        hostname: "mx.example.net".into(),
+        certificate: Some((issued.chain_pem, issued.key_pem)),
+        ..MxConfig::default()
+    }
+}
+
+fn send(relay: &Relay, to: &str) -> String {
+    let msg = message("news@example.com", to, "sts", "hello");
+    submit(relay, "news@example.com", &[to], &msg)
+}
+
+fn status(relay: &Relay, id: &str) -> String {
+    relay
+        .db()
+        .query_row(
+            "SELECT status FROM recipients WHERE email_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn wait_status(relay: &Relay, id: &str, want: &str) {
+    wait_for(&format!("status {want}"), WAIT, || {
+        status(relay, id) == want
+    });
+}
+
+/// (type, detail) of the email's delivery events, oldest first.
+fn events(relay: &Relay, id: &str) -> Vec<(String, Value)> {
+    relay
+        .db()
+        .prepare("SELECT type, COALESCE(detail, 'null') FROM events WHERE email_id = ?1 AND type != 'email.sent' ORDER BY id")
+        .unwrap()
+        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (t, d) = r.unwrap();
+            (t, serde_json::from_str(&d).unwrap())
+        })
+        .collect()
+}
+
+fn queue_policy(relay: &Relay, id: &str) -> Option<String> {
+    relay
+        .db()
+        .query_row(
+            "SELECT tls_policy FROM recipients WHERE email_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn metrics(relay: &Relay) -> String {
+    let auth = format!("Bearer {API_TOKEN}");
+    let (code, _, body) = http(relay.api, "GET", "/metrics", &[("Authorization", &auth)]);
+    assert_eq!(code, 200);
+    String::from_utf8(body).unwrap()
+}
+
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in:\n{metrics}"))
+}
+
+/// Deferred with a reason naming MTA-STS, then bounced at expiry, and the
+/// MX never saw a transaction (so nothing went out in plaintext).
+fn assert_deferred_then_bounced(s: &Setup, id: &str, reason: &str) {
+    wait_status(&s.relay, id, "bounced");
+    let evs = events(&s.relay, id);
+    let (first, detail) = &evs[0];
+    assert_eq!(first, "email.delivery_delayed", "{evs:?}");
+    let response = detail["response"].as_str().unwrap();
+    assert!(response.contains("MTA-STS"), "{response}");
+    assert!(response.contains(reason), "{response}");
+    assert_eq!(detail["tls_policy"], "mta-sts", "{detail}");
+    let (last, detail) = evs.last().unwrap();
+    assert_eq!(last, "email.bounced", "{evs:?}");
+    assert!(
+        detail["response"].as_str().unwrap().contains(reason),
+        "{detail}"
+    );
+    assert_eq!(queue_policy(&s.relay, id).as_deref(), Some("mta-sts"));
+    assert!(s.mx.received().is_empty());
+    let commands = s.mx.commands();
+    assert!(
+        !commands
+            .iter()
+            .any(|c| c.starts_with("MAIL") || c.starts_with("RCPT") || c.starts_with("DATA")),
+        "a transaction was started: {commands:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_matching_mx_and_valid_certificate_delivers_over_verified_tls() {
+    let s = setup(&policy("enforce", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    let got = s.mx.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls.is_some(), "delivered without TLS");
+    let evs = events(&s.relay, &id);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].0, "email.delivered");
+    assert_eq!(evs[0].1["tls_policy"], "mta-sts", "{:?}", evs[0].1);
+    assert!(evs[0].1.get("tls_policy_failure").is_none());
+    assert_eq!(queue_policy(&s.relay, &id).as_deref(), Some("mta-sts"));
+    // The policy was fetched over HTTPS from the policy host, once.
+    let requests = s.server.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert!(requests[0].starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n"));
+    assert!(requests[0]
+        .to_ascii_lowercase()
+        .contains("host: mta-sts.example.net"));
+    let m = metrics(&s.relay);
+    assert!(
+        m.contains("trackrelay_tls_policy_sessions_total{policy=\"mta-sts\",result=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("trackrelay_tls_policy_sts_lookups_total{result=\"fetched\"} 1"),
+        "{m}"
+    );
+    let cached: i64 = s
+        .relay
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM mta_sts_policies WHERE domain = 'example.net' AND policy_id = '1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cached, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_wrong_certificate_defers_then_bounces() {
+    // A certificate from the trusted CA, but for another name.
+    let s = setup(&policy("enforce", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["other.example.org"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    assert_deferred_then_bounced(&s, &id, "certificate");
+    // It got as far as the handshake, no further.
+    assert!(s.mx.connections().iter().any(|c| c.tls_failed));
+    let m = metrics(&s.relay);
+    let failures = counter(
+        &m,
+        "trackrelay_tls_policy_sessions_total{policy=\"mta-sts\",result=\"failure\"}",
+    );
+    assert!(failures >= 2, "one per attempt: {m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_untrusted_certificate_defers() {
+    // Self-signed for the right name: not trusted.
+    let s = setup(&policy("enforce", "mx.example.net"), |_| MxConfig {
+        hostname: "mx.example.net".into(),
+        ..MxConfig::default()
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    assert_deferred_then_bounced(&s, &id, "certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_non_matching_mx_defers_then_bounces() {
+    let s = setup(&policy("enforce", "*.mail.example.net"), |ca| {
+        mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    assert_deferred_then_bounced(&s, &id, "matches none of the policy's mx patterns");
+    assert!(
+        s.mx.connections().is_empty(),
+        "a refused MX is not even connected to"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_with_stripped_starttls_defers_then_bounces() {
+    let s = setup(&policy("enforce", "mx.example.net"), |ca| MxConfig {
+        starttls: false,
+        ..mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    assert_deferred_then_bounced(&s, &id, "STARTTLS not offered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn testing_mode_delivers_and_records_the_failure() {
+    let s = setup(&policy("testing", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["other.example.org"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    let got = s.mx.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls.is_some(), "testing mode still uses TLS");
+    let evs = events(&s.relay, &id);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let detail = &evs[0].1;
+    // The domain's own policy governed; MTA-STS only reported.
+    assert_eq!(detail["tls_policy"], "opportunistic", "{detail}");
+    assert_eq!(
+        detail["tls_policy_failure"]["result_type"], "certificate-host-mismatch",
+        "{detail}"
+    );
+    let m = metrics(&s.relay);
+    assert!(
+        m.contains(
+            "trackrelay_tls_policy_sessions_total{policy=\"opportunistic\",result=\"report_only_failure\"} 1"
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_policy_survives_the_policy_host_going_down() {
+    let mut s = setup(&policy("enforce", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    assert_eq!(s.server.requests().len(), 1);
+    // The policy host goes down, and a new TXT id asks for a fetch.
+    s.server.stop();
+    let port = s.server.port();
+    wait_for("policy host down", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    s.dns
+        .remove("_mta-sts.example.net")
+        .txt("_mta-sts.example.net", "v=STSv1; id=2");
+    let id = send(&s.relay, "b@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    let evs = events(&s.relay, &id);
+    assert_eq!(evs[0].1["tls_policy"], "mta-sts", "{:?}", evs[0].1);
+    assert!(
+        s.relay.log().contains("keeping the cached policy"),
+        "the fetch was not attempted"
+    );
+    let m = metrics(&s.relay);
+    assert!(
+        m.contains("trackrelay_tls_policy_sts_lookups_total{result=\"kept_cached\"} 1"),
+        "{m}"
+    );
+    let _ = &s.ca;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_policy_the_domain_setting_applies() {
+    let s = setup(&policy("enforce", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    s.dns.remove("_mta-sts.example.net");
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    let evs = events(&s.relay, &id);
+    assert_eq!(evs[0].1["tls_policy"], "opportunistic", "{:?}", evs[0].1);
+    assert!(s.server.requests().is_empty(), "no TXT record, no fetch");
+}
