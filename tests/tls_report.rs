@@ -36,7 +36,8 @@ struct Post {
 }
 
 /// An HTTPS endpoint on 127.0.0.1 with a certificate from its own test CA
-/// (`ca_pem`), answering 200 to everything and keeping what was posted.
+/// (`ca_pem`), keeping what was posted and answering 200, or 503 on
+/// `/down` (a receiver that is down).
 struct HttpsSink {
     addr: SocketAddr,
     ca_pem: String,
@@ -103,12 +104,15 @@ impl HttpsSink {
                                     .and_then(|v| v.to_str().ok())
                                     .map(str::to_string);
                                 let body = req.into_body().collect().await?.to_bytes().to_vec();
+                                let status = if path == "/down" { 503 } else { 200 };
                                 posts.lock().unwrap().push(Post {
                                     path,
                                     content_type,
                                     body,
                                 });
-                                Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::new())))
+                                let mut resp = Response::new(Full::new(Bytes::new()));
+                                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                                Ok::<_, hyper::Error>(resp)
                             }
                         });
                         let _ = http1::Builder::new()
@@ -126,8 +130,14 @@ impl HttpsSink {
         }
     }
 
-    fn posts(&self) -> Vec<Post> {
-        self.posts.lock().unwrap().clone()
+    fn posts(&self, path: &str) -> Vec<Post> {
+        self.posts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.path == path)
+            .cloned()
+            .collect()
     }
 }
 
@@ -266,6 +276,11 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
         "_smtp._tls.ok.test",
         &format!("v=TLSRPTv1;rua=https://{}/v1/tlsrpt", https.addr),
     );
+    // retry.test's receiver is down: the report waits for its retry.
+    dns.txt(
+        "_smtp._tls.retry.test",
+        &format!("v=TLSRPTv1; rua=https://{}/down", https.addr),
+    );
     // nopolicy.test publishes nothing: counted, never reported.
 
     let keys = tempfile::tempdir().unwrap();
@@ -278,10 +293,11 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
             "tls = \"enforced\"\ndkim = [{{ selector = \"s1\", private_key = \"{key}\" }}]"
         ),
         delivery: format!(
-            "resolver = \"{}\"\nretry = [\"1h\"]\nextra_ca_file = \"{}\"\nroutes = {{ \"fail.test\" = \"{}\", \"ok.test\" = \"{}\", \"nopolicy.test\" = \"{}\", \"reports.test\" = \"{}\" }}",
+            "resolver = \"{}\"\nretry = [\"1h\"]\nextra_ca_file = \"{}\"\nroutes = {{ \"fail.test\" = \"{}\", \"ok.test\" = \"{}\", \"nopolicy.test\" = \"{}\", \"retry.test\" = \"{}\", \"reports.test\" = \"{}\" }}",
             dns.resolver(),
             ca.display(),
             mx_fail.addr(),
+            mx_ok.addr(),
             mx_ok.addr(),
             mx_ok.addr(),
             mx_reports.addr()
@@ -291,7 +307,8 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
     });
 
     // One message at a time, each its own connection and TLS session:
-    // 2 failures at fail.test, 3 successes at ok.test, 1 at nopolicy.test.
+    // 2 failures at fail.test, 3 successes at ok.test, 1 at nopolicy.test
+    // and 1 at retry.test.
     for i in 0..2 {
         let id = submit(
             &relay,
@@ -311,9 +328,15 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
                 == "deferred"
         });
     }
-    for (i, to) in ["b@ok.test", "b@ok.test", "b@ok.test", "c@nopolicy.test"]
-        .iter()
-        .enumerate()
+    for (i, to) in [
+        "b@ok.test",
+        "b@ok.test",
+        "b@ok.test",
+        "c@nopolicy.test",
+        "d@retry.test",
+    ]
+    .iter()
+    .enumerate()
     {
         submit(
             &relay,
@@ -338,6 +361,7 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
         row(&rows, "fail.test").is_some_and(|r| r["failed_sessions"] == 2)
             && row(&rows, "ok.test").is_some_and(|r| r["successful_sessions"] == 3)
             && row(&rows, "nopolicy.test").is_some_and(|r| r["successful_sessions"] == 1)
+            && row(&rows, "retry.test").is_some_and(|r| r["successful_sessions"] == 1)
     });
     let rows = list(&relay);
     let day = row(&rows, "fail.test").unwrap()["day"]
@@ -418,8 +442,10 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
     assert_eq!(details[0]["sending-mta-ip"], "127.0.0.1");
 
     // https: a POST of the gzipped report.
-    wait_for("the HTTPS report", WAIT, || !https.posts().is_empty());
-    let post = https.posts().remove(0);
+    wait_for("the HTTPS report", WAIT, || {
+        !https.posts("/v1/tlsrpt").is_empty()
+    });
+    let post = https.posts("/v1/tlsrpt").remove(0);
     assert_eq!(post.path, "/v1/tlsrpt");
     assert_eq!(
         post.content_type.as_deref(),
@@ -439,6 +465,7 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
         ["fail.test", "ok.test"]
             .iter()
             .all(|d| row(&rows, d).is_some_and(|r| r["status"] == "sent"))
+            && row(&rows, "retry.test").is_some_and(|r| r["attempts"] == 1)
     });
     let rows = list(&relay);
     let fail = row(&rows, "fail.test").unwrap();
@@ -446,6 +473,17 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
     assert_eq!(fail["delivered_to"][0], "mailto:tlsrpt@reports.test");
     assert_eq!(fail["report_id"], report_id.as_str());
     assert_eq!(row(&rows, "nopolicy.test").unwrap()["status"], "no_policy");
+    // The receiver that answered 503 got the report once; it is retried later.
+    let retry = row(&rows, "retry.test").unwrap();
+    assert_eq!(retry["status"], "pending", "{retry}");
+    assert_eq!(retry["attempts"], 1);
+    assert!(
+        retry["last_error"].as_str().unwrap().contains("HTTP 503"),
+        "{retry}"
+    );
+    assert!(retry["next_attempt_at"].is_string(), "{retry}");
+    assert_eq!(retry["delivered_to"], serde_json::json!([]));
+    assert_eq!(https.posts("/down").len(), 1);
     let shown = relay.cli(&["tls-reports", "show", "fail.test", &day]);
     assert!(shown.status.success());
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
@@ -476,5 +514,32 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
     // Sent once: only one report reached each sink, and only the domains
     // that published _smtp._tls got one.
     assert_eq!(mx_reports.received().len(), 1);
-    assert_eq!(https.posts().len(), 1);
+    assert_eq!(https.posts("/v1/tlsrpt").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_reports_off_counts_nothing() {
+    let dns = DnsStub::start().await;
+    let mx = TestMx::start(MxConfig::default()).await;
+    dns.txt("_smtp._tls.ok.test", "v=TLSRPTv1; rua=mailto:r@ok.test");
+    let mut relay = Relay::start(Options {
+        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        delivery: format!(
+            "tls_reports = false\nresolver = \"{}\"\nroutes = {{ \"ok.test\" = \"{}\" }}",
+            dns.resolver(),
+            mx.addr()
+        ),
+        ..Options::default()
+    });
+    submit(
+        &relay,
+        "news@example.com",
+        &["b@ok.test"],
+        &message("news@example.com", "b@ok.test", "s", "x"),
+    );
+    assert!(mx.wait_for(1, WAIT).await, "{}", relay.log());
+    // A graceful stop writes whatever was counted: here, nothing.
+    assert!(relay.stop().success());
+    assert!(list(&relay).is_empty());
+    assert_eq!(mx.received().len(), 1, "no report mail either");
 }

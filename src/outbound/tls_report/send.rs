@@ -33,6 +33,8 @@ const RETRY: [Duration; 4] = [
     Duration::from_secs(12 * 3600),
 ];
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many days a finished day's `_smtp._tls` lookup may keep failing.
+const LOOKUP_DAYS: i64 = 3;
 
 /// Who the reports come from (see the module comment of `tls_report`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +171,22 @@ impl Reporter {
     /// fails is tried again at the next check.
     async fn decide(&self, domain: &str, day: &str) {
         let now = store::now_ms();
+        let Some(sender) = self.sender.clone() else {
+            return;
+        };
         let (status, rua, why) = match self.lookup(domain).await {
+            // Asked again at each check, but not forever: a day whose
+            // lookups have failed for LOOKUP_DAYS is given up on.
+            Err(e)
+                if day
+                    < day_of(now_ms(self.counter.skew_ms) - LOOKUP_DAYS * 86_400_000).as_str() =>
+            {
+                (
+                    "failed",
+                    Vec::new(),
+                    Some(format!("no answer for _smtp._tls.{domain}: {e}")),
+                )
+            }
             Err(e) => {
                 tracing::info!(
                     domain,
@@ -181,10 +198,6 @@ impl Reporter {
             Ok(Ok(Some(rua))) => ("pending", rua, None),
             Ok(Ok(None)) => ("no_policy", Vec::new(), None),
             Ok(Err(bad)) => ("no_policy", Vec::new(), Some(bad)),
-        };
-        let sender = match (&self.sender, status) {
-            (Some(s), _) => s.clone(),
-            (None, _) => return,
         };
         let report = if status == "pending" {
             let (d, y) = (domain.to_string(), day.to_string());
@@ -282,29 +295,7 @@ impl Reporter {
                 }
             }
         }
-        let now = store::now_ms();
-        row.attempts += 1;
-        if errors.is_empty() {
-            row.status = "sent".into();
-            row.sent_at = Some(now);
-            row.next_attempt_at = None;
-            row.last_error = None;
-        } else {
-            row.last_error = Some(errors.join("; "));
-            match RETRY.get(row.attempts as usize - 1) {
-                Some(wait) => row.next_attempt_at = Some(now + wait.as_millis() as i64),
-                None => {
-                    row.status = if row.done.is_empty() {
-                        "failed"
-                    } else {
-                        "sent"
-                    }
-                    .into();
-                    row.sent_at = (!row.done.is_empty()).then_some(now);
-                    row.next_attempt_at = None;
-                }
-            }
-        }
+        settle(&mut row, &errors, store::now_ms());
         if let Err(e) = self
             .store
             .write(Durability::Normal, move |tx| {
@@ -390,6 +381,30 @@ impl Reporter {
         tokio::time::timeout(POST_TIMEOUT, send)
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {POST_TIMEOUT:?}")))
+    }
+}
+
+/// After one sending round: sent when every destination was reached;
+/// otherwise pending until the next retry, and once the retries are used
+/// up, `sent` if some destination got it, else `failed`.
+fn settle(row: &mut ReportRow, errors: &[String], now: i64) {
+    row.attempts += 1;
+    if errors.is_empty() {
+        row.status = "sent".into();
+        row.sent_at = Some(now);
+        row.next_attempt_at = None;
+        row.last_error = None;
+        return;
+    }
+    row.last_error = Some(errors.join("; "));
+    match RETRY.get(row.attempts as usize - 1) {
+        Some(wait) => row.next_attempt_at = Some(now + wait.as_millis() as i64),
+        None => {
+            let some = !row.done.is_empty();
+            row.status = if some { "sent" } else { "failed" }.into();
+            row.sent_at = some.then_some(now);
+            row.next_attempt_at = None;
+        }
     }
 }
 
@@ -504,6 +519,56 @@ pub fn report_for_show(
 mod tests {
     use super::*;
     use mail_parser::MimeHeaders;
+
+    fn pending() -> ReportRow {
+        ReportRow {
+            policy_domain: "example.net".into(),
+            day: "2026-11-23".into(),
+            status: "pending".into(),
+            report_id: "r".into(),
+            report: Some("{}".into()),
+            rua: vec!["mailto:a@example.net".into(), "https://r.example/x".into()],
+            done: vec![],
+            attempts: 0,
+            next_attempt_at: Some(0),
+            last_error: None,
+            created_at: 0,
+            sent_at: None,
+        }
+    }
+
+    #[test]
+    fn retries_are_bounded_and_a_partial_send_counts_as_sent() {
+        let err = vec!["https://r.example/x: HTTP 503".to_string()];
+        let mut row = pending();
+        let mut waits = Vec::new();
+        for _ in 0..RETRY.len() {
+            settle(&mut row, &err, 1000);
+            assert_eq!(row.status, "pending");
+            waits.push(row.next_attempt_at.unwrap() - 1000);
+        }
+        assert!(waits.windows(2).all(|w| w[0] < w[1]), "{waits:?}");
+        settle(&mut row, &err, 2000);
+        assert_eq!((row.status.as_str(), row.attempts), ("failed", 5));
+        assert_eq!(row.next_attempt_at, None);
+        assert_eq!(
+            row.last_error.as_deref(),
+            Some("https://r.example/x: HTTP 503")
+        );
+
+        // One destination reached, the other never: sent, with the error kept.
+        let mut row = pending();
+        row.done = vec!["mailto:a@example.net".into()];
+        for _ in 0..=RETRY.len() {
+            settle(&mut row, &err, 3000);
+        }
+        assert_eq!(row.status, "sent");
+        assert_eq!(row.sent_at, Some(3000));
+
+        let mut row = pending();
+        settle(&mut row, &[], 4000);
+        assert_eq!((row.status.as_str(), row.sent_at), ("sent", Some(4000)));
+    }
 
     #[test]
     fn the_report_mail_has_the_rfc_headers_and_attachment() {
