@@ -57,7 +57,12 @@ impl Counter {
         // Only failures name the sending address; finding it is a few
         // syscalls, and failures are the rare case.
         let sending_ip = match o.result {
-            SessionResult::Failure(..) => o.receiving_ip.and_then(source_ip),
+            // A failure before any connection (a policy that could not be
+            // fetched) has no peer: the address towards the internet at large
+            // (TEST-NET-1 follows the default route; nothing is sent).
+            SessionResult::Failure(..) => {
+                source_ip(o.receiving_ip.unwrap_or(IpAddr::from([192, 0, 2, 1])))
+            }
             _ => None,
         };
         let day = day_of(o.at.saturating_add(self.skew_ms));
