@@ -96,6 +96,18 @@ pub fn unreported_days(conn: &Connection, today: &str) -> rusqlite::Result<Vec<(
     rows.collect()
 }
 
+/// Forgets counts and reports of days before `before_day` (retention, as
+/// `store.retain_events`). Returns the rows deleted.
+pub fn prune(tx: &Tx<'_>, before_day: &str) -> rusqlite::Result<usize> {
+    let counts = tx
+        .prepare_cached("DELETE FROM tls_report_counts WHERE day < ?1")?
+        .execute([before_day])?;
+    let reports = tx
+        .prepare_cached("DELETE FROM tls_reports WHERE day < ?1")?
+        .execute([before_day])?;
+    Ok(counts + reports)
+}
+
 /// A report row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportRow {
@@ -341,6 +353,13 @@ mod tests {
         assert_eq!(l.len(), 2);
         assert_eq!((l[1].successful, l[1].failed), (4, 1));
         assert_eq!(l[0].to_json()["status"], "counting");
+        let mut deleted = 0;
+        write(&mut c, |tx| {
+            deleted = prune(tx, "2026-11-24")?;
+            Ok(())
+        });
+        assert_eq!(deleted, 2);
+        assert_eq!(list(&c, None, None, 10).unwrap().len(), 1);
     }
 
     #[test]

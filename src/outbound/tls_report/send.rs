@@ -76,6 +76,8 @@ pub struct Reporter {
     client: HttpsClient,
     /// Wakes the queue runner when a report mail is queued.
     queue_wake: Arc<Notify>,
+    /// Counts and reports are kept as long as events (`store.retain_events`).
+    retain: Duration,
 }
 
 impl Reporter {
@@ -104,6 +106,7 @@ impl Reporter {
             sender: Sender::from_config(config),
             client: Client::builder(TokioExecutor::new()).build(https),
             queue_wake,
+            retain: config.store.retain_events,
         })
     }
 
@@ -138,7 +141,20 @@ impl Reporter {
 
     /// Decides every finished day not yet decided, then sends what is due.
     pub async fn check(&self) {
-        let today = day_of(now_ms(self.counter.skew_ms));
+        let now = now_ms(self.counter.skew_ms);
+        let oldest = day_of(now.saturating_sub(self.retain.as_millis() as i64));
+        match self
+            .store
+            .write(Durability::Normal, move |tx| {
+                tls_reports::prune(tx, &oldest)
+            })
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("TLS reports: {n} row(s) past store.retain_events removed"),
+            Err(e) => tracing::warn!("TLS reports: pruning: {e}"),
+        }
+        let today = day_of(now);
         let days = match self
             .store
             .read(move |c| tls_reports::unreported_days(c, &today))
