@@ -245,6 +245,17 @@ enum TlsReportsCommand {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Send a day's reports now (default: yesterday, UTC); each is sent once.
+    Send {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// UTC day, YYYY-MM-DD (today sends the counts so far).
+        #[arg(long)]
+        day: Option<String>,
+        /// Only this policy (recipient) domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
     /// The report's JSON as sent (or as it would be, for a day not sent).
     Show {
         #[command(flatten)]
@@ -475,6 +486,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 domain.as_deref(),
                 limit,
             ),
+            TlsReportsCommand::Send {
+                config,
+                day,
+                domain,
+            } => cli::tls_reports::send(&load(&config)?, day.as_deref(), domain.as_deref()),
             TlsReportsCommand::Show {
                 config,
                 domain,

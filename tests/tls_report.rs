@@ -543,3 +543,77 @@ async fn tls_reports_off_counts_nothing() {
     assert!(list(&relay).is_empty());
     assert_eq!(mx.received().len(), 1, "no report mail either");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_reports_send_forces_a_day_once_beside_a_running_server() {
+    let dns = DnsStub::start().await;
+    let mx = TestMx::start(MxConfig::default()).await;
+    let mx_reports = TestMx::start(MxConfig::default()).await;
+    dns.txt(
+        "_smtp._tls.ok.test",
+        "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
+    );
+    let relay = Relay::start(Options {
+        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        delivery: format!(
+            "resolver = \"{}\"\nroutes = {{ \"ok.test\" = \"{}\", \"reports.test\" = \"{}\" }}",
+            dns.resolver(),
+            mx.addr(),
+            mx_reports.addr()
+        ),
+        ..Options::default()
+    });
+    submit(
+        &relay,
+        "news@example.com",
+        &["b@ok.test"],
+        &message("news@example.com", "b@ok.test", "s", "x"),
+    );
+    assert!(mx.wait_for(1, WAIT).await, "{}", relay.log());
+    wait_for("the count", WAIT, || {
+        row(&list(&relay), "ok.test").is_some_and(|r| r["successful_sessions"] == 1)
+    });
+    let day = row(&list(&relay), "ok.test").unwrap()["day"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Today is not over, but the operator sends it now.
+    let out = relay.cli(&["tls-reports", "send", "--day", &day]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok.test") && text.contains("sent"), "{text}");
+    // The running server's queue runner delivers the queued report mail.
+    assert!(mx_reports.wait_for(1, WAIT).await, "{}", relay.log());
+    let got = mx_reports.received().remove(0);
+    let mail = mail_parser::MessageParser::default()
+        .parse(&got.data)
+        .unwrap();
+    let report = gunzip(mail.attachment(0).unwrap().contents());
+    assert_valid(&report);
+    assert_eq!(report["policies"][0]["policy"]["policy-domain"], "ok.test");
+    assert_eq!(
+        report["policies"][0]["summary"]["total-successful-session-count"],
+        1
+    );
+
+    // Sent once: a second send queues nothing more.
+    let again = relay.cli(&["tls-reports", "send", "--day", &day]);
+    assert!(again.status.success());
+    let queued: i64 = relay
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM emails WHERE tags LIKE '%tlsrpt%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(queued, 1);
+    let bad = relay.cli(&["tls-reports", "send", "--day", "tomorrow"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a day"));
+}

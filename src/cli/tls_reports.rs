@@ -1,4 +1,4 @@
-//! `trackrelay tls-reports list|show`: the TLS reports (RFC 8460) of
+//! `trackrelay tls-reports list|show|send`: the TLS reports (RFC 8460) of
 //! outbound deliveries, per policy domain and UTC day.
 
 use super::{reader, CliResult};
@@ -81,4 +81,37 @@ pub fn show(config: &Config, domain: &str, day: &str) -> CliResult {
         .unwrap_or(json);
     println!("{pretty}");
     Ok(())
+}
+
+/// Sends the reports of `day` (default: yesterday, UTC) now, beside a
+/// running server or not: report mail is queued in the store for the
+/// server's queue runner; HTTPS reports are posted from here. A day
+/// already decided is not sent again; today's counts are those the server
+/// has written so far (it writes them every few seconds).
+pub fn send(config: &Config, day: Option<&str>, domain: Option<&str>) -> CliResult {
+    let day = match day {
+        Some(d) => check_day(d).map_err(|e| format!("--day: {e}"))?,
+        None => crate::outbound::tls_report::day_of(crate::store::now_ms() - 86_400_000),
+    };
+    let domain = domain.map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let store =
+        crate::store::Store::open(&config.database_path(), crate::serve::store_options(config))
+            .map_err(|e| e.to_string())?;
+    let sent = rt.block_on(async {
+        let resolver = std::sync::Arc::new(crate::dns::resolver(config)?);
+        let reporter = crate::outbound::tls_report::Reporter::new(
+            config,
+            store.clone(),
+            resolver,
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+        )?;
+        reporter.send_day(&day, domain.as_deref()).await
+    });
+    store.close();
+    sent?;
+    list(config, false, Some(&day), domain.as_deref(), 100_000)
 }

@@ -182,6 +182,33 @@ impl Reporter {
         }
     }
 
+    /// `tls-reports send`: decides `day` now (whether or not it is over)
+    /// for every domain with counts that day (or only `domain`), then makes
+    /// one sending round for that day's pending reports. A day already
+    /// decided is left as it is: each (domain, day) is sent once.
+    pub async fn send_day(&self, day: &str, domain: Option<&str>) -> Result<(), String> {
+        let (d, dom) = (day.to_string(), domain.map(str::to_string));
+        let summaries = self
+            .store
+            .read(move |c| tls_reports::list(c, Some(&d), dom.as_deref(), 100_000))
+            .await
+            .map_err(|e| format!("reading the store: {e}"))?;
+        for s in summaries.iter().filter(|s| s.report.is_none()) {
+            self.decide(&s.policy_domain, &s.day).await;
+        }
+        let due = self
+            .store
+            .read(|c| tls_reports::due_reports(c, i64::MAX))
+            .await
+            .map_err(|e| format!("reading the store: {e}"))?;
+        for row in due {
+            if row.day == day && domain.is_none_or(|d| d == row.policy_domain) {
+                self.send(row).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Looks up the domain's `_smtp._tls` record and creates the day's
     /// report row: pending with the report, or no_policy. A lookup that
     /// fails is tried again at the next check.
