@@ -131,6 +131,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     response: "250 2.0.0 Ok".into(),
                     tls: Some("TLSv1.3".into()),
                     mx: Some("mx.x.test".into()),
+                    tls_policy: None,
                 },
             )?;
             stored_events += 2;

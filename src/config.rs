@@ -603,6 +603,15 @@ impl Config {
         if let Some(relay) = &mut self.delivery.relay {
             fix_opt(&mut relay.password_file);
         }
+        // "" means no file, not the config's directory.
+        if let Some(p) = self
+            .delivery
+            .extra_ca_file
+            .as_mut()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            fix(p);
+        }
     }
 
     pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
@@ -1124,6 +1133,23 @@ mod tests {
     fn relative_paths_follow_the_config_file() {
         let c = parse("[server]\nhostname = \"r.example.com\"\ndata_dir = \"./data\"\n").unwrap();
         assert_eq!(c.server.data_dir, PathBuf::from("/etc/trackrelay/data"));
+    }
+
+    #[test]
+    fn mta_sts_defaults_and_extra_ca_file() {
+        let base = "[server]\nhostname = \"r.example.com\"\n[delivery]\n";
+        let c = parse(base).unwrap();
+        assert!(c.delivery.mta_sts);
+        assert_eq!(c.delivery.extra_ca(), None);
+        let c = parse(&format!("{base}mta_sts = false\nextra_ca_file = \"\"\n")).unwrap();
+        assert!(!c.delivery.mta_sts);
+        assert_eq!(c.delivery.extra_ca(), None, "\"\" is no file");
+        let e = parse(&format!("{base}extra_ca_file = \"ca/missing.pem\"\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("delivery.extra_ca_file: cannot read /etc/trackrelay/ca/missing.pem"),
+            "{e}"
+        );
     }
 
     #[test]

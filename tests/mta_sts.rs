@@ -190,6 +190,16 @@ async fn enforce_with_matching_mx_and_valid_certificate_delivers_over_verified_t
     assert_eq!(evs[0].1["tls_policy"], "mta-sts", "{:?}", evs[0].1);
     assert!(evs[0].1.get("tls_policy_failure").is_none());
     assert_eq!(queue_policy(&s.relay, &id).as_deref(), Some("mta-sts"));
+    let auth = format!("Bearer {API_TOKEN}");
+    let (code, _, body) = http(
+        s.relay.api,
+        "GET",
+        &format!("/v1/emails/{id}"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(code, 200);
+    let email: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(email["recipients"][0]["tls_policy"], "mta-sts", "{email}");
     // The policy was fetched over HTTPS from the policy host, once.
     let requests = s.server.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
@@ -349,4 +359,77 @@ async fn without_a_policy_the_domain_setting_applies() {
     let evs = events(&s.relay, &id);
     assert_eq!(evs[0].1["tls_policy"], "opportunistic", "{:?}", evs[0].1);
     assert!(s.server.requests().is_empty(), "no TXT record, no fetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_txt_id_fetches_the_policy_again() {
+    let s = setup(&policy("enforce", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    // The domain moves its MX elsewhere: the old host is no longer allowed.
+    s.server.set_policy(&policy("enforce", "mx2.example.net"));
+    let id = send(&s.relay, "b@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    assert_eq!(s.server.requests().len(), 1, "same id: the cached policy");
+    s.dns
+        .remove("_mta-sts.example.net")
+        .txt("_mta-sts.example.net", "v=STSv1; id=2");
+    let id = send(&s.relay, "c@example.net");
+    wait_for("deferred under the new policy", WAIT, || {
+        !events(&s.relay, &id).is_empty()
+    });
+    let evs = events(&s.relay, &id);
+    assert_eq!(evs[0].0, "email.delivery_delayed", "{evs:?}");
+    assert!(
+        evs[0].1["response"]
+            .as_str()
+            .unwrap()
+            .contains("matches none of the policy's mx patterns (mx2.example.net)"),
+        "{evs:?}"
+    );
+    assert_eq!(s.server.requests().len(), 2);
+    assert_eq!(s.mx.received().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_policy_is_not_used() {
+    let short = "version: STSv1\r\nmode: enforce\r\nmx: mx.example.net\r\nmax_age: 1\r\n";
+    let mut s = setup(short, |ca| mx_with_cert(ca, &["mx.example.net"])).await;
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    s.server.stop();
+    let expires: i64 = s
+        .relay
+        .db()
+        .query_row(
+            "SELECT expires_at FROM mta_sts_policies WHERE domain = 'example.net'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    wait_for("the cached policy's max_age to run out", WAIT, || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        now > expires
+    });
+    let id = send(&s.relay, "b@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    let evs = events(&s.relay, &id);
+    // No valid policy: the domain's own setting, and the fetch failure is
+    // counted.
+    assert_eq!(evs[0].1["tls_policy"], "opportunistic", "{:?}", evs[0].1);
+    let m = metrics(&s.relay);
+    assert_eq!(
+        counter(
+            &m,
+            "trackrelay_tls_policy_sts_lookups_total{result=\"failed\"}"
+        ),
+        1,
+        "{m}"
+    );
 }

@@ -165,6 +165,7 @@ pub fn email_json(e: &EmailInfo) -> Value {
                 "next_attempt_at": t(r.next_attempt_at),
                 "last_response": r.last_response,
                 "tls": r.tls,
+                "tls_policy": r.tls_policy,
                 "delivered_at": t(r.delivered_at),
                 "bounced_at": t(r.bounced_at),
                 "opened_at": t(r.opened_at),

@@ -293,6 +293,8 @@ pub struct SessionTls {
     pub verifier: Option<Arc<dyn ServerCertVerifier>>,
     /// Certificate failures are only recorded (MTA-STS `testing`).
     pub report_only: bool,
+    /// The policy behind it, for naming certificate failures (RFC 8460).
+    pub applied: Applied,
 }
 
 impl SessionTls {
@@ -301,6 +303,10 @@ impl SessionTls {
             require_tls: policy == TlsPolicy::Enforced,
             verifier: None,
             report_only: false,
+            applied: match policy {
+                TlsPolicy::Enforced => Applied::Enforced,
+                TlsPolicy::Opportunistic => Applied::Opportunistic,
+            },
         }
     }
 }
@@ -311,6 +317,7 @@ impl fmt::Debug for SessionTls {
             .field("require_tls", &self.require_tls)
             .field("verifies", &self.verifier.is_some())
             .field("report_only", &self.report_only)
+            .field("applied", &self.applied)
             .finish()
     }
 }
@@ -381,6 +388,7 @@ struct Trace {
     config: Option<Arc<rustls::ClientConfig>>,
     config_error: Option<String>,
     required: bool,
+    applied: Applied,
 }
 
 impl Trace {
@@ -391,6 +399,7 @@ impl Trace {
             config: None,
             config_error: None,
             required: tls.require_tls,
+            applied: tls.applied,
         };
         if let Some(v) = &tls.verifier {
             let recorder = Arc::new(RecordingVerifier::new(v.clone(), tls.report_only));
@@ -406,7 +415,7 @@ impl Trace {
     /// The certificate error the verifier saw, classified.
     fn certificate_failure(&self) -> Option<(ResultType, String)> {
         let e = self.recorder.as_ref()?.failure()?;
-        let kind = classify_certificate_error(Applied::MtaSts, &e);
+        let kind = classify_certificate_error(self.applied, &e);
         Some((kind, format!("certificate: {e}")))
     }
 

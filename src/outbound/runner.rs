@@ -477,7 +477,7 @@ impl Runner {
             let mut d = HostDecision::floor(policy, &domain);
             d.policy.policy_type = "sts";
             let failure = SessionResult::Failure(*kind, why.clone());
-            self.report_tls(&d, "", None, failure, false);
+            self.report_tls(&d, "", None, failure, false, uses_mx);
         }
         let mut source = Batch {
             runner: self.clone(),
@@ -518,6 +518,7 @@ impl Runner {
                         Some(addr.ip()),
                         SessionResult::Failure(kind, why.clone()),
                         true,
+                        uses_mx,
                     );
                     for c in source.pending.drain(..) {
                         let last = (why.clone(), None, name.clone(), Some(note.clone()));
@@ -545,7 +546,7 @@ impl Runner {
                 }
                 (_, result) => result,
             };
-            self.report_tls(&decision, name, Some(addr.ip()), result, false);
+            self.report_tls(&decision, name, Some(addr.ip()), result, false, uses_mx);
             if let Err(NotAttempted { reason, tls }) = rest {
                 let reason = match decision.applied {
                     Applied::MtaSts => format!("MTA-STS policy of {domain} (enforce): {reason}"),
@@ -608,11 +609,14 @@ impl Runner {
             require_tls: d.require_tls,
             verifier,
             report_only: d.report_only,
+            applied: d.applied,
         })
     }
 
-    /// The one place every attempt's TLS outcome goes: metrics and the
-    /// outcome sink (TLS-RPT). `refused`: the host was not even tried.
+    /// The one place every attempt's TLS outcome goes: metrics, and for
+    /// MX delivery the outcome sink (TLS-RPT: a static route's or the
+    /// smarthost's TLS is none of the recipient domain's business).
+    /// `refused`: the host was not even tried.
     fn report_tls(
         &self,
         d: &HostDecision,
@@ -620,6 +624,7 @@ impl Runner {
         ip: Option<std::net::IpAddr>,
         result: SessionResult,
         refused: bool,
+        uses_mx: bool,
     ) {
         let label = match (&result, refused) {
             (SessionResult::NotApplicable, _) => return,
@@ -629,6 +634,9 @@ impl Runner {
             (SessionResult::Failure(..), _) => "failure",
         };
         self.metrics.tls_policy.session(d.applied.as_str(), label);
+        if !uses_mx {
+            return;
+        }
         self.tls_sink.record(&TlsOutcome {
             at: store::now_ms(),
             applied: d.applied,

@@ -366,7 +366,9 @@ pub struct TlsOutcome {
     pub at: i64,
     pub applied: Applied,
     pub policy: PolicyRef,
-    /// The MX host name the client connected to (`receiving-mx-hostname`).
+    /// The MX host name the client connected to (`receiving-mx-hostname`);
+    /// empty for a failure of the whole domain's policy (an MTA-STS policy
+    /// that could not be fetched, reported once per delivery attempt).
     pub mx_host: String,
     /// `receiving-ip`.
     pub receiving_ip: Option<std::net::IpAddr>,
@@ -375,8 +377,11 @@ pub struct TlsOutcome {
     pub report_only: bool,
 }
 
-/// Where every delivery attempt's TLS outcome goes (engineer `tlsrpt`
-/// plugs TLS-RPT in here; metrics are counted by the runner beside it).
+/// Where every delivery attempt's TLS outcome goes: one call per
+/// connection attempt at an MX host (or per refused host, or per policy
+/// fetch failure); not for static routes or the smarthost. TLS-RPT plugs in with `Runner::with_tls_outcome_sink`;
+/// the runner counts `trackrelay_tls_policy_*` metrics beside it. Called
+/// on the delivery path: it must not block.
 pub trait TlsOutcomeSink: Send + Sync {
     fn record(&self, outcome: &TlsOutcome);
 }

@@ -108,6 +108,8 @@ pub struct RecipientInfo {
     pub next_attempt_at: Option<i64>,
     pub last_response: Option<String>,
     pub tls: Option<String>,
+    /// The TLS policy of the last attempt (dane, mta-sts, enforced, opportunistic).
+    pub tls_policy: Option<String>,
     pub delivered_at: Option<i64>,
     pub bounced_at: Option<i64>,
     pub opened_at: Option<i64>,
@@ -143,7 +145,7 @@ pub fn get(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailIn
     };
     let mut stmt = conn.prepare_cached(
         "SELECT idx, address, status, attempts, next_attempt_at, last_response, tls, delivered_at, bounced_at,
-                opened_at, clicked_at FROM recipients WHERE email_id = ?1 ORDER BY idx",
+                opened_at, clicked_at, tls_policy FROM recipients WHERE email_id = ?1 ORDER BY idx",
     )?;
     email.recipients = stmt
         .query_map(params![email_id], |r| {
@@ -159,6 +161,7 @@ pub fn get(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailIn
                 bounced_at: r.get(8)?,
                 opened_at: r.get(9)?,
                 clicked_at: r.get(10)?,
+                tls_policy: r.get(11)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
