@@ -221,6 +221,26 @@ fn row<'a>(rows: &'a [Value], domain: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["policy_domain"] == domain)
 }
 
+/// Two MX servers on one port (`delivery.mx_port`): `first` on 127.0.0.1,
+/// `second` on 127.0.0.2 (TLS reports count MX deliveries, not routes).
+async fn mx_pair(first: MxConfig, second: MxConfig) -> (TestMx, TestMx) {
+    for _ in 0..20 {
+        let a = TestMx::start(first.clone()).await;
+        let port = a.addr().port();
+        if let Ok(b) =
+            TestMx::start_on(second.clone(), SocketAddr::from(([127, 0, 0, 2], port))).await
+        {
+            return (a, b);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+/// `domain` delivered by MX to `host` at `ip`.
+fn publish_mx(dns: &DnsStub, domain: &str, host: &str, ip: [u8; 4]) {
+    dns.mx(domain, 10, host).a(host, ip.into());
+}
+
 fn dkim_key(dir: &std::path::Path) -> (String, String, String) {
     let path = dir.join("s1.pem");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
@@ -261,12 +281,18 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
     let https = HttpsSink::start().await;
     // fail.test's MX offers no STARTTLS; ok.test's does; the reports for
     // fail.test go by mail to reports.test.
-    let mx_fail = TestMx::start(MxConfig {
-        starttls: false,
-        ..Default::default()
-    })
+    let (mx_ok, mx_fail) = mx_pair(
+        MxConfig::default(),
+        MxConfig {
+            starttls: false,
+            ..Default::default()
+        },
+    )
     .await;
-    let mx_ok = TestMx::start(MxConfig::default()).await;
+    publish_mx(&dns, "fail.test", "mx.fail.test", [127, 0, 0, 2]);
+    for d in ["ok.test", "nopolicy.test", "retry.test"] {
+        publish_mx(&dns, d, "mx.ok.test", [127, 0, 0, 1]);
+    }
     let mx_reports = TestMx::start(MxConfig::default()).await;
     dns.txt(
         "_smtp._tls.fail.test",
@@ -293,13 +319,10 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
             "tls = \"enforced\"\ndkim = [{{ selector = \"s1\", private_key = \"{key}\" }}]"
         ),
         delivery: format!(
-            "resolver = \"{}\"\nretry = [\"1h\"]\nextra_ca_file = \"{}\"\nroutes = {{ \"fail.test\" = \"{}\", \"ok.test\" = \"{}\", \"nopolicy.test\" = \"{}\", \"retry.test\" = \"{}\", \"reports.test\" = \"{}\" }}",
+            "resolver = \"{}\"\nmx_port = {}\nretry = [\"1h\"]\nextra_ca_file = \"{}\"\nroutes = {{ \"reports.test\" = \"{}\" }}",
             dns.resolver(),
+            mx_ok.addr().port(),
             ca.display(),
-            mx_fail.addr(),
-            mx_ok.addr(),
-            mx_ok.addr(),
-            mx_ok.addr(),
             mx_reports.addr()
         ),
         api_token: true,
@@ -438,8 +461,15 @@ async fn a_day_with_failures_is_reported_to_mailto_and_https_and_validates() {
     assert_eq!(details.len(), 1, "{mailed:#}");
     assert_eq!(details[0]["result-type"], "starttls-not-supported");
     assert_eq!(details[0]["failed-session-count"], 2);
-    assert_eq!(details[0]["receiving-ip"], "127.0.0.1");
-    assert_eq!(details[0]["sending-mta-ip"], "127.0.0.1");
+    assert_eq!(details[0]["receiving-mx-hostname"], "mx.fail.test");
+    assert_eq!(details[0]["receiving-ip"], "127.0.0.2");
+    assert!(
+        details[0]["sending-mta-ip"]
+            .as_str()
+            .unwrap()
+            .starts_with("127."),
+        "{mailed:#}"
+    );
 
     // https: a POST of the gzipped report.
     wait_for("the HTTPS report", WAIT, || {
@@ -522,12 +552,13 @@ async fn tls_reports_off_counts_nothing() {
     let dns = DnsStub::start().await;
     let mx = TestMx::start(MxConfig::default()).await;
     dns.txt("_smtp._tls.ok.test", "v=TLSRPTv1; rua=mailto:r@ok.test");
+    publish_mx(&dns, "ok.test", "mx.ok.test", [127, 0, 0, 1]);
     let mut relay = Relay::start(Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
         delivery: format!(
-            "tls_reports = false\nresolver = \"{}\"\nroutes = {{ \"ok.test\" = \"{}\" }}",
+            "tls_reports = false\nresolver = \"{}\"\nmx_port = {}",
             dns.resolver(),
-            mx.addr()
+            mx.addr().port()
         ),
         ..Options::default()
     });
@@ -553,12 +584,13 @@ async fn tls_reports_send_forces_a_day_once_beside_a_running_server() {
         "_smtp._tls.ok.test",
         "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
     );
+    publish_mx(&dns, "ok.test", "mx.ok.test", [127, 0, 0, 1]);
     let relay = Relay::start(Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
         delivery: format!(
-            "resolver = \"{}\"\nroutes = {{ \"ok.test\" = \"{}\", \"reports.test\" = \"{}\" }}",
+            "resolver = \"{}\"\nmx_port = {}\nroutes = {{ \"reports.test\" = \"{}\" }}",
             dns.resolver(),
-            mx.addr(),
+            mx.addr().port(),
             mx_reports.addr()
         ),
         ..Options::default()
