@@ -80,7 +80,8 @@ pub fn parse_record(txt: &str) -> Result<Vec<Rua>, String> {
     Ok(list)
 }
 
-fn destination(uri: &str) -> Option<Rua> {
+/// One `rua` URI, if usable (also for the URIs kept in the store).
+pub(super) fn destination(uri: &str) -> Option<Rua> {
     let lower = uri.to_ascii_lowercase();
     if lower.starts_with("mailto:") {
         let rest = &uri["mailto:".len()..];
@@ -110,12 +111,12 @@ fn plain_address(a: &str) -> bool {
         && local.len() <= 64
         && local
             .chars()
-            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=^_`{|}~.".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=^_`{|}~.".contains(c));
     let domain_ok = domain.contains('.')
         && domain.len() <= 253
         && domain
             .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'));
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
     local_ok && domain_ok
 }
 
@@ -150,6 +151,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r, [Rua::Mailto("ok@b.example".into())]);
+        // Our report mail is not SMTPUTF8: an address that needs it is skipped.
+        assert!(parse_record("v=TLSRPTv1; rua=mailto:r%C3%A9@b.example").is_err());
+        // A URL keeps its ';' and ',' once stored.
+        let url = Rua::Https("https://r.example/a;b,c".into());
+        assert_eq!(destination(&url.uri()), Some(url));
         assert!(parse_record("v=TLSRPTv1; rua=ftp://x.example/").is_err());
         assert!(parse_record("v=TLSRPTv1;").is_err());
         assert!(

@@ -319,10 +319,7 @@ impl Reporter {
             if row.done.contains(&uri) {
                 continue;
             }
-            let sent = match super::record::parse_record(&format!("v=TLSRPTv1; rua={uri}"))
-                .ok()
-                .and_then(|mut v| v.pop())
-            {
+            let sent = match super::record::destination(&uri) {
                 Some(Rua::Mailto(addr)) => self.mail(&sender, &row, &addr, &gz).await,
                 Some(Rua::Https(url)) => self.post(&url, &gz).await,
                 None => Err("not a usable destination".into()),
