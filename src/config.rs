@@ -36,6 +36,8 @@ pub struct Config {
     pub inbound: InboundConfig,
     #[serde(default)]
     pub domain_checks: DomainChecksConfig,
+    #[serde(default)]
+    pub acme: AcmeConfig,
     /// Where the file was read from; relative paths were resolved against it.
     #[serde(skip)]
     pub path: PathBuf,
@@ -612,6 +614,9 @@ impl Config {
         {
             fix(p);
         }
+        if !self.acme.ca_file.as_os_str().is_empty() {
+            fix(&mut self.acme.ca_file);
+        }
     }
 
     pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
@@ -668,6 +673,7 @@ impl Config {
         self.validate_delivery(&mut p);
         self.validate_webhooks(&mut p);
         self.validate_inbound(&mut p);
+        self.acme.validate(&self.tracking, &mut p);
         check_listen("api.listen", &self.api.listen, &mut p);
         let dc = &self.domain_checks;
         // A zero interval would re-check in a busy loop.
@@ -1317,5 +1323,90 @@ mod tests {
         );
         assert_eq!(parse_host_port("[::1]:26", 25), Some(("::1".into(), 26)));
         assert_eq!(parse_host_port("bad host:1", 25), None);
+    }
+}
+
+// ---- [acme] (certificates for tracking hosts; see src/acme/) ----
+
+/// `[acme]`: certificates for the tracking hosts, issued and renewed by
+/// `serve` with ACME (HTTP-01 on `tracking.listen`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub enabled: bool,
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// Account contact, e.g. "mailto:postmaster@example.com" (empty: none).
+    pub contact: String,
+    /// Extra trust for the ACME server's own HTTPS (empty: public roots only).
+    pub ca_file: PathBuf,
+    /// The CA's domain in CAA records ("letsencrypt.org" for Let's Encrypt).
+    pub caa_identity: String,
+    /// Also get a certificate for server.hostname, served on the submission
+    /// (and inbound) TLS listeners in place of the configured one.
+    pub submission_hostname: bool,
+    /// "http-01" (answered on tracking.listen, which the CA reaches on port
+    /// 80) or "tls-alpn-01" (on tracking.listen_tls, reached on port 443).
+    pub challenge: String,
+    /// First wait after a failed attempt; it doubles up to 6 hours.
+    #[serde(with = "duration")]
+    pub retry_interval: Duration,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: false,
+            directory: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: String::new(),
+            ca_file: PathBuf::new(),
+            caa_identity: "letsencrypt.org".into(),
+            challenge: "http-01".into(),
+            submission_hostname: false,
+            retry_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl AcmeConfig {
+    pub fn ca_file(&self) -> Option<&Path> {
+        (!self.ca_file.as_os_str().is_empty()).then_some(self.ca_file.as_path())
+    }
+
+    fn validate(&self, tracking: &TrackingConfig, p: &mut Vec<String>) {
+        if !self.enabled {
+            return;
+        }
+        if !self.directory.starts_with("https://") {
+            p.push(format!(
+                "acme.directory: {:?} is not an https:// URL",
+                self.directory
+            ));
+        }
+        if !self.contact.is_empty() && !self.contact.starts_with("mailto:") {
+            p.push(format!(
+                "acme.contact: {:?} must be a mailto: URL (or empty)",
+                self.contact
+            ));
+        }
+        match self.challenge.as_str() {
+            "http-01" if tracking.listen.is_empty() => p.push(
+                "acme.challenge: http-01 is answered on tracking.listen, which is empty".into(),
+            ),
+            "tls-alpn-01" if tracking.listen_tls.is_empty() => p.push(
+                "acme.challenge: tls-alpn-01 is answered on tracking.listen_tls, which is empty"
+                    .into(),
+            ),
+            "http-01" | "tls-alpn-01" => {}
+            other => p.push(format!(
+                "acme.challenge: {other:?} is not \"http-01\" or \"tls-alpn-01\""
+            )),
+        }
+        if self.caa_identity.trim().is_empty() {
+            p.push("acme.caa_identity: must not be empty".into());
+        }
+        if self.retry_interval.is_zero() {
+            p.push("acme.retry_interval: must be greater than 0".into());
+        }
     }
 }

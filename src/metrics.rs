@@ -107,6 +107,8 @@ pub struct Metrics {
     pub inbound_reports: [Counter; INBOUND_OUTCOMES.len()],
     /// Outbound TLS policy outcomes (issue 13).
     pub tls_policy: TlsPolicyMetrics,
+    /// notAfter per tracking host certificate issued by ACME.
+    pub certificate_expiry: crate::acme::ExpiryGauges,
 }
 
 /// `policy` label values of `trackrelay_tls_policy_sessions_total`.
@@ -298,6 +300,7 @@ impl Metrics {
             );
         }
         self.render_inbound(&mut out);
+        self.certificate_expiry.render(&mut out);
         let name = "trackrelay_inbound_reports_total";
         let _ = writeln!(
             out,

@@ -311,7 +311,9 @@ pub async fn run_until(
         .chain(implicit.into_iter().map(|l| (l, true)))
         .collect();
 
-    let tracking_acceptor = crate::tracking::server::acceptor(&config)?;
+    let acme = crate::acme::Acme::start(&config, metrics.clone())?;
+    let submission_tls = crate::acme::submission_tls(&config, acme.as_ref(), submission_tls);
+    let tracking_acceptor = crate::tracking::server::acceptor(&config, acme.clone())?;
     let tracking_plain = bind_all("tracking.listen", &config.tracking.listen).await?;
     let tracking_tls = bind_all("tracking.listen_tls", &config.tracking.listen_tls).await?;
     bound.tracking = local_addrs(&tracking_plain);
@@ -350,8 +352,10 @@ pub async fn run_until(
         tracking_plain,
         tracking_tls,
         tracking_acceptor,
+        acme.clone(),
         shutdown.clone(),
     ));
+    let acme_task = acme.map(|a| tokio::spawn(a.run(shutdown.clone())));
     let api = Arc::new(
         crate::api::Api::new(&config, store.clone(), metrics.clone())?
             .with_queue_wake(new_mail.clone()),
@@ -442,6 +446,9 @@ pub async fn run_until(
         let _ = t.await;
     }
     let _ = tracking_task.await;
+    if let Some(t) = acme_task {
+        let _ = t.await;
+    }
     let _ = retention_task.await;
     if let Some(t) = domains_task {
         let _ = t.await;

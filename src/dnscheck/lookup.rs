@@ -87,6 +87,23 @@ impl<'a> Dns<'a> {
         Ok(out)
     }
 
+    /// CAA records at `name` itself (RFC 8659; for ACME issuance).
+    pub(crate) async fn caa(&mut self, name: &str) -> Answer<crate::acme::caa::CaaRecord> {
+        Ok(self
+            .ask(name, RecordType::CAA)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r {
+                RData::CAA(c) => Some(crate::acme::caa::CaaRecord {
+                    critical: c.issuer_critical,
+                    tag: c.tag.clone(),
+                    value: String::from_utf8_lossy(&c.value).into_owned(),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The CNAME target of `name` itself (without the final dot), if any.
     pub(crate) async fn cname(&mut self, name: &str) -> Answer<String> {
         Ok(self

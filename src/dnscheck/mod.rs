@@ -16,10 +16,13 @@
 //! `return_path` is set, and the tracking host when `tracking_subdomain` is
 //! set. SPF at the bare domain is required only without `return_path`: with
 //! one, every envelope sender is under `{return_path}.{domain}` and that is
-//! where receivers check SPF.
+//! where receivers check SPF. With `[acme] enabled`, each tracking host
+//! (current and previous) also gets a CAA row and a certificate row (not
+//! required; see [`acme`]).
 //!
 //! [`check`] is the core (no output), [`run`] the command.
 
+mod acme;
 mod lookup;
 mod records;
 pub mod spf;
@@ -91,6 +94,10 @@ pub enum RecordKind {
     ReturnPathSpf,
     Dmarc,
     Tracking,
+    /// ACME: whether CAA lets the CA issue for a tracking host.
+    Caa,
+    /// ACME: the tracking host's certificate, issued or why not.
+    Certificate,
 }
 
 impl RecordKind {
@@ -102,6 +109,8 @@ impl RecordKind {
             RecordKind::ReturnPathSpf => "return_path_spf",
             RecordKind::Dmarc => "dmarc",
             RecordKind::Tracking => "tracking",
+            RecordKind::Caa => "caa",
+            RecordKind::Certificate => "certificate",
         }
     }
 
@@ -113,6 +122,8 @@ impl RecordKind {
             RecordKind::ReturnPathSpf => "Return-Path SPF",
             RecordKind::Dmarc => "DMARC",
             RecordKind::Tracking => "Tracking",
+            RecordKind::Caa => "CAA",
+            RecordKind::Certificate => "Certificate",
         }
     }
 }
@@ -147,16 +158,7 @@ pub async fn check(
     domain: &DomainConfig,
 ) -> Vec<RecordCheck> {
     let mut dns = Dns::new(resolver);
-    let hostname = normalise(&config.server.hostname);
-    let (addrs, addr_error) = match dns.addrs(&hostname).await {
-        Ok(a) => (a, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    let relay = Relay {
-        hostname,
-        addrs,
-        addr_error,
-    };
+    let relay = relay_of(&mut dns, config).await;
     let name = normalise(&domain.name);
     let mut out = Vec::new();
 
@@ -221,7 +223,24 @@ pub async fn check(
 
     out.push(records::dmarc(&mut dns, domain).await);
     out.extend(records::tracking(&mut dns, &relay, domain).await);
+    out.extend(acme::rows(&mut dns, &relay, config, domain).await);
     out
+}
+
+pub use acme::issuable;
+
+/// This relay as the DNS sees it: its hostname and that name's addresses.
+async fn relay_of(dns: &mut Dns<'_>, config: &Config) -> Relay {
+    let hostname = normalise(&config.server.hostname);
+    let (addrs, addr_error) = match dns.addrs(&hostname).await {
+        Ok(a) => (a, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    Relay {
+        hostname,
+        addrs,
+        addr_error,
+    }
 }
 
 /// Whether every required record is verified (dns-check's exit status).

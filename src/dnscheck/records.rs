@@ -331,19 +331,31 @@ pub(crate) async fn tracking(
              for this domain; set it (e.g. \"links\") and publish the CNAME",
         ));
     };
-    let mut check = row(domain, RecordKind::Tracking, host.clone(), "CNAME");
+    let check = row(domain, RecordKind::Tracking, host.clone(), "CNAME");
+    Some(points_here(dns, relay, check, &host).await)
+}
+
+/// Whether `host` points at this relay (a CNAME to its hostname, or only
+/// its addresses): the tracking record's check, also the condition for
+/// ACME issuance.
+pub(crate) async fn points_here(
+    dns: &mut Dns<'_>,
+    relay: &Relay,
+    mut check: RecordCheck,
+    host: &str,
+) -> RecordCheck {
     check.expected = format!("CNAME {}", relay.hostname);
-    let cname = match dns.cname(&host).await {
+    let cname = match dns.cname(host).await {
         Ok(c) => c,
-        Err(e) => return Some(lookup_failed(check, e)),
+        Err(e) => return lookup_failed(check, e),
     };
     if cname.contains(&relay.hostname) {
         check.found = cname.iter().map(|c| format!("CNAME {c}")).collect();
-        return Some(set(check, Status::Verified, ""));
+        return set(check, Status::Verified, "");
     }
-    let addrs = match dns.addrs(&host).await {
+    let addrs = match dns.addrs(host).await {
         Ok(a) => a,
-        Err(e) => return Some(lookup_failed(check, e)),
+        Err(e) => return lookup_failed(check, e),
     };
     check.found = cname.iter().map(|c| format!("CNAME {c}")).collect();
     check.found.extend(addrs.iter().map(|a| match a {
@@ -351,10 +363,10 @@ pub(crate) async fn tracking(
         std::net::IpAddr::V6(_) => format!("AAAA {a}"),
     }));
     if addrs.is_empty() && cname.is_empty() {
-        return Some(set(check, Status::Pending, "not published yet"));
+        return set(check, Status::Pending, "not published yet");
     }
     if relay.addrs.is_empty() {
-        return Some(set(
+        return set(
             check,
             Status::Failed,
             format!(
@@ -362,7 +374,7 @@ pub(crate) async fn tracking(
                  a CNAME to it",
                 relay.no_addrs()
             ),
-        ));
+        );
     }
     let strays: Vec<String> = addrs
         .iter()
@@ -370,17 +382,17 @@ pub(crate) async fn tracking(
         .map(|a| a.to_string())
         .collect();
     if !addrs.is_empty() && strays.is_empty() {
-        return Some(set(
+        return set(
             check,
             Status::Verified,
             format!("same addresses as {}", relay.hostname),
-        ));
+        );
     }
     let target = match cname.first() {
         Some(c) => format!("is an alias of {c}"),
         None => format!("resolves to {}", strays.join(", ")),
     };
-    Some(set(
+    set(
         check,
         Status::Failed,
         format!(
@@ -393,7 +405,7 @@ pub(crate) async fn tracking(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-    ))
+    )
 }
 
 #[cfg(test)]

@@ -145,6 +145,7 @@ pub fn group(c: &RecordCheck) -> Group {
         RecordKind::ReturnPathMx | RecordKind::ReturnPathSpf => Group::ReturnPath,
         RecordKind::Tracking => Group::Tracking,
         RecordKind::Dmarc => Group::Advisory,
+        RecordKind::Caa | RecordKind::Certificate => Group::Advisory,
     }
 }
 

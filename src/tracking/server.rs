@@ -2,6 +2,7 @@
 //! HTTPS with the certificate picked by SNI among the tracking hosts'.
 
 use super::listener::Tracker;
+use crate::acme::Acme;
 use crate::config::Config;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,6 +26,7 @@ pub async fn serve(
     plain: Vec<TcpListener>,
     tls: Vec<TcpListener>,
     acceptor: Option<TlsAcceptor>,
+    acme: Option<Arc<Acme>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -34,6 +36,7 @@ pub async fn serve(
             tracker.clone(),
             l,
             None,
+            acme.clone(),
             shutdown.clone(),
             slots.clone(),
         )));
@@ -44,6 +47,7 @@ pub async fn serve(
                 tracker.clone(),
                 l,
                 Some(acceptor.clone()),
+                acme.clone(),
                 shutdown.clone(),
                 slots.clone(),
             )));
@@ -63,6 +67,7 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    acme: Option<Arc<Acme>>,
     shutdown: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
 ) {
@@ -75,15 +80,22 @@ async fn accept_loop(
         || {},
         move |tcp, peer| {
             let (tracker, tls, shutdown) = (tracker.clone(), tls.clone(), rx.clone());
+            let acme = acme.clone();
             async move {
                 match tls {
-                    None => connection(tracker, TokioIo::new(tcp), peer, shutdown).await,
+                    None => connection(tracker, acme, TokioIo::new(tcp), peer, shutdown).await,
                     Some(acceptor) => {
                         if let Ok(Ok(stream)) =
                             tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                                 .await
                         {
-                            connection(tracker, TokioIo::new(stream), peer, shutdown).await;
+                            // TLS-ALPN-01: the handshake was the answer.
+                            if stream.get_ref().1.alpn_protocol()
+                                == Some(crate::acme::ACME_TLS_ALPN)
+                            {
+                                return;
+                            }
+                            connection(tracker, acme, TokioIo::new(stream), peer, shutdown).await;
                         }
                     }
                 }
@@ -95,6 +107,7 @@ async fn accept_loop(
 
 async fn connection<I>(
     tracker: Arc<Tracker>,
+    acme: Option<Arc<Acme>>,
     io: I,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
@@ -103,7 +116,14 @@ async fn connection<I>(
 {
     let service = service_fn(move |req| {
         let tracker = tracker.clone();
+        let acme = acme.clone();
         async move {
+            // ACME HTTP-01 (see src/acme): the CA fetches the key authorization.
+            if let Some(acme) = &acme {
+                if let Some(token) = req.uri().path().strip_prefix(crate::acme::CHALLENGE_PREFIX) {
+                    return Ok(acme.challenge_response(token));
+                }
+            }
             if req.uri().path().starts_with(super::unsubscribe::PREFIX) {
                 if let Some(u) = tracker.unsubscriber() {
                     return Ok::<_, std::convert::Infallible>(u.handle(req, peer).await);
@@ -131,25 +151,44 @@ async fn connection<I>(
 /// Certificates by server name: each tracking host (current and previous)
 /// gets the first of its domain's certificates that is valid for it; the
 /// default certificate answers anything else.
-#[derive(Debug)]
+///
+/// With ACME, its certificates come first (looked up per handshake, so a
+/// renewal is served at once); the configured ones are the fallback.
 struct SniResolver {
     by_name: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    acme: Option<Arc<Acme>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("names", &self.by_name.keys())
+            .field("acme", &self.acme.is_some())
+            .finish()
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        hello
-            .server_name()
-            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
-            .cloned()
+        let name = hello.server_name();
+        if let Some(acme) = &self.acme {
+            if hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN))
+            {
+                return acme.alpn_cert_for(name?);
+            }
+        }
+        name.and_then(|n| self.acme.as_ref()?.cert_for(n))
+            .or_else(|| name.and_then(|n| self.by_name.get(&n.to_ascii_lowercase()).cloned()))
             .or_else(|| self.default.clone())
     }
 }
 
 /// The HTTPS acceptor for `tracking.listen_tls`, or None when no
 /// certificate is configured (then `listen_tls` must be empty; checked here).
-pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+pub fn acceptor(config: &Config, acme: Option<Arc<Acme>>) -> Result<Option<TlsAcceptor>, String> {
     let t = &config.tracking;
     let default = match (&t.tls_cert, &t.tls_key) {
         (Some(c), Some(k)) => {
@@ -176,13 +215,21 @@ pub fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
             by_name.insert(host.to_ascii_lowercase(), ck.clone());
         }
     }
-    if by_name.is_empty() && default.is_none() {
+    if by_name.is_empty() && default.is_none() && acme.is_none() {
         if t.listen_tls.is_empty() {
             return Ok(None);
         }
         return Err("tracking.listen_tls: no certificate (set tracking.tls_cert or a domain's tracking_tls_cert)".into());
     }
-    let resolver = Arc::new(SniResolver { by_name, default });
-    let config = crate::tls::server_config_with_resolver(resolver, &[b"http/1.1"])?;
+    let resolver = Arc::new(SniResolver {
+        by_name,
+        default,
+        acme,
+    });
+    let alpn: &[&[u8]] = match resolver.acme {
+        Some(_) => &[b"http/1.1", crate::acme::ACME_TLS_ALPN],
+        None => &[b"http/1.1"],
+    };
+    let config = crate::tls::server_config_with_resolver(resolver, alpn)?;
     Ok(Some(TlsAcceptor::from(config)))
 }

@@ -10,10 +10,16 @@ use der::{Decode, Reader, SliceReader, Tag, Tagged};
 
 /// notAfter in Unix milliseconds.
 pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
+    validity(cert_der).map(|(_, after)| after)
+}
+
+/// (notBefore, notAfter) in Unix milliseconds (ACME renews at two thirds
+/// of the span).
+pub fn validity(cert_der: &[u8]) -> Result<(i64, i64), String> {
     walk(cert_der).map_err(|e| format!("not an X.509 certificate ({e})"))
 }
 
-fn walk(cert_der: &[u8]) -> der::Result<i64> {
+fn walk(cert_der: &[u8]) -> der::Result<(i64, i64)> {
     let cert = AnyRef::from_der(cert_der)?;
     let mut r = SliceReader::new(cert.value())?;
     let tbs: AnyRef = r.decode()?;
@@ -27,11 +33,15 @@ fn walk(cert_der: &[u8]) -> der::Result<i64> {
     let _issuer: AnyRef = r.decode()?;
     let validity: AnyRef = r.decode()?;
     let mut r = SliceReader::new(validity.value())?;
-    let _not_before: AnyRef = r.decode()?;
+    let not_before: AnyRef = r.decode()?;
     let not_after: AnyRef = r.decode()?;
-    let t = match not_after.tag() {
-        Tag::UtcTime => not_after.decode_as::<UtcTime>()?.to_unix_duration(),
-        Tag::GeneralizedTime => not_after.decode_as::<GeneralizedTime>()?.to_unix_duration(),
+    Ok((time_ms(not_before)?, time_ms(not_after)?))
+}
+
+fn time_ms(t: AnyRef) -> der::Result<i64> {
+    let t = match t.tag() {
+        Tag::UtcTime => t.decode_as::<UtcTime>()?.to_unix_duration(),
+        Tag::GeneralizedTime => t.decode_as::<GeneralizedTime>()?.to_unix_duration(),
         t => {
             return Err(der::Error::from(der::ErrorKind::TagUnexpected {
                 expected: Some(Tag::UtcTime),

@@ -27,7 +27,7 @@ use std::time::Duration;
 use mail_auth::hickory_resolver::proto::op::{
     Edns, Message, MessageType, OpCode, Query, ResponseCode,
 };
-use mail_auth::hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, TXT};
+use mail_auth::hickory_resolver::proto::rr::rdata::{A, AAAA, CAA, CNAME, MX, TXT};
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -123,6 +123,15 @@ impl DnsStub {
 
     pub fn aaaa(&self, name: &str, ip: Ipv6Addr) -> &Self {
         self.add(name, RData::AAAA(AAAA(ip)))
+    }
+
+    /// Adds a CAA `issue` record naming `ca` (RFC 8659), for ACME tests.
+    pub fn caa_issue(&self, name: &str, ca: &str) -> &Self {
+        let ca = Name::from_str_relaxed(ca).expect("CA domain");
+        self.add(
+            name,
+            RData::CAA(CAA::new_issue(false, Some(ca), Vec::new())),
+        )
     }
 
     /// Makes `name` an alias; a name with a CNAME should have nothing else.

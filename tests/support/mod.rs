@@ -7,6 +7,7 @@
 pub mod dkim;
 pub mod dns;
 pub mod mx;
+pub mod pebble;
 pub mod postfix;
 pub mod sts;
 pub mod webhook;
