@@ -9,6 +9,7 @@ use std::io::Write;
 
 pub mod reports;
 pub mod suppressions;
+pub mod tls_reports;
 
 pub type CliResult = Result<(), String>;
 

@@ -257,6 +257,9 @@ pub struct DeliveryConfig {
     /// DNSKEY records (zone-file form) to trust instead of the IANA root
     /// keys when validating DNSSEC; for private signed zones and tests.
     pub dnssec_trust_anchor: Option<PathBuf>,
+    /// TLS reporting (RFC 8460): count each delivery session's TLS outcome
+    /// and send the daily report to domains that publish `_smtp._tls`.
+    pub tls_reports: bool,
 }
 
 /// `delivery.dane`.
@@ -294,6 +297,7 @@ impl Default for DeliveryConfig {
             tls_failure_memory: Duration::from_secs(3600),
             max_messages_per_connection: 100,
             lease_time: Duration::from_secs(45 * 60),
+            tls_reports: true,
             mta_sts: true,
             extra_ca_file: None,
             dane: DaneMode::Auto,

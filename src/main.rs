@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         action: SuppressionsCommand,
     },
+    /// TLS reports (RFC 8460) of outbound deliveries, per policy domain and day.
+    TlsReports {
+        #[command(subcommand)]
+        action: TlsReportsCommand,
+    },
     /// Reports received at the return path (bounces, complaints).
     Reports {
         #[command(subcommand)]
@@ -219,6 +224,45 @@ enum SuppressionsCommand {
         config: ConfigArg,
         #[arg(long, value_name = "FILE")]
         csv: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsReportsCommand {
+    /// Per policy domain and UTC day: session counts and the report's state.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only this UTC day (YYYY-MM-DD).
+        #[arg(long)]
+        day: Option<String>,
+        /// Only this policy (recipient) domain.
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Send a day's reports now (default: yesterday, UTC); each is sent once.
+    Send {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// UTC day, YYYY-MM-DD (today sends the counts so far).
+        #[arg(long)]
+        day: Option<String>,
+        /// Only this policy (recipient) domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// The report's JSON as sent (or as it would be, for a day not sent).
+    Show {
+        #[command(flatten)]
+        config: ConfigArg,
+        domain: String,
+        /// UTC day, YYYY-MM-DD.
+        day: String,
     },
 }
 
@@ -427,6 +471,31 @@ fn run(cli: Cli) -> Result<(), String> {
             SuppressionsCommand::Import { config, csv } => {
                 cli::suppressions::import_csv(&load(&config)?, &csv)
             }
+        },
+        Command::TlsReports { action } => match action {
+            TlsReportsCommand::List {
+                config,
+                json,
+                day,
+                domain,
+                limit,
+            } => cli::tls_reports::list(
+                &load(&config)?,
+                json,
+                day.as_deref(),
+                domain.as_deref(),
+                limit,
+            ),
+            TlsReportsCommand::Send {
+                config,
+                day,
+                domain,
+            } => cli::tls_reports::send(&load(&config)?, day.as_deref(), domain.as_deref()),
+            TlsReportsCommand::Show {
+                config,
+                domain,
+                day,
+            } => cli::tls_reports::show(&load(&config)?, &domain, &day),
         },
         Command::Reports { action } => match action {
             ReportsCommand::Show { config, id, raw } => {

@@ -271,6 +271,12 @@ pub async fn run_until(
     }
     let resolver = Arc::new(crate::dns::resolver(&config)?);
     let router = crate::outbound::route::Router::new(&config, resolver.clone())?;
+    let tls_reports = Arc::new(crate::outbound::tls_report::Reporter::new(
+        &config,
+        store.clone(),
+        resolver.clone(),
+        new_mail.clone(),
+    )?);
     // Before the runner starts: links use the tracking host chosen before.
     let domains = Arc::new(crate::domains::Monitor::new(
         &config,
@@ -287,7 +293,8 @@ pub async fn run_until(
         metrics.clone(),
         new_mail.clone(),
     )
-    .with_tracking_hosts(domains.hosts());
+    .with_tracking_hosts(domains.hosts())
+    .with_tls_outcome_sink(tls_reports.counter());
     if let Some(dane) = crate::outbound::dane::Dane::start(&config)? {
         runner = runner.with_dane(dane);
     }
@@ -388,6 +395,7 @@ pub async fn run_until(
     let submission_task = tokio::spawn(submission.serve(listeners, shutdown.clone(), grace));
 
     let runner_task = tokio::spawn(runner.run(shutdown.clone(), grace));
+    let tls_reports_task = tokio::spawn(tls_reports.clone().run(shutdown.clone()));
     // The inbound listener wakes the feedback processor through
     // `new_reports` after each stored report; the processor also reads
     // what is pending at start and every 30 s.
@@ -430,6 +438,9 @@ pub async fn run_until(
 
     let _ = submission_task.await;
     let _ = runner_task.await;
+    // The last sessions counted before the runner stopped.
+    let _ = tls_reports_task.await;
+    tls_reports.flush().await;
     if let Some(t) = inbound_task {
         let _ = t.await;
     }

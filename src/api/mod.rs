@@ -10,6 +10,7 @@
 //! POST /v1/suppressions        add one: {"address", "domain"?, "reason"?}
 //! DELETE /v1/suppressions/{address}  remove one            ?domain=
 //! GET /v1/reports/{id}         a received bounce/complaint: metadata and raw message
+//! GET /v1/tls-reports          TLS reports (RFC 8460) per policy domain and day  ?day=&domain=&limit=
 //! GET /v1/domains              every configured domain's verification status and records
 //! GET /v1/domains/{name}       one domain, with its status history
 //! GET /metrics                 Prometheus text
@@ -28,6 +29,7 @@ pub(crate) mod reply;
 mod reports;
 mod routes;
 mod suppressions;
+mod tls_reports;
 
 pub use routes::email_json;
 

@@ -30,6 +30,8 @@ pub enum Endpoint<'a> {
     Domains,
     /// A domain name as it appears in the path.
     Domain(&'a str),
+    /// TLS reports (RFC 8460) of outbound deliveries.
+    TlsReports,
 }
 
 impl<'a> Endpoint<'a> {
@@ -41,6 +43,7 @@ impl<'a> Endpoint<'a> {
             "/v1/stats" => Some(Endpoint::Stats),
             "/v1/suppressions" => Some(Endpoint::Suppressions),
             "/v1/domains" => Some(Endpoint::Domains),
+            "/v1/tls-reports" => Some(Endpoint::TlsReports),
             _ if path.starts_with("/v1/domains/") => {
                 let d = path.strip_prefix("/v1/domains/")?;
                 (!d.is_empty() && !d.contains('/')).then_some(Endpoint::Domain(d))
@@ -103,6 +106,7 @@ impl<'a> Endpoint<'a> {
             Endpoint::Suppression(raw) => super::suppressions::remove(api, raw, query).await,
             Endpoint::Report(id) => super::reports::show(api, id, query).await,
             Endpoint::Domains => super::domains::list(api, query).await,
+            Endpoint::TlsReports => super::tls_reports::list(api, query).await,
             Endpoint::Domain(name) => super::domains::show(api, name, query).await,
             Endpoint::Metrics => metrics(api, query).await,
             Endpoint::Events => events(api, query).await,

@@ -15,6 +15,7 @@ pub mod runner;
 mod session;
 pub mod tls;
 pub mod tls_policy;
+pub mod tls_report;
 
 pub use client::{deliver, ClientConfig, Outcome, OutgoingMessage, Timeouts, TlsPolicy};
 pub use dkim::{generate_key, sign, DkimAlgorithm, DkimKey};

@@ -27,6 +27,7 @@ pub mod schema;
 pub mod sql;
 pub mod stats;
 pub mod suppressions;
+pub mod tls_reports;
 pub mod tracking;
 pub mod unsubscribe;
 pub mod webhooks;

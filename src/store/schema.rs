@@ -241,6 +241,42 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE recipients ADD COLUMN tls_policy TEXT;  -- dane, mta-sts, enforced, opportunistic
     "#,
+    // 9 (tlsrpt) (issue 13): TLS reporting (RFC 8460). Session counts per
+    // policy domain and UTC day, one row per distinct outcome (a success
+    // has result_type ''); and the daily reports built from them, each
+    // sent once per (policy domain, day).
+    r#"
+    CREATE TABLE tls_report_counts (
+        day            TEXT NOT NULL,            -- UTC day, YYYY-MM-DD
+        policy_domain  TEXT NOT NULL,            -- lowercased
+        policy_type    TEXT NOT NULL,            -- sts, tlsa, no-policy-found
+        policy_strings TEXT NOT NULL DEFAULT '[]', -- JSON array of strings
+        mx_host        TEXT NOT NULL DEFAULT '[]', -- JSON array (the MTA-STS policy's mx patterns)
+        result_type    TEXT NOT NULL DEFAULT '', -- '' for success, else an RFC 8460 4.3 result type
+        sending_ip     TEXT NOT NULL DEFAULT '',
+        receiving_mx   TEXT NOT NULL DEFAULT '',
+        receiving_ip   TEXT NOT NULL DEFAULT '',
+        count          INTEGER NOT NULL,
+        PRIMARY KEY (day, policy_domain, policy_type, policy_strings, mx_host,
+                     result_type, sending_ip, receiving_mx, receiving_ip)
+    ) WITHOUT ROWID;
+    CREATE TABLE tls_reports (
+        policy_domain   TEXT NOT NULL,
+        day             TEXT NOT NULL,
+        status          TEXT NOT NULL,           -- pending, sent, failed, no_policy
+        report_id       TEXT NOT NULL DEFAULT '',
+        report          TEXT,                    -- the JSON as sent (NULL for no_policy)
+        rua             TEXT NOT NULL DEFAULT '[]', -- JSON array: every rua of the record
+        done            TEXT NOT NULL DEFAULT '[]', -- JSON array: the ruas it reached
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        last_error      TEXT,
+        created_at      INTEGER NOT NULL,
+        sent_at         INTEGER,
+        PRIMARY KEY (policy_domain, day)
+    ) WITHOUT ROWID;
+    CREATE INDEX tls_reports_due ON tls_reports(status, next_attempt_at);
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

@@ -201,6 +201,16 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 impl TestMx {
     pub async fn start(cfg: MxConfig) -> TestMx {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(cfg, listener)
+    }
+
+    /// On a given address, e.g. another loopback address on the port of
+    /// a first server, so two MX hosts share `delivery.mx_port`.
+    pub async fn start_on(cfg: MxConfig, addr: SocketAddr) -> std::io::Result<TestMx> {
+        Ok(Self::serve(cfg, TcpListener::bind(addr).await?))
+    }
+
+    fn serve(cfg: MxConfig, listener: TcpListener) -> TestMx {
         let addr = listener.local_addr().expect("local addr");
         let acceptor = tls_acceptor(&cfg);
         let state = Arc::new(Mutex::new(State::default()));
