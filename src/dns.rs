@@ -17,6 +17,13 @@ use std::time::Duration;
 /// at most 5 minutes (1 minute for "no such record"), so a long-running
 /// server notices changes; answers with TTL 0 are not cached at all.
 pub fn resolver(config: &Config) -> Result<MessageAuthenticator, String> {
+    let (servers, opts) = resolver_settings(config)?;
+    MessageAuthenticator::new(servers, opts).map_err(|e| format!("cannot set up DNS resolver: {e}"))
+}
+
+/// The name servers and options every resolver of the relay starts from
+/// (the DANE one adds DNSSEC validation on top): see [`resolver`].
+pub(crate) fn resolver_settings(config: &Config) -> Result<(ResolverConfig, ResolverOpts), String> {
     let (servers, mut opts) = match &config.delivery.resolver {
         Some(setting) => {
             let (ip, port) = parse_host_port(setting, 53)
@@ -41,5 +48,5 @@ pub fn resolver(config: &Config) -> Result<MessageAuthenticator, String> {
     opts.positive_max_ttl = Some(Duration::from_secs(300));
     opts.negative_max_ttl = Some(Duration::from_secs(60));
     opts.try_tcp_on_error = true;
-    MessageAuthenticator::new(servers, opts).map_err(|e| format!("cannot set up DNS resolver: {e}"))
+    Ok((servers, opts))
 }

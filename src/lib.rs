@@ -7,6 +7,7 @@
 pub mod acme;
 pub mod api;
 pub mod auth;
+pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod dns;

@@ -73,17 +73,17 @@ pub fn read_validity(data_dir: &Path, host: &str) -> Result<Option<(i64, i64)>, 
         return Ok(None);
     }
     let certs = crate::tls::load_certs(&path)?;
-    crate::ui::cert::validity(certs[0].as_ref()).map(Some)
+    crate::cert::validity(certs[0].as_ref()).map(Some)
 }
 
 /// (notBefore, notAfter) of a DER certificate, Unix milliseconds.
 pub fn cert_validity(der: &[u8]) -> Result<(i64, i64), String> {
-    crate::ui::cert::validity(der)
+    crate::cert::validity(der)
 }
 
 pub fn validity_of(key: &CertifiedKey) -> Result<(i64, i64), String> {
     let leaf = key.cert.first().ok_or("empty certificate chain")?;
-    crate::ui::cert::validity(leaf.as_ref())
+    crate::cert::validity(leaf.as_ref())
 }
 
 pub fn save_last_error(data_dir: &Path, host: &str, error: &str) {

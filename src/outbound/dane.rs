@@ -45,9 +45,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mail_auth::hickory_resolver::config::{
-    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
 use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::net::{DnsError, NetError};
 use mail_auth::hickory_resolver::proto::dnssec::{Proof, PublicKey, TrustAnchors};
@@ -55,15 +52,15 @@ use mail_auth::hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, S
 use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
 use mail_auth::hickory_resolver::proto::serialize::txt::trust_anchor;
 use mail_auth::hickory_resolver::TokioResolver;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, RootCertStore};
 use tokio::sync::Mutex;
 
 use super::tls_policy::{DaneHost, DaneSource, ResultType};
-use crate::config::{parse_host_port, Config, DaneMode};
+use crate::config::{Config, DaneMode};
 
 /// How often `auto` mode checks again that the resolver passes DNSSEC
 /// through: a resolver can be replaced under a running relay.
@@ -400,30 +397,7 @@ fn classify_error(e: NetError) -> Answer {
 /// A validating resolver on `delivery.resolver` (else the system's), with
 /// the configured trust anchor; and the zone the probe checks.
 fn validating_resolver(config: &Config) -> Result<(TokioResolver, Name), String> {
-    let (servers, mut opts) = match &config.delivery.resolver {
-        Some(setting) => {
-            let (ip, port) = parse_host_port(setting, 53)
-                .and_then(|(h, p)| Some((h.parse::<std::net::IpAddr>().ok()?, p)))
-                .ok_or_else(|| {
-                    format!("delivery.resolver: {setting:?} is not an IP address (optionally with :port)")
-                })?;
-            let mut server = NameServerConfig::udp_and_tcp(ip);
-            for conn in &mut server.connections {
-                conn.port = port;
-            }
-            let mut opts = ResolverOpts::default();
-            opts.timeout = Duration::from_secs(5);
-            opts.attempts = 2;
-            (ResolverConfig::from_name_servers(vec![server]), opts)
-        }
-        None => mail_auth::hickory_resolver::system_conf::read_system_conf().map_err(|e| {
-            format!("cannot read the system DNS configuration (/etc/resolv.conf): {e}")
-        })?,
-    };
-    opts.use_hosts_file = ResolveHosts::Never;
-    opts.positive_max_ttl = Some(Duration::from_secs(300));
-    opts.negative_max_ttl = Some(Duration::from_secs(60));
-    opts.try_tcp_on_error = true;
+    let (servers, mut opts) = crate::dns::resolver_settings(config)?;
     opts.validate = true;
     let (anchors, probe_zone) = match &config.delivery.dnssec_trust_anchor {
         Some(path) => {
@@ -521,25 +495,7 @@ impl Association {
 /// The DER SubjectPublicKeyInfo of a certificate; None when it is not
 /// X.509 (the peer's bytes: never a panic).
 fn spki_of(cert: &[u8]) -> Option<Vec<u8>> {
-    use der::asn1::AnyRef;
-    use der::{Decode, Encode, Reader, SliceReader, Tag, Tagged};
-    let walk = || -> der::Result<Vec<u8>> {
-        let cert = AnyRef::from_der(cert)?;
-        let mut r = SliceReader::new(cert.value())?;
-        let tbs: AnyRef = r.decode()?;
-        let mut r = SliceReader::new(tbs.value())?;
-        let first: AnyRef = r.decode()?;
-        if matches!(first.tag(), Tag::ContextSpecific { .. }) {
-            let _serial: AnyRef = r.decode()?;
-        }
-        let _signature: AnyRef = r.decode()?;
-        let _issuer: AnyRef = r.decode()?;
-        let _validity: AnyRef = r.decode()?;
-        let _subject: AnyRef = r.decode()?;
-        let spki: AnyRef = r.decode()?;
-        spki.to_der()
-    };
-    walk().ok()
+    crate::cert::spki(cert).ok()
 }
 
 /// rustls shows a `CertificateError::Other` by its Debug form, which
@@ -683,39 +639,7 @@ impl ServerCertVerifier for DaneVerifier {
         )))
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    super::tls::ring_handshake_signatures!(provider);
 }
 
 #[cfg(test)]

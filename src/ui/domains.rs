@@ -213,7 +213,7 @@ async fn certificate(path: Option<&Path>) -> String {
     let Some(Ok(cert)) = first else {
         return format!("<code>{shown}</code>: no certificate in it");
     };
-    match super::cert::not_after(&cert) {
+    match crate::cert::not_after(&cert) {
         Ok(ms) => {
             let left = (ms - crate::time::now_ms()) / 86_400_000;
             let state = if left < 0 {

@@ -23,7 +23,6 @@
 //! came from another site. Pages send a strict Content-Security-Policy:
 //! the dashboard has no script at all, and charts are SVG drawn here.
 
-pub(crate) mod cert;
 mod domains;
 mod emails;
 pub mod html;

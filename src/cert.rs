@@ -1,12 +1,13 @@
-//! A certificate's notAfter, for the domain page. The `der` crate is
-//! already in the graph (through rsa/pkcs8); a full X.509 parser
-//! (x509-parser, x509-cert) would add a crate tree to read one field.
-//! Only the path to `tbsCertificate.validity.notAfter` is walked; the rest
-//! is skipped as opaque TLVs. The file is the operator's own config, but a
-//! broken one still gives an error, never a panic.
+//! The two fields of an X.509 certificate the relay reads: its validity
+//! (the domain page, ACME renewal) and its SubjectPublicKeyInfo (DANE
+//! selector 1). The `der` crate is already in the graph (through
+//! rsa/pkcs8); a full X.509 parser (x509-parser, x509-cert) would add a
+//! crate tree to read two fields. Only the path through `tbsCertificate` is
+//! walked; the rest is skipped as opaque TLVs. DANE reads a peer's
+//! certificate, so anything malformed is an error, never a panic.
 
 use der::asn1::{AnyRef, GeneralizedTime, UtcTime};
-use der::{Decode, Reader, SliceReader, Tag, Tagged};
+use der::{Decode, Encode, Reader, SliceReader, Tag, Tagged};
 
 /// notAfter in Unix milliseconds.
 pub fn not_after(cert_der: &[u8]) -> Result<i64, String> {
@@ -19,7 +20,28 @@ pub fn validity(cert_der: &[u8]) -> Result<(i64, i64), String> {
     walk(cert_der).map_err(|e| format!("not an X.509 certificate ({e})"))
 }
 
+/// The DER SubjectPublicKeyInfo.
+pub fn spki(cert_der: &[u8]) -> Result<Vec<u8>, String> {
+    tbs(cert_der)
+        .and_then(|t| t.spki.to_der())
+        .map_err(|e| format!("not an X.509 certificate ({e})"))
+}
+
 fn walk(cert_der: &[u8]) -> der::Result<(i64, i64)> {
+    let tbs = tbs(cert_der)?;
+    let mut r = SliceReader::new(tbs.validity.value())?;
+    let not_before: AnyRef = r.decode()?;
+    let not_after: AnyRef = r.decode()?;
+    Ok((time_ms(not_before)?, time_ms(not_after)?))
+}
+
+/// The fields of `tbsCertificate` that are read, borrowed from the input.
+struct Tbs<'a> {
+    validity: AnyRef<'a>,
+    spki: AnyRef<'a>,
+}
+
+fn tbs(cert_der: &[u8]) -> der::Result<Tbs<'_>> {
     let cert = AnyRef::from_der(cert_der)?;
     let mut r = SliceReader::new(cert.value())?;
     let tbs: AnyRef = r.decode()?;
@@ -32,10 +54,9 @@ fn walk(cert_der: &[u8]) -> der::Result<(i64, i64)> {
     let _signature: AnyRef = r.decode()?;
     let _issuer: AnyRef = r.decode()?;
     let validity: AnyRef = r.decode()?;
-    let mut r = SliceReader::new(validity.value())?;
-    let not_before: AnyRef = r.decode()?;
-    let not_after: AnyRef = r.decode()?;
-    Ok((time_ms(not_before)?, time_ms(not_after)?))
+    let _subject: AnyRef = r.decode()?;
+    let spki: AnyRef = r.decode()?;
+    Ok(Tbs { validity, spki })
 }
 
 fn time_ms(t: AnyRef) -> der::Result<i64> {
@@ -67,9 +88,22 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_subject_public_key_info() {
+        let params = rcgen::CertificateParams::new(vec!["mx.example.net".into()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            spki(cert.der().as_ref()).unwrap(),
+            rcgen::PublicKeyData::subject_public_key_info(&key)
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(not_after(b"").is_err());
         assert!(not_after(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_err());
         assert!(not_after(&[0x30, 0x82, 0xff]).is_err());
+        assert!(spki(b"").is_err());
+        assert!(spki(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_err());
     }
 }
