@@ -36,3 +36,17 @@ mod tests {
         assert_eq!(shown, "550 \\u{1b}[2J\\u{1b}]0;pwned\\u{7}gone\\r\\nX\\0");
     }
 }
+
+/// An error with its causes, joined by ": ". hyper's own message alone
+/// ("client error (Connect)") does not say that a certificate was refused
+/// or a connection reset; its sources do.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

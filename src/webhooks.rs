@@ -279,7 +279,7 @@ impl Webhooks {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| format!("request failed: {e}"))?;
+                .map_err(|e| format!("request failed: {}", crate::text::error_chain(&e)))?;
             let status = resp.status();
             // Read (a bounded part of) the answer so the connection can be reused.
             let _ = http_body_util::Limited::new(resp.into_body(), 64 * 1024)

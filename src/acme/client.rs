@@ -300,7 +300,7 @@ impl Client {
         let resp = tokio::time::timeout(Duration::from_secs(30), self.http.request(req))
             .await
             .map_err(|_| format!("{url}: no answer in 30s"))?
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{url}: {}", crate::text::error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let header = |name: &str| {
             parts
@@ -346,17 +346,6 @@ fn problem(p: &Value) -> String {
         .or(p["type"].as_str())
         .unwrap_or("no detail");
     crate::text::printable(detail).to_string()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

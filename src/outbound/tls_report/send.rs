@@ -405,7 +405,7 @@ impl Reporter {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+                .map_err(|e| format!("request failed: {}", crate::text::error_chain(&e)))?;
             let status = resp.status();
             let _ = http_body_util::BodyExt::collect(http_body_util::Limited::new(
                 resp.into_body(),
@@ -446,19 +446,6 @@ fn settle(row: &mut ReportRow, errors: &[String], now: i64) {
             row.next_attempt_at = None;
         }
     }
-}
-
-/// The error with its causes: hyper's own message alone ("client error
-/// (Connect)") does not say that a certificate was refused.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// RFC 8460 section 5.3's subject.
