@@ -4,6 +4,7 @@
 //! `submission → prepare → outbound → events → webhooks`, with `tracking`,
 //! `api` and `store` beside them.
 
+pub mod alloc_tuning;
 pub mod api;
 pub mod auth;
 pub mod cli;

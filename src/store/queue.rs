@@ -7,7 +7,7 @@
 
 use super::Tx;
 use crate::events::{EventType, NewEvent};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -330,30 +330,32 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
         Outcome::Bounced => ("bounced", None, EventType::Bounced),
         Outcome::Failed => ("failed", None, EventType::Failed),
     };
-    let changed = tx
+    // One statement for the update and what the event needs (the attempt
+    // number, when it started, the address): the outcome of every copy
+    // passes here, and each separate point query cost a statement step.
+    let row: Option<(i64, Option<i64>, String)> = tx
         .prepare_cached(
             "UPDATE recipients SET status = ?3, attempts = attempts + 1, next_attempt_at = ?4,
                     lease_until = NULL, lease_id = NULL,
                     last_response = ?5, tls = ?6, mx = ?7,
                     delivered_at = CASE WHEN ?3 = 'delivered' THEN ?8 ELSE delivered_at END,
                     bounced_at = CASE WHEN ?3 = 'bounced' THEN ?8 ELSE bounced_at END
-             WHERE email_id = ?1 AND idx = ?2 AND status = 'sending' AND lease_id = ?9",
+             WHERE email_id = ?1 AND idx = ?2 AND status = 'sending' AND lease_id = ?9
+             RETURNING attempts, attempt_started_at, address",
         )?
-        .execute(params![
-            a.email_id, a.idx, status, next, a.response, a.tls, a.mx, a.at, a.lease_id
-        ])?;
-    if changed == 0 {
+        .query_row(
+            params![a.email_id, a.idx, status, next, a.response, a.tls, a.mx, a.at, a.lease_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((attempts, started, address)) = row else {
         // The operator deleted it meanwhile, or the lease ran out and the
         // row went to another attempt: it is no longer ours to change.
         return Ok(None);
-    }
-    let (attempts, started): (i64, Option<i64>) = tx.query_row(
-        "SELECT attempts, attempt_started_at FROM recipients WHERE email_id = ?1 AND idx = ?2",
-        params![a.email_id, a.idx],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    };
     let mut ev = NewEvent::new(a.email_id.clone(), kind, a.at);
     ev.rcpt_idx = Some(a.idx);
+    ev.recipient = Some(address);
     let mut detail = json!({
         "response": a.response,
         "tls": a.tls,
