@@ -22,6 +22,7 @@
 # Env: RUNS MSGS SESS SIZE LINKS PER_CONN WARMUP WEBHOOKS=0|1 SKIP_POSTFIX=1 SKIP_RAW=1
 #      TR_PER_DEST=20 (trackrelay's max_per_destination; Postfix's default is 20)
 #      OWN_SINK=1 (use examples/smtp_sink instead of smtp-sink) PERF=1 (perf record trackrelay)
+#      PERF_CALLGRAPH='--call-graph dwarf' (default -g: frame pointers, which most of the graph lacks)
 #      ports: SINK_PORT PF_PORT TR_PORT TR_TRACK_PORT TR_API_PORT CHECK_PORT HOOK_PORT
 #      QUIET_MAX_BUSY=15 QUIET_TIMEOUT=300 SKIP_BUILD=1 KEEP_WORK=1
 # Output: a summary on stdout; JSON lines and logs in bench/out/relay-<time>/.
@@ -135,7 +136,7 @@ run_trackrelay() {
   fi
   cpu0=$(proc_cpu_s "$TR_PID")
   if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null; then
-    perf record -g -o "$OUT/perf-$name-$i.data" -p "$TR_PID" >/dev/null 2>&1 &
+    perf record ${PERF_CALLGRAPH:--g} -o "$OUT/perf-$name-$i.data" -p "$TR_PID" >/dev/null 2>&1 &
     perf_pid=$!
     bench_track "$perf_pid"
   fi

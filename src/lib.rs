@@ -5,6 +5,7 @@
 //! `api` and `store` beside them.
 
 pub mod acme;
+pub mod alloc_tuning;
 pub mod api;
 pub mod auth;
 pub mod cert;

@@ -369,6 +369,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 init_store,
                 ready_file,
             };
+            // perf (issue 15): before any thread starts; see src/alloc_tuning.rs.
+            let tunables = std::env::var("GLIBC_TUNABLES").ok();
+            let tuning = trackrelay::alloc_tuning::apply(tunables.as_deref());
+            tracing::debug!(?tuning, "malloc trim threshold");
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -271,14 +271,19 @@ pub fn auth_login_line(value: &str) -> Vec<u8> {
 /// The size RFC 1870 asks for: the message as sent (line ends made CRLF),
 /// without the stuffing dots and the terminating ".".
 pub fn message_size(data: &[u8]) -> usize {
+    // Only line ends can change the size, so jump from one to the next
+    // (memchr) instead of looking at every byte: this runs once per copy.
     let mut size = data.len();
-    let mut prev = 0u8;
-    for (i, &b) in data.iter().enumerate() {
-        // Each bare CR or bare LF grows by one byte when made CRLF.
-        if (b == b'\r' && data.get(i + 1) != Some(&b'\n')) || (b == b'\n' && prev != b'\r') {
+    let mut at = 0;
+    while let Some(p) = memchr::memchr2(b'\r', b'\n', &data[at..]) {
+        let i = at + p;
+        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            at = i + 2;
+        } else {
+            // A bare CR or bare LF grows by one byte when made CRLF.
             size += 1;
+            at = i + 1;
         }
-        prev = b;
     }
     if !data.is_empty() && !data.ends_with(b"\n") && !data.ends_with(b"\r") {
         size += 2;
@@ -602,6 +607,25 @@ mod tests {
         for input in [&b"a\rb\nc"[..], b"x\r\n", b"x", b"\r", b""] {
             let wire = dot_stuff(input);
             assert_eq!(message_size(input) + 3, wire.len(), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn message_size_is_the_normalized_length_on_random_input() {
+        // The size must be what is sent (CRLF line ends, CRLF at the end),
+        // whatever mix of bare CR, bare LF and CRLF the data has.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let len = (seed >> 58) as usize;
+            let input: Vec<u8> = (0..len)
+                .map(|i| b"\r\n.a"[((seed >> (i % 60)) & 3) as usize])
+                .collect();
+            let mut sent = normalize_line_ends(&input);
+            if !sent.ends_with(b"\r\n") {
+                sent.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(message_size(&input), sent.len(), "{input:?}");
         }
     }
 

@@ -631,6 +631,12 @@ impl Writer {
     }
 }
 
+/// Runs a statement kept prepared: every job opens and releases a
+/// savepoint, and parsing them again each time was most of their cost.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// One transaction for the whole batch; each job under its own savepoint.
 /// A job that fails (or panics) is rolled back alone; if that rollback
 /// itself fails, nothing of the batch can be trusted, so the whole batch
@@ -660,7 +666,7 @@ fn run_batch(
     let ctx = Tx::new(&tx, hooks);
     let mut jobs = batch.into_iter();
     for job in jobs.by_ref() {
-        if let Err(e) = tx.execute_batch("SAVEPOINT job") {
+        if let Err(e) = run_cached(&tx, "SAVEPOINT job") {
             results.push((job.reply, Err(StoreError::new("savepoint", e))));
             continue;
         }
@@ -676,7 +682,7 @@ fn run_batch(
             }
         };
         let end = if r.is_ok() {
-            tx.execute_batch("RELEASE job")
+            run_cached(&tx, "RELEASE job")
         } else {
             tx.execute_batch("ROLLBACK TO job; RELEASE job")
         };

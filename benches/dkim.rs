@@ -1,0 +1,157 @@
+//! What one DKIM signature costs per recipient copy, and whether another
+//! RSA implementation already in the dependency graph would sign faster.
+//!
+//!   CARGO_TARGET_DIR=... cargo bench --bench dkim [-- SECONDS_PER_CASE]
+//!
+//! Cases (taking turns, so load from elsewhere on the shared box hits them
+//! alike), in microseconds per operation:
+//! * `ring rsa2048`: ring's RSA-2048 PKCS#1 v1.5 SHA-256 signature over a
+//!   DKIM-sized header block (what mail-auth calls once per copy);
+//! * `rustcrypto rsa2048`: the same signature with the `rsa` crate (in the
+//!   graph for key generation), CRT with precomputed values, no blinding
+//!   (blinding would only make it slower);
+//! * `dkim::sign 50KB`: our whole signing step on a 50 KB newsletter
+//!   (relaxed canonicalisation + body hash + header hash + RSA);
+//! * `sha256 50KB`: ring's SHA-256 over the same bytes, the floor of the
+//!   body hash.
+//!
+//! OpenSSL's own figure on the same machine (`openssl speed rsa2048`) is the
+//! yardstick for what a provider with the AVX-512 IFMA RSA code (OpenSSL 3,
+//! aws-lc) would reach; it is printed beside ours in bench/README.md.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use trackrelay::outbound::dkim::{self, DkimAlgorithm};
+
+fn main() {
+    let secs: f64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2.0);
+    let budget = Duration::from_secs_f64(secs);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.pem");
+    let key = dkim::generate_key("example.com", "bench", DkimAlgorithm::Rsa, &path)
+        .expect("RSA-2048 key");
+    let pem = std::fs::read(&path).expect("key file");
+    let der = pkcs8_der(&pem);
+
+    let ring_key = ring::rsa::KeyPair::from_pkcs8(&der).expect("ring reads the key");
+    let rng = ring::rand::SystemRandom::new();
+    let rc_key = {
+        use rsa::pkcs8::DecodePrivateKey;
+        rsa::RsaPrivateKey::from_pkcs8_der(&der).expect("rsa reads the key")
+    };
+
+    // About what mail-auth hashes and signs: the signed header fields plus
+    // the DKIM-Signature header without b=.
+    let header_block = vec![b'h'; 700];
+    let message = newsletter(50_000);
+
+    let mut sig = vec![0u8; ring_key.public().modulus_len()];
+    let mut ring_sign = || {
+        ring_key
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &rng,
+                black_box(&header_block),
+                &mut sig,
+            )
+            .expect("ring signs");
+        black_box(&sig);
+    };
+    let mut rc_sign = || {
+        // DigestInfo for SHA-256 (RFC 8017 9.2, note 1) + the digest.
+        const PREFIX: [u8; 19] = [
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x05, 0x00, 0x04, 0x20,
+        ];
+        let digest = ring::digest::digest(&ring::digest::SHA256, black_box(&header_block));
+        let mut t = PREFIX.to_vec();
+        t.extend_from_slice(digest.as_ref());
+        let s = rc_key
+            .sign(rsa::Pkcs1v15Sign::new_unprefixed(), &t)
+            .expect("rsa signs");
+        black_box(s);
+    };
+    let mut full = || {
+        let s = dkim::sign(black_box(&message), std::slice::from_ref(&key)).expect("signs");
+        black_box(s);
+    };
+    let mut body_hash = || {
+        black_box(ring::digest::digest(
+            &ring::digest::SHA256,
+            black_box(&message),
+        ));
+    };
+
+    let us = interleaved(
+        budget,
+        &mut [&mut ring_sign, &mut rc_sign, &mut full, &mut body_hash],
+    );
+    println!("RSA-2048 / DKIM, microseconds per operation (lower is better)");
+    for (name, v) in [
+        "ring rsa2048",
+        "rustcrypto rsa2048",
+        "dkim::sign 50KB",
+        "sha256 50KB",
+    ]
+    .iter()
+    .zip(us)
+    {
+        println!("{name:<22} {v:>9.1}");
+    }
+    println!(
+        "ring is {:.2}x the speed of rustcrypto; RSA is {:.0}% of dkim::sign",
+        us[1] / us[0],
+        100.0 * us[0] / us[2]
+    );
+}
+
+/// Runs the cases in turn, round after round, for about `budget`, and
+/// returns microseconds per call of each.
+fn interleaved<const N: usize>(budget: Duration, cases: &mut [&mut dyn FnMut(); N]) -> [f64; N] {
+    for case in cases.iter_mut() {
+        case();
+    }
+    let mut spent = [Duration::ZERO; N];
+    let mut rounds = 0u32;
+    let start = Instant::now();
+    while start.elapsed() < budget || rounds < 3 {
+        for (case, t) in cases.iter_mut().zip(spent.iter_mut()) {
+            let t0 = Instant::now();
+            case();
+            *t += t0.elapsed();
+        }
+        rounds += 1;
+    }
+    spent.map(|t| t.as_secs_f64() * 1e6 / f64::from(rounds))
+}
+
+fn pkcs8_der(pem: &[u8]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    PrivatePkcs8KeyDer::from_pem_slice(pem)
+        .expect("PKCS#8 PEM")
+        .secret_pkcs8_der()
+        .to_vec()
+}
+
+/// A CRLF newsletter-like message of about `size` bytes.
+fn newsletter(size: usize) -> Vec<u8> {
+    let mut m = String::from(
+        "From: News <news@example.com>\r\nTo: <user@example.net>\r\nSubject: Spring\r\n\
+         Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <bench@example.com>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/html; charset=UTF-8\r\n\r\n",
+    );
+    let mut i = 0;
+    while m.len() < size {
+        m.push_str(&format!(
+            "<tr><td style=\"padding:20px 30px;\">Paragraph {i} of the spring  newsletter, \
+             with a <a href=\"https://links.example.com/v1/track/click/abcdef{i}\">link</a>.</td></tr>\r\n"
+        ));
+        i += 1;
+    }
+    m.into_bytes()
+}
