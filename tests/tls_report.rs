@@ -18,12 +18,12 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use mail_parser::MimeHeaders;
 use serde_json::Value;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::dns::DnsStub;
 use support::mx::{MxConfig, TestMx};
+use support::tlsrpt::{assert_valid, gunzip, row, rows_of, schema_errors};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -141,84 +141,9 @@ impl HttpsSink {
     }
 }
 
-fn gunzip(gz: &[u8]) -> Value {
-    let mut s = String::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_string(&mut s)
-        .expect("a gzip stream");
-    serde_json::from_str(&s).expect("JSON")
-}
-
-const VALIDATE: &str = "import json, sys, jsonschema
-schema = json.load(open(sys.argv[1]))
-jsonschema.Draft202012Validator.check_schema(schema)
-errors = list(jsonschema.Draft202012Validator(schema).iter_errors(json.load(open(sys.argv[2]))))
-for e in errors:
-    print('/'.join(map(str, e.absolute_path)) + ': ' + e.message)
-sys.exit(1 if errors else 0)
-";
-
-/// Validates against RFC 8460's schema with Python's jsonschema. `None`
-/// when the validator is not installed (a skip locally; a failure under
-/// CI, where .ci/run installs it).
-fn schema_errors(report: &Value) -> Option<String> {
-    let schema = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/tlsrpt-report.schema.json"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("report.json");
-    std::fs::write(&path, report.to_string()).unwrap();
-    let out = std::process::Command::new("python3")
-        .args(["-c", VALIDATE, schema])
-        .arg(&path)
-        .output();
-    let missing = match &out {
-        Err(_) => true,
-        Ok(o) => String::from_utf8_lossy(&o.stderr).contains("No module named"),
-    };
-    if missing {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "python3 with jsonschema is required under CI (see .ci/run)"
-        );
-        eprintln!("skipping the schema check: python3 -m jsonschema is not installed");
-        return None;
-    }
-    let o = out.unwrap();
-    Some(if o.status.success() {
-        String::new()
-    } else {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
-}
-
-fn assert_valid(report: &Value) {
-    if let Some(errors) = schema_errors(report) {
-        assert!(errors.is_empty(), "schema: {errors}\n{report:#}");
-    }
-}
-
 fn list(relay: &Relay) -> Vec<Value> {
     let out = relay.cli(&["tls-reports", "list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn row<'a>(rows: &'a [Value], domain: &str) -> Option<&'a Value> {
-    rows.iter().find(|r| r["policy_domain"] == domain)
+    rows_of(&out)
 }
 
 /// Two MX servers on one port (`delivery.mx_port`): `first` on 127.0.0.1,

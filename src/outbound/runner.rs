@@ -479,7 +479,10 @@ impl Runner {
             let mut d = HostDecision::floor(policy, &domain);
             d.policy.policy_type = "sts";
             let failure = SessionResult::Failure(*kind, why.clone());
-            self.report_tls(&d, "", None, failure, false, uses_mx);
+            // RFC 8460's failure details name the receiving MX: the one this
+            // attempt goes to first (no address yet, so no receiving-ip).
+            let mx = targets.first().map_or("", |t| t.name.as_str());
+            self.report_tls(&d, mx, None, failure, false, uses_mx);
         }
         let mut source = Batch {
             runner: self.clone(),

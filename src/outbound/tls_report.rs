@@ -57,12 +57,10 @@ impl Counter {
         // Only failures name the sending address; finding it is a few
         // syscalls, and failures are the rare case.
         let sending_ip = match o.result {
-            // A failure before any connection (a policy that could not be
-            // fetched) has no peer: the address towards the internet at large
-            // (TEST-NET-1 follows the default route; nothing is sent).
-            SessionResult::Failure(..) => {
-                source_ip(o.receiving_ip.unwrap_or(IpAddr::from([192, 0, 2, 1])))
-            }
+            SessionResult::Failure(..) => match o.receiving_ip {
+                Some(peer) => source_ip(peer),
+                None => default_source_ip(),
+            },
             _ => None,
         };
         let day = day_of(o.at.saturating_add(self.skew_ms));
@@ -147,6 +145,21 @@ fn source_ip(to: IpAddr) -> Option<IpAddr> {
     let s = std::net::UdpSocket::bind(bind).ok()?;
     s.connect((to, 25)).ok()?;
     s.local_addr().ok().map(|a| a.ip().to_canonical())
+}
+
+/// `sending-mta-ip` (required by RFC 8460 section 4.4) of a failure before
+/// any connection (a policy that could not be fetched): the address
+/// towards the internet at large (documentation addresses follow the
+/// default route; nothing is sent), IPv4 then IPv6; on a host with no
+/// default route, where mail can only go to loopback, the loopback one.
+fn default_source_ip() -> Option<IpAddr> {
+    [
+        IpAddr::from([192, 0, 2, 1]),
+        IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+        IpAddr::from([127, 0, 0, 1]),
+    ]
+    .into_iter()
+    .find_map(source_ip)
 }
 
 /// `TRACKRELAY_TEST_CLOCK_SKEW` (seconds; tests only), as the domain
@@ -443,6 +456,44 @@ mod tests {
         let off = Counter::new(false);
         off.record(&s);
         assert!(off.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_policy_fetch_failure_names_the_mx_and_sender_and_omits_the_unknown_ip() {
+        // As the runner reports it: before any connection, so no receiving
+        // address, with the MX the attempt goes to.
+        let mut fetch = session(
+            "a.test",
+            Some(ResultType::StsPolicyFetchError),
+            "MX1.a.test.",
+        );
+        fetch.policy.policy_type = "sts";
+        fetch.receiving_ip = None;
+        let c = Counter::new(true);
+        c.record(&fetch);
+        let rows: Vec<(CountKey, i64)> = c.pending.lock().unwrap().drain().collect();
+        assert_eq!(rows.len(), 1);
+        let r = build_report(&meta(), &rows);
+        let p = &r["policies"][0];
+        assert_eq!(p["policy"]["policy-type"], "sts");
+        // Nothing was fetched: no policy lines or patterns to echo.
+        assert!(p["policy"].get("policy-string").is_none(), "{r:#}");
+        assert!(p["policy"].get("mx-host").is_none(), "{r:#}");
+        assert_eq!(p["summary"]["total-failure-session-count"], 1);
+        let d = p["failure-details"][0].as_object().unwrap();
+        assert_eq!(d["result-type"], "sts-policy-fetch-error");
+        assert_eq!(d["receiving-mx-hostname"], "mx1.a.test");
+        let sending: IpAddr = d["sending-mta-ip"].as_str().unwrap().parse().unwrap();
+        assert!(!sending.is_unspecified(), "{r:#}");
+        assert!(!d.contains_key("receiving-ip"), "{r:#}");
+        for v in d.values() {
+            assert_ne!(v, "", "no empty field: {r:#}");
+        }
+    }
+
+    #[test]
+    fn a_sending_address_is_found_without_a_peer() {
+        assert!(default_source_ip().is_some());
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub mod mx;
 pub mod pebble;
 pub mod postfix;
 pub mod sts;
+pub mod tlsrpt;
 pub mod webhook;
