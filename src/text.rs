@@ -22,6 +22,20 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// An error with its causes, joined by ": ". hyper's own message alone
+/// ("client error (Connect)") does not say that a certificate was refused
+/// or a connection reset; its sources do.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::printable;
@@ -35,18 +49,4 @@ mod tests {
         assert!(!shown.chars().any(char::is_control), "{shown}");
         assert_eq!(shown, "550 \\u{1b}[2J\\u{1b}]0;pwned\\u{7}gone\\r\\nX\\0");
     }
-}
-
-/// An error with its causes, joined by ": ". hyper's own message alone
-/// ("client error (Connect)") does not say that a certificate was refused
-/// or a connection reset; its sources do.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
