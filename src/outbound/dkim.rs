@@ -253,6 +253,8 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// Headers signed when present. From is always signed, and once more than it
 /// occurs, so a second From cannot be added without breaking the signature.
+/// The same holds for the one-click unsubscribe pair when present (see
+/// [`OVERSIGNED_WHEN_PRESENT`]).
 const SIGNED_HEADERS: &[&str] = &[
     "To",
     "Cc",
@@ -272,8 +274,15 @@ const SIGNED_HEADERS: &[&str] = &[
     "Feedback-ID",
 ];
 
+/// Signed once more than they occur, when they occur: mailbox providers act
+/// on List-Unsubscribe(-Post) (RFC 8058 requires them DKIM-covered), so a
+/// replayer must not be able to add a second one pointing elsewhere. Absent
+/// ones are not signed, so a mailing list may still add its own.
+const OVERSIGNED_WHEN_PRESENT: &[&str] = &["List-Unsubscribe", "List-Unsubscribe-Post"];
+
 /// The `h=` list for this message: From for each occurrence plus one, then
-/// every other listed header present.
+/// every other listed header present (the over-signed ones as often as they
+/// occur plus one).
 pub fn header_list(message: &[u8]) -> Result<Vec<&'static str>, String> {
     let names = header_names(message);
     let froms = names
@@ -284,11 +293,21 @@ pub fn header_list(message: &[u8]) -> Result<Vec<&'static str>, String> {
         return Err("message has no From header; DKIM requires signing it".into());
     }
     let mut list = vec!["From"; froms + 1];
-    list.extend(
-        SIGNED_HEADERS
+    for h in SIGNED_HEADERS {
+        let n = names
             .iter()
-            .filter(|h| names.iter().any(|n| n.eq_ignore_ascii_case(h.as_bytes()))),
-    );
+            .filter(|n| n.eq_ignore_ascii_case(h.as_bytes()))
+            .count();
+        if n == 0 {
+            continue;
+        }
+        let times = if OVERSIGNED_WHEN_PRESENT.contains(h) {
+            n + 1
+        } else {
+            1
+        };
+        list.extend(std::iter::repeat_n(*h, times));
+    }
     Ok(list)
 }
 
@@ -369,6 +388,25 @@ mod tests {
             header_list(msg).unwrap(),
             vec!["From", "From", "To", "Subject"]
         );
+    }
+
+    #[test]
+    fn unsubscribe_headers_are_oversigned_only_when_present() {
+        let msg = b"From: a@example.com\r\nList-Unsubscribe: <https://t.example.com/u>\r\n\
+List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\nbody\r\n";
+        assert_eq!(
+            header_list(msg).unwrap(),
+            vec![
+                "From",
+                "From",
+                "List-Unsubscribe",
+                "List-Unsubscribe",
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe-Post"
+            ]
+        );
+        let msg = b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n";
+        assert!(!header_list(msg).unwrap().contains(&"List-Unsubscribe"));
     }
 
     #[test]
