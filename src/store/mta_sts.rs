@@ -88,3 +88,92 @@ pub fn drop_stale(tx: &Tx<'_>, now: i64) -> rusqlite::Result<usize> {
     )?
     .execute(params![now])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, Store, StoreOptions};
+
+    /// Fetched at 0 with a max_age of 4000 ms, used at `used_at`.
+    fn policy(domain: &str, used_at: i64) -> CachedPolicy {
+        CachedPolicy {
+            domain: domain.into(),
+            policy_id: "1".into(),
+            policy: "version: STSv1\nmode: none\nmax_age: 4\n".into(),
+            fetched_at: 0,
+            expires_at: 4000,
+            used_at,
+        }
+    }
+
+    #[test]
+    fn due_stale_and_use_follow_max_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite3"), StoreOptions::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let due = |now| {
+                let store = store.clone();
+                async move {
+                    let rows = store.read(move |c| due(c, now, 10)).await.unwrap();
+                    rows.into_iter().map(|r| r.domain).collect::<Vec<_>>()
+                }
+            };
+            let (used, unused) = (policy("used.test", 0), policy("unused.test", -5000));
+            store
+                .write(Durability::Normal, move |tx| {
+                    put(tx, &used)?;
+                    put(tx, &unused)
+                })
+                .await
+                .unwrap();
+            // Three quarters of max_age are gone at 3000.
+            assert!(due(2999).await.is_empty());
+            assert_eq!(due(3000).await, vec!["used.test"]);
+            // Used within max_age of now, still due past expiry.
+            assert_eq!(due(4000).await, vec!["used.test"]);
+            assert!(due(4001).await.is_empty(), "used 4001 ms ago");
+            store
+                .write(Durability::Normal, |tx| mark_used(tx, "UNUSED.test", 3500))
+                .await
+                .unwrap();
+            assert_eq!(due(4001).await, vec!["unused.test"]);
+            // A later put (a refresh, used_at 0) keeps the recorded use.
+            let refreshed = CachedPolicy {
+                fetched_at: 3600,
+                expires_at: 7600,
+                ..policy("unused.test", 0)
+            };
+            store
+                .write(Durability::Normal, move |tx| put(tx, &refreshed))
+                .await
+                .unwrap();
+            let row = store
+                .read(|c| get(c, "unused.test"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((row.fetched_at, row.used_at), (3600, 3500));
+            // Dropped once expired for longer than max_age (4000 + 4000).
+            let dropped = store
+                .write(Durability::Normal, |tx| drop_stale(tx, 8000))
+                .await
+                .unwrap();
+            assert_eq!(dropped, 0);
+            let dropped = store
+                .write(Durability::Normal, |tx| drop_stale(tx, 8001))
+                .await
+                .unwrap();
+            assert_eq!(dropped, 1);
+            assert!(store.read(|c| get(c, "used.test")).await.unwrap().is_none());
+            assert!(store
+                .read(|c| get(c, "unused.test"))
+                .await
+                .unwrap()
+                .is_some());
+        });
+    }
+}
