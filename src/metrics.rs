@@ -118,7 +118,17 @@ pub const TLS_POLICIES: [&str; 4] = ["dane", "mta-sts", "enforced", "opportunist
 /// only recorded (MTA-STS testing), a host refused before connecting.
 pub const TLS_SESSION_RESULTS: [&str; 4] = ["success", "failure", "report_only_failure", "refused"];
 /// `result` label values of `trackrelay_tls_policy_sts_lookups_total`.
-pub const STS_LOOKUP_RESULTS: [&str; 5] = ["none", "fetched", "cached", "kept_cached", "failed"];
+/// `refreshed`: fetched again ahead of expiry by the background refresh;
+/// `dropped`: removed from the cache, unused and long expired.
+pub const STS_LOOKUP_RESULTS: [&str; 7] = [
+    "none",
+    "fetched",
+    "cached",
+    "kept_cached",
+    "failed",
+    "refreshed",
+    "dropped",
+];
 
 #[derive(Default)]
 pub struct TlsPolicyMetrics {
@@ -143,6 +153,13 @@ impl TlsPolicyMetrics {
         }
     }
 
+    /// Adds `n` to the `result` series of the MTA-STS lookups.
+    pub fn sts_lookups_add(&self, result: &str, n: u64) {
+        if let Some(i) = STS_LOOKUP_RESULTS.iter().position(|x| *x == result) {
+            self.sts_lookups[i].add(n);
+        }
+    }
+
     fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let name = "trackrelay_tls_policy_sessions_total";
@@ -162,7 +179,7 @@ impl TlsPolicyMetrics {
         let name = "trackrelay_tls_policy_sts_lookups_total";
         let _ = writeln!(
             out,
-            "# HELP {name} MTA-STS policy lookups: none published, fetched, from the cache, cached kept after a failed fetch, failed\n# TYPE {name} counter"
+            "# HELP {name} MTA-STS policy lookups: none published, fetched, from the cache, cached kept after a failed fetch, failed; refreshed in the background, dropped from the cache\n# TYPE {name} counter"
         );
         for (result, c) in STS_LOOKUP_RESULTS.iter().zip(&self.sts_lookups) {
             let _ = writeln!(out, "{name}{{result=\"{result}\"}} {}", c.get());

@@ -298,6 +298,7 @@ pub async fn run_until(
     if let Some(dane) = crate::outbound::dane::Dane::start(&config)? {
         runner = runner.with_dane(dane);
     }
+    let mta_sts = runner.mta_sts();
     let runner = Arc::new(runner);
 
     let plain = bind_all("submission.listen", &config.submission.listen).await?;
@@ -396,6 +397,9 @@ pub async fn run_until(
 
     let runner_task = tokio::spawn(runner.run(shutdown.clone(), grace));
     let tls_reports_task = tokio::spawn(tls_reports.clone().run(shutdown.clone()));
+    // RFC 8461 3.3: policies in use are refreshed before they expire, not
+    // only when mail happens to go to their domain.
+    let sts_refresh_task = mta_sts.map(|s| tokio::spawn(s.run(shutdown.clone())));
     // The inbound listener wakes the feedback processor through
     // `new_reports` after each stored report; the processor also reads
     // what is pending at start and every 30 s.
@@ -452,6 +456,9 @@ pub async fn run_until(
         let _ = t.await;
     }
     let _ = retention_task.await;
+    if let Some(t) = sts_refresh_task {
+        let _ = t.await;
+    }
     if let Some(t) = domains_task {
         let _ = t.await;
     }

@@ -433,3 +433,106 @@ async fn an_expired_policy_is_not_used() {
         "{m}"
     );
 }
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// (fetched_at, used_at, policy_id) of a domain's cached policy.
+fn cache_row(relay: &Relay, domain: &str) -> Option<(i64, i64, String)> {
+    relay
+        .db()
+        .query_row(
+            "SELECT fetched_at, used_at, policy_id FROM mta_sts_policies WHERE domain = ?1",
+            [domain],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .ok()
+}
+
+/// RFC 8461 section 3.3: a policy in use whose refresh is due is fetched
+/// again by the background refresh at start, with no mail sent; one due
+/// but unused for longer than its max_age is left alone, and one expired
+/// for longer than its max_age is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_policies_are_refreshed_in_the_background_and_stale_ones_dropped() {
+    let day = 86_400_000i64;
+    let mut s = setup(&policy("enforce", "mx.example.net"), |ca| {
+        mx_with_cert(ca, &["mx.example.net"])
+    })
+    .await;
+    let id = send(&s.relay, "a@example.net");
+    wait_status(&s.relay, &id, "delivered");
+    assert_eq!(s.server.requests().len(), 1);
+    s.relay.stop();
+    let now = now_ms();
+    // 70000 s of the 86400 s max_age are gone (the refresh is due at
+    // 64800 s); the delivery above used it.
+    let fetched = now - 70_000_000;
+    let used = cache_row(&s.relay, "example.net").unwrap().1;
+    assert!(used >= now - 60_000, "the delivery marked it used: {used}");
+    {
+        let db = rusqlite::Connection::open(s.relay.db_path()).unwrap();
+        db.execute(
+            "UPDATE mta_sts_policies SET fetched_at = ?1, expires_at = ?1 + ?2 WHERE domain = 'example.net'",
+            [fetched, day],
+        )
+        .unwrap();
+        let text = policy("enforce", "mx.other.test");
+        // Due, but no delivery used it within its max_age.
+        db.execute(
+            "INSERT INTO mta_sts_policies (domain, policy_id, policy, fetched_at, expires_at, used_at)
+             VALUES ('unused.test', '1', ?1, ?2, ?2 + ?3, ?2 - ?3)",
+            rusqlite::params![text, fetched, day],
+        )
+        .unwrap();
+        // Expired two days ago with a one-day max_age.
+        db.execute(
+            "INSERT INTO mta_sts_policies (domain, policy_id, policy, fetched_at, expires_at, used_at)
+             VALUES ('stale.test', '1', ?1, ?2 - ?3, ?2, ?2 - ?3)",
+            rusqlite::params![text, now - 2 * day, day],
+        )
+        .unwrap();
+    }
+    s.relay
+        .spawn_with(&[], &[(PORT_ENV, &s.server.port().to_string())])
+        .unwrap();
+    wait_for("the background refresh", WAIT, || {
+        counter(
+            &metrics(&s.relay),
+            "trackrelay_tls_policy_sts_lookups_total{result=\"refreshed\"}",
+        ) == 1
+    });
+    assert_eq!(
+        s.server.requests().len(),
+        2,
+        "the policy host saw the fetch"
+    );
+    let (new_fetched, new_used, id) = cache_row(&s.relay, "example.net").unwrap();
+    assert!(
+        new_fetched >= now,
+        "fetched_at moved: {new_fetched} < {now}"
+    );
+    assert_eq!(id, "1");
+    assert_eq!(new_used, used, "a refresh is not a use");
+    assert!(cache_row(&s.relay, "stale.test").is_none(), "stale kept");
+    let unused = cache_row(&s.relay, "unused.test").expect("unused kept until stale");
+    assert_eq!(unused.0, fetched, "unused.test was fetched");
+    let m = metrics(&s.relay);
+    for (result, want) in [
+        ("dropped", 1),
+        ("refreshed", 1),
+        ("fetched", 0),
+        ("cached", 0),
+        ("kept_cached", 0),
+        ("failed", 0),
+        ("none", 0),
+    ] {
+        let series = format!("trackrelay_tls_policy_sts_lookups_total{{result=\"{result}\"}}");
+        assert_eq!(counter(&m, &series), want, "{series}\n{m}");
+    }
+    assert_eq!(s.mx.received().len(), 1, "no mail was sent for the refresh");
+}

@@ -11,6 +11,12 @@
 //!   out; they are fetched again when the TXT id changes or three quarters
 //!   of `max_age` have passed. A failed fetch keeps a cached policy that is
 //!   still valid, and is not retried for 5 minutes.
+//! - RFC 8461 section 3.3 asks senders to refresh policies before they
+//!   expire: [`MtaSts::run`] does so in the background every hour (and at
+//!   start) for the policies a delivery used within their max_age, so a
+//!   rarely mailed domain's next message does not wait for a fetch. Those
+//!   unused for longer expire, and are dropped once expired for more than
+//!   their max_age.
 //! - Tests reach the policy server on another port through
 //!   `TRACKRELAY_TEST_MTA_STS_PORT` (never set in production; logged).
 
@@ -25,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use mail_auth::mta_sts::MtaSts as StsRecord;
 use mail_auth::{DnsError, MessageAuthenticator};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::route::NullCache;
 use super::tls_policy::{ResultType, StsMode, StsState, StsView};
@@ -44,6 +51,23 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// A domain whose policy could not be fetched is not tried again sooner,
 /// so a dead policy host does not slow every delivery attempt down.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(300);
+/// How often the background refresh looks for policies due a fetch.
+const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+/// Fetches per background pass, so a large cache is refreshed over several
+/// passes rather than in one burst (the soonest to expire go first).
+const REFRESH_BATCH: usize = 100;
+/// A delivery's use of a policy is written at most this often per domain
+/// (ms): the background refresh only needs to know it is in use, and a
+/// write per delivery would cost the queue.
+const USE_MARK_INTERVAL_MS: i64 = 3_600_000;
+
+/// Who asks for a policy: a delivery (which marks it used) or the
+/// background refresh (which does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Delivery,
+    Refresh,
+}
 
 /// A parsed policy (RFC 8461 section 3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,12 +247,88 @@ impl MtaSts {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let lock = self.lock_for(&domain);
         let _one_at_a_time = lock.lock().await;
-        self.lookup(&domain).await
+        self.lookup(&domain, Trigger::Delivery).await
     }
 
-    async fn lookup(&self, domain: &str) -> StsState {
+    /// Fetches `domain`'s policy again if it is due, through the same path
+    /// (and the same per-domain lock) as deliveries.
+    async fn refresh(&self, domain: &str) {
+        let lock = self.lock_for(domain);
+        let _one_at_a_time = lock.lock().await;
+        self.lookup(domain, Trigger::Refresh).await;
+    }
+
+    /// The background refresh: a pass at start, then one every hour, until
+    /// `shutdown` turns true (a pass in flight is abandoned then: what it
+    /// fetched is stored, the rest waits for the next start).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = self.refresh_pass() => {}
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Drops the policies long expired, then refreshes up to
+    /// [`REFRESH_BATCH`] of those due.
+    async fn refresh_pass(&self) {
+        let now = store::now_ms();
+        match self
+            .store
+            .write(Durability::Normal, move |tx| cache::drop_stale(tx, now))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    policies = n,
+                    "MTA-STS: dropped cached policies expired for longer than their max_age"
+                );
+                self.metrics.tls_policy.sts_lookups_add("dropped", n as u64);
+            }
+            Err(e) => tracing::error!("dropping stale MTA-STS policies: {e}"),
+        }
+        let due = match self
+            .store
+            .read(move |c| cache::due(c, now, REFRESH_BATCH))
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!("reading the MTA-STS policies due a refresh: {e}");
+                return;
+            }
+        };
+        if due.is_empty() {
+            return;
+        }
+        tracing::info!(
+            policies = due.len(),
+            "MTA-STS: refreshing cached policies ahead of expiry"
+        );
+        for row in due {
+            self.refresh(&row.domain).await;
+        }
+    }
+
+    async fn lookup(&self, domain: &str, trigger: Trigger) -> StsState {
         let now = store::now_ms();
         let cached = self.cached(domain, now).await;
+        if trigger == Trigger::Delivery {
+            if let Some((c, _)) = &cached {
+                if c.used_at < now - USE_MARK_INTERVAL_MS {
+                    self.mark_used(domain, now).await;
+                }
+            }
+        }
         let as_state =
             |(c, p): &(CachedPolicy, Policy)| StsState::Policy(Arc::new(p.view(&c.policy)));
         let id = match self.txt_id(domain).await {
@@ -264,6 +364,9 @@ impl MtaSts {
                             policy: text.clone(),
                             fetched_at: now,
                             expires_at: now.saturating_add(max_age_ms),
+                            // A refresh keeps the row's own (the upsert
+                            // keeps the later of the two).
+                            used_at: if trigger == Trigger::Delivery { now } else { 0 },
                         };
                         let result = self
                             .store
@@ -276,9 +379,13 @@ impl MtaSts {
                             domain,
                             mode = policy.mode.as_str(),
                             max_age = policy.max_age,
+                            background = trigger == Trigger::Refresh,
                             "MTA-STS policy fetched"
                         );
-                        self.count("fetched");
+                        self.count(match trigger {
+                            Trigger::Delivery => "fetched",
+                            Trigger::Refresh => "refreshed",
+                        });
                         return StsState::Policy(Arc::new(policy.view(&text)));
                     }
                     Err(e) => self.remember_failure(
@@ -306,6 +413,17 @@ impl MtaSts {
 
     fn count(&self, result: &str) {
         self.metrics.tls_policy.sts_lookup(result);
+    }
+
+    async fn mark_used(&self, domain: &str, now: i64) {
+        let d = domain.to_string();
+        let result = self
+            .store
+            .write(Durability::Normal, move |tx| cache::mark_used(tx, &d, now))
+            .await;
+        if let Err(e) = result {
+            tracing::error!(domain, "marking the MTA-STS policy used: {e}");
+        }
     }
 
     fn lock_for(&self, domain: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -585,6 +703,7 @@ mod tests {
             policy: String::new(),
             fetched_at: 1000,
             expires_at: 5000,
+            used_at: 1000,
         };
         assert!(!refresh_due(&c, 3999));
         assert!(refresh_due(&c, 4000));

@@ -183,6 +183,12 @@ impl Runner {
         self
     }
 
+    /// The MTA-STS cache deliveries use (`None` when `delivery.mta_sts`
+    /// is off), for its background refresh.
+    pub fn mta_sts(&self) -> Option<Arc<MtaSts>> {
+        self.mta_sts.clone()
+    }
+
     /// DANE decides first for each MX host (see `tls_policy`).
     pub fn with_dane(mut self, dane: Arc<dyn DaneSource>) -> Self {
         self.dane = Some(dane);

@@ -277,6 +277,13 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX tls_reports_due ON tls_reports(status, next_attempt_at);
     "#,
+    // 10 (stsrefresh) (issue 13): when each cached MTA-STS policy last
+    // served a delivery, so the background refresh keeps only policies in
+    // use fresh and lets the others expire and be dropped.
+    r#"
+    ALTER TABLE mta_sts_policies ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;  -- unix ms
+    UPDATE mta_sts_policies SET used_at = fetched_at;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
