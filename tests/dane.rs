@@ -253,46 +253,21 @@ fn send(relay: &Relay, to: &str) -> String {
 }
 
 /// (type, detail) of the email's delivery events, oldest first.
-fn events(relay: &Relay, id: &str) -> Vec<(String, serde_json::Value)> {
-    relay
-        .db()
-        .prepare("SELECT type, COALESCE(detail, 'null') FROM events WHERE email_id = ?1 AND type != 'email.sent' ORDER BY id")
-        .unwrap()
-        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-        .map(|r| {
-            let (t, d) = r.unwrap();
-            (t, serde_json::from_str(&d).unwrap())
-        })
-        .collect()
-}
-
-fn status(relay: &Relay, id: &str) -> String {
-    relay
-        .db()
-        .query_row(
-            "SELECT status FROM recipients WHERE email_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap()
-}
-
 /// The first delivery event: a delay whose response names `reason`, under
 /// the DANE policy; the recipient is still waiting and the MX never saw a
 /// transaction (nothing went out in plaintext or to an unverified host).
 fn assert_deferred(s: &Setup, id: &str, reason: &str) {
     wait_for("a delivery_delayed event", WAIT, || {
-        !events(&s.relay, id).is_empty()
+        !s.relay.delivery_events(id).is_empty()
     });
-    let evs = events(&s.relay, id);
+    let evs = s.relay.delivery_events(id);
     let (first, detail) = &evs[0];
     assert_eq!(first, "email.delivery_delayed", "{evs:?}");
     let response = detail["response"].as_str().unwrap_or_default();
     assert!(response.contains("DANE"), "{detail}");
     assert!(response.contains(reason), "{detail}");
     assert_eq!(detail["tls_policy"], "dane", "{detail}");
-    let st = status(&s.relay, id);
+    let st = s.relay.recipient_status(id);
     assert!(st != "delivered" && st != "bounced", "status {st}");
     assert!(s.mx.received().is_empty());
     let commands = s.mx.commands();
@@ -313,8 +288,10 @@ async fn tlsa_match_delivers_under_dane() {
     }
     let s = setup().await;
     let id = send(&s.relay, "a@match.dane.test");
-    wait_for("delivered", WAIT, || status(&s.relay, &id) == "delivered");
-    let evs = events(&s.relay, &id);
+    wait_for("delivered", WAIT, || {
+        s.relay.recipient_status(&id) == "delivered"
+    });
+    let evs = s.relay.delivery_events(&id);
     let (kind, detail) = &evs[0];
     assert_eq!(kind, "email.delivered", "{evs:?}");
     assert_eq!(detail["tls_policy"], "dane", "{detail}");
@@ -340,8 +317,10 @@ async fn dane_ta_delivers_when_the_chain_and_name_match() {
     }
     let s = setup().await;
     let id = send(&s.relay, "f@ta.dane.test");
-    wait_for("delivered", WAIT, || status(&s.relay, &id) == "delivered");
-    let evs = events(&s.relay, &id);
+    wait_for("delivered", WAIT, || {
+        s.relay.recipient_status(&id) == "delivered"
+    });
+    let evs = s.relay.delivery_events(&id);
     assert_eq!(evs[0].0, "email.delivered", "{evs:?}");
     assert_eq!(evs[0].1["tls_policy"], "dane", "{:?}", evs[0].1);
     assert_eq!(s.mx.received().len(), 1);
@@ -405,8 +384,10 @@ async fn insecure_zone_falls_back_to_the_domain_policy() {
     }
     let s = setup().await;
     let id = send(&s.relay, "d@insecure.dane.test");
-    wait_for("delivered", WAIT, || status(&s.relay, &id) == "delivered");
-    let evs = events(&s.relay, &id);
+    wait_for("delivered", WAIT, || {
+        s.relay.recipient_status(&id) == "delivered"
+    });
+    let evs = s.relay.delivery_events(&id);
     let (kind, detail) = &evs[0];
     assert_eq!(kind, "email.delivered", "{evs:?}");
     assert_eq!(detail["tls_policy"], "opportunistic", "{detail}");

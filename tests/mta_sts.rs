@@ -87,38 +87,13 @@ fn send(relay: &Relay, to: &str) -> String {
     submit(relay, "news@example.com", &[to], &msg)
 }
 
-fn status(relay: &Relay, id: &str) -> String {
-    relay
-        .db()
-        .query_row(
-            "SELECT status FROM recipients WHERE email_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap()
-}
-
 fn wait_status(relay: &Relay, id: &str, want: &str) {
     wait_for(&format!("status {want}"), WAIT, || {
-        status(relay, id) == want
+        relay.recipient_status(id) == want
     });
 }
 
 /// (type, detail) of the email's delivery events, oldest first.
-fn events(relay: &Relay, id: &str) -> Vec<(String, Value)> {
-    relay
-        .db()
-        .prepare("SELECT type, COALESCE(detail, 'null') FROM events WHERE email_id = ?1 AND type != 'email.sent' ORDER BY id")
-        .unwrap()
-        .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .unwrap()
-        .map(|r| {
-            let (t, d) = r.unwrap();
-            (t, serde_json::from_str(&d).unwrap())
-        })
-        .collect()
-}
-
 fn queue_policy(relay: &Relay, id: &str) -> Option<String> {
     relay
         .db()
@@ -149,7 +124,7 @@ fn counter(metrics: &str, series: &str) -> u64 {
 /// MX never saw a transaction (so nothing went out in plaintext).
 fn assert_deferred_then_bounced(s: &Setup, id: &str, reason: &str) {
     wait_status(&s.relay, id, "bounced");
-    let evs = events(&s.relay, id);
+    let evs = s.relay.delivery_events(id);
     let (first, detail) = &evs[0];
     assert_eq!(first, "email.delivery_delayed", "{evs:?}");
     let response = detail["response"].as_str().unwrap();
@@ -184,7 +159,7 @@ async fn enforce_with_matching_mx_and_valid_certificate_delivers_over_verified_t
     let got = s.mx.received();
     assert_eq!(got.len(), 1);
     assert!(got[0].tls.is_some(), "delivered without TLS");
-    let evs = events(&s.relay, &id);
+    let evs = s.relay.delivery_events(&id);
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].0, "email.delivered");
     assert_eq!(evs[0].1["tls_policy"], "mta-sts", "{:?}", evs[0].1);
@@ -295,7 +270,7 @@ async fn testing_mode_delivers_and_records_the_failure() {
     let got = s.mx.received();
     assert_eq!(got.len(), 1);
     assert!(got[0].tls.is_some(), "testing mode still uses TLS");
-    let evs = events(&s.relay, &id);
+    let evs = s.relay.delivery_events(&id);
     assert_eq!(evs.len(), 1, "{evs:?}");
     let detail = &evs[0].1;
     // The domain's own policy governed; MTA-STS only reported.
@@ -333,7 +308,7 @@ async fn cached_policy_survives_the_policy_host_going_down() {
         .txt("_mta-sts.example.net", "v=STSv1; id=2");
     let id = send(&s.relay, "b@example.net");
     wait_status(&s.relay, &id, "delivered");
-    let evs = events(&s.relay, &id);
+    let evs = s.relay.delivery_events(&id);
     assert_eq!(evs[0].1["tls_policy"], "mta-sts", "{:?}", evs[0].1);
     assert!(
         s.relay.log().contains("keeping the cached policy"),
@@ -356,7 +331,7 @@ async fn without_a_policy_the_domain_setting_applies() {
     s.dns.remove("_mta-sts.example.net");
     let id = send(&s.relay, "a@example.net");
     wait_status(&s.relay, &id, "delivered");
-    let evs = events(&s.relay, &id);
+    let evs = s.relay.delivery_events(&id);
     assert_eq!(evs[0].1["tls_policy"], "opportunistic", "{:?}", evs[0].1);
     assert!(s.server.requests().is_empty(), "no TXT record, no fetch");
 }
@@ -379,9 +354,9 @@ async fn a_new_txt_id_fetches_the_policy_again() {
         .txt("_mta-sts.example.net", "v=STSv1; id=2");
     let id = send(&s.relay, "c@example.net");
     wait_for("deferred under the new policy", WAIT, || {
-        !events(&s.relay, &id).is_empty()
+        !s.relay.delivery_events(&id).is_empty()
     });
-    let evs = events(&s.relay, &id);
+    let evs = s.relay.delivery_events(&id);
     assert_eq!(evs[0].0, "email.delivery_delayed", "{evs:?}");
     assert!(
         evs[0].1["response"]
@@ -419,7 +394,7 @@ async fn an_expired_policy_is_not_used() {
     });
     let id = send(&s.relay, "b@example.net");
     wait_status(&s.relay, &id, "delivered");
-    let evs = events(&s.relay, &id);
+    let evs = s.relay.delivery_events(&id);
     // No valid policy: the domain's own setting, and the fetch failure is
     // counted.
     assert_eq!(evs[0].1["tls_policy"], "opportunistic", "{:?}", evs[0].1);

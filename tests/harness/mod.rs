@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -23,17 +23,6 @@ pub const API_TOKEN: &str = "test-api-token-7f3a";
 pub fn api_token_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| trackrelay::submission::auth::hash_password(API_TOKEN).unwrap())
-}
-
-/// A port that was free a moment ago. Racy (another program may take it
-/// before it is used): prefer binding port 0 and reading the address back.
-/// Kept for tests that must write a port into a file before anything runs.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A loopback port with nothing listening, for as long as the test process
@@ -324,6 +313,37 @@ listen = ["127.0.0.1:0"]
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("data/trackrelay.sqlite3")
+    }
+
+    /// The status of the email's (single) recipient.
+    pub fn recipient_status(&self, email_id: &str) -> String {
+        self.db()
+            .query_row(
+                "SELECT status FROM recipients WHERE email_id = ?1",
+                [email_id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// The email's delivery events after `email.sent`, oldest first, with
+    /// their detail.
+    pub fn delivery_events(&self, email_id: &str) -> Vec<(String, serde_json::Value)> {
+        self.db()
+            .prepare(
+                "SELECT type, COALESCE(detail, 'null') FROM events
+                 WHERE email_id = ?1 AND type != 'email.sent' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([email_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .unwrap()
+            .map(|r| {
+                let (t, d) = r.unwrap();
+                (t, serde_json::from_str(&d).unwrap())
+            })
+            .collect()
     }
 
     pub fn db(&self) -> rusqlite::Connection {
