@@ -209,6 +209,20 @@ async fn issues_for_hosts_that_point_here_serves_them_by_sni_and_says_why_not_fo
     assert!(!ordered("prev.example.org"), "{log}");
 
     let rows = dns_check(&s.relay);
+    // The relay's own name belongs to no [[domains]] entry: the table's
+    // last lines say its certificate's expiry (--json puts them on stderr).
+    let out = s.relay.cli(&["dns-check"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("ACME certificate for {RELAY}: expires ")),
+        "{table}"
+    );
+    let out = s.relay.cli(&["dns-check", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("ACME certificate for {RELAY}: expires ")),
+        "{stderr}"
+    );
     let cert = row(&rows, "certificate", "t.example.com");
     assert_eq!(cert["status"], "verified", "{cert}");
     assert!(

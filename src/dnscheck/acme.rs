@@ -1,6 +1,8 @@
 //! dns-check's ACME rows (with `[acme] enabled`): per tracking host, the
 //! CAA verdict and the certificate (its expiry, or why it is not issued);
-//! and [`issuable`], the condition `serve` checks before each issuance.
+//! [`hostname_line`], the relay-wide line for `server.hostname`'s
+//! certificate; and [`issuable`], the condition `serve` checks before each
+//! issuance.
 
 use super::lookup::{normalise, Dns};
 use super::records::points_here;
@@ -9,6 +11,35 @@ use super::{RecordCheck, RecordKind, Status};
 use crate::acme::caa::{self, CaaRecord};
 use crate::config::{Config, DomainConfig};
 use mail_auth::MessageAuthenticator;
+
+/// dns-check's last line for `server.hostname`'s ACME certificate (with
+/// `acme.submission_hostname`): the hostname belongs to no [[domains]]
+/// entry, so it has no row of its own. None when ACME issues none.
+pub(crate) fn hostname_line(config: &Config) -> Option<String> {
+    if !config.acme.enabled || !config.acme.submission_hostname {
+        return None;
+    }
+    let host = &config.server.hostname;
+    let dir = &config.server.data_dir;
+    let now = crate::time::now_ms();
+    let mut line = match crate::acme::store::read_validity(dir, host) {
+        Ok(Some((_, not_after))) if not_after > now => format!(
+            "ACME certificate for {host}: expires {} (in {} days; serve renews it at two thirds of its lifetime)",
+            crate::time::rfc3339(not_after),
+            (not_after - now) / 86_400_000
+        ),
+        Ok(Some((_, not_after))) => format!(
+            "ACME certificate for {host}: EXPIRED {}; serve has not managed to renew it",
+            crate::time::rfc3339(not_after)
+        ),
+        Ok(None) => format!("ACME certificate for {host}: not issued yet"),
+        Err(e) => format!("ACME certificate for {host}: unreadable: {e}"),
+    };
+    if let Some(e) = crate::acme::store::read_last_error(dir, host) {
+        line.push_str(&format!("; last attempt: {e}"));
+    }
+    Some(line)
+}
 
 /// Ok when `host` points at this relay and CAA lets the CA issue for it;
 /// Err says what is missing, as dns-check would.

@@ -404,15 +404,21 @@ pub async fn run_to<W: Write>(
             .and_then(|_| out.flush())
             .map_err(|e| format!("writing the dns-check report for {}: {e}", d.name))?;
     }
-    // Not a record of any domain: a last line in the table; with --json on
-    // stderr, so that stdout stays one record object per line.
-    let dnssec = crate::text::printable(&dnssec::line(config).await).into_owned();
-    if json {
-        eprintln!("{dnssec}");
-    } else {
-        out.write_all(format!("\n{dnssec}\n").as_bytes())
-            .and_then(|_| out.flush())
-            .map_err(|e| format!("writing the dns-check report: {e}"))?;
+    // Not records of any domain (DNSSEC, the hostname's certificate): last
+    // lines in the table; with --json on stderr, so that stdout stays one
+    // record object per line.
+    let mut last = vec![dnssec::line(config).await];
+    last.extend(acme::hostname_line(config));
+    for (i, line) in last.iter().enumerate() {
+        let line = crate::text::printable(line).into_owned();
+        if json {
+            eprintln!("{line}");
+        } else {
+            let sep = if i == 0 { "\n" } else { "" };
+            out.write_all(format!("{sep}{line}\n").as_bytes())
+                .and_then(|_| out.flush())
+                .map_err(|e| format!("writing the dns-check report: {e}"))?;
+        }
     }
     Ok(all_ok)
 }
