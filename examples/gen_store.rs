@@ -18,8 +18,8 @@
 use std::io::Write;
 use std::time::Instant;
 use trackrelay::events::{EventType, NewEvent};
-use trackrelay::store::emails::NewEmail;
-use trackrelay::store::queue::{Attempt, Outcome};
+use trackrelay::store::sqlite::emails::NewEmail;
+use trackrelay::store::sqlite::queue::{Attempt, Outcome};
 use trackrelay::store::{self, Tx};
 
 const DAY: i64 = 86_400_000;
@@ -58,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // this tool makes a new one.
     let mut conn = rusqlite::Connection::open(&path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    store::schema::migrate(&mut conn)?;
+    store::sqlite::schema::migrate(&mut conn)?;
     conn.pragma_update(None, "synchronous", "OFF")?;
     conn.pragma_update(None, "cache_size", -262_144)?; // 256 MiB
 
@@ -109,18 +109,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 body: b"Subject: x\r\n\r\nhello\r\n".to_vec(),
                 recipients: vec![format!("r{n}@x.test")],
             };
-            store::emails::insert(&tx, &e)?;
+            store::sqlite::emails::insert(&tx, &e)?;
             batch.push((id, created, n));
         }
         let last = batch.last().map(|b| b.1).unwrap_or(start);
-        let claimed = store::queue::claim_due(&tx, last + 1, 3_600_000, end - i)?;
+        let claimed = store::sqlite::queue::claim_due(&tx, last + 1, 3_600_000, end - i)?;
         assert_eq!(claimed.len(), end - i, "every new recipient is due");
         let lease_ids: std::collections::HashMap<String, String> = claimed
             .into_iter()
             .map(|c| (c.email_id, c.lease_id))
             .collect();
         for (id, created, n) in &batch {
-            store::queue::record(
+            store::sqlite::queue::record(
                 &tx,
                 &Attempt {
                     lease_id: lease_ids.get(id).cloned().unwrap_or_default(),
@@ -168,7 +168,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if kind == EventType::Clicked {
                     ev.link = Some(format!("https://{}/offer?id={n}", domains[n % 5]));
                 }
-                store::events::insert(&tx, &ev)?;
+                store::sqlite::events::insert(&tx, &ev)?;
                 stored_events += 1;
             }
         }

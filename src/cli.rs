@@ -3,93 +3,36 @@
 
 use crate::config::Config;
 use crate::events::StoredEvent;
-use crate::store::{self, events::EventFilter, Tx};
+use crate::store::{self, sqlite::events::EventFilter};
 use crate::text::printable;
 use std::io::Write;
 
+mod queue;
 pub mod reports;
 pub mod suppressions;
 pub mod tls_reports;
+mod webhooks;
+
+pub use queue::{queue_delete, queue_list, queue_retry};
+pub use webhooks::{webhooks_list, webhooks_replay};
 
 pub type CliResult = Result<(), String>;
 
-fn reader(config: &Config) -> Result<rusqlite::Connection, String> {
+pub(crate) fn reader(config: &Config) -> Result<rusqlite::Connection, String> {
     store::open_reader(&config.database_path()).map_err(|e| e.to_string())
 }
 
-fn out() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+pub(crate) fn out() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
     std::io::BufWriter::new(std::io::stdout().lock())
 }
 
-fn time_arg(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
+pub(crate) fn time_arg(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
     match v {
         None => Ok(None),
         Some(s) => store::parse_time(s).map(Some).ok_or_else(|| {
             format!("--{name}: {s:?} is not a time (RFC 3339 like 2026-11-22T06:00:00Z, a date, or a duration back like 24h)")
         }),
     }
-}
-
-pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliResult {
-    let conn = reader(config)?;
-    let mut w = out();
-    let mut n = 0usize;
-    let done = if json {
-        store::queue::each(&conn, all, limit, |r| {
-            writeln!(w, "{}", r.to_json()).map_err(Stop::Io)
-        })
-    } else {
-        writeln!(
-            w,
-            "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  last response",
-            "email_id", "recipient", "status", "attempts", "next attempt"
-        )
-        .map_err(Stop::Io)
-        .and_then(|()| {
-            store::queue::each(&conn, all, limit, |r| {
-                n += 1;
-                writeln!(
-                    w,
-                    "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  {}",
-                    r.email_id,
-                    printable(&r.recipient),
-                    r.status,
-                    r.attempts,
-                    r.next_attempt_at
-                        .map(store::rfc3339)
-                        .unwrap_or_else(|| "-".into()),
-                    printable(r.last_response.as_deref().unwrap_or("-"))
-                )
-                .map_err(Stop::Io)
-            })
-        })
-        .and_then(|()| writeln!(w, "{n} recipient(s)").map_err(Stop::Io))
-    };
-    finish(done, w)
-}
-
-pub fn queue_retry(config: &Config, id: &str) -> CliResult {
-    let conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
-    let n = store::queue::retry(&conn, id, store::now_ms()).map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err(format!("{id}: no waiting recipient with this email id"));
-    }
-    println!("{n} recipient(s) of {id} due now");
-    Ok(())
-}
-
-pub fn queue_delete(config: &Config, id: &str) -> CliResult {
-    let mut conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
-    let hooks = crate::serve::store_options(config).webhooks;
-    let txn = conn.transaction().map_err(|e| e.to_string())?;
-    let n = store::queue::delete(&Tx::new(&txn, &hooks), id, store::now_ms())
-        .map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err(format!("{id}: no waiting recipient with this email id"));
-    }
-    println!("{n} recipient(s) of {id} removed from the queue (recorded as email.failed)");
-    Ok(())
 }
 
 pub struct EventsArgs {
@@ -122,7 +65,7 @@ pub fn events(config: &Config, a: &EventsArgs) -> CliResult {
     let conn = reader(config)?;
     let mut w = out();
     let json = a.json;
-    let done = store::events::each(&conn, &filter, |e| {
+    let done = store::sqlite::events::each(&conn, &filter, |e| {
         if json {
             writeln!(w, "{}", e.to_json()).map_err(Stop::Io)
         } else {
@@ -134,7 +77,7 @@ pub fn events(config: &Config, a: &EventsArgs) -> CliResult {
 
 /// Why streaming output stopped: the store, or stdout (a closed pipe, as
 /// with `| head`, is a normal end).
-enum Stop {
+pub(crate) enum Stop {
     Db(rusqlite::Error),
     Io(std::io::Error),
 }
@@ -154,7 +97,7 @@ impl From<csv::Error> for Stop {
     }
 }
 
-fn finish(done: Result<(), Stop>, mut w: impl Write) -> CliResult {
+pub(crate) fn finish(done: Result<(), Stop>, mut w: impl Write) -> CliResult {
     let flushed = done.and_then(|()| w.flush().map_err(Stop::Io));
     match flushed {
         Ok(()) => Ok(()),
@@ -200,7 +143,7 @@ pub fn stats(
     json: bool,
 ) -> CliResult {
     let conn = reader(config)?;
-    let st = store::stats::compute(
+    let st = store::sqlite::stats::compute(
         &conn,
         domain,
         time_arg("since", since)?,
@@ -222,9 +165,9 @@ pub fn stats(
         None => config.domains.iter().map(|d| d.name.clone()).collect(),
     };
     for name in names {
-        let st =
-            store::stats::compute(&conn, Some(&name), since, until).map_err(|e| e.to_string())?;
-        if let Some(w) = store::stats::complaint_warning(&name, &st) {
+        let st = store::sqlite::stats::compute(&conn, Some(&name), since, until)
+            .map_err(|e| e.to_string())?;
+        if let Some(w) = store::sqlite::stats::complaint_warning(&name, &st) {
             eprintln!("{w}");
         }
     }
@@ -296,7 +239,7 @@ pub fn export(
     let t = |v: Option<i64>| v.map(store::rfc3339).unwrap_or_default();
     let done = match what {
         "emails" => csv_row(&mut w, &EMAIL_CSV_FIELDS).and_then(|()| {
-            store::emails::each(&conn, since, until, |e| {
+            store::sqlite::emails::each(&conn, since, until, |e| {
                 let created = store::rfc3339(e.created_at);
                 let from = e.header_from.as_deref().unwrap_or(&e.mail_from);
                 let tags = e.tags.join(" ");
@@ -326,13 +269,13 @@ pub fn export(
                 Ok(())
             })
         }),
-        "events" => csv_row(&mut w, &store::sql::EVENT_FIELDS).and_then(|()| {
+        "events" => csv_row(&mut w, &store::sqlite::sql::EVENT_FIELDS).and_then(|()| {
             let filter = EventFilter {
                 since,
                 until,
                 ..EventFilter::default()
             };
-            store::events::each(&conn, &filter, |e| {
+            store::sqlite::events::each(&conn, &filter, |e| {
                 let opt = |v: &Option<String>| v.clone().unwrap_or_default();
                 let cells: [String; 11] = [
                     e.id.to_string(),
@@ -392,7 +335,9 @@ fn preview_tracking_host(config: &Config, domain: &crate::config::DomainConfig) 
     }
     let row = store::open_reader(&path)
         .map_err(|e| e.to_string())
-        .and_then(|conn| store::domains::get(&conn, &domain.name).map_err(|e| e.to_string()));
+        .and_then(|conn| {
+            store::sqlite::domains::get(&conn, &domain.name).map_err(|e| e.to_string())
+        });
     let row = match row {
         Ok(row) => row,
         // A preview is still worth having; stderr says which host it used.
@@ -494,59 +439,4 @@ pub fn preview(config: &Config, rcpt: Option<&str>, sign: bool) -> CliResult {
     std::io::stdout()
         .write_all(&message)
         .map_err(|e| format!("writing the message: {e}"))
-}
-
-/// `webhooks list [--failed]`: newest first.
-pub fn webhooks_list(config: &Config, failed: bool, limit: usize, json: bool) -> CliResult {
-    let conn = reader(config)?;
-    let limit = if limit == 0 { 100 } else { limit };
-    let rows = store::webhooks::list(&conn, failed, limit).map_err(|e| e.to_string())?;
-    let mut w = out();
-    for r in &rows {
-        if json {
-            let v = serde_json::json!({
-                "id": r.id,
-                "endpoint": r.endpoint,
-                "type": r.event_type,
-                "email_id": r.email_id,
-                "status": r.status,
-                "attempts": r.attempts,
-                "next_attempt_at": (r.status == "pending").then(|| store::rfc3339(r.next_attempt_at)),
-                "last_error": r.last_error,
-                "created_at": store::rfc3339(r.created_at),
-                "delivered_at": r.delivered_at.map(store::rfc3339),
-            });
-            let _ = writeln!(w, "{v}");
-        } else {
-            let _ = writeln!(
-                w,
-                "{}  {:<9}  {:<22}  {}  attempts={}  {}  {}",
-                r.id,
-                r.status,
-                r.event_type,
-                r.email_id,
-                r.attempts,
-                r.endpoint,
-                r.last_error.as_deref().unwrap_or("")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `webhooks replay ID|--since TIME`: back in the queue, due now, same webhook-id.
-pub fn webhooks_replay(config: &Config, id: Option<&str>, since: &Option<String>) -> CliResult {
-    let conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
-    let now = store::now_ms();
-    let n = match (id, time_arg("since", since)?) {
-        (Some(id), None) => store::webhooks::replay_one(&conn, id, now),
-        (None, Some(t)) => store::webhooks::replay_since(&conn, t, now),
-        _ => return Err("webhooks replay: give a webhook id or --since TIME (not both)".into()),
-    }
-    .map_err(|e| e.to_string())?;
-    if n == 0 {
-        return Err("nothing to replay".into());
-    }
-    println!("{n} webhook delivery(ies) queued again; a running `trackrelay serve` sends them within a second");
-    Ok(())
 }

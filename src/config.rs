@@ -1430,3 +1430,17 @@ impl AcmeConfig {
         }
     }
 }
+
+/// The default `server.node_id`: the machine's host name, so nodes sharing
+/// one PostgreSQL store tell themselves apart without configuration.
+pub fn default_node_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "node".to_string(),
+    }
+}

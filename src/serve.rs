@@ -378,7 +378,7 @@ pub async fn run_until(
         .domain_checks
         .enabled
         .then(|| tokio::spawn(domains.run(shutdown.clone())));
-    let retention_task = tokio::spawn(crate::store::retention::run(
+    let retention_task = tokio::spawn(crate::store::sqlite::retention::run(
         store.clone(),
         config.store.retain_messages,
         config.store.retain_events,
@@ -479,7 +479,7 @@ pub fn store_options(config: &Config) -> StoreOptions {
         webhooks: config
             .webhooks
             .iter()
-            .map(|w| crate::store::webhooks::Subscription {
+            .map(|w| crate::store::sqlite::webhooks::Subscription {
                 url: w.url.clone(),
                 events: w.events.clone(),
                 domains: w.domains.clone(),

@@ -13,7 +13,7 @@
 
 use crate::config::{Config, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::store::{self, webhooks::OutboxItem, Durability, Store};
+use crate::store::{self, sqlite::webhooks::OutboxItem, Durability, Store};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -178,7 +178,7 @@ impl Webhooks {
             let due = self
                 .store
                 .write(Durability::Normal, move |tx| {
-                    store::webhooks::claim_due(tx, &url, store::now_ms(), lease_ms, limit)
+                    store::sqlite::webhooks::claim_due(tx, &url, store::now_ms(), lease_ms, limit)
                 })
                 .await
                 .unwrap_or_else(|e| {
@@ -229,7 +229,7 @@ impl Webhooks {
                 self.metrics.webhooks_delivered.inc();
                 self.store
                     .write(Durability::Normal, move |tx| {
-                        store::webhooks::mark_delivered(tx, &id, now)
+                        store::sqlite::webhooks::mark_delivered(tx, &id, now)
                     })
                     .await
             }
@@ -246,7 +246,7 @@ impl Webhooks {
                 tracing::debug!(endpoint = %ep.url, webhook_id = %item.id, "webhook attempt {attempts} failed: {why}");
                 self.store
                     .write(Durability::Normal, move |tx| {
-                        store::webhooks::mark_failed(tx, &id, &why, next)
+                        store::sqlite::webhooks::mark_failed(tx, &id, &why, next)
                     })
                     .await
             }

@@ -17,9 +17,9 @@ use trackrelay::api::{serve, Api};
 use trackrelay::config::Config;
 use trackrelay::events::{EventType, NewEvent};
 use trackrelay::metrics::Metrics;
-use trackrelay::store::emails::NewEmail;
-use trackrelay::store::queue::{Attempt, Outcome};
-use trackrelay::store::webhooks::Subscription;
+use trackrelay::store::sqlite::emails::NewEmail;
+use trackrelay::store::sqlite::queue::{Attempt, Outcome};
+use trackrelay::store::sqlite::webhooks::Subscription;
 use trackrelay::store::{self, Durability, Store, StoreOptions};
 
 const TOKEN: &str = "admin-token-for-tests";
@@ -161,13 +161,15 @@ async fn seed(store: &Store) -> Seeded {
         ),
     ] {
         store
-            .write(Durability::Full, move |tx| store::emails::insert(tx, &e))
+            .write(Durability::Full, move |tx| {
+                store::sqlite::emails::insert(tx, &e)
+            })
             .await
             .unwrap();
     }
     let claimed = store
         .write(Durability::Normal, |tx| {
-            store::queue::claim_due(tx, store::now_ms(), 60_000, 100)
+            store::sqlite::queue::claim_due(tx, store::now_ms(), 60_000, 100)
         })
         .await
         .unwrap();
@@ -197,7 +199,7 @@ async fn seed(store: &Store) -> Seeded {
     store
         .write(Durability::Normal, move |tx| {
             for at in &attempts {
-                store::queue::record(tx, at)?;
+                store::sqlite::queue::record(tx, at)?;
             }
             Ok(())
         })
@@ -220,7 +222,7 @@ async fn seed(store: &Store) -> Seeded {
     store
         .write(Durability::Normal, move |tx| {
             for ev in &events {
-                store::events::insert(tx, ev)?;
+                store::sqlite::events::insert(tx, ev)?;
             }
             Ok(())
         })
@@ -228,7 +230,9 @@ async fn seed(store: &Store) -> Seeded {
         .unwrap();
     let c = email(&ids.c, "example.net", T0 + 120 * MIN, &["c0@z.test"]);
     store
-        .write(Durability::Full, move |tx| store::emails::insert(tx, &c))
+        .write(Durability::Full, move |tx| {
+            store::sqlite::emails::insert(tx, &c)
+        })
         .await
         .unwrap();
     ids

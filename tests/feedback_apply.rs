@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use support::mx::{MxConfig, Script, TestMx};
 use support::webhook::Receiver;
-use trackrelay::store::reports::{self, NewReport};
+use trackrelay::store::sqlite::reports::{self, NewReport};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(30);

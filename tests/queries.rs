@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::Command;
 use trackrelay::config::Config;
 use trackrelay::events::{EventType, NewEvent};
-use trackrelay::store::emails::NewEmail;
-use trackrelay::store::events::EventFilter;
-use trackrelay::store::queue::{Attempt, Outcome};
-use trackrelay::store::sql::Where;
+use trackrelay::store::sqlite::emails::NewEmail;
+use trackrelay::store::sqlite::events::EventFilter;
+use trackrelay::store::sqlite::queue::{Attempt, Outcome};
+use trackrelay::store::sqlite::sql::Where;
 use trackrelay::store::{self, Durability, Store, StoreOptions};
 
 /// 2026-01-01T00:00:00Z
@@ -117,7 +117,7 @@ async fn every_filtered_read_uses_an_index() {
         (None, Some(T0)),
         (Some(T0), Some(T0 + HOUR)),
     ] {
-        let q = store::emails::list_query(since, until);
+        let q = store::sqlite::emails::list_query(since, until);
         let lines = plan(&conn, &q);
         assert!(!scans(&lines, "emails"), "{}\n{lines:#?}", q.sql());
     }
@@ -132,7 +132,7 @@ async fn every_filtered_read_uses_an_index() {
             (Some(T0 + 7), Some(T0 + 30 * 24 * HOUR + 9)),
             (Some(T0 + 7), Some(T0 + 9)),
         ] {
-            let queries = store::rollups::window_queries(domain, since, until);
+            let queries = store::sqlite::rollups::window_queries(domain, since, until);
             assert!(!queries.is_empty());
             for q in queries {
                 let lines = plan(&conn, &q);
@@ -190,12 +190,14 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
         let n = 1 + rng.next(3) as usize;
         let e = email(&id, domain, created, n, "hello");
         store
-            .write(Durability::Full, move |tx| store::emails::insert(tx, &e))
+            .write(Durability::Full, move |tx| {
+                store::sqlite::emails::insert(tx, &e)
+            })
             .await
             .unwrap();
         let claimed = store
             .write(Durability::Normal, move |tx| {
-                store::queue::claim_due(tx, created + 1, 60_000, 100)
+                store::sqlite::queue::claim_due(tx, created + 1, 60_000, 100)
             })
             .await
             .unwrap();
@@ -267,10 +269,10 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
         store
             .write(Durability::Normal, move |tx| {
                 for a in &attempts {
-                    store::queue::record(tx, a)?;
+                    store::sqlite::queue::record(tx, a)?;
                 }
                 for ev in &events {
-                    store::events::insert(tx, ev)?;
+                    store::sqlite::events::insert(tx, ev)?;
                 }
                 Ok(())
             })
@@ -280,7 +282,7 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
     }
 
     let expect = |domain: Option<&str>, since: Option<i64>, until: Option<i64>| {
-        let mut st = store::stats::Stats::default();
+        let mut st = store::sqlite::stats::Stats::default();
         for (created, d, seen) in &model {
             if domain.is_some_and(|x| !x.eq_ignore_ascii_case(d))
                 || since.is_some_and(|s| *created < s)
@@ -313,9 +315,9 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
     }
     for (since, until) in windows {
         for domain in [None, Some("example.com"), Some("EXAMPLE.ORG")] {
-            let got = store::stats::compute(&conn, domain, since, until).unwrap();
+            let got = store::sqlite::stats::compute(&conn, domain, since, until).unwrap();
             let want = expect(domain, since, until);
-            let key = |s: &store::stats::Stats| {
+            let key = |s: &store::sqlite::stats::Stats| {
                 [
                     s.sent,
                     s.delivered,
@@ -339,7 +341,7 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
             assert_eq!(got.complained, 0);
         }
     }
-    let all = store::stats::compute(&conn, None, None, None).unwrap();
+    let all = store::sqlite::stats::compute(&conn, None, None, None).unwrap();
     assert!(all.sent > 40 && all.opened > 0 && all.clicked_human > 0 && all.delayed > 0);
     store.close();
 }
@@ -351,7 +353,9 @@ async fn csv_export_defuses_formula_cells() {
     let id = uuid::Uuid::now_v7().to_string();
     let e = email(&id, "example.com", T0, 1, "+cmd|' /C calc'!A0");
     store
-        .write(Durability::Full, move |tx| store::emails::insert(tx, &e))
+        .write(Durability::Full, move |tx| {
+            store::sqlite::emails::insert(tx, &e)
+        })
         .await
         .unwrap();
     let hostile = [
@@ -376,7 +380,7 @@ async fn csv_export_defuses_formula_cells() {
     store
         .write(Durability::Normal, move |tx| {
             for ev in &evs {
-                store::events::insert(tx, ev)?;
+                store::sqlite::events::insert(tx, ev)?;
             }
             Ok(())
         })
@@ -406,7 +410,7 @@ async fn csv_export_defuses_formula_cells() {
     let events = export("events");
     assert_eq!(
         events[0].iter().collect::<Vec<_>>(),
-        store::sql::EVENT_FIELDS
+        store::sqlite::sql::EVENT_FIELDS
     );
     let ua_col = 6;
     let clicks: Vec<&csv::StringRecord> = events[1..]
@@ -450,7 +454,9 @@ async fn events_cli_pages_one_email_and_stops_at_a_closed_pipe() {
     for id in [&a, &b] {
         let e = email(id, "example.com", T0, 1, "s");
         store
-            .write(Durability::Full, move |tx| store::emails::insert(tx, &e))
+            .write(Durability::Full, move |tx| {
+                store::sqlite::emails::insert(tx, &e)
+            })
             .await
             .unwrap();
     }
@@ -460,7 +466,7 @@ async fn events_cli_pages_one_email_and_stops_at_a_closed_pipe() {
             for i in 0..5000 {
                 let mut ev = NewEvent::new(id.clone(), EventType::Opened, T0 + i);
                 ev.rcpt_idx = Some(0);
-                store::events::insert(tx, &ev)?;
+                store::sqlite::events::insert(tx, &ev)?;
             }
             Ok(())
         })

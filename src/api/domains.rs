@@ -17,7 +17,7 @@ const HISTORY_LIMIT: usize = 100;
 /// `{"data": [domain, ...]}`, in config order, without history.
 pub async fn list(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
     Params::parse(query, &[])?;
-    let rows = read(api, "domain statuses", store::domains::list).await?;
+    let rows = read(api, "domain statuses", store::sqlite::domains::list).await?;
     let data: Vec<_> = api
         .domains
         .iter()
@@ -45,8 +45,8 @@ pub async fn show(api: &Api, raw: &str, query: Option<&str>) -> Result<Reply, Ap
     let key = d.name.to_ascii_lowercase();
     let (row, history) = read(api, "the domain status", move |c| {
         Ok((
-            store::domains::get(c, &key)?,
-            store::domains::history(c, &key, HISTORY_LIMIT)?,
+            store::sqlite::domains::get(c, &key)?,
+            store::sqlite::domains::history(c, &key, HISTORY_LIMIT)?,
         ))
     })
     .await?;

@@ -20,7 +20,11 @@ pub async fn show(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Reply,
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::bad_request(format!("{raw_id:?} is not a report id")))?;
-    let Some(r) = read(api, "the report", move |c| store::reports::get(c, id)).await? else {
+    let Some(r) = read(api, "the report", move |c| {
+        store::sqlite::reports::get(c, id)
+    })
+    .await?
+    else {
         return Err(ApiError::not_found(format!(
             "no report with id {id} (reports that named no email are not kept)"
         )));

@@ -5,7 +5,7 @@ use super::params::Params;
 use super::reply::{self, ApiError, Reply};
 use super::Api;
 use crate::events::StoredEvent;
-use crate::store::{self, emails::EmailInfo, events::EventFilter};
+use crate::store::{self, sqlite::emails::EmailInfo, sqlite::events::EventFilter};
 use crate::time::rfc3339;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -145,7 +145,11 @@ async fn email(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Reply, Ap
     Params::parse(query, &[])?;
     let id = email_id(raw_id)?;
     let lookup = id.clone();
-    match read(api, "the email", move |c| store::emails::get(c, &lookup)).await? {
+    match read(api, "the email", move |c| {
+        store::sqlite::emails::get(c, &lookup)
+    })
+    .await?
+    {
         Some(e) => Ok(reply::ok(&email_json(&e))),
         None => Err(no_such_email(&id)),
     }
@@ -225,7 +229,10 @@ async fn events(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
     let p = Params::parse(query, EVENT_PARAMS)?;
     let filter = event_filter(&p, None)?;
     let limit = filter.limit - 1;
-    let rows = read(api, "events", move |c| store::events::list(c, &filter)).await?;
+    let rows = read(api, "events", move |c| {
+        store::sqlite::events::list(c, &filter)
+    })
+    .await?;
     Ok(reply::ok(&page(rows, limit)))
 }
 
@@ -239,12 +246,12 @@ async fn email_events(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Re
     let limit = filter.limit - 1;
     let lookup = id.clone();
     let found = read(api, "events", move |c| {
-        let rows = store::events::list(c, &filter)?;
+        let rows = store::sqlite::events::list(c, &filter)?;
         if !rows.is_empty() {
             return Ok(Some(rows));
         }
-        let known = store::emails::summary(c, &lookup)?.is_some()
-            || store::events::exists_for_email(c, &lookup)?;
+        let known = store::sqlite::emails::summary(c, &lookup)?.is_some()
+            || store::sqlite::events::exists_for_email(c, &lookup)?;
         Ok(known.then_some(rows))
     })
     .await?;
@@ -262,7 +269,7 @@ async fn stats(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
     let (since, until) = (p.time("since")?, p.time("until")?);
     let d = domain.clone();
     let st = read(api, "stats", move |c| {
-        store::stats::compute(c, d.as_deref(), since, until)
+        store::sqlite::stats::compute(c, d.as_deref(), since, until)
     })
     .await?;
     let mut v = st.to_json();
@@ -286,9 +293,9 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
         .store
         .read(|c| {
             Ok((
-                store::queue::depth(c)?,
-                store::webhooks::counts(c)?,
-                store::domains::list(c)?,
+                store::sqlite::queue::depth(c)?,
+                store::sqlite::webhooks::counts(c)?,
+                store::sqlite::domains::list(c)?,
             ))
         })
         .await;
@@ -346,7 +353,7 @@ async fn metrics(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
 
 /// `trackrelay_domain_status{domain,status}`: every configured domain, in
 /// every status, 1 for the one it is in (not_started before its first check).
-fn domain_gauges(api: &Api, rows: &[store::domains::DomainRow], out: &mut String) {
+fn domain_gauges(api: &Api, rows: &[store::sqlite::domains::DomainRow], out: &mut String) {
     use crate::domains::DomainStatus;
     let statuses: Vec<(String, &str)> = api
         .domains

@@ -6,7 +6,7 @@ use super::params::Params;
 use super::reply::{self, ApiError, Reply};
 use super::routes::read;
 use super::Api;
-use crate::store::suppressions::{self as sup, check_address, check_domain, check_reason};
+use crate::store::sqlite::suppressions::{self as sup, check_address, check_domain, check_reason};
 use crate::store::{self, Durability};
 use base64::Engine;
 use hyper::StatusCode;

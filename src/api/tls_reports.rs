@@ -7,7 +7,7 @@ use super::reply::{self, ApiError, Reply};
 use super::routes::read;
 use super::Api;
 use crate::outbound::tls_report::check_day;
-use crate::store::tls_reports;
+use crate::store::sqlite::tls_reports;
 use serde_json::json;
 
 pub async fn list(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {

@@ -9,7 +9,7 @@ use std::io::Write;
 
 pub fn show(config: &Config, id: i64, raw: bool) -> CliResult {
     let conn = reader(config)?;
-    let report = store::reports::get(&conn, id)
+    let report = store::sqlite::reports::get(&conn, id)
         .map_err(|e| format!("reading the store: {e}"))?
         .ok_or_else(|| {
             format!("no report with id {id} (reports that named no email are not kept)")
@@ -32,7 +32,7 @@ pub fn show(config: &Config, id: i64, raw: bool) -> CliResult {
 /// Metadata, then the message with every control character escaped: the
 /// report comes from anyone on the internet and must not drive the
 /// terminal.
-fn write_shown(w: &mut impl Write, r: &store::reports::ReportInfo) -> std::io::Result<()> {
+fn write_shown(w: &mut impl Write, r: &store::sqlite::reports::ReportInfo) -> std::io::Result<()> {
     if let serde_json::Value::Object(m) = r.metadata_json() {
         for (k, v) in m {
             let v = match v {

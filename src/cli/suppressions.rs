@@ -3,7 +3,7 @@
 use super::{csv_row, csv_uncell, csv_writer, finish, out, printable, reader, CliResult, Stop};
 use crate::config::Config;
 use crate::store;
-use crate::store::suppressions::{self as sup, check_address, check_domain, check_reason};
+use crate::store::sqlite::suppressions::{self as sup, check_address, check_domain, check_reason};
 use std::io::Write;
 
 const CSV_FIELDS: [&str; 6] = [

@@ -4,7 +4,7 @@
 use super::{reader, CliResult};
 use crate::config::Config;
 use crate::outbound::tls_report::{check_day, report_for_show};
-use crate::store::tls_reports;
+use crate::store::sqlite::tls_reports;
 use crate::text::printable;
 use std::io::Write;
 

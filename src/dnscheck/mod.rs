@@ -284,10 +284,10 @@ pub fn render_json_with_status(
 
 /// What `serve` stored, when there is a store to read (none, or one from
 /// before domain statuses: every domain starts from not_started).
-fn stored_statuses(config: &Config) -> Vec<crate::store::domains::DomainRow> {
+fn stored_statuses(config: &Config) -> Vec<crate::store::sqlite::domains::DomainRow> {
     crate::store::open_reader(&config.database_path())
         .ok()
-        .and_then(|c| crate::store::domains::list(&c).ok())
+        .and_then(|c| crate::store::sqlite::domains::list(&c).ok())
         .unwrap_or_default()
 }
 

@@ -19,7 +19,7 @@ use super::rules::{self, DomainState, DomainStatus};
 use super::{tracking, TrackingHosts};
 use crate::config::{Config, DomainConfig};
 use crate::dnscheck::{self, RecordCheck, RecordKind, Status};
-use crate::store::domains::{Change, DomainRow};
+use crate::store::sqlite::domains::{Change, DomainRow};
 use crate::store::{self, Durability, Store};
 use mail_auth::MessageAuthenticator;
 use serde_json::json;
@@ -175,7 +175,7 @@ impl Monitor {
     async fn load(&self) -> Result<HashMap<String, DomainRow>, String> {
         let rows = self
             .store
-            .read(store::domains::list)
+            .read(store::sqlite::domains::list)
             .await
             .map_err(|e| format!("reading the domain statuses: {e}"))?;
         Ok(rows.into_iter().map(|r| (r.domain.clone(), r)).collect())
@@ -264,7 +264,7 @@ impl Monitor {
         let row = row.clone();
         self.store
             .write(Durability::Normal, move |tx| {
-                store::domains::save(tx, &row, change.as_ref()).map(|_| ())
+                store::sqlite::domains::save(tx, &row, change.as_ref()).map(|_| ())
             })
             .await
             .map_err(|e| e.to_string())

@@ -35,7 +35,7 @@
 //! - delivered / relayed / expanded: nothing but the outcome.
 //! - an ARF complaint: `email.complained` once per recipient, and a
 //!   `complaint` suppression where `suppress_on` has `complaint`.
-//! - mail to `unsubscribe+{token}@…`: an unsubscribe (store::unsubscribe),
+//! - mail to `unsubscribe+{token}@…`: an unsubscribe (store::sqlite::unsubscribe),
 //!   never a bounce.
 
 use crate::config::Config;
@@ -43,8 +43,8 @@ use crate::events::{EventType, NewEvent};
 use crate::feedback::{self, return_path, Action, Dsn, RecipientStatus, Report, ReturnPath};
 use crate::metrics::Metrics;
 use crate::prepare::TokenKeys;
-use crate::store::feedback::LinkedRecipient;
-use crate::store::{self, rollups::bit, suppressions, Durability, Store, Tx};
+use crate::store::sqlite::feedback::LinkedRecipient;
+use crate::store::{self, sqlite::rollups::bit, sqlite::suppressions, Durability, Store, Tx};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -283,7 +283,7 @@ pub struct Classified {
 
 /// Classifies and links one pending report. A parser panic (a bug; the
 /// parser is fuzzed) is caught so that one report never stops the queue.
-pub fn classify(p: &store::reports::Pending, keys: &TokenKeys) -> Classified {
+pub fn classify(p: &store::sqlite::reports::Pending, keys: &TokenKeys) -> Classified {
     let unsubscribe = to_unsubscribe_mailbox(&p.rcpt_to);
     let parsed = std::panic::catch_unwind(|| {
         let report = feedback::classify(&p.raw);
@@ -322,15 +322,15 @@ pub fn apply(
     rules: &Rules,
     now: i64,
 ) -> rusqlite::Result<Option<Outcome>> {
-    if !store::reports::claim(tx, c.id, now)? {
+    if !store::sqlite::reports::claim(tx, c.id, now)? {
         return Ok(None);
     }
     if let Some(e) = &c.error {
-        store::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": e }))?;
+        store::sqlite::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": e }))?;
         return Ok(Some(Outcome::Ignored));
     }
     let dropped = |outcome: Outcome| -> rusqlite::Result<Option<Outcome>> {
-        store::reports::delete(tx, c.id)?;
+        store::sqlite::reports::delete(tx, c.id)?;
         Ok(Some(outcome))
     };
     let (rp, via) = match (&c.report, c.link) {
@@ -340,7 +340,7 @@ pub fn apply(
         (_, Link::Found(rp, via)) => (rp, via),
     };
     let email_id = rp.email_id.hyphenated().to_string();
-    let Some(rcpt) = store::feedback::recipient(tx, &email_id, rp.rcpt_index)? else {
+    let Some(rcpt) = store::sqlite::feedback::recipient(tx, &email_id, rp.rcpt_index)? else {
         // A token of ours for an email this store does not have (another
         // store's, or a `preview`): nothing to change.
         return dropped(Outcome::Unlinked);
@@ -370,7 +370,7 @@ pub fn apply(
         m.insert("recipient".into(), target.rcpt.address.clone().into());
         m.insert("linked_by".into(), via.as_str().into());
     }
-    store::reports::set_outcome(tx, c.id, c.kind, &detail)?;
+    store::sqlite::reports::set_outcome(tx, c.id, c.kind, &detail)?;
     Ok(Some(outcome))
 }
 
@@ -404,8 +404,8 @@ pub fn apply_batch(
             Err(_) => "internal error: applying the report panicked".to_string(),
         };
         tx.execute_batch("ROLLBACK TO report; RELEASE report")?;
-        if store::reports::claim(tx, c.id, now)? {
-            store::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": error }))?;
+        if store::sqlite::reports::claim(tx, c.id, now)? {
+            store::sqlite::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": error }))?;
         }
         out.push((c.id, Err(error)));
     }
@@ -459,10 +459,10 @@ fn bounce(
     rules: &Rules,
 ) -> rusqlite::Result<Value> {
     let was = t.rcpt.status.clone();
-    store::feedback::set_bounced(tx, &t.email_id, t.idx, t.at, &b.message)?;
+    store::sqlite::feedback::set_bounced(tx, &t.email_id, t.idx, t.at, &b.message)?;
     let mut object = b.event_json(t.at, true);
     object["report_id"] = t.report_id.into();
-    let event_id = store::events::insert(
+    let event_id = store::sqlite::events::insert(
         tx,
         &t.event(
             EventType::Bounced,
@@ -492,7 +492,7 @@ fn delay(tx: &Tx<'_>, t: &Target, b: &feedback::bounce::Bounce) -> rusqlite::Res
         "async": true,
         "report_id": t.report_id,
     });
-    let event_id = store::events::insert(tx, &t.event(EventType::DeliveryDelayed, detail))?;
+    let event_id = store::sqlite::events::insert(tx, &t.event(EventType::DeliveryDelayed, detail))?;
     Ok(json!({ "changed": true, "event_id": event_id, "status": b.status }))
 }
 
@@ -508,7 +508,7 @@ fn complaint(
         "reporting_mta": c.reporting_mta,
         "report_id": t.report_id,
     });
-    let event_id = store::events::insert(tx, &t.event(EventType::Complained, detail))?;
+    let event_id = store::sqlite::events::insert(tx, &t.event(EventType::Complained, detail))?;
     let suppressed = rules.complaint.contains(&t.rcpt.domain)
         && t.suppress(tx, suppressions::Reason::Complaint, event_id)?;
     Ok(json!({
@@ -524,7 +524,7 @@ fn complaint(
 /// recipient, and a suppression where `suppress_on` has `unsubscribe`),
 /// never a bounce, whatever the mail looks like.
 fn unsubscribe_by_mail(tx: &Tx<'_>, t: &Target, rules: &Rules) -> rusqlite::Result<Value> {
-    use store::unsubscribe::{self as unsub, Outcome as U};
+    use store::sqlite::unsubscribe::{self as unsub, Outcome as U};
     let req = unsub::Request {
         email_id: t.email_id.clone(),
         rcpt_idx: t.idx,
@@ -624,7 +624,7 @@ impl Processor {
     async fn fetch(&self, after: i64) -> Option<Vec<Classified>> {
         let rows = match self
             .store
-            .read(move |c| store::reports::pending(c, after, BATCH))
+            .read(move |c| store::sqlite::reports::pending(c, after, BATCH))
             .await
         {
             Ok(rows) if rows.is_empty() => return None,

@@ -199,12 +199,12 @@ fn complaints_count_once_and_auto_replies_and_unknown_are_dropped() {
 /// A store with one email to `someone@example.net`, delivered.
 fn store_with_delivered() -> (rusqlite::Connection, Uuid) {
     let mut conn = rusqlite::Connection::open_in_memory().unwrap();
-    store::schema::migrate(&mut conn).unwrap();
+    store::sqlite::schema::migrate(&mut conn).unwrap();
     let email = Uuid::now_v7();
     let t = conn.transaction().unwrap();
-    store::emails::insert(
+    store::sqlite::emails::insert(
         &Tx::new(&t, &[]),
-        &store::emails::NewEmail {
+        &store::sqlite::emails::NewEmail {
             id: email.to_string(),
             created_at: 1,
             domain: "Example.com".into(),
@@ -232,10 +232,14 @@ fn store_with_delivered() -> (rusqlite::Connection, Uuid) {
     (conn, email)
 }
 
-fn stored(conn: &rusqlite::Connection, rcpt_to: &str, raw: &[u8]) -> store::reports::Pending {
-    let id = store::reports::insert(
+fn stored(
+    conn: &rusqlite::Connection,
+    rcpt_to: &str,
+    raw: &[u8],
+) -> store::sqlite::reports::Pending {
+    let id = store::sqlite::reports::insert(
         conn,
-        &store::reports::NewReport {
+        &store::sqlite::reports::NewReport {
             received_at: 100,
             peer_ip: "127.0.0.1".into(),
             helo: "mx".into(),
@@ -245,7 +249,9 @@ fn stored(conn: &rusqlite::Connection, rcpt_to: &str, raw: &[u8]) -> store::repo
         },
     )
     .unwrap();
-    store::reports::pending(conn, id - 1, 1).unwrap().remove(0)
+    store::sqlite::reports::pending(conn, id - 1, 1)
+        .unwrap()
+        .remove(0)
 }
 
 fn run(conn: &mut rusqlite::Connection, c: &Classified, rules: &Rules) -> Option<Outcome> {
@@ -377,7 +383,7 @@ fn the_processor_runs_at_start_and_when_woken() {
     let k = Arc::new(keys());
     let store = store::Store::open(&path, store::StoreOptions::default()).unwrap();
     let email = Uuid::now_v7();
-    let row = store::emails::NewEmail {
+    let row = store::sqlite::emails::NewEmail {
         id: email.to_string(),
         created_at: 1,
         domain: "example.com".into(),
@@ -396,7 +402,7 @@ fn the_processor_runs_at_start_and_when_woken() {
     };
     let to = return_path::address(&k, "bounces", "bounces.example.com", email, 0).unwrap();
     let report = |diag: &str| {
-        store::reports::NewReport {
+        store::sqlite::reports::NewReport {
         received_at: 100,
         peer_ip: "127.0.0.1".into(),
         helo: "mx".into(),
@@ -414,8 +420,8 @@ fn the_processor_runs_at_start_and_when_woken() {
     };
     let first = report("451 4.4.7 first");
     rt.block_on(store.write(Durability::Full, move |tx| {
-        store::emails::insert(tx, &row)?;
-        store::reports::insert(tx, &first)
+        store::sqlite::emails::insert(tx, &row)?;
+        store::sqlite::reports::insert(tx, &first)
     }))
     .unwrap();
     let wake = Arc::new(Notify::new());
@@ -448,7 +454,7 @@ fn the_processor_runs_at_start_and_when_woken() {
     wait(1);
     let second = report("451 4.4.7 second");
     rt.block_on(store.write(Durability::Full, move |tx| {
-        store::reports::insert(tx, &second)
+        store::sqlite::reports::insert(tx, &second)
     }))
     .unwrap();
     wake.notify_one();
@@ -528,7 +534,7 @@ fn one_pass_applies_every_batch_in_arrival_order() {
     )
     .unwrap();
     let email = Uuid::now_v7();
-    let row = store::emails::NewEmail {
+    let row = store::sqlite::emails::NewEmail {
         id: email.to_string(),
         created_at: 1,
         domain: "example.com".into(),
@@ -548,7 +554,7 @@ fn one_pass_applies_every_batch_in_arrival_order() {
     let to = return_path::address(&k, "bounces", "bounces.example.com", email, 0).unwrap();
     let n = 2 * BATCH + 5;
     let reports: Vec<_> = (0..n)
-        .map(|i| store::reports::NewReport {
+        .map(|i| store::sqlite::reports::NewReport {
             received_at: 100 + i as i64,
             peer_ip: "127.0.0.1".into(),
             helo: "mx".into(),
@@ -566,10 +572,10 @@ fn one_pass_applies_every_batch_in_arrival_order() {
         .collect();
     let ids: Vec<i64> = rt
         .block_on(store.write(Durability::Full, move |tx| {
-            store::emails::insert(tx, &row)?;
+            store::sqlite::emails::insert(tx, &row)?;
             reports
                 .iter()
-                .map(|r| store::reports::insert(tx, r))
+                .map(|r| store::sqlite::reports::insert(tx, r))
                 .collect::<rusqlite::Result<Vec<i64>>>()
         }))
         .unwrap();

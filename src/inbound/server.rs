@@ -193,7 +193,7 @@ impl Inbound {
         let size = env.data.len();
         let rcpt_count = env.recipients.len();
         let from = format!("<{}>", printable(&env.mail_from));
-        let report = store::reports::NewReport {
+        let report = store::sqlite::reports::NewReport {
             received_at: store::now_ms(),
             peer_ip: peer.ip().to_canonical().to_string(),
             helo: env.helo,
@@ -204,7 +204,7 @@ impl Inbound {
         match self
             .store
             .write(Durability::Full, move |tx| {
-                store::reports::insert(tx, &report)
+                store::sqlite::reports::insert(tx, &report)
             })
             .await
         {

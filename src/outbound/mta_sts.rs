@@ -37,7 +37,7 @@ use super::route::NullCache;
 use super::tls_policy::{ResultType, StsMode, StsState, StsView};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::mta_sts::{self as cache, CachedPolicy};
+use crate::store::sqlite::mta_sts::{self as cache, CachedPolicy};
 use crate::store::{self, Durability, Store};
 
 /// The HTTPS port of policy fetches, for tests only (443 otherwise).

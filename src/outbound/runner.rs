@@ -28,7 +28,7 @@ use super::tls_policy::{
 use crate::config::{Config, TlsPolicy};
 use crate::metrics::Metrics;
 use crate::prepare::{self, TokenKeys, TrackingOptions};
-use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome, TlsPolicyNote};
+use crate::store::sqlite::queue::{Attempt, Claimed, Outcome as QueueOutcome, TlsPolicyNote};
 use crate::store::{self, Durability, Store};
 use rustls::client::danger::ServerCertVerifier;
 use std::collections::{HashMap, HashSet};
@@ -262,7 +262,12 @@ impl Runner {
     }
 
     async fn idle_wait(&self) -> Duration {
-        let next = self.store.read(store::queue::next_due).await.ok().flatten();
+        let next = self
+            .store
+            .read(store::sqlite::queue::next_due)
+            .await
+            .ok()
+            .flatten();
         let now = store::now_ms();
         match next {
             Some(t) if t <= now => Duration::from_millis(50),
@@ -723,9 +728,9 @@ impl Runner {
             .store
             .write(Durability::Normal, move |tx| {
                 for a in &attempts {
-                    let event_id = store::queue::record(tx, a)?;
+                    let event_id = store::sqlite::queue::record(tx, a)?;
                     if matches!(a.outcome, QueueOutcome::Bounced)
-                        && store::suppressions::is_bad_address(&a.response)
+                        && store::sqlite::suppressions::is_bad_address(&a.response)
                     {
                         suppress_bounced(tx, a, event_id, &hard_bounce)?;
                     }
@@ -748,19 +753,22 @@ fn suppress_bounced(
     event_id: Option<i64>,
     domains: &HashSet<String>,
 ) -> rusqlite::Result<()> {
-    let Some((address, domain)) = store::suppressions::recipient_scope(tx, &a.email_id, a.idx)?
+    let Some((address, domain)) =
+        store::sqlite::suppressions::recipient_scope(tx, &a.email_id, a.idx)?
     else {
         return Ok(());
     };
     if !domains.contains(&domain) {
         return Ok(());
     }
-    let added = store::suppressions::add(
+    let added = store::sqlite::suppressions::add(
         tx,
-        &store::suppressions::Suppression {
+        &store::sqlite::suppressions::Suppression {
             address,
             domain: Some(domain),
-            reason: store::suppressions::Reason::HardBounce.as_str().into(),
+            reason: store::sqlite::suppressions::Reason::HardBounce
+                .as_str()
+                .into(),
             event_id,
             created_at: a.at,
             expires_at: None,

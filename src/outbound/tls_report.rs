@@ -22,7 +22,7 @@ pub use send::{report_for_show, Reporter, Sender};
 
 use super::tls_policy::{SessionResult, TlsOutcome, TlsOutcomeSink};
 
-use crate::store::tls_reports::CountKey;
+use crate::store::sqlite::tls_reports::CountKey;
 use crate::store::{Durability, Store};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -84,7 +84,7 @@ impl Counter {
         let kept = batch.clone();
         let written = store
             .write(Durability::Normal, move |tx| {
-                crate::store::tls_reports::add_counts(tx, &batch)
+                crate::store::sqlite::tls_reports::add_counts(tx, &batch)
             })
             .await;
         if let Err(e) = written {

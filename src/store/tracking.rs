@@ -1,62 +1,26 @@
-//! What the tracking recorder reads while it writes opens and clicks: a
-//! recipient's address and delivery times. The rule that judges a click by
-//! those times lives in `crate::tracking`; the store only hands over facts.
+//! What the store does for tracking and its consequences: tracking events
+//! (opens, clicks, unsubscribes) and the webhook outbox they fill.
 
-use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
+use async_trait::async_trait;
 
-/// A recipient's row, as far as tracking needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecipientDelivery {
-    pub address: String,
-    pub delivered_at: Option<i64>,
-    /// Start of the latest delivery attempt (migration 2).
-    pub attempt_started_at: Option<i64>,
-    /// An attempt is under way: the recipient is leased for sending.
-    pub sending: bool,
+/// An endpoint's interest, as configured in `[[webhooks]]`.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub url: String,
+    /// Event type names; `*` for all.
+    pub events: Vec<String>,
+    /// Sending domains; all when empty.
+    pub domains: Vec<String>,
 }
 
-pub fn recipient_delivery(
-    conn: &Connection,
-    email_id: &str,
-    idx: u32,
-) -> rusqlite::Result<Option<RecipientDelivery>> {
-    conn.prepare_cached(
-        "SELECT address, delivered_at, attempt_started_at, status = 'sending'
-         FROM recipients WHERE email_id = ?1 AND idx = ?2",
-    )?
-    .query_row(params![email_id, idx], |r| {
-        Ok(RecipientDelivery {
-            address: r.get(0)?,
-            delivered_at: r.get(1)?,
-            attempt_started_at: r.get(2)?,
-            sending: r.get(3)?,
-        })
-    })
-    .optional()
-}
-
-/// Lookups made within one write job, so a batch of hits on one message
-/// reads each recipient once. Valid only inside the transaction it was
-/// filled in (the rows may change after it commits); the recorder makes a
-/// new one per batch, which also bounds it by the batch size.
-#[derive(Default)]
-pub struct RecipientCache {
-    rows: HashMap<(String, u32), Option<RecipientDelivery>>,
-}
-
-impl RecipientCache {
-    pub fn get(
-        &mut self,
-        conn: &Connection,
-        email_id: &str,
-        idx: u32,
-    ) -> rusqlite::Result<Option<&RecipientDelivery>> {
-        use std::collections::hash_map::Entry;
-        let row = match self.rows.entry((email_id.to_string(), idx)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(recipient_delivery(conn, email_id, idx)?),
-        };
-        Ok(row.as_ref())
+impl Subscription {
+    pub fn wants(&self, event_type: &str, domain: Option<&str>) -> bool {
+        let type_ok = self.events.iter().any(|e| e == "*" || e == event_type);
+        let domain_ok = self.domains.is_empty()
+            || domain.is_some_and(|d| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)));
+        type_ok && domain_ok
     }
 }
+
+#[async_trait]
+pub trait TrackingStore: Send + Sync {}

@@ -267,7 +267,7 @@ impl Submission {
             crate::time::rfc5322(now),
         );
         let recipients = env.recipients.len();
-        let email = store::emails::NewEmail {
+        let email = store::sqlite::emails::NewEmail {
             id: id.clone(),
             created_at: now,
             domain: env.header.domain,
@@ -287,7 +287,7 @@ impl Submission {
         match self
             .store
             .write(Durability::Full, move |tx| {
-                store::emails::insert(tx, &email)
+                store::sqlite::emails::insert(tx, &email)
             })
             .await
         {
@@ -333,7 +333,7 @@ impl Actions for Submission {
         let now = store::now_ms();
         let found = self
             .store
-            .read(move |c| store::suppressions::lookup(c, &address, &sending_domain, now))
+            .read(move |c| store::sqlite::suppressions::lookup(c, &address, &sending_domain, now))
             .await;
         session.recipient_checked(match found {
             Ok(None) => RcptCheck::Clear,

@@ -10,7 +10,7 @@
 use super::classify::{self, Delivery};
 use crate::events::{EventType, NewEvent};
 use crate::metrics::Metrics;
-use crate::store::tracking::{RecipientCache, RecipientDelivery};
+use crate::store::sqlite::tracking::{RecipientCache, RecipientDelivery};
 use crate::store::{self, Durability, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,7 +129,7 @@ async fn flush(store: &Store, batch: &mut Vec<NewEvent>, metrics: &Metrics, rule
                 let judge = |ev: &NewEvent, r: &RecipientDelivery| judge(ev, r, window_ms);
                 let mut recipients = RecipientCache::default();
                 for ev in evs.iter() {
-                    store::events::insert_tracking(tx, ev, &mut recipients, &judge)?;
+                    store::sqlite::events::insert_tracking(tx, ev, &mut recipients, &judge)?;
                 }
                 Ok(())
             })

@@ -13,7 +13,7 @@
 
 use crate::feedback::return_path;
 use crate::prepare::TokenKeys;
-use crate::store::unsubscribe::{self as store_unsubscribe, Outcome, Via};
+use crate::store::sqlite::unsubscribe::{self as store_unsubscribe, Outcome, Via};
 use crate::store::{Durability, Store};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

@@ -46,7 +46,9 @@ fn text(v: &Value) -> &str {
 }
 
 pub async fn list(p: &Page<'_>, _req: &Req<'_>) -> Result<Reply, PageError> {
-    let rows = p.read("the domain statuses", store::domains::list).await?;
+    let rows = p
+        .read("the domain statuses", store::sqlite::domains::list)
+        .await?;
     let mut b = String::new();
     if p.ui.domain_configs.is_empty() {
         b.push_str("<p class=\"empty\">No <code>[[domains]]</code> are configured.</p>");
@@ -92,8 +94,8 @@ pub async fn show(p: &Page<'_>, _req: &Req<'_>, name: &str) -> Result<Reply, Pag
     let (row, history) = p
         .read("the domain's status", move |c| {
             Ok((
-                store::domains::get(c, &key)?,
-                store::domains::history(c, &key, HISTORY)?,
+                store::sqlite::domains::get(c, &key)?,
+                store::sqlite::domains::history(c, &key, HISTORY)?,
             ))
         })
         .await?;

@@ -6,7 +6,7 @@ use super::html::{esc, esc_opt, q, time};
 use super::{Page, PageError, Req};
 use crate::api::reply::Reply;
 use crate::events::StoredEvent;
-use crate::store::{self, dashboard::EmailSearch, events::EventFilter};
+use crate::store::{self, sqlite::dashboard::EmailSearch, sqlite::events::EventFilter};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -52,7 +52,7 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         limit: PAGE_SIZE,
     };
     let found = p
-        .read("emails", move |c| store::dashboard::search(c, &s))
+        .read("emails", move |c| store::sqlite::dashboard::search(c, &s))
         .await?;
     let rows = found.rows;
     let mut b = String::new();
@@ -95,7 +95,7 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             "<p class=\"note\" role=\"status\">Subject, tag and status are searched in the newest {} emails \
              of the window at a time; this search reached back to {} UTC. \
              <a href=\"/emails?{}\">Search older emails</a></p>",
-            store::dashboard::SCAN_BUDGET,
+            store::sqlite::dashboard::SCAN_BUDGET,
             time(t),
             esc(&query)
         );
@@ -165,9 +165,9 @@ pub async fn show(p: &Page<'_>, _req: &Req<'_>, raw_id: &str) -> Result<Reply, P
                 ..Default::default()
             };
             Ok((
-                store::emails::get(c, &lookup)?,
-                store::events::list(c, &filter)?,
-                store::dashboard::webhooks_for_email(c, &lookup)?,
+                store::sqlite::emails::get(c, &lookup)?,
+                store::sqlite::events::list(c, &filter)?,
+                store::sqlite::dashboard::webhooks_for_email(c, &lookup)?,
             ))
         })
         .await?;

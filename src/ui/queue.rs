@@ -15,8 +15,8 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let (groups, rows) = p
         .read("the queue", |c| {
             Ok((
-                store::dashboard::queue_groups(c, GROUPS)?,
-                store::queue::list(c, false, ROWS)?,
+                store::sqlite::dashboard::queue_groups(c, GROUPS)?,
+                store::sqlite::queue::list(c, false, ROWS)?,
             ))
         })
         .await?;
@@ -135,7 +135,7 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             let n = p
                 .store()
                 .write(Durability::Normal, move |tx| {
-                    store::queue::retry(tx, &id, now)
+                    store::sqlite::queue::retry(tx, &id, now)
                 })
                 .await
                 .map_err(write_err)?;
@@ -154,7 +154,7 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             let n = p
                 .store()
                 .write(Durability::Normal, move |tx| {
-                    store::dashboard::retry_group(tx, &dest, reason.as_deref(), now)
+                    store::sqlite::dashboard::retry_group(tx, &dest, reason.as_deref(), now)
                 })
                 .await
                 .map_err(write_err)?;
@@ -165,7 +165,7 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             let n = p
                 .store()
                 .write(Durability::Full, move |tx| {
-                    store::queue::delete(tx, &id, now)
+                    store::sqlite::queue::delete(tx, &id, now)
                 })
                 .await
                 .map_err(write_err)?;

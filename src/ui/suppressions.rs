@@ -4,7 +4,7 @@
 use super::html::{csrf_field, esc, time};
 use super::{redirect, Page, PageError, Req};
 use crate::api::reply::Reply;
-use crate::store::suppressions::{self as sup, check_address, check_domain};
+use crate::store::sqlite::suppressions::{self as sup, check_address, check_domain};
 use crate::store::{self, Durability};
 use std::fmt::Write;
 
@@ -19,7 +19,7 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let lookup = prefix.clone();
     let rows = p
         .read("the suppression list", move |c| {
-            store::dashboard::suppressions(c, &lookup, ROWS)
+            store::sqlite::dashboard::suppressions(c, &lookup, ROWS)
         })
         .await?;
     let csrf = csrf_field(p.csrf());

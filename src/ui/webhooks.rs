@@ -15,8 +15,8 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let (rows, (pending, delivered, failed)) = p
         .read("the webhook outbox", move |c| {
             Ok((
-                store::webhooks::list(c, failed_only, ROWS)?,
-                store::webhooks::counts(c)?,
+                store::sqlite::webhooks::list(c, failed_only, ROWS)?,
+                store::sqlite::webhooks::counts(c)?,
             ))
         })
         .await?;
@@ -103,7 +103,7 @@ pub async fn replay(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let n = p
         .store()
         .write(Durability::Normal, move |tx| {
-            store::webhooks::replay_one(tx, &id, store::now_ms())
+            store::sqlite::webhooks::replay_one(tx, &id, store::now_ms())
         })
         .await
         .map_err(|e| PageError::Internal(format!("The store refused the replay: {e}")))?;

@@ -4,7 +4,7 @@ use super::{attempt, LastFailure, Runner, Stored};
 use crate::outbound::client::{MessageSource, Outcome, OutgoingMessage};
 use crate::outbound::tls_policy::SessionResult;
 use crate::store;
-use crate::store::queue::{Claimed, Outcome as QueueOutcome, TlsPolicyNote};
+use crate::store::sqlite::queue::{Claimed, Outcome as QueueOutcome, TlsPolicyNote};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ impl Batch {
         let stored = self
             .runner
             .store
-            .read(move |c| store::emails::body(c, &id))
+            .read(move |c| store::sqlite::emails::body(c, &id))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(email_id, "reading the message: {e}");

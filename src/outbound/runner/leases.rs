@@ -4,7 +4,7 @@
 
 use super::{rcpt_domain, Runner};
 use crate::config::TlsPolicy;
-use crate::store::queue::Claimed;
+use crate::store::sqlite::queue::Claimed;
 use crate::store::{self, Durability};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
@@ -41,7 +41,7 @@ impl Runner {
             .write(Durability::Normal, move |tx| {
                 let mut n = 0;
                 for (lease_id, keys) in &active {
-                    n += store::queue::release(tx, lease_id, keys, now)?;
+                    n += store::sqlite::queue::release(tx, lease_id, keys, now)?;
                 }
                 Ok(n)
             })
@@ -56,7 +56,7 @@ impl Runner {
         let recovered = self
             .store
             .write(Durability::Normal, |tx| {
-                store::queue::recover_leases(tx, store::now_ms())
+                store::sqlite::queue::recover_leases(tx, store::now_ms())
             })
             .await;
         match recovered {
@@ -77,7 +77,7 @@ impl Runner {
             let skipped = skip.clone();
             let due = match self
                 .store
-                .read(move |c| store::queue::due(c, now, CANDIDATES, &skipped))
+                .read(move |c| store::sqlite::queue::due(c, now, CANDIDATES, &skipped))
                 .await
             {
                 Ok(d) => d,
@@ -109,7 +109,7 @@ impl Runner {
                 let claimed = self
                     .store
                     .write(Durability::Normal, move |tx| {
-                        store::queue::claim(tx, group, &lease_id, now, lease_ms)
+                        store::sqlite::queue::claim(tx, group, &lease_id, now, lease_ms)
                     })
                     .await;
                 match claimed {
@@ -167,7 +167,7 @@ impl Runner {
             if let Err(e) = self
                 .store
                 .write(Durability::Normal, move |tx| {
-                    store::queue::renew(tx, &id, &keys, until)
+                    store::sqlite::queue::renew(tx, &id, &keys, until)
                 })
                 .await
             {

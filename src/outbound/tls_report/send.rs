@@ -3,7 +3,7 @@
 
 use super::{build_report, check_day, day_of, gzip, now_ms, report_id, Counter, ReportMeta, Rua};
 use crate::config::Config;
-use crate::store::tls_reports::{self, ReportRow};
+use crate::store::sqlite::tls_reports::{self, ReportRow};
 use crate::store::{self, Durability, Store};
 use base64::Engine;
 use bytes::Bytes;
@@ -364,7 +364,7 @@ impl Reporter {
             sender.hostname,
             crate::time::rfc5322(now)
         );
-        let email = store::emails::NewEmail {
+        let email = store::sqlite::emails::NewEmail {
             id: id.clone(),
             created_at: now,
             domain: sender.domain.clone(),
@@ -383,7 +383,7 @@ impl Reporter {
         };
         self.store
             .write(Durability::Full, move |tx| {
-                store::emails::insert(tx, &email)
+                store::sqlite::emails::insert(tx, &email)
             })
             .await
             .map_err(|e| format!("queueing the report: {e}"))?;

@@ -5,24 +5,7 @@ use super::Tx;
 use crate::events::{EmailSummary, NewEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// An endpoint's interest, as configured in `[[webhooks]]`.
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    pub url: String,
-    /// Event type names; `*` for all.
-    pub events: Vec<String>,
-    /// Sending domains; all when empty.
-    pub domains: Vec<String>,
-}
-
-impl Subscription {
-    pub fn wants(&self, event_type: &str, domain: Option<&str>) -> bool {
-        let type_ok = self.events.iter().any(|e| e == "*" || e == event_type);
-        let domain_ok = self.domains.is_empty()
-            || domain.is_some_and(|d| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)));
-        type_ok && domain_ok
-    }
-}
+pub use crate::store::tracking::Subscription;
 
 /// Adds the outbox rows for a just-stored event.
 pub(super) fn enqueue(

@@ -138,7 +138,7 @@ mod tests {
 
     fn db() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::store::schema::migrate(&mut conn).unwrap();
+        crate::store::sqlite::schema::migrate(&mut conn).unwrap();
         conn
     }
 

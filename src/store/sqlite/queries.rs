@@ -1,0 +1,4 @@
+//! The SQLite side of `QueryStore`.
+
+#[async_trait::async_trait]
+impl crate::store::queries::QueryStore for super::Sqlite {}
