@@ -44,7 +44,7 @@ fn sqlite_source(arg: &str) -> Result<PathBuf, String> {
     let path = arg.strip_prefix("sqlite:").unwrap_or(arg);
     if path.is_empty() || path.starts_with("postgres") {
         return Err(format!(
-            "--from: {arg:?} is not a SQLite store (sqlite:PATH); only SQLite -> PostgreSQL copies are supported"
+            "--from: {arg:?} is neither sqlite:PATH nor a postgres:// URL"
         ));
     }
     Ok(PathBuf::from(path))
@@ -80,7 +80,33 @@ fn postgres_target(
     }
 }
 
+fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://") || s.starts_with("postgres:")
+}
+
 pub fn copy(from: &str, to: Option<&str>, config: Option<&Config>) -> CliResult {
+    if is_postgres_url(from) {
+        // Back to one node: PostgreSQL -> a new SQLite file.
+        let target = to.ok_or("--to: required (sqlite:PATH) when copying from PostgreSQL")?;
+        let path = target
+            .strip_prefix("sqlite:")
+            .filter(|p| !p.is_empty())
+            .ok_or("--to: must be sqlite:PATH when copying from PostgreSQL")?;
+        let url = from
+            .strip_prefix("postgres:")
+            .filter(|u| u.starts_with("//"))
+            .map(|u| format!("postgres:{u}"))
+            .unwrap_or_else(|| from.to_string());
+        let ca = config.and_then(|c| c.store.ca_file.clone());
+        let copied =
+            store::copy::postgres_to_sqlite(&url, ca.as_deref(), Path::new(path), |t, n| {
+                println!("{t}: {n} row(s)");
+            })
+            .map_err(|e| format!("store copy: {e}"))?;
+        let total: u64 = copied.iter().map(|(_, n)| n).sum();
+        println!("copied {total} row(s) to {path}");
+        return Ok(());
+    }
     let source = sqlite_source(from)?;
     if !Path::new(&source).exists() {
         return Err(format!("--from: no SQLite store at {}", source.display()));
