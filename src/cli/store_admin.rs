@@ -2,33 +2,15 @@
 
 use super::CliResult;
 use crate::config::{Config, StoreBackend};
-use crate::store::{self, postgres, sqlite};
+use crate::store;
 use std::path::{Path, PathBuf};
 
 /// Applies the migrations the configured store lacks and says where it is.
 pub fn migrate(config: &Config) -> CliResult {
-    match config.store.backend {
-        StoreBackend::Sqlite => {
-            let path = config.database_path();
-            sqlite::open_writer(&path).map_err(|e| e.to_string())?;
-            println!(
-                "{}: schema version {}",
-                path.display(),
-                sqlite::schema::version()
-            );
-        }
-        StoreBackend::Postgres => {
-            let options = store::open::postgres_options(config).map_err(|e| e.to_string())?;
-            let rt = runtime()?;
-            rt.block_on(async {
-                let db = postgres::Postgres::connect(options).await?;
-                store::Backend::close(&db);
-                Ok::<_, store::StoreError>(())
-            })
-            .map_err(|e| e.to_string())?;
-            println!("postgres: schema version {}", postgres::schema::version());
-        }
-    }
+    let (what, version) = runtime()?
+        .block_on(store::open::migrate(config))
+        .map_err(|e| e.to_string())?;
+    println!("{what}: schema version {version}");
     Ok(())
 }
 
