@@ -10,20 +10,16 @@ use std::io::Write;
 /// however long the queue is.
 const PAGE: usize = 500;
 
-/// The store and a runtime to call it from these synchronous commands.
+/// The configured store (which must exist) and a runtime to call it from
+/// these synchronous commands.
 fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let path = config.database_path();
-    // Like the other read commands: a mistyped path is an error, not a new
-    // empty store.
-    if !path.exists() {
-        return Err(format!("{}: no such store", path.display()));
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store =
-        Store::open(&path, crate::serve::store_options(config)).map_err(|e| e.to_string())?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| e.to_string())?;
     Ok((rt, store))
 }
 

@@ -7,6 +7,7 @@
 //! attempt), or done: `delivered`, `bounced`, `failed`, `suppressed`.
 
 use super::Result;
+use crate::events::{EventType, NewEvent};
 use async_trait::async_trait;
 use serde_json::json;
 use std::collections::HashSet;
@@ -204,4 +205,109 @@ pub trait QueueStore: Send + Sync {
     /// `queue delete ID`: the email's waiting and in-flight recipients leave
     /// the queue as `failed`, each with an `email.failed` event.
     async fn delete(&self, email_id: &str, now: i64) -> Result<usize>;
+}
+
+/// `last_response` and `detail.response` of a recipient the operator
+/// deleted from the queue.
+pub(crate) const DELETED: &str = "deleted from the queue by the operator";
+
+/// The row's new status, next attempt and the event an outcome records.
+pub(crate) fn outcome_columns(o: &Outcome) -> (&'static str, Option<i64>, EventType) {
+    match *o {
+        Outcome::Delivered => ("delivered", None, EventType::Delivered),
+        Outcome::Deferred { next_attempt_at } => (
+            "deferred",
+            Some(next_attempt_at),
+            EventType::DeliveryDelayed,
+        ),
+        Outcome::Bounced => ("bounced", None, EventType::Bounced),
+        Outcome::Failed => ("failed", None, EventType::Failed),
+    }
+}
+
+/// The event of a recorded attempt, from the attempt and what its row
+/// said: the attempt number, when it was claimed and the address.
+pub(crate) fn attempt_event(
+    a: &Attempt,
+    attempts: i64,
+    started: Option<i64>,
+    address: String,
+) -> NewEvent {
+    let (_, next, kind) = outcome_columns(&a.outcome);
+    let mut ev = NewEvent::new(a.email_id.clone(), kind, a.at);
+    ev.rcpt_idx = Some(a.idx);
+    ev.recipient = Some(address);
+    let mut detail = json!({
+        "response": a.response,
+        "tls": a.tls,
+        "mx": a.mx,
+        "attempt": attempts,
+    });
+    if let Some(p) = &a.tls_policy {
+        detail["tls_policy"] = json!(p.applied);
+        if let Some((result_type, why)) = &p.failure {
+            detail["tls_policy_failure"] = json!({ "result_type": result_type, "detail": why });
+        }
+    }
+    if let Some(ms) = duration_ms(started, a.at) {
+        detail["duration_ms"] = json!(ms);
+    }
+    if let Some(next) = next {
+        detail["next_attempt_at"] = json!(super::rfc3339(next));
+    }
+    if kind == EventType::Bounced {
+        // The same `bounce` object as a bounce report's (src/inbound/process.rs).
+        let b = crate::feedback::bounce::classify(None, &a.response, a.mx.as_deref(), true);
+        detail["bounce"] = b.event_json(a.at, false);
+    }
+    ev.detail = Some(detail);
+    ev
+}
+
+/// From the claim that started the attempt to its outcome: connecting,
+/// the transaction and any queueing behind earlier recipients of the same
+/// batch. None without a recorded start (rows claimed before the column
+/// existed); a wall clock stepped back gives 0, not a negative time.
+fn duration_ms(started: Option<i64>, at: i64) -> Option<i64> {
+    started.map(|s| (at - s).max(0))
+}
+
+/// A claimed recipient found on the suppression list: its `last_response`
+/// and its `email.suppressed` event.
+pub(crate) fn suppressed_event(
+    c: &Claimed,
+    reason: &str,
+    since: i64,
+    now: i64,
+) -> (String, NewEvent) {
+    let response = format!("not sent: the address is suppressed ({reason})");
+    let mut ev = NewEvent::new(c.email_id.clone(), EventType::Suppressed, now);
+    ev.rcpt_idx = Some(c.idx);
+    ev.recipient = Some(c.address.clone());
+    ev.detail = Some(json!({
+        "reason": reason,
+        "suppressed_since": super::rfc3339(since),
+        "response": response,
+    }));
+    (response, ev)
+}
+
+/// The `email.failed` event of a recipient deleted by the operator.
+pub(crate) fn deleted_event(email_id: &str, idx: u32, now: i64) -> NewEvent {
+    let mut ev = NewEvent::new(email_id.to_string(), EventType::Failed, now);
+    ev.rcpt_idx = Some(idx);
+    ev.detail = Some(json!({ "response": DELETED }));
+    ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_ms;
+
+    #[test]
+    fn a_clock_stepped_back_gives_no_negative_duration() {
+        assert_eq!(duration_ms(Some(5_000), 4_000), Some(0));
+        assert_eq!(duration_ms(Some(1_000), 4_000), Some(3_000));
+        assert_eq!(duration_ms(None, 4_000), None);
+    }
 }

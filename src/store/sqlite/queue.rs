@@ -6,11 +6,12 @@
 //! list when claimed: never attempted).
 
 use super::Tx;
-use crate::events::{EventType, NewEvent};
-use crate::store::queue::{LeaseKeys, NewEmail, QueueStore, StoredBody};
+use crate::store::queue::{
+    attempt_event, deleted_event, outcome_columns, suppressed_event, LeaseKeys, NewEmail,
+    QueueStore, StoredBody, DELETED,
+};
 use crate::store::{Backend, Durability, Result};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 use std::collections::HashSet;
 
 pub use crate::store::queue::{Attempt, Claimed, Outcome, QueueEntry, TlsPolicyNote};
@@ -168,21 +169,13 @@ fn settle_suppressed(
     since: i64,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let response = format!("not sent: the address is suppressed ({reason})");
+    let (response, ev) = suppressed_event(c, reason, since, now);
     tx.prepare_cached(
         "UPDATE recipients SET status = 'suppressed', lease_until = NULL, lease_id = NULL, lease_node = NULL,
                 next_attempt_at = NULL, last_response = ?3
          WHERE email_id = ?1 AND idx = ?2",
     )?
     .execute(params![c.email_id, c.idx, response])?;
-    let mut ev = NewEvent::new(c.email_id.clone(), EventType::Suppressed, now);
-    ev.rcpt_idx = Some(c.idx);
-    ev.recipient = Some(c.address.clone());
-    ev.detail = Some(json!({
-        "reason": reason,
-        "suppressed_since": super::rfc3339(since),
-        "response": response,
-    }));
     super::events::insert(tx, &ev)?;
     Ok(())
 }
@@ -274,16 +267,7 @@ pub fn recover_leases(conn: &Connection, now: i64) -> rusqlite::Result<usize> {
 /// attempt's lease still owns the row; otherwise changes nothing. Returns
 /// the event's id when it recorded one.
 pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
-    let (status, next, kind) = match a.outcome {
-        Outcome::Delivered => ("delivered", None, EventType::Delivered),
-        Outcome::Deferred { next_attempt_at } => (
-            "deferred",
-            Some(next_attempt_at),
-            EventType::DeliveryDelayed,
-        ),
-        Outcome::Bounced => ("bounced", None, EventType::Bounced),
-        Outcome::Failed => ("failed", None, EventType::Failed),
-    };
+    let (status, next, _) = outcome_columns(&a.outcome);
     // One statement for the update and what the event needs (the attempt
     // number, when it started, the address): the outcome of every copy
     // passes here, and each separate point query cost a statement step.
@@ -319,42 +303,7 @@ pub fn record(tx: &Tx<'_>, a: &Attempt) -> rusqlite::Result<Option<i64>> {
         // row went to another attempt: it is no longer ours to change.
         return Ok(None);
     };
-    let mut ev = NewEvent::new(a.email_id.clone(), kind, a.at);
-    ev.rcpt_idx = Some(a.idx);
-    ev.recipient = Some(address);
-    let mut detail = json!({
-        "response": a.response,
-        "tls": a.tls,
-        "mx": a.mx,
-        "attempt": attempts,
-    });
-    if let Some(p) = &a.tls_policy {
-        detail["tls_policy"] = json!(p.applied);
-        if let Some((result_type, why)) = &p.failure {
-            detail["tls_policy_failure"] = json!({ "result_type": result_type, "detail": why });
-        }
-    }
-    if let Some(ms) = duration_ms(started, a.at) {
-        detail["duration_ms"] = json!(ms);
-    }
-    if let Some(next) = next {
-        detail["next_attempt_at"] = json!(super::rfc3339(next));
-    }
-    if kind == EventType::Bounced {
-        // The same `bounce` object as a bounce report's (src/inbound/process.rs).
-        let b = crate::feedback::bounce::classify(None, &a.response, a.mx.as_deref(), true);
-        detail["bounce"] = b.event_json(a.at, false);
-    }
-    ev.detail = Some(detail);
-    super::events::insert(tx, &ev).map(Some)
-}
-
-/// From the claim that started the attempt to its outcome: connecting,
-/// the transaction and any queueing behind earlier recipients of the same
-/// batch. None without a recorded start (rows claimed before the column
-/// existed); a wall clock stepped back gives 0, not a negative time.
-fn duration_ms(started: Option<i64>, at: i64) -> Option<i64> {
-    started.map(|s| (at - s).max(0))
+    super::events::insert(tx, &attempt_event(a, attempts, started, address)).map(Some)
 }
 
 /// `queue retry ID`: the email's waiting recipients (by email id, or one
@@ -376,14 +325,11 @@ pub fn delete(tx: &Tx<'_>, email_id: &str, now: i64) -> rusqlite::Result<usize> 
     for idx in &idxs {
         tx.execute(
             "UPDATE recipients SET status = 'failed', next_attempt_at = NULL, lease_until = NULL, lease_id = NULL, lease_node = NULL,
-                    last_response = 'deleted from the queue by the operator'
+                    last_response = ?3
              WHERE email_id = ?1 AND idx = ?2",
-            params![email_id, idx],
+            params![email_id, idx, DELETED],
         )?;
-        let mut ev = NewEvent::new(email_id.to_string(), EventType::Failed, now);
-        ev.rcpt_idx = Some(*idx as u32);
-        ev.detail = Some(json!({ "response": "deleted from the queue by the operator" }));
-        super::events::insert(tx, &ev)?;
+        super::events::insert(tx, &deleted_event(email_id, *idx as u32, now))?;
     }
     Ok(idxs.len())
 }
@@ -581,13 +527,6 @@ mod tests {
         assert_eq!(d["duration_ms"], 2500);
         assert_eq!(d["response"], "421 try later");
         assert!(d["next_attempt_at"].is_string());
-    }
-
-    #[test]
-    fn a_clock_stepped_back_gives_no_negative_duration() {
-        assert_eq!(duration_ms(Some(5_000), 4_000), Some(0));
-        assert_eq!(duration_ms(Some(1_000), 4_000), Some(3_000));
-        assert_eq!(duration_ms(None, 4_000), None);
     }
 
     #[test]
