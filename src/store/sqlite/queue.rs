@@ -334,6 +334,154 @@ pub fn delete(tx: &Tx<'_>, email_id: &str, now: i64) -> rusqlite::Result<usize> 
     Ok(idxs.len())
 }
 
+/// A permanent 5.1.x refusal puts the address on the sending domain's
+/// suppression list, linked to its bounce event, where the domain's
+/// `suppress_on` has `hard_bounce`. True when it added an entry.
+fn suppress_bounced(
+    tx: &Tx<'_>,
+    a: &Attempt,
+    event_id: Option<i64>,
+    domains: &HashSet<String>,
+) -> rusqlite::Result<bool> {
+    use super::suppressions::{self, Reason, Suppression};
+    if !matches!(a.outcome, Outcome::Bounced) || !suppressions::is_bad_address(&a.response) {
+        return Ok(false);
+    }
+    let Some((address, domain)) = suppressions::recipient_scope(tx, &a.email_id, a.idx)? else {
+        return Ok(false);
+    };
+    if !domains.contains(&domain) {
+        return Ok(false);
+    }
+    suppressions::add(
+        tx,
+        &Suppression {
+            address,
+            domain: Some(domain),
+            reason: Reason::HardBounce.as_str().into(),
+            event_id,
+            created_at: a.at,
+            expires_at: None,
+        },
+    )
+}
+
+#[async_trait::async_trait]
+impl QueueStore for super::Sqlite {
+    async fn accept(&self, email: NewEmail) -> Result<()> {
+        self.write(Durability::Full, move |tx| {
+            super::emails::insert(tx, &email)
+        })
+        .await
+    }
+
+    async fn body(&self, email_id: &str) -> Result<Option<StoredBody>> {
+        let id = email_id.to_string();
+        let found = self.read(move |c| super::emails::body(c, &id)).await?;
+        Ok(found.map(|(received, body)| StoredBody { received, body }))
+    }
+
+    async fn due(&self, now: i64, limit: usize, skip_domains: &[String]) -> Result<Vec<Claimed>> {
+        let skip = skip_domains.to_vec();
+        self.read(move |c| due(c, now, limit, &skip)).await
+    }
+
+    async fn claim(&self, wanted: Vec<Claimed>, now: i64, lease_ms: i64) -> Result<Vec<Claimed>> {
+        let lease_id = uuid::Uuid::now_v7().to_string();
+        let node = Backend::node_id(self).to_string();
+        self.write(Durability::Normal, move |tx| {
+            claim(tx, wanted, &lease_id, &node, now, lease_ms)
+        })
+        .await
+    }
+
+    async fn claim_due(&self, now: i64, lease_ms: i64, limit: usize) -> Result<Vec<Claimed>> {
+        let node = Backend::node_id(self).to_string();
+        self.write(Durability::Normal, move |tx| {
+            claim_due(tx, &node, now, lease_ms, limit)
+        })
+        .await
+    }
+
+    async fn renew(&self, lease_id: &str, keys: &[(String, u32)], until: i64) -> Result<usize> {
+        let id = lease_id.to_string();
+        let keys = keys.to_vec();
+        self.write(Durability::Normal, move |tx| renew(tx, &id, &keys, until))
+            .await
+    }
+
+    async fn release(&self, leases: &[LeaseKeys], now: i64) -> Result<usize> {
+        let leases = leases.to_vec();
+        self.write(Durability::Normal, move |tx| {
+            let mut n = 0;
+            for (lease_id, keys) in &leases {
+                n += release(tx, lease_id, keys, now)?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn recover_expired(&self, now: i64) -> Result<usize> {
+        self.write(Durability::Normal, move |tx| recover_leases(tx, now))
+            .await
+    }
+
+    async fn next_due(&self) -> Result<Option<i64>> {
+        self.read(next_due).await
+    }
+
+    async fn depth(&self) -> Result<i64> {
+        self.read(depth).await
+    }
+
+    async fn record(
+        &self,
+        attempts: Vec<Attempt>,
+        suppress_hard_bounce: &HashSet<String>,
+    ) -> Result<Vec<(String, u32)>> {
+        if attempts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let domains = suppress_hard_bounce.clone();
+        // A lost record means a resend after the lease runs out (at least
+        // once), never a lost message, so NORMAL durability is enough.
+        self.write(Durability::Normal, move |tx| {
+            let mut suppressed = Vec::new();
+            for a in &attempts {
+                let event_id = record(tx, a)?;
+                if suppress_bounced(tx, a, event_id, &domains)? {
+                    suppressed.push((a.email_id.clone(), a.idx));
+                }
+            }
+            Ok(suppressed)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        all: bool,
+        after: Option<(String, u32)>,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>> {
+        self.read(move |c| page(c, all, after.as_ref(), limit))
+            .await
+    }
+
+    async fn retry(&self, email_id: &str, now: i64) -> Result<usize> {
+        let id = email_id.to_string();
+        self.write(Durability::Normal, move |tx| retry(tx, &id, now))
+            .await
+    }
+
+    async fn delete(&self, email_id: &str, now: i64) -> Result<usize> {
+        let id = email_id.to_string();
+        self.write(Durability::Full, move |tx| delete(tx, &id, now))
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,153 +686,5 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].address, "c@free.test");
         assert_eq!(due(&conn, now, 10, &[]).unwrap().len(), 3);
-    }
-}
-
-/// A permanent 5.1.x refusal puts the address on the sending domain's
-/// suppression list, linked to its bounce event, where the domain's
-/// `suppress_on` has `hard_bounce`. True when it added an entry.
-fn suppress_bounced(
-    tx: &Tx<'_>,
-    a: &Attempt,
-    event_id: Option<i64>,
-    domains: &HashSet<String>,
-) -> rusqlite::Result<bool> {
-    use super::suppressions::{self, Reason, Suppression};
-    if !matches!(a.outcome, Outcome::Bounced) || !suppressions::is_bad_address(&a.response) {
-        return Ok(false);
-    }
-    let Some((address, domain)) = suppressions::recipient_scope(tx, &a.email_id, a.idx)? else {
-        return Ok(false);
-    };
-    if !domains.contains(&domain) {
-        return Ok(false);
-    }
-    suppressions::add(
-        tx,
-        &Suppression {
-            address,
-            domain: Some(domain),
-            reason: Reason::HardBounce.as_str().into(),
-            event_id,
-            created_at: a.at,
-            expires_at: None,
-        },
-    )
-}
-
-#[async_trait::async_trait]
-impl QueueStore for super::Sqlite {
-    async fn accept(&self, email: NewEmail) -> Result<()> {
-        self.write(Durability::Full, move |tx| {
-            super::emails::insert(tx, &email)
-        })
-        .await
-    }
-
-    async fn body(&self, email_id: &str) -> Result<Option<StoredBody>> {
-        let id = email_id.to_string();
-        let found = self.read(move |c| super::emails::body(c, &id)).await?;
-        Ok(found.map(|(received, body)| StoredBody { received, body }))
-    }
-
-    async fn due(&self, now: i64, limit: usize, skip_domains: &[String]) -> Result<Vec<Claimed>> {
-        let skip = skip_domains.to_vec();
-        self.read(move |c| due(c, now, limit, &skip)).await
-    }
-
-    async fn claim(&self, wanted: Vec<Claimed>, now: i64, lease_ms: i64) -> Result<Vec<Claimed>> {
-        let lease_id = uuid::Uuid::now_v7().to_string();
-        let node = Backend::node_id(self).to_string();
-        self.write(Durability::Normal, move |tx| {
-            claim(tx, wanted, &lease_id, &node, now, lease_ms)
-        })
-        .await
-    }
-
-    async fn claim_due(&self, now: i64, lease_ms: i64, limit: usize) -> Result<Vec<Claimed>> {
-        let node = Backend::node_id(self).to_string();
-        self.write(Durability::Normal, move |tx| {
-            claim_due(tx, &node, now, lease_ms, limit)
-        })
-        .await
-    }
-
-    async fn renew(&self, lease_id: &str, keys: &[(String, u32)], until: i64) -> Result<usize> {
-        let id = lease_id.to_string();
-        let keys = keys.to_vec();
-        self.write(Durability::Normal, move |tx| renew(tx, &id, &keys, until))
-            .await
-    }
-
-    async fn release(&self, leases: &[LeaseKeys], now: i64) -> Result<usize> {
-        let leases = leases.to_vec();
-        self.write(Durability::Normal, move |tx| {
-            let mut n = 0;
-            for (lease_id, keys) in &leases {
-                n += release(tx, lease_id, keys, now)?;
-            }
-            Ok(n)
-        })
-        .await
-    }
-
-    async fn recover_expired(&self, now: i64) -> Result<usize> {
-        self.write(Durability::Normal, move |tx| recover_leases(tx, now))
-            .await
-    }
-
-    async fn next_due(&self) -> Result<Option<i64>> {
-        self.read(next_due).await
-    }
-
-    async fn depth(&self) -> Result<i64> {
-        self.read(depth).await
-    }
-
-    async fn record(
-        &self,
-        attempts: Vec<Attempt>,
-        suppress_hard_bounce: &HashSet<String>,
-    ) -> Result<Vec<(String, u32)>> {
-        if attempts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let domains = suppress_hard_bounce.clone();
-        // A lost record means a resend after the lease runs out (at least
-        // once), never a lost message, so NORMAL durability is enough.
-        self.write(Durability::Normal, move |tx| {
-            let mut suppressed = Vec::new();
-            for a in &attempts {
-                let event_id = record(tx, a)?;
-                if suppress_bounced(tx, a, event_id, &domains)? {
-                    suppressed.push((a.email_id.clone(), a.idx));
-                }
-            }
-            Ok(suppressed)
-        })
-        .await
-    }
-
-    async fn list(
-        &self,
-        all: bool,
-        after: Option<(String, u32)>,
-        limit: usize,
-    ) -> Result<Vec<QueueEntry>> {
-        self.read(move |c| page(c, all, after.as_ref(), limit))
-            .await
-    }
-
-    async fn retry(&self, email_id: &str, now: i64) -> Result<usize> {
-        let id = email_id.to_string();
-        self.write(Durability::Normal, move |tx| retry(tx, &id, now))
-            .await
-    }
-
-    async fn delete(&self, email_id: &str, now: i64) -> Result<usize> {
-        let id = email_id.to_string();
-        self.write(Durability::Full, move |tx| delete(tx, &id, now))
-            .await
     }
 }
