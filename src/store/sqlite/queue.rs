@@ -443,7 +443,16 @@ impl QueueStore for super::Sqlite {
         if attempts.is_empty() {
             return Ok(Vec::new());
         }
-        let domains = suppress_hard_bounce.clone();
+        // Only a batch with a 5.1.x bounce needs the domains (rare): the
+        // set is not copied for the others.
+        let domains = if attempts.iter().any(|a| {
+            matches!(a.outcome, Outcome::Bounced)
+                && super::suppressions::is_bad_address(&a.response)
+        }) {
+            suppress_hard_bounce.clone()
+        } else {
+            HashSet::new()
+        };
         // A lost record means a resend after the lease runs out (at least
         // once), never a lost message, so NORMAL durability is enough.
         self.write(Durability::Normal, move |tx| {
