@@ -113,7 +113,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             batch.push((id, created, n));
         }
         let last = batch.last().map(|b| b.1).unwrap_or(start);
-        let claimed = store::sqlite::queue::claim_due(&tx, last + 1, 3_600_000, end - i)?;
+        let claimed =
+            store::sqlite::queue::claim_due(&tx, "gen-store", last + 1, 3_600_000, end - i)?;
         assert_eq!(claimed.len(), end - i, "every new recipient is due");
         let lease_ids: std::collections::HashMap<String, String> = claimed
             .into_iter()

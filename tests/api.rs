@@ -17,8 +17,7 @@ use trackrelay::api::{serve, Api};
 use trackrelay::config::Config;
 use trackrelay::events::{EventType, NewEvent};
 use trackrelay::metrics::Metrics;
-use trackrelay::store::sqlite::emails::NewEmail;
-use trackrelay::store::sqlite::queue::{Attempt, Outcome};
+use trackrelay::store::queue::{Attempt, NewEmail, Outcome};
 use trackrelay::store::sqlite::webhooks::Subscription;
 use trackrelay::store::{self, Durability, Store, StoreOptions};
 
@@ -160,19 +159,9 @@ async fn seed(store: &Store) -> Seeded {
             &["b0@y.test", "b1@y.test"],
         ),
     ] {
-        store
-            .write(Durability::Full, move |tx| {
-                store::sqlite::emails::insert(tx, &e)
-            })
-            .await
-            .unwrap();
+        store.accept(e).await.unwrap();
     }
-    let claimed = store
-        .write(Durability::Normal, |tx| {
-            store::sqlite::queue::claim_due(tx, store::now_ms(), 60_000, 100)
-        })
-        .await
-        .unwrap();
+    let claimed = store.claim_due(store::now_ms(), 60_000, 100).await.unwrap();
     assert_eq!(claimed.len(), 6);
     let (a, b) = (ids.a.clone(), ids.b.clone());
     let ok = "250 2.0.0 Ok";
@@ -196,15 +185,7 @@ async fn seed(store: &Store) -> Seeded {
     for at in &mut attempts {
         at.lease_id = claimed[0].lease_id.clone();
     }
-    store
-        .write(Durability::Normal, move |tx| {
-            for at in &attempts {
-                store::sqlite::queue::record(tx, at)?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
+    store.record(attempts, &Default::default()).await.unwrap();
     let events = vec![
         track(&a, 0, EventType::Opened, T0 + 30 * MIN, None),
         track(&a, 0, EventType::Opened, T0 + 90 * MIN, None),
@@ -229,12 +210,7 @@ async fn seed(store: &Store) -> Seeded {
         .await
         .unwrap();
     let c = email(&ids.c, "example.net", T0 + 120 * MIN, &["c0@z.test"]);
-    store
-        .write(Durability::Full, move |tx| {
-            store::sqlite::emails::insert(tx, &c)
-        })
-        .await
-        .unwrap();
+    store.accept(c).await.unwrap();
     ids
 }
 

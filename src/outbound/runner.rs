@@ -28,8 +28,8 @@ use super::tls_policy::{
 use crate::config::{Config, TlsPolicy};
 use crate::metrics::Metrics;
 use crate::prepare::{self, TokenKeys, TrackingOptions};
-use crate::store::sqlite::queue::{Attempt, Claimed, Outcome as QueueOutcome, TlsPolicyNote};
-use crate::store::{self, Durability, Store};
+use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome, TlsPolicyNote};
+use crate::store::{self, Store};
 use rustls::client::danger::ServerCertVerifier;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -89,7 +89,7 @@ pub struct Runner {
 }
 
 /// A stored message: our trace header and the bytes as submitted.
-type Stored = (Vec<u8>, Vec<u8>);
+type Stored = store::queue::StoredBody;
 
 /// The last temporary failure of a message: reason, TLS version, host,
 /// TLS policy.
@@ -262,12 +262,7 @@ impl Runner {
     }
 
     async fn idle_wait(&self) -> Duration {
-        let next = self
-            .store
-            .read(store::sqlite::queue::next_due)
-            .await
-            .ok()
-            .flatten();
+        let next = self.store.next_due().await.ok().flatten();
         let now = store::now_ms();
         match next {
             Some(t) if t <= now => Duration::from_millis(50),
@@ -326,7 +321,7 @@ impl Runner {
         let c = claim.clone();
         let data = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            this.copy_for(&c, &stored.0, &stored.1)
+            this.copy_for(&c, &stored.received, &stored.body)
         })
         .await
         .map_err(|e| format!("preparing the message failed: {e}"))?;
@@ -721,63 +716,19 @@ impl Runner {
                 tracing::info!(email_id = %a.email_id, rcpt = a.idx, host = ?a.mx, outcome = ?a.outcome, "{}", a.response);
             }
         }
-        // A lost record means a resend after the lease runs out (at least
-        // once), never a lost message, so NORMAL durability is enough.
-        let hard_bounce = self.suppress_hard_bounce.clone();
         let result = self
             .store
-            .write(Durability::Normal, move |tx| {
-                for a in &attempts {
-                    let event_id = store::sqlite::queue::record(tx, a)?;
-                    if matches!(a.outcome, QueueOutcome::Bounced)
-                        && store::sqlite::suppressions::is_bad_address(&a.response)
-                    {
-                        suppress_bounced(tx, a, event_id, &hard_bounce)?;
-                    }
-                }
-                Ok(())
-            })
+            .record(attempts, &self.suppress_hard_bounce)
             .await;
-        if let Err(e) = result {
-            tracing::error!("recording delivery outcomes: {e}");
+        match result {
+            Ok(suppressed) => {
+                for (email_id, idx) in suppressed {
+                    tracing::info!(%email_id, rcpt = idx, "recipient suppressed after a hard bounce");
+                }
+            }
+            Err(e) => tracing::error!("recording delivery outcomes: {e}"),
         }
     }
-}
-
-/// A permanent 5.1.x refusal puts the address on the sending domain's
-/// suppression list, linked to its bounce event, where the domain's
-/// `suppress_on` has `hard_bounce`.
-fn suppress_bounced(
-    tx: &store::Tx<'_>,
-    a: &Attempt,
-    event_id: Option<i64>,
-    domains: &HashSet<String>,
-) -> rusqlite::Result<()> {
-    let Some((address, domain)) =
-        store::sqlite::suppressions::recipient_scope(tx, &a.email_id, a.idx)?
-    else {
-        return Ok(());
-    };
-    if !domains.contains(&domain) {
-        return Ok(());
-    }
-    let added = store::sqlite::suppressions::add(
-        tx,
-        &store::sqlite::suppressions::Suppression {
-            address,
-            domain: Some(domain),
-            reason: store::sqlite::suppressions::Reason::HardBounce
-                .as_str()
-                .into(),
-            event_id,
-            created_at: a.at,
-            expires_at: None,
-        },
-    )?;
-    if added {
-        tracing::info!(email_id = %a.email_id, rcpt = a.idx, "recipient suppressed after a hard bounce");
-    }
-    Ok(())
 }
 
 fn attempt(

@@ -6,7 +6,7 @@ use super::policy::{Identity, Policy};
 use super::session::{Envelope, RcptCheck, Session, SessionConfig};
 use crate::auth::{Authenticator, Throttle};
 use crate::metrics::Metrics;
-use crate::store::{self, Durability, Store};
+use crate::store::{self, Store};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,7 +267,7 @@ impl Submission {
             crate::time::rfc5322(now),
         );
         let recipients = env.recipients.len();
-        let email = store::sqlite::emails::NewEmail {
+        let email = store::queue::NewEmail {
             id: id.clone(),
             created_at: now,
             domain: env.header.domain,
@@ -284,13 +284,7 @@ impl Submission {
             body: env.data,
             recipients: env.recipients,
         };
-        match self
-            .store
-            .write(Durability::Full, move |tx| {
-                store::sqlite::emails::insert(tx, &email)
-            })
-            .await
-        {
+        match self.store.accept(email).await {
             Ok(()) => {
                 self.metrics.messages_accepted.inc();
                 self.metrics.recipients_accepted.add(recipients as u64);

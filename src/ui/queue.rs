@@ -12,14 +12,17 @@ const GROUPS: usize = 200;
 const ROWS: usize = 200;
 
 pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
-    let (groups, rows) = p
+    // The groups are a dashboard view (the queries area's); the rows are
+    // the queue's own listing.
+    let groups = p
         .read("the queue", |c| {
-            Ok((
-                store::sqlite::dashboard::queue_groups(c, GROUPS)?,
-                store::sqlite::queue::list(c, false, ROWS)?,
-            ))
+            store::sqlite::dashboard::queue_groups(c, GROUPS)
         })
         .await?;
+    let rows = p.store().list(false, None, ROWS).await.map_err(|e| {
+        tracing::error!("dashboard: reading the queue: {e}");
+        PageError::Internal(format!("Reading the queue from the store failed: {e}"))
+    })?;
     let f = req.query_fields();
     let mut b = String::new();
     // Only a number is taken from the query: nothing of it is echoed.
@@ -132,13 +135,7 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let (key, n) = match req.path {
         "/queue/retry" => {
             let id = email_id()?;
-            let n = p
-                .store()
-                .write(Durability::Normal, move |tx| {
-                    store::sqlite::queue::retry(tx, &id, now)
-                })
-                .await
-                .map_err(write_err)?;
+            let n = p.store().retry(&id, now).await.map_err(write_err)?;
             ("retried", n)
         }
         "/queue/retry-group" => {
@@ -162,13 +159,7 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         }
         _ => {
             let id = email_id()?;
-            let n = p
-                .store()
-                .write(Durability::Full, move |tx| {
-                    store::sqlite::queue::delete(tx, &id, now)
-                })
-                .await
-                .map_err(write_err)?;
+            let n = p.store().delete(&id, now).await.map_err(write_err)?;
             ("deleted", n)
         }
     };

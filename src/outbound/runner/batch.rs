@@ -3,8 +3,7 @@
 use super::{attempt, LastFailure, Runner, Stored};
 use crate::outbound::client::{MessageSource, Outcome, OutgoingMessage};
 use crate::outbound::tls_policy::SessionResult;
-use crate::store;
-use crate::store::sqlite::queue::{Claimed, Outcome as QueueOutcome, TlsPolicyNote};
+use crate::store::queue::{Claimed, Outcome as QueueOutcome, TlsPolicyNote};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -37,11 +36,10 @@ impl Batch {
                 return stored.clone();
             }
         }
-        let id = email_id.to_string();
         let stored = self
             .runner
             .store
-            .read(move |c| store::sqlite::emails::body(c, &id))
+            .body(email_id)
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(email_id, "reading the message: {e}");

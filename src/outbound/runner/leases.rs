@@ -4,8 +4,8 @@
 
 use super::{rcpt_domain, Runner};
 use crate::config::TlsPolicy;
-use crate::store::sqlite::queue::Claimed;
-use crate::store::{self, Durability};
+use crate::store;
+use crate::store::queue::{Claimed, LeaseKeys};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,23 +29,14 @@ impl Runner {
     /// Gives back the leases of the batches still in flight, so that a
     /// restart need not wait for them to expire.
     pub(super) async fn release_all(&self) {
-        let active: Vec<(String, Vec<(String, u32)>)> = self
+        let active: Vec<LeaseKeys> = self
             .active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
             .collect();
         let now = store::now_ms();
-        let released = self
-            .store
-            .write(Durability::Normal, move |tx| {
-                let mut n = 0;
-                for (lease_id, keys) in &active {
-                    n += store::sqlite::queue::release(tx, lease_id, keys, now)?;
-                }
-                Ok(n)
-            })
-            .await;
+        let released = self.store.release(&active, now).await;
         match released {
             Ok(n) => tracing::info!("{n} recipient(s) unfinished at shutdown queued again"),
             Err(e) => tracing::error!("giving back delivery leases at shutdown: {e}"),
@@ -53,12 +44,7 @@ impl Runner {
     }
 
     pub(super) async fn recover(&self) {
-        let recovered = self
-            .store
-            .write(Durability::Normal, |tx| {
-                store::sqlite::queue::recover_leases(tx, store::now_ms())
-            })
-            .await;
+        let recovered = self.store.recover_expired(store::now_ms()).await;
         match recovered {
             Ok(n) if n > 0 => tracing::info!(
                 "{n} recipient(s) whose delivery lease expired (their runner stopped) queued again"
@@ -74,12 +60,7 @@ impl Runner {
         let mut skip: Vec<String> = Vec::new();
         for _ in 0..CLAIM_ROUNDS {
             let now = store::now_ms();
-            let skipped = skip.clone();
-            let due = match self
-                .store
-                .read(move |c| store::sqlite::queue::due(c, now, CANDIDATES, &skipped))
-                .await
-            {
+            let due = match self.store.due(now, CANDIDATES, &skip).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!("reading due recipients: {e}");
@@ -103,15 +84,8 @@ impl Runner {
                     }
                     continue;
                 };
-                let lease_id = uuid::Uuid::now_v7().to_string();
                 let lease_ms = self.lease_time.as_millis() as i64;
-                let now = store::now_ms();
-                let claimed = self
-                    .store
-                    .write(Durability::Normal, move |tx| {
-                        store::sqlite::queue::claim(tx, group, &lease_id, now, lease_ms)
-                    })
-                    .await;
+                let claimed = self.store.claim(group, store::now_ms(), lease_ms).await;
                 match claimed {
                     Ok(c) if !c.is_empty() => return Claim::Batch(c, slot),
                     // Taken by another runner since it was read.
@@ -158,19 +132,10 @@ impl Runner {
     pub(super) async fn renew(&self, lease_id: &str, keys: Vec<(String, u32)>) {
         let every = self.lease_time / 3;
         let lease_ms = self.lease_time.as_millis() as i64;
-        let keys = Arc::new(keys);
         loop {
             tokio::time::sleep(every).await;
-            let id = lease_id.to_string();
-            let keys = keys.clone();
             let until = store::now_ms() + lease_ms;
-            if let Err(e) = self
-                .store
-                .write(Durability::Normal, move |tx| {
-                    store::sqlite::queue::renew(tx, &id, &keys, until)
-                })
-                .await
-            {
+            if let Err(e) = self.store.renew(lease_id, &keys, until).await {
                 tracing::error!("renewing a delivery lease: {e}");
             }
         }

@@ -206,6 +206,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX tls_reports_due ON tls_reports(status, next_attempt_at);
     "#,
+    // 2 (queue) (issue 14; SQLite's 11): the node holding each lease.
+    r#"
+    ALTER TABLE recipients ADD COLUMN lease_node TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -5,25 +5,7 @@ use super::Tx;
 use crate::events::{EmailSummary, EventType, NewEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 
-/// A message accepted at end of DATA, about to be made durable.
-#[derive(Debug, Clone)]
-pub struct NewEmail {
-    pub id: String,
-    pub created_at: i64,
-    pub domain: String,
-    pub mail_from: String,
-    pub header_from: Option<String>,
-    pub to_header: Option<String>,
-    pub subject: Option<String>,
-    pub message_id: Option<String>,
-    pub tags: Vec<String>,
-    pub auth_user: Option<String>,
-    pub client_ip: Option<String>,
-    pub smtputf8: bool,
-    pub received: Vec<u8>,
-    pub body: Vec<u8>,
-    pub recipients: Vec<String>,
-}
+pub use crate::store::queue::NewEmail;
 
 /// The email row, one queued row per recipient due at once, and an
 /// `email.sent` event per recipient: all or nothing, in the caller's

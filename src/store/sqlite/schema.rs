@@ -284,6 +284,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE mta_sts_policies ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;  -- unix ms
     UPDATE mta_sts_policies SET used_at = fetched_at;
     "#,
+    // 11 (queue) (issue 14): the node holding each lease, so an operator
+    // (and a node recovering expired leases) sees whose work a row is when
+    // several nodes share one store.
+    r#"
+    ALTER TABLE recipients ADD COLUMN lease_node TEXT;  -- server.node_id of the lease's holder while sending
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
