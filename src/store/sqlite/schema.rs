@@ -284,6 +284,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE mta_sts_policies ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;  -- unix ms
     UPDATE mta_sts_policies SET used_at = fetched_at;
     "#,
+    // 11 (tracking) (issue 14): a recipient's clicks by time, so the click
+    // burst rule reads them from the store (whatever node recorded them)
+    // instead of from one process's memory; clicks only, so it stays small.
+    r#"
+    CREATE INDEX IF NOT EXISTS events_clicks ON events(email_id, rcpt_idx, at)
+        WHERE type = 'email.clicked';
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
