@@ -5,22 +5,16 @@ use crate::config::Config;
 use crate::store::{self, Store};
 use std::io::Write;
 
-/// The store named by the config, with a runtime to call it from. Never
-/// creates a database: only `serve` does, deliberately.
+/// The store named by the config (never created here: only `serve` makes
+/// one), with a runtime to call it from.
 fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let path = config.database_path();
-    if !path.exists() {
-        return Err(format!(
-            "no database at {} (has `trackrelay serve` run with this config?)",
-            path.display()
-        ));
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store =
-        Store::open(&path, crate::serve::store_options(config)).map_err(|e| e.to_string())?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| e.to_string())?;
     Ok((rt, store))
 }
 

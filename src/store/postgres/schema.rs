@@ -206,6 +206,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX tls_reports_due ON tls_reports(status, next_attempt_at);
     "#,
+    // 2 (tracking) (issue 14): a recipient's clicks by time, for the click
+    // burst rule (SQLite's migration 11).
+    r#"
+    CREATE INDEX IF NOT EXISTS events_clicks ON events(email_id, rcpt_idx, at)
+        WHERE type = 'email.clicked';
+    "#,
 ];
 
 /// The schema version this build writes.
