@@ -41,8 +41,9 @@ pub struct RecipientDelivery {
     pub sending: bool,
 }
 
-/// Another click of the same recipient's copy of an email, stored before
-/// the one being judged (by any node, or earlier in the same batch).
+/// Another click of the same recipient's copy of an email, on another
+/// link, stored before the one being judged (by any node, or earlier in the
+/// same batch).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NearbyClick {
     pub at: i64,
@@ -57,9 +58,11 @@ pub struct TrackingFacts<'a> {
     /// None for an email the store never saw (a `preview` token) or one
     /// pruned since.
     pub recipient: Option<&'a RecipientDelivery>,
-    /// For a click: the copy's other clicks less than
+    /// For a click: the copy's clicks on other links less than
     /// [`ClickJudge::burst_window_ms`] away from it, whatever node recorded
-    /// them. Empty for opens.
+    /// them. The store may stop at the first one: one is all the burst rule
+    /// needs, and on SQLite it keeps a click's cost at one index probe
+    /// however many clicks the copy has. Empty for opens.
     pub nearby_clicks: &'a [NearbyClick],
 }
 

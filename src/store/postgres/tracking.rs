@@ -138,7 +138,7 @@ async fn insert_tracking(
             let nearby: Vec<NearbyClick> = match (ev.kind, clicks.get(&copy)) {
                 (EventType::Clicked, Some(stored)) => stored
                     .iter()
-                    .filter(|c| c.at.abs_diff(ev.at) < window.unsigned_abs())
+                    .filter(|c| c.link != ev.link && c.at.abs_diff(ev.at) < window.unsigned_abs())
                     .cloned()
                     .collect(),
                 _ => Vec::new(),

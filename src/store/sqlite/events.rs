@@ -177,7 +177,14 @@ pub fn insert_tracking(
     let mut ev = std::borrow::Cow::Borrowed(ev);
     if ev.machine != Some(true) {
         let nearby = if ev.kind == EventType::Clicked {
-            super::tracking::nearby_clicks(tx, &ev.email_id, idx, ev.at, judge.burst_window_ms())?
+            super::tracking::nearby_clicks(
+                tx,
+                &ev.email_id,
+                idx,
+                ev.link.as_deref(),
+                ev.at,
+                judge.burst_window_ms(),
+            )?
         } else {
             Vec::new()
         };

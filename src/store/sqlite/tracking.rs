@@ -16,9 +16,6 @@ use std::sync::Arc;
 
 pub use crate::store::tracking::RecipientDelivery;
 
-/// Most nearby clicks handed to the judge: a burst shows within a few.
-const NEARBY_CLICKS: i64 = 32;
-
 pub fn recipient_delivery(
     conn: &Connection,
     email_id: &str,
@@ -39,19 +36,22 @@ pub fn recipient_delivery(
     .optional()
 }
 
-/// The clicks of one recipient's copy strictly within `window_ms` of `at`
-/// (index `events_clicks`), nearest first.
+/// A click of one recipient's copy on another link than `link`, strictly
+/// within `window_ms` of `at` (index `events_clicks`): the first found, as
+/// one is all the burst rule needs.
 pub fn nearby_clicks(
     conn: &Connection,
     email_id: &str,
     idx: u32,
+    link: Option<&str>,
     at: i64,
     window_ms: i64,
 ) -> rusqlite::Result<Vec<NearbyClick>> {
     let mut stmt = conn.prepare_cached(
         "SELECT at, link FROM events
          WHERE email_id = ?1 AND rcpt_idx = ?2 AND type = 'email.clicked' AND at > ?3 AND at < ?4
-         ORDER BY abs(at - ?5) LIMIT ?6",
+           AND link IS NOT ?5
+         LIMIT 1",
     )?;
     let rows = stmt.query_map(
         params![
@@ -59,8 +59,7 @@ pub fn nearby_clicks(
             idx,
             at.saturating_sub(window_ms),
             at.saturating_add(window_ms),
-            at,
-            NEARBY_CLICKS
+            link
         ],
         |r| {
             Ok(NearbyClick {
