@@ -9,6 +9,15 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "../support/postgres.rs"]
+pub mod pg;
+
+/// `TRACKRELAY_TEST_BACKEND=postgres` runs the relays of this test process
+/// on a real PostgreSQL server (a new database each) instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("TRACKRELAY_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -113,11 +122,15 @@ pub struct Relay {
     pub bound: Bound,
     child: Option<Child>,
     starts: u32,
+    /// The relay's PostgreSQL database, when it runs on one.
+    pub pg_url: Option<String>,
 }
 
 /// Config pieces a test can change; everything else is the harness default.
 #[derive(Default)]
 pub struct Options {
+    /// Extra keys under [server] (e.g. node_id).
+    pub server: String,
     /// Extra keys appended under [submission].
     pub submission: String,
     /// Whole extra sections appended at the end (e.g. [[webhooks]]).
@@ -139,12 +152,18 @@ pub struct Options {
 impl Relay {
     pub fn start(opts: Options) -> Relay {
         let dir = tempfile::tempdir().unwrap();
+        let pg_url = (on_postgres() && !opts.store.contains("backend")).then(pg::url);
+        let store = match &pg_url {
+            Some(url) => format!("backend = \"postgres\"\nurl = \"{url}\"\n{}", opts.store),
+            None => opts.store,
+        };
         let config = format!(
             r#"
 [server]
 hostname = "relay.test"
 data_dir = "./data"
 shutdown_grace = "10s"
+{server}
 
 [submission]
 listen = ["127.0.0.1:0"]
@@ -182,6 +201,7 @@ listen = ["127.0.0.1:0"]
 
 {extra}
 "#,
+            server = opts.server,
             hash = password_hash(),
             submission = opts.submission,
             tracking = opts.tracking,
@@ -199,7 +219,6 @@ listen = ["127.0.0.1:0"]
             } else {
                 String::new()
             },
-            store = opts.store,
             extra = opts.extra,
         );
         let config_path = dir.path().join("config.toml");
@@ -216,6 +235,7 @@ listen = ["127.0.0.1:0"]
             bound: Bound::default(),
             child: None,
             starts: 0,
+            pg_url,
         };
         relay.spawn();
         relay
@@ -346,13 +366,42 @@ listen = ["127.0.0.1:0"]
             .collect()
     }
 
+    /// A read-only connection on the relay's store. On PostgreSQL, on a
+    /// SQLite snapshot of it taken now (`store copy` the other way), so
+    /// the same assertions read what the PostgreSQL backend wrote.
     pub fn db(&self) -> rusqlite::Connection {
+        if let Some(url) = &self.pg_url {
+            return self.pg_snapshot(url);
+        }
         let c = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
         c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    fn pg_snapshot(&self, url: &str) -> rusqlite::Connection {
+        static SNAPSHOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.path().join(format!("snapshot-{n}.sqlite3"));
+        let (url, p) = (url.to_string(), path.clone());
+        // Its own thread: the copy runs a runtime of its own, and tests
+        // call this from inside theirs.
+        std::thread::spawn(move || {
+            trackrelay::store::copy::postgres_to_sqlite(&url, None, &p, |_, _| {})
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("snapshot of the PostgreSQL store: {e}"));
+        let c = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        // Unlinked at once: the open connection keeps reading it.
+        let _ = std::fs::remove_file(&path);
         c
     }
 
