@@ -494,6 +494,56 @@ async fn concurrent_bursts(a: &Store, b: &Store, t: i64) {
     }
 }
 
+/// Two nodes store, at the same time, first opens of the same recipients
+/// in opposite orders: neither waits for the other forever (PostgreSQL
+/// would abort one as a deadlock), and each recipient is counted once.
+async fn batches_sharing_recipients(a: &Store, b: &Store, db: &Db, t: i64) {
+    const N: u32 = 60;
+    let rows: Vec<String> = (0..N)
+        .map(|i| {
+            format!(
+                "('e2', {i}, 'r{i}@example.net', 'delivered', {})",
+                t - 3_600_000
+            )
+        })
+        .collect();
+    db.exec(&format!(
+        "INSERT INTO emails (id, created_at, domain, mail_from, size)
+           VALUES ('e2', {t}, 'shared.example', 'news@shared.example', 0);
+         INSERT INTO recipients (email_id, idx, address, status, delivered_at) VALUES {};",
+        rows.join(", ")
+    ));
+    let opens = |order: Vec<u32>| -> Arc<[NewEvent]> {
+        order
+            .into_iter()
+            .map(|i| {
+                let mut ev = NewEvent::new("e2", EventType::Opened, t + i64::from(i));
+                ev.rcpt_idx = Some(i);
+                ev.machine = Some(false);
+                ev
+            })
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let (x, y) = (opens((0..N).collect()), opens((0..N).rev().collect()));
+    let (sa, sb) = (a.clone(), b.clone());
+    let x = tokio::spawn(async move { sa.insert_tracking(x, judge()).await });
+    let y = tokio::spawn(async move { sb.insert_tracking(y, judge()).await });
+    let (x, y) = (x.await.unwrap(), y.await.unwrap());
+    assert_eq!(x.expect("node a's batch").len(), N as usize);
+    assert_eq!(y.expect("node b's batch").len(), N as usize);
+    assert_eq!(
+        db.count("SELECT count(*) FROM recipients WHERE email_id = 'e2' AND opened_at IS NOT NULL"),
+        i64::from(N)
+    );
+    assert_eq!(
+        db.rows(
+            "SELECT sum(opened), sum(opened_human) FROM rollups WHERE domain = 'shared.example'"
+        ),
+        vec![format!("{N}|{N}")]
+    );
+}
+
 async fn scenario(a: &Store, b: &Store, db: &Db) {
     let t = trackrelay::store::now_ms() - 60_000;
     seed(db, t);
@@ -502,6 +552,7 @@ async fn scenario(a: &Store, b: &Store, db: &Db) {
     outbox(a, db).await;
     concurrent_claims(a, b, db, t).await;
     concurrent_bursts(a, b, t).await;
+    batches_sharing_recipients(a, b, db, t).await;
 }
 
 #[test]

@@ -8,7 +8,10 @@
 //! advisory lock per copy first, so the second sees the first's clicks
 //! committed, as one SQLite writer would. The locks are taken in one
 //! statement in key order, before any row lock, so batches never deadlock
-//! on them.
+//! on them. Then the batch's recipient rows, which the shared event insert
+//! locks one event at a time (its first-open/click counters), are locked
+//! at once in key order: two nodes' batches sharing recipients queue up
+//! instead of each holding some and waiting for the other's.
 
 use super::{begin, webhooks, Durability, PgCtx, Postgres};
 use crate::events::{EventType, NewEvent};
@@ -103,14 +106,12 @@ async fn insert_tracking(
     let window = judge.burst_window_ms();
     // The copies whose recipient row is needed, and the time span around
     // the clicks to be judged of each copy.
-    let mut lookups: HashSet<Copy> = HashSet::new();
+    let mut copies: HashSet<Copy> = HashSet::new();
     let mut spans: HashMap<Copy, (i64, i64)> = HashMap::new();
     for ev in events.iter() {
         let Some(idx) = ev.rcpt_idx else { continue };
         let copy = (ev.email_id.clone(), idx);
-        if ev.recipient.is_none() {
-            lookups.insert(copy.clone());
-        }
+        copies.insert(copy.clone());
         if ev.machine != Some(true) && ev.kind == EventType::Clicked {
             let span = spans.entry(copy).or_insert((ev.at, ev.at));
             span.0 = span.0.min(ev.at);
@@ -118,7 +119,7 @@ async fn insert_tracking(
         }
     }
     lock_copies(tx, spans.keys()).await?;
-    let recipients = recipient_rows(tx, &lookups).await?;
+    let recipients = recipient_rows(tx, &copies).await?;
     let mut clicks = stored_clicks(tx, &spans, window).await?;
 
     let mut out = Vec::with_capacity(events.len());
@@ -205,6 +206,7 @@ async fn lock_copies<'a>(
     Ok(())
 }
 
+/// The recipients' rows, locked in key order until the transaction ends.
 async fn recipient_rows(
     tx: &Transaction<'_>,
     copies: &HashSet<Copy>,
@@ -221,7 +223,8 @@ async fn recipient_rows(
             "SELECT r.email_id, r.idx, r.address, r.delivered_at, r.attempt_started_at,
                     r.status = 'sending'
              FROM unnest($1::text[], $2::bigint[]) AS u(email_id, idx)
-             JOIN recipients r ON r.email_id = u.email_id AND r.idx = u.idx",
+             JOIN recipients r ON r.email_id = u.email_id AND r.idx = u.idx
+             ORDER BY r.email_id, r.idx FOR UPDATE OF r",
         )
         .await
         .ctx("preparing the recipients lookup")?;
