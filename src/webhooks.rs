@@ -13,7 +13,7 @@
 
 use crate::config::{Config, WebhookConfig};
 use crate::metrics::Metrics;
-use crate::store::{self, sqlite::webhooks::OutboxItem, Durability, Store};
+use crate::store::{self, tracking::OutboxItem, Store};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -174,12 +174,9 @@ impl Webhooks {
                 _ = shutdown.changed() => continue,
             };
             let limit = (1 + ep.slots.available_permits()).min(FETCH);
-            let url = ep.url.clone();
             let due = self
                 .store
-                .write(Durability::Normal, move |tx| {
-                    store::sqlite::webhooks::claim_due(tx, &url, store::now_ms(), lease_ms, limit)
-                })
+                .webhook_claim_due(&ep.url, store::now_ms(), lease_ms, limit)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::warn!(endpoint = %ep.url, "reading the webhook outbox: {e}");
@@ -223,15 +220,11 @@ impl Webhooks {
     async fn deliver(&self, ep: &Endpoint, item: OutboxItem) {
         let result = self.post(ep, &item).await;
         let now = store::now_ms();
-        let id = item.id.clone();
+        let id = item.id.as_str();
         let outcome = match result {
             Ok(()) => {
                 self.metrics.webhooks_delivered.inc();
-                self.store
-                    .write(Durability::Normal, move |tx| {
-                        store::sqlite::webhooks::mark_delivered(tx, &id, now)
-                    })
-                    .await
+                self.store.webhook_delivered(id, now).await
             }
             Err(why) => {
                 let attempts = item.attempts + 1;
@@ -244,11 +237,7 @@ impl Webhooks {
                     }
                 }
                 tracing::debug!(endpoint = %ep.url, webhook_id = %item.id, "webhook attempt {attempts} failed: {why}");
-                self.store
-                    .write(Durability::Normal, move |tx| {
-                        store::sqlite::webhooks::mark_failed(tx, &id, &why, next)
-                    })
-                    .await
+                self.store.webhook_failed(id, &why, next).await
             }
         };
         if let Err(e) = outcome {

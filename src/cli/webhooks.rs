@@ -1,15 +1,30 @@
 //! `trackrelay webhooks`: the outbox, and replaying it.
 
-use super::{out, reader, time_arg, CliResult};
+use super::{out, time_arg, CliResult};
 use crate::config::Config;
-use crate::store;
+use crate::store::{self, Store};
 use std::io::Write;
+
+/// The store named by the config (never created here: only `serve` makes
+/// one), with a runtime to call it from.
+fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| e.to_string())?;
+    Ok((rt, store))
+}
 
 /// `webhooks list [--failed]`: newest first.
 pub fn webhooks_list(config: &Config, failed: bool, limit: usize, json: bool) -> CliResult {
-    let conn = reader(config)?;
+    let (rt, store) = open(config)?;
     let limit = if limit == 0 { 100 } else { limit };
-    let rows = store::sqlite::webhooks::list(&conn, failed, limit).map_err(|e| e.to_string())?;
+    let rows = rt.block_on(store.webhook_list(failed, limit));
+    store.close();
+    let rows = rows.map_err(|e| e.to_string())?;
     let mut w = out();
     for r in &rows {
         if json {
@@ -45,14 +60,21 @@ pub fn webhooks_list(config: &Config, failed: bool, limit: usize, json: bool) ->
 
 /// `webhooks replay ID|--since TIME`: back in the queue, due now, same webhook-id.
 pub fn webhooks_replay(config: &Config, id: Option<&str>, since: &Option<String>) -> CliResult {
-    let conn = store::open_writer(&config.database_path()).map_err(|e| e.to_string())?;
-    let now = store::now_ms();
-    let n = match (id, time_arg("since", since)?) {
-        (Some(id), None) => store::sqlite::webhooks::replay_one(&conn, id, now),
-        (None, Some(t)) => store::sqlite::webhooks::replay_since(&conn, t, now),
-        _ => return Err("webhooks replay: give a webhook id or --since TIME (not both)".into()),
+    let since = time_arg("since", since)?;
+    if id.is_some() == since.is_some() {
+        return Err("webhooks replay: give a webhook id or --since TIME (not both)".into());
     }
-    .map_err(|e| e.to_string())?;
+    let (rt, store) = open(config)?;
+    let now = store::now_ms();
+    let n = rt.block_on(async {
+        match (id, since) {
+            (Some(id), _) => store.webhook_replay_one(id, now).await,
+            (None, Some(t)) => store.webhook_replay_since(t, now).await,
+            (None, None) => unreachable!("checked above"),
+        }
+    });
+    store.close();
+    let n = n.map_err(|e| e.to_string())?;
     if n == 0 {
         return Err("nothing to replay".into());
     }

@@ -3,8 +3,8 @@
 //! every link, link checkers and scripts.
 //!
 //! Pure: the caller gathers the facts (method, client address, User-Agent,
-//! times, and whether the click is part of a [`ClickBurst`]) and stores the
-//! verdict with the event. Machine events are kept and flagged, never
+//! times, and the recipient's other clicks) and stores the verdict with the
+//! event. Machine events are kept and flagged, never
 //! dropped, so an operator can always recount them.
 //!
 //! The rules run in a fixed order and the first that matches gives the
@@ -12,9 +12,7 @@
 //! so a new scanner is a one-line change. README "Machine opens and clicks"
 //! documents the same rules for operators.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +54,12 @@ pub struct Context {
     /// Clicks sooner than this after delivery are a gateway's scan
     /// (config `tracking.machine_click_window`).
     pub machine_click_window: Duration,
-    /// [`ClickBurst::observe`] said this click is one of several different
-    /// links of the message clicked within a second.
-    pub click_burst: bool,
 }
 
 impl Default for Context {
     fn default() -> Self {
         Context {
             machine_click_window: Duration::from_secs(10),
-            click_burst: false,
         }
     }
 }
@@ -297,9 +291,6 @@ pub fn classify(req: &Request, ctx: &Context) -> Verdict {
         if too_soon_after_delivery(req.at_ms, &req.delivery, window) {
             return Verdict::machine(reason::TOO_SOON_AFTER_DELIVERY);
         }
-        if ctx.click_burst {
-            return Verdict::machine(reason::BURST_OF_CLICKS);
-        }
     }
     Verdict::HUMAN
 }
@@ -391,97 +382,29 @@ fn in_any(nets: &[Net], ip: IpAddr) -> bool {
 // Bursts of clicks.
 // ---------------------------------------------------------------------------
 
-const SHARDS: usize = 16;
-/// Clicks remembered per recipient's copy: a burst shows within a few.
-const RECENT: usize = 8;
+/// How close two clicks on different links of one copy must be to be a
+/// burst.
+pub const BURST_WINDOW: Duration = Duration::from_secs(1);
 
-type Key = (uuid::Uuid, u32);
-
-/// Remembers recent clicks per (email id, recipient index), to flag several
-/// different links of one message clicked within `window`: a scanner
-/// following every link, since no reader can go to the browser and back to
-/// the next link that fast. (Marketo's bot filter uses the same sign:
-/// activities of one recipient less than a second apart.) The same link
-/// twice (a double click) is not a burst.
-///
-/// Events are classified as they arrive, so the first click of a burst
-/// looks human; the others are flagged. Scanners that click on delivery are
+/// Whether a click on `link` at `at_ms` is one of several different links
+/// of the same recipient's copy clicked less than `window_ms` apart: a
+/// scanner following every link, since no reader can go to the browser and
+/// back to the next link that fast. (Marketo's bot filter uses the same
+/// sign: activities of one recipient less than a second apart.) The same
+/// link twice (a double click) is not a burst. `others` are the copy's
+/// clicks stored before this one, by whatever node took them: the rule
+/// runs when a click is written, so the first click of a burst looks
+/// human and the others are flagged. Scanners that click on delivery are
 /// caught by the delivery-window rule anyway.
-///
-/// Bounded: each of the 16 shards keeps two generations of at most
-/// `capacity / 16` recipients; when the current one fills it becomes the
-/// previous one and the old previous one is dropped. A recipient clicked
-/// within the window is always in one of the two unless more than
-/// `capacity / 16` other recipients of its shard were clicked meanwhile.
-pub struct ClickBurst {
+pub fn click_burst<'a>(
+    link: Option<&str>,
+    at_ms: i64,
+    others: impl IntoIterator<Item = (i64, Option<&'a str>)>,
     window_ms: i64,
-    shard_capacity: usize,
-    shards: Vec<Mutex<Shard>>,
-}
-
-#[derive(Default)]
-struct Shard {
-    current: HashMap<Key, Recent>,
-    previous: HashMap<Key, Recent>,
-}
-
-#[derive(Default, Clone, Copy)]
-struct Recent {
-    /// (link index, unix ms), oldest overwritten first.
-    clicks: [(u32, i64); RECENT],
-    len: usize,
-    next: usize,
-}
-
-impl Recent {
-    fn burst_with(&self, link: u32, at_ms: i64, window_ms: i64) -> bool {
-        self.clicks[..self.len]
-            .iter()
-            .any(|&(l, t)| l != link && at_ms.abs_diff(t) < window_ms.unsigned_abs())
-    }
-
-    fn push(&mut self, link: u32, at_ms: i64) {
-        self.clicks[self.next] = (link, at_ms);
-        self.next = (self.next + 1) % RECENT;
-        self.len = (self.len + 1).min(RECENT);
-    }
-}
-
-impl ClickBurst {
-    pub fn new(window: Duration, capacity: usize) -> Self {
-        ClickBurst {
-            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
-            shard_capacity: (capacity / SHARDS).max(1),
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-        }
-    }
-
-    /// Records a click on `link` of recipient `rcpt`'s copy of `email_id`;
-    /// true when another link of that copy was clicked within the window.
-    pub fn observe(&self, email_id: uuid::Uuid, rcpt: u32, link: u32, at_ms: i64) -> bool {
-        let key = (email_id, rcpt);
-        let mut shard = self.shards[shard_of(&key)]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let recent = match shard.previous.remove(&key) {
-            Some(r) => r,
-            None => shard.current.get(&key).copied().unwrap_or_default(),
-        };
-        let burst = recent.burst_with(link, at_ms, self.window_ms);
-        let mut recent = recent;
-        recent.push(link, at_ms);
-        if !shard.current.contains_key(&key) && shard.current.len() >= self.shard_capacity {
-            shard.previous = std::mem::take(&mut shard.current);
-        }
-        shard.current.insert(key, recent);
-        burst
-    }
-}
-
-fn shard_of(key: &Key) -> usize {
-    // The low bytes of a UUIDv7 are random; its high bytes are a timestamp.
-    let b = key.0.as_bytes();
-    (usize::from(b[15]) ^ key.1 as usize) % SHARDS
+) -> bool {
+    others
+        .into_iter()
+        .any(|(t, l)| l != link && at_ms.abs_diff(t) < window_ms.unsigned_abs())
 }
 
 #[cfg(test)]
@@ -682,7 +605,6 @@ mod tests {
         r.delivery = delivered(T - 20_000);
         let ctx = Context {
             machine_click_window: Duration::from_secs(30),
-            ..Context::default()
         };
         assert_eq!(
             classify(&r, &ctx),
@@ -724,23 +646,6 @@ mod tests {
     }
 
     #[test]
-    fn bursts_of_clicks() {
-        let ctx = Context {
-            click_burst: true,
-            ..Context::default()
-        };
-        is_machine(
-            classify(&req(Kind::Click, Some(CHROME)), &ctx),
-            reason::BURST_OF_CLICKS,
-        );
-        // Bursts are about clicks only.
-        assert_eq!(
-            classify(&req(Kind::Open, Some(CHROME)), &ctx),
-            Verdict::HUMAN
-        );
-    }
-
-    #[test]
     fn huge_user_agents_are_cut_not_feared() {
         // 1024 falls inside a two-byte character.
         let mut ua = format!("a{}", "é".repeat(5_000));
@@ -750,61 +655,28 @@ mod tests {
 
     #[test]
     fn click_burst_flags_different_links_within_the_window() {
-        let b = ClickBurst::new(Duration::from_secs(1), 1_000);
-        let id = uuid::Uuid::now_v7();
+        let w = BURST_WINDOW.as_millis() as i64;
+        let (a, b) = (Some("https://a.example/"), Some("https://b.example/"));
         assert!(
-            !b.observe(id, 0, 0, T),
+            !click_burst(a, T, [], w),
             "the first click has nothing to compare with"
         );
         assert!(
-            !b.observe(id, 0, 0, T + 200),
+            !click_burst(a, T + 200, [(T, a)], w),
             "the same link again is a double click"
         );
-        assert!(b.observe(id, 0, 1, T + 300), "another link 300 ms later");
-        assert!(b.observe(id, 0, 2, T + 400));
-        // Another recipient of the same message is someone else.
-        assert!(!b.observe(id, 1, 1, T + 400));
-        // Out of order arrivals count by distance.
-        assert!(b.observe(id, 1, 2, T + 100));
-        // Seconds later, the reader's next link.
-        assert!(!b.observe(id, 0, 3, T + 5_000));
-        assert!(!b.observe(uuid::Uuid::now_v7(), 0, 1, T + 300));
-    }
-
-    #[test]
-    fn click_burst_memory_is_bounded() {
-        let b = ClickBurst::new(Duration::from_secs(1), 64);
-        let first = uuid::Uuid::now_v7();
-        b.observe(first, 0, 0, T);
-        for i in 0..10_000u32 {
-            b.observe(uuid::Uuid::now_v7(), i, 0, T);
-        }
-        let total: usize = b
-            .shards
-            .iter()
-            .map(|s| {
-                let s = s.lock().unwrap();
-                s.current.len() + s.previous.len()
-            })
-            .sum();
-        assert!(total <= 2 * 64, "{total}");
-        // Long forgotten: no burst from a click evicted long ago.
-        assert!(!b.observe(first, 0, 1, T + 10));
-    }
-
-    #[test]
-    fn click_burst_is_shared_between_threads() {
-        let b = std::sync::Arc::new(ClickBurst::new(Duration::from_secs(1), 1_000));
-        let id = uuid::Uuid::now_v7();
-        let hits: usize = (0..4u32)
-            .map(|link| {
-                let b = b.clone();
-                std::thread::spawn(move || b.observe(id, 0, link, T) as usize)
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .sum();
-        assert_eq!(hits, 3, "all but the first of four links");
+        assert!(
+            click_burst(b, T + 300, [(T, a)], w),
+            "another link 300 ms later"
+        );
+        // Out of order arrivals (clocks of two nodes) count by distance.
+        assert!(click_burst(b, T - 300, [(T, a)], w));
+        // Exactly the window apart, or seconds later: the reader's next link.
+        assert!(!click_burst(b, T + w, [(T, a)], w));
+        assert!(!click_burst(b, T + 5_000, [(T, a), (T + 100, a)], w));
+        // Any one of several earlier clicks on another link is enough.
+        assert!(click_burst(a, T + 900, [(T, a), (T + 800, b)], w));
+        // A link the store has no URL for still differs from one it has.
+        assert!(click_burst(a, T + 10, [(T, None)], w));
     }
 }

@@ -4,7 +4,7 @@
 //! nothing else.
 
 use super::aggregate::{self, Aggregator};
-use super::classify::{self, ClickBurst, Kind};
+use super::classify::{self, Kind};
 use super::recorder::Recorder;
 use crate::events::{EventType, NewEvent};
 use crate::metrics::Metrics;
@@ -27,7 +27,6 @@ pub struct Tracker {
     keys: Arc<TokenKeys>,
     recorder: Recorder,
     trusted_proxies: Vec<IpNet>,
-    burst: ClickBurst,
     flood: Aggregator,
     metrics: Arc<Metrics>,
     /// The List-Unsubscribe URL's handler (it reads the request body,
@@ -55,7 +54,6 @@ impl Tracker {
             keys,
             recorder,
             trusted_proxies,
-            burst: ClickBurst::new(Duration::from_secs(1), 100_000),
             flood: Aggregator::new(AGGREGATE_WINDOW, AGGREGATE_CAPACITY),
             metrics,
             unsubscriber: None,
@@ -146,7 +144,6 @@ impl Tracker {
                         email_id,
                         rcpt_index,
                         link: None,
-                        burst: false,
                     };
                     event = Some(self.event(req, ip, hit));
                 }
@@ -177,7 +174,7 @@ impl Tracker {
         let Some(Token::Click {
             email_id,
             rcpt_index,
-            link_index,
+            link_index: _,
             url,
         }) = self.keys.verify(token)
         else {
@@ -192,18 +189,15 @@ impl Tracker {
         };
         self.metrics.clicks.inc();
         let ip = client_ip(req, peer, &self.trusted_proxies);
-        // A folded repeat is not a click of its own: it neither makes nor
-        // joins a burst.
+        // A folded repeat is not a click of its own: it is not stored, so
+        // it neither makes nor joins a burst (which the store judges from
+        // the clicks it has, whatever node took them).
         let event = (!self.folded(req, ip, token)).then(|| {
-            let burst = self
-                .burst
-                .observe(email_id, rcpt_index, link_index, crate::time::now_ms());
             let hit = Hit {
                 kind: Kind::Click,
                 email_id,
                 rcpt_index,
                 link: Some(url),
-                burst,
             };
             self.event(req, ip, hit)
         });
@@ -224,8 +218,9 @@ impl Tracker {
         };
         let user_agent = header(hyper::header::USER_AGENT);
         let at = crate::time::now_ms();
-        // The delivery time is the store's to know; it applies the timing
-        // rule when it records a click.
+        // The delivery time and the recipient's other clicks are the
+        // store's to know; the recorder's judge applies the timing and burst
+        // rules when the click is stored.
         let verdict = classify::classify(
             &classify::Request {
                 kind: hit.kind,
@@ -235,10 +230,7 @@ impl Tracker {
                 at_ms: at,
                 delivery: classify::Delivery::default(),
             },
-            &classify::Context {
-                click_burst: hit.burst,
-                ..classify::Context::default()
-            },
+            &classify::Context::default(),
         );
         let kind = match hit.kind {
             Kind::Open => EventType::Opened,
@@ -262,8 +254,6 @@ struct Hit {
     email_id: uuid::Uuid,
     rcpt_index: u32,
     link: Option<String>,
-    /// Part of a burst of different links of one message.
-    burst: bool,
 }
 
 /// The URL as a Location header: exactly as written when it is printable

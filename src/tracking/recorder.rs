@@ -10,8 +10,8 @@
 use super::classify::{self, Delivery};
 use crate::events::{EventType, NewEvent};
 use crate::metrics::Metrics;
-use crate::store::sqlite::tracking::{RecipientCache, RecipientDelivery};
-use crate::store::{self, Durability, Store};
+use crate::store::tracking::{ClickJudge, TrackingFacts};
+use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -32,11 +32,60 @@ pub struct Recorder {
     metrics: Arc<Metrics>,
 }
 
-/// Settings the store needs to classify clicks it can only judge against
-/// the delivery time (which the listener never reads).
-#[derive(Clone, Copy)]
+/// Settings of the rules only the store's facts can feed.
+#[derive(Debug, Clone, Copy)]
 pub struct StoreRules {
     pub machine_click_window_ms: i64,
+}
+
+/// The rules only the store's facts can feed, judged as each click is
+/// written (so the same on every node: the facts are the shared store's):
+/// - a burst of different links of one copy (see [`classify::click_burst`]);
+/// - a click before the reader can have had the message (see
+///   [`classify::too_soon_after_delivery`]).
+///
+/// The burst comes first: that is the reason a scanner following every
+/// link on delivery has had since the listener judged bursts itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Judge {
+    pub machine_click_window_ms: i64,
+    pub burst_window_ms: i64,
+}
+
+impl From<StoreRules> for Judge {
+    fn from(r: StoreRules) -> Judge {
+        Judge {
+            machine_click_window_ms: r.machine_click_window_ms,
+            burst_window_ms: classify::BURST_WINDOW.as_millis() as i64,
+        }
+    }
+}
+
+impl ClickJudge for Judge {
+    fn burst_window_ms(&self) -> i64 {
+        self.burst_window_ms
+    }
+
+    fn judge(&self, ev: &NewEvent, facts: &TrackingFacts<'_>) -> Option<&'static str> {
+        if ev.kind != EventType::Clicked {
+            return None;
+        }
+        let others = facts
+            .nearby_clicks
+            .iter()
+            .map(|c| (c.at, c.link.as_deref()));
+        if classify::click_burst(ev.link.as_deref(), ev.at, others, self.burst_window_ms) {
+            return Some(classify::reason::BURST_OF_CLICKS);
+        }
+        let r = facts.recipient?;
+        let delivery = Delivery {
+            delivered_at_ms: r.delivered_at,
+            attempt_started_at_ms: r.attempt_started_at,
+            in_progress: r.sending,
+        };
+        classify::too_soon_after_delivery(ev.at, &delivery, self.machine_click_window_ms)
+            .then_some(classify::reason::TOO_SOON_AFTER_DELIVERY)
+    }
 }
 
 impl Recorder {
@@ -57,7 +106,7 @@ impl Recorder {
     /// for room, then drops the event and counts it.
     pub async fn record(&self, ev: NewEvent) {
         let ev = match self.tx.try_send(ev) {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(TrySendError::Full(ev)) => ev,
             Err(TrySendError::Closed(_)) => {
                 self.metrics.event_queue_overflow.inc();
@@ -77,19 +126,6 @@ impl Recorder {
         });
         let _ = waiter.await;
     }
-}
-
-/// The rule only the store's facts can feed: a click before the reader can
-/// have had the message (see [`classify::too_soon_after_delivery`]).
-fn judge(ev: &NewEvent, r: &RecipientDelivery, window_ms: i64) -> Option<&'static str> {
-    let delivery = Delivery {
-        delivered_at_ms: r.delivered_at,
-        attempt_started_at_ms: r.attempt_started_at,
-        in_progress: r.sending,
-    };
-    (ev.kind == EventType::Clicked
-        && classify::too_soon_after_delivery(ev.at, &delivery, window_ms))
-    .then_some(classify::reason::TOO_SOON_AFTER_DELIVERY)
 }
 
 async fn writer(
@@ -120,22 +156,12 @@ async fn writer(
 async fn flush(store: &Store, batch: &mut Vec<NewEvent>, metrics: &Metrics, rules: StoreRules) {
     let events = std::mem::take(batch);
     let n = events.len();
-    let events = Arc::new(events);
+    let events: Arc<[NewEvent]> = events.into();
+    let judge: Arc<dyn ClickJudge> = Arc::new(Judge::from(rules));
     for attempt in 0..=RETRIES {
-        let evs = events.clone();
-        let result = store
-            .write(Durability::Normal, move |tx| {
-                let window_ms = rules.machine_click_window_ms;
-                let judge = |ev: &NewEvent, r: &RecipientDelivery| judge(ev, r, window_ms);
-                let mut recipients = RecipientCache::default();
-                for ev in evs.iter() {
-                    store::sqlite::events::insert_tracking(tx, ev, &mut recipients, &judge)?;
-                }
-                Ok(())
-            })
-            .await;
+        let result = store.insert_tracking(events.clone(), judge.clone()).await;
         match result {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(e) if attempt < RETRIES => {
                 tracing::warn!("storing {n} tracking event(s) failed (retrying): {e}");
                 tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
@@ -145,5 +171,86 @@ async fn flush(store: &Store, batch: &mut Vec<NewEvent>, metrics: &Metrics, rule
                 tracing::error!("gave up storing {n} tracking event(s): {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tracking::{NearbyClick, RecipientDelivery};
+
+    const T: i64 = 1_800_000_000_000;
+    const JUDGE: Judge = Judge {
+        machine_click_window_ms: 10_000,
+        burst_window_ms: 1_000,
+    };
+
+    fn click(link: &str, at: i64) -> NewEvent {
+        let mut ev = NewEvent::new("e", EventType::Clicked, at);
+        ev.rcpt_idx = Some(0);
+        ev.link = Some(link.into());
+        ev
+    }
+
+    fn delivered(at: i64) -> RecipientDelivery {
+        RecipientDelivery {
+            address: "a@example.net".into(),
+            delivered_at: Some(at),
+            attempt_started_at: Some(at - 100),
+            sending: false,
+        }
+    }
+
+    fn nearby(link: &str, at: i64) -> NearbyClick {
+        NearbyClick {
+            at,
+            link: Some(link.into()),
+        }
+    }
+
+    #[test]
+    fn a_burst_outranks_the_delivery_window_and_opens_are_not_judged() {
+        let rcpt = delivered(T - 1_000);
+        let others = [nearby("https://a.example/", T - 300)];
+        let facts = TrackingFacts {
+            recipient: Some(&rcpt),
+            nearby_clicks: &others,
+        };
+        assert_eq!(
+            JUDGE.judge(&click("https://b.example/", T), &facts),
+            Some(classify::reason::BURST_OF_CLICKS)
+        );
+        assert_eq!(
+            JUDGE.judge(&click("https://a.example/", T), &facts),
+            Some(classify::reason::TOO_SOON_AFTER_DELIVERY),
+            "a double click is no burst, but still too soon"
+        );
+        let mut open = click("https://b.example/", T);
+        open.kind = EventType::Opened;
+        assert_eq!(JUDGE.judge(&open, &facts), None);
+    }
+
+    #[test]
+    fn unknown_recipients_are_judged_by_their_clicks_alone() {
+        let others = [nearby("https://a.example/", T + 500)];
+        let facts = TrackingFacts {
+            recipient: None,
+            nearby_clicks: &others,
+        };
+        assert_eq!(
+            JUDGE.judge(&click("https://b.example/", T), &facts),
+            Some(classify::reason::BURST_OF_CLICKS)
+        );
+        let alone = TrackingFacts {
+            recipient: None,
+            nearby_clicks: &[],
+        };
+        assert_eq!(JUDGE.judge(&click("https://b.example/", T), &alone), None);
+        let rcpt = delivered(T - 60_000);
+        let later = TrackingFacts {
+            recipient: Some(&rcpt),
+            nearby_clicks: &[],
+        };
+        assert_eq!(JUDGE.judge(&click("https://b.example/", T), &later), None);
     }
 }

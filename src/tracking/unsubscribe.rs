@@ -13,8 +13,8 @@
 
 use crate::feedback::return_path;
 use crate::prepare::TokenKeys;
-use crate::store::sqlite::unsubscribe::{self as store_unsubscribe, Outcome, Via};
-use crate::store::{Durability, Store};
+use crate::store::tracking::{UnsubscribeOutcome as Outcome, UnsubscribeRequest, Via};
+use crate::store::Store;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderName, HeaderValue};
@@ -125,7 +125,7 @@ impl Unsubscriber {
         if !is_one_click(content_type.as_deref(), &body) {
             return page(StatusCode::BAD_REQUEST, Page::BadRequest);
         }
-        let request = store_unsubscribe::Request {
+        let request = UnsubscribeRequest {
             email_id: rp.email_id.to_string(),
             rcpt_idx: rp.rcpt_index,
             via,
@@ -133,12 +133,9 @@ impl Unsubscriber {
             ip: Some(ip.to_string()),
             user_agent,
         };
-        let suppressing = self.suppressing.clone();
         let written = self
             .store
-            .write(Durability::Full, move |tx| {
-                store_unsubscribe::unsubscribe(tx, &request, &|d| suppressing.contains(d))
-            })
+            .unsubscribe(request, self.suppressing.clone())
             .await;
         match written {
             Ok(Outcome::Unsubscribed { .. }) => {

@@ -4,7 +4,7 @@
 use super::html::{csrf_field, esc, esc_opt, time};
 use super::{redirect, Page, PageError, Req};
 use crate::api::reply::Reply;
-use crate::store::{self, Durability};
+use crate::store::{self, tracking::OutboxCounts};
 use std::fmt::Write;
 
 const ROWS: usize = 100;
@@ -12,14 +12,22 @@ const ROWS: usize = 100;
 pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let f = req.query_fields();
     let failed_only = f.get("failed").is_some_and(|v| v == "1");
-    let (rows, (pending, delivered, failed)) = p
-        .read("the webhook outbox", move |c| {
-            Ok((
-                store::sqlite::webhooks::list(c, failed_only, ROWS)?,
-                store::sqlite::webhooks::counts(c)?,
-            ))
-        })
-        .await?;
+    let unreadable = |e: store::StoreError| {
+        tracing::error!("dashboard: reading the webhook outbox: {e}");
+        PageError::Internal(format!(
+            "Reading the webhook outbox from the store failed: {e}"
+        ))
+    };
+    let rows = p
+        .store()
+        .webhook_list(failed_only, ROWS)
+        .await
+        .map_err(unreadable)?;
+    let OutboxCounts {
+        pending,
+        delivered,
+        failed,
+    } = p.store().webhook_counts().await.map_err(unreadable)?;
     let mut b = String::new();
     if f.get("replayed").is_some_and(|v| v == "1") {
         b.push_str("<p class=\"notice\" role=\"status\">Queued again; it is sent now.</p>");
@@ -100,11 +108,10 @@ pub async fn replay(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             "No webhook delivery id given.".into(),
         ));
     }
+    // The store wakes the senders (of every node) itself.
     let n = p
         .store()
-        .write(Durability::Normal, move |tx| {
-            store::sqlite::webhooks::replay_one(tx, &id, store::now_ms())
-        })
+        .webhook_replay_one(&id, store::now_ms())
         .await
         .map_err(|e| PageError::Internal(format!("The store refused the replay: {e}")))?;
     if n == 0 {
@@ -112,6 +119,5 @@ pub async fn replay(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             "There is no such webhook delivery.".into(),
         ));
     }
-    p.store().outbox_wake().notify_waiters();
     Ok(redirect("/webhooks?replayed=1"))
 }

@@ -16,6 +16,7 @@ mod queue;
 pub mod schema;
 pub mod tls;
 mod tracking;
+mod webhooks;
 
 use super::{Durability, Result, StoreError, Subscription};
 use std::sync::Arc;

@@ -210,6 +210,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE recipients ADD COLUMN lease_node TEXT;
     "#,
+    // 3 (tracking) (issue 14): a recipient's clicks by time, for the click
+    // burst rule (SQLite's migration 12).
+    r#"
+    CREATE INDEX IF NOT EXISTS events_clicks ON events(email_id, rcpt_idx, at)
+        WHERE type = 'email.clicked';
+    "#,
 ];
 
 /// The schema version this build writes.

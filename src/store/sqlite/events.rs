@@ -2,7 +2,8 @@
 
 use super::sql::{event_from_row, Where, EVENT_COLUMNS};
 use super::Tx;
-use crate::events::{NewEvent, StoredEvent};
+use crate::events::{EventType, NewEvent, StoredEvent};
+use crate::store::tracking::{ClickJudge, Recorded, TrackingFacts};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Stores an event (and its webhook outbox rows). Fills in the recipient
@@ -155,30 +156,59 @@ pub fn prune(conn: &Connection, before: i64, batch: usize) -> rusqlite::Result<u
 
 /// Stores an open or click from the tracking listener (through
 /// [`insert`], like every event), with the recipient's address filled in.
-/// `judge` sees the event and the recipient's delivery times, which the
-/// listener never reads, and may return a machine reason for it; the rule
-/// is the caller's (the store does not know what makes a click a
-/// scanner's). Events already flagged are not judged again.
+/// `judge` sees the event and the store's facts about its recipient (its
+/// delivery times, its other clicks), which the listener never reads, and
+/// may return a machine reason for it; the rule is the caller's (the store
+/// does not know what makes a click a scanner's). Events already flagged
+/// are not judged again.
 pub fn insert_tracking(
     tx: &Tx<'_>,
     ev: &NewEvent,
     recipients: &mut super::tracking::RecipientCache,
-    judge: &dyn Fn(&NewEvent, &super::tracking::RecipientDelivery) -> Option<&'static str>,
-) -> rusqlite::Result<i64> {
-    let (Some(idx), None) = (ev.rcpt_idx, &ev.recipient) else {
-        return insert(tx, ev);
+    judge: &dyn ClickJudge,
+) -> rusqlite::Result<Recorded> {
+    let Some(idx) = ev.rcpt_idx else {
+        return insert(tx, ev).map(|id| recorded(id, ev));
     };
-    let Some(rcpt) = recipients.get(tx, &ev.email_id, idx)? else {
-        // An email the store never saw (a `preview` token) or one pruned.
-        return insert(tx, ev);
+    let rcpt = match &ev.recipient {
+        None => recipients.get(tx, &ev.email_id, idx)?,
+        Some(_) => None,
     };
-    let mut ev = ev.clone();
+    let mut ev = std::borrow::Cow::Borrowed(ev);
     if ev.machine != Some(true) {
-        if let Some(reason) = judge(&ev, rcpt) {
+        let nearby = if ev.kind == EventType::Clicked {
+            super::tracking::nearby_clicks(
+                tx,
+                &ev.email_id,
+                idx,
+                ev.link.as_deref(),
+                ev.at,
+                judge.burst_window_ms(),
+            )?
+        } else {
+            Vec::new()
+        };
+        let facts = TrackingFacts {
+            recipient: rcpt,
+            nearby_clicks: &nearby,
+        };
+        if let Some(reason) = judge.judge(&ev, &facts) {
+            let ev = ev.to_mut();
             ev.machine = Some(true);
             ev.machine_reason = Some(reason.to_string());
         }
     }
-    ev.recipient = Some(rcpt.address.clone());
-    insert(tx, &ev)
+    if let Some(r) = rcpt {
+        ev.to_mut().recipient = Some(r.address.clone());
+    }
+    insert(tx, &ev).map(|id| recorded(id, &ev))
+}
+
+fn recorded(event_id: i64, ev: &NewEvent) -> Recorded {
+    Recorded {
+        event_id,
+        recipient: ev.recipient.clone(),
+        machine: ev.machine == Some(true),
+        machine_reason: ev.machine_reason.clone(),
+    }
 }

@@ -290,6 +290,13 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE recipients ADD COLUMN lease_node TEXT;  -- server.node_id of the lease's holder while sending
     "#,
+    // 12 (tracking) (issue 14): a recipient's clicks by time, so the click
+    // burst rule reads them from the store (whatever node recorded them)
+    // instead of from one process's memory; clicks only, so it stays small.
+    r#"
+    CREATE INDEX IF NOT EXISTS events_clicks ON events(email_id, rcpt_idx, at)
+        WHERE type = 'email.clicked';
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.

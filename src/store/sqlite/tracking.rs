@@ -1,20 +1,20 @@
-//! What the tracking recorder reads while it writes opens and clicks: a
-//! recipient's address and delivery times. The rule that judges a click by
-//! those times lives in `crate::tracking`; the store only hands over facts.
+//! The SQLite side of `TrackingStore`, and what the tracking recorder reads
+//! while it writes opens and clicks: a recipient's address and delivery
+//! times, and its other clicks. The rule that judges a click by those facts
+//! lives in `crate::tracking`; the store only hands them over.
 
+use super::{unsubscribe, webhooks, Durability, Sqlite};
+use crate::events::NewEvent;
+use crate::store::tracking::{
+    ClickJudge, NearbyClick, OutboxCounts, OutboxItem, OutboxRow, Recorded, UnsubscribeOutcome,
+    UnsubscribeRequest,
+};
+use crate::store::Result;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-/// A recipient's row, as far as tracking needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecipientDelivery {
-    pub address: String,
-    pub delivered_at: Option<i64>,
-    /// Start of the latest delivery attempt (migration 2).
-    pub attempt_started_at: Option<i64>,
-    /// An attempt is under way: the recipient is leased for sending.
-    pub sending: bool,
-}
+pub use crate::store::tracking::RecipientDelivery;
 
 pub fn recipient_delivery(
     conn: &Connection,
@@ -34,6 +34,41 @@ pub fn recipient_delivery(
         })
     })
     .optional()
+}
+
+/// A click of one recipient's copy on another link than `link`, strictly
+/// within `window_ms` of `at` (index `events_clicks`): the first found, as
+/// one is all the burst rule needs.
+pub fn nearby_clicks(
+    conn: &Connection,
+    email_id: &str,
+    idx: u32,
+    link: Option<&str>,
+    at: i64,
+    window_ms: i64,
+) -> rusqlite::Result<Vec<NearbyClick>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, link FROM events
+         WHERE email_id = ?1 AND rcpt_idx = ?2 AND type = 'email.clicked' AND at > ?3 AND at < ?4
+           AND link IS NOT ?5
+         LIMIT 1",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            email_id,
+            idx,
+            at.saturating_sub(window_ms),
+            at.saturating_add(window_ms),
+            link
+        ],
+        |r| {
+            Ok(NearbyClick {
+                at: r.get(0)?,
+                link: r.get(1)?,
+            })
+        },
+    )?;
+    rows.collect()
 }
 
 /// Lookups made within one write job, so a batch of hits on one message
@@ -62,4 +97,105 @@ impl RecipientCache {
 }
 
 #[async_trait::async_trait]
-impl crate::store::tracking::TrackingStore for super::Sqlite {}
+impl crate::store::tracking::TrackingStore for Sqlite {
+    async fn insert_tracking(
+        &self,
+        events: Arc<[NewEvent]>,
+        judge: Arc<dyn ClickJudge>,
+    ) -> Result<Vec<Recorded>> {
+        self.write(Durability::Normal, move |tx| {
+            let mut recipients = RecipientCache::default();
+            events
+                .iter()
+                .map(|ev| super::events::insert_tracking(tx, ev, &mut recipients, &*judge))
+                .collect()
+        })
+        .await
+        .map_err(|e| e.within("storing tracking events"))
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: UnsubscribeRequest,
+        suppressing: Arc<HashSet<String>>,
+    ) -> Result<UnsubscribeOutcome> {
+        self.write(Durability::Full, move |tx| {
+            unsubscribe::unsubscribe(tx, &req, &|d| suppressing.contains(d))
+        })
+        .await
+        .map_err(|e| e.within("recording an unsubscribe"))
+    }
+
+    async fn webhook_claim_due(
+        &self,
+        endpoint: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxItem>> {
+        let endpoint = endpoint.to_string();
+        self.write(Durability::Normal, move |tx| {
+            webhooks::claim_due(tx, &endpoint, now, lease_ms, limit)
+        })
+        .await
+        .map_err(|e| e.within("claiming webhook deliveries"))
+    }
+
+    async fn webhook_delivered(&self, id: &str, at: i64) -> Result<()> {
+        let id = id.to_string();
+        self.write(Durability::Normal, move |tx| {
+            webhooks::mark_delivered(tx, &id, at)
+        })
+        .await
+        .map_err(|e| e.within("recording a webhook delivery"))
+    }
+
+    async fn webhook_failed(&self, id: &str, error: &str, next: Option<i64>) -> Result<()> {
+        let (id, error) = (id.to_string(), error.to_string());
+        self.write(Durability::Normal, move |tx| {
+            webhooks::mark_failed(tx, &id, &error, next)
+        })
+        .await
+        .map_err(|e| e.within("recording a failed webhook attempt"))
+    }
+
+    async fn webhook_list(&self, failed_only: bool, limit: usize) -> Result<Vec<OutboxRow>> {
+        self.read(move |c| webhooks::list(c, failed_only, limit))
+            .await
+            .map_err(|e| e.within("listing webhook deliveries"))
+    }
+
+    async fn webhook_counts(&self) -> Result<OutboxCounts> {
+        self.read(webhooks::counts)
+            .await
+            .map(|(pending, delivered, failed)| OutboxCounts {
+                pending,
+                delivered,
+                failed,
+            })
+            .map_err(|e| e.within("counting webhook deliveries"))
+    }
+
+    async fn webhook_replay_one(&self, id: &str, now: i64) -> Result<u64> {
+        let id = id.to_string();
+        let n = self
+            .write(Durability::Normal, move |tx| {
+                webhooks::replay_one(tx, &id, now)
+            })
+            .await
+            .map_err(|e| e.within("replaying a webhook delivery"))?;
+        self.outbox_wake().notify_waiters();
+        Ok(n as u64)
+    }
+
+    async fn webhook_replay_since(&self, since: i64, now: i64) -> Result<u64> {
+        let n = self
+            .write(Durability::Normal, move |tx| {
+                webhooks::replay_since(tx, since, now)
+            })
+            .await
+            .map_err(|e| e.within("replaying webhook deliveries"))?;
+        self.outbox_wake().notify_waiters();
+        Ok(n as u64)
+    }
+}

@@ -14,60 +14,9 @@ use crate::events::{EventType, NewEvent};
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
-/// How the request came; `detail.via` of the event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// An RFC 8058 POST from a mail client (`List-Unsubscribe=One-Click`).
-    OneClick,
-    /// The button of our confirmation page, in a browser.
-    Page,
-    /// Mail to the List-Unsubscribe mailto address.
-    Mailto,
-}
-
-impl Via {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Via::OneClick => "one_click",
-            Via::Page => "page",
-            Via::Mailto => "mailto",
-        }
-    }
-}
-
-/// One request, as the caller saw it.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub email_id: String,
-    pub rcpt_idx: u32,
-    pub via: Via,
-    pub at: i64,
-    /// The client's address and User-Agent for an HTTP request.
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The first request of this recipient of this email: `event_id` is
-    /// its `email.unsubscribed` event.
-    Unsubscribed {
-        event_id: i64,
-        address: String,
-        domain: String,
-        /// Whether a suppression row was added (false when the domain does
-        /// not suppress on unsubscribe, or the address already was).
-        suppression_added: bool,
-    },
-    /// Asked before: no new event (`event_id` is the first one's).
-    Repeated {
-        event_id: i64,
-        suppression_added: bool,
-    },
-    /// No such recipient in this store (a token from another installation
-    /// whose key we share, or a store started afresh).
-    UnknownRecipient,
-}
+pub use crate::store::tracking::{
+    UnsubscribeOutcome as Outcome, UnsubscribeRequest as Request, Via,
+};
 
 /// Records `req` in the caller's transaction. `suppresses` says, for a
 /// sending domain (lowercased), whether its `suppress_on` has

@@ -5,7 +5,7 @@ use super::Tx;
 use crate::events::{EmailSummary, NewEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use crate::store::tracking::Subscription;
+pub use crate::store::tracking::{OutboxItem, OutboxRow, Subscription};
 
 /// Adds the outbox rows for a just-stored event.
 pub(super) fn enqueue(
@@ -32,16 +32,6 @@ pub(super) fn enqueue(
         tx.outbox_added.set(true);
     }
     Ok(())
-}
-
-/// A webhook delivery due to be sent.
-#[derive(Debug, Clone)]
-pub struct OutboxItem {
-    pub id: String,
-    pub endpoint: String,
-    pub payload: String,
-    pub attempts: u32,
-    pub created_at: i64,
 }
 
 /// Pending deliveries due now for one endpoint, oldest first.
@@ -122,20 +112,6 @@ pub fn mark_failed(
         )?,
     };
     Ok(())
-}
-
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: String,
-    pub endpoint: String,
-    pub event_type: String,
-    pub email_id: String,
-    pub status: String,
-    pub attempts: u32,
-    pub next_attempt_at: i64,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub delivered_at: Option<i64>,
 }
 
 /// For `webhooks list`: newest first.
