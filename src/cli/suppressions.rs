@@ -17,22 +17,14 @@ const CSV_FIELDS: [&str; 6] = [
 
 /// The store named by the config, for one command, and a runtime to call
 /// it on. Never creates a SQLite database: only `serve` does.
-// TODO(merge): the backend-neutral opener from the config (`[store]
-// backend`) replaces `Store::open` here once it exists.
 pub(crate) fn open_store(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let path = config.database_path();
-    if !path.exists() {
-        return Err(format!(
-            "no database at {} (has `trackrelay serve` run with this config?)",
-            path.display()
-        ));
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store =
-        Store::open(&path, crate::serve::store_options(config)).map_err(|e| e.to_string())?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| format!("store: {e}"))?;
     Ok((rt, store))
 }
 
