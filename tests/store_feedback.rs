@@ -161,7 +161,7 @@ fn reports_scenario(c: &Ctx, e: &Emails) {
         .unwrap();
     let pending = c.rt.block_on(c.store.pending_reports(0, 10)).unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].rcpt_to, [someone.clone()]);
+    assert_eq!(pending[0].rcpt_to, [someone.as_str()]);
     assert_eq!(pending[0].received_at, 500);
     assert!(c
         .rt
