@@ -605,3 +605,139 @@ fn two_nodes_apply_each_report_once() {
     a.close();
     b.close();
 }
+
+/// The operator's commands over the real binary, on a store that exists
+/// (SQLite: made by `Store::open`; PostgreSQL: migrated by the first
+/// command): add, list, remove, export, import, and `reports show`.
+fn cli_scenario(config: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = run(args);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let out = ok(&[
+        "suppressions",
+        "add",
+        "Bob@Example.NET",
+        "--reason",
+        "complaint",
+    ]);
+    assert!(
+        out.contains("bob@example.net suppressed for every domain (complaint)"),
+        "{out}"
+    );
+    ok(&[
+        "suppressions",
+        "add",
+        "ann@x.test",
+        "--domain",
+        "Example.ORG",
+    ]);
+    let out = ok(&["suppressions", "add", "bob@example.net"]);
+    assert!(out.contains("already suppressed"), "{out}");
+    let listed: Vec<serde_json::Value> = ok(&["suppressions", "list", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["address"], "ann@x.test");
+    assert_eq!(listed[0]["domain"], "example.org");
+    assert_eq!(listed[1]["reason"], "complaint");
+    assert_eq!(listed[1]["domain"], serde_json::Value::Null);
+    let out = ok(&["suppressions", "list", "--domain", "example.net"]);
+    assert!(out.contains("1 suppressed address(es)"), "{out}");
+    let csv = ok(&["suppressions", "export", "--csv"]);
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    ok(&["suppressions", "remove", "bob@example.net"]);
+    let (removed, _, err) = run(&["suppressions", "remove", "ann@x.test"]);
+    assert!(
+        !removed && err.contains("not suppressed for every domain"),
+        "{err}"
+    );
+    ok(&[
+        "suppressions",
+        "remove",
+        "ann@x.test",
+        "--domain",
+        "example.org",
+    ]);
+    assert_eq!(ok(&["suppressions", "export", "--csv"]).lines().count(), 1);
+    let file = config.with_file_name("export.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let out = ok(&["suppressions", "import", "--csv", file.to_str().unwrap()]);
+    assert!(
+        out.contains("2 address(es) added, 0 already suppressed"),
+        "{out}"
+    );
+    assert_eq!(ok(&["suppressions", "export", "--csv"]), csv);
+    let (found, _, err) = run(&["reports", "show", "999"]);
+    assert!(!found && err.contains("no report with id 999"), "{err}");
+}
+
+fn cli_config(dir: &std::path::Path, store: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nhostname = \"relay.test\"\ndata_dir = {:?}\n{store}",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn cli_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), "");
+    let (ok, _, err) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(["suppressions", "list", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert!(!ok && err.contains("no database at"), "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "no store made by a command"
+    );
+    let parsed = trackrelay::config::Config::load(&config).unwrap();
+    Store::open(&parsed.database_path(), Default::default())
+        .unwrap()
+        .close();
+    cli_scenario(&config);
+}
+
+#[test]
+fn cli_on_postgres() {
+    if !postgres::available("cli_on_postgres") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = postgres::url();
+    let config = cli_config(
+        dir.path(),
+        &format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
+    );
+    cli_scenario(&config);
+}
