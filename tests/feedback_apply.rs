@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 use support::mx::{MxConfig, Script, TestMx};
 use support::webhook::Receiver;
-use trackrelay::store::sqlite::reports::{self, NewReport};
+use trackrelay::store::feedback::NewReport;
+use trackrelay::store::Store;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(30);
@@ -76,21 +77,34 @@ fn suppression(relay: &Relay, address: &str) -> Option<(String, String, Option<i
         .ok()
 }
 
-/// Writes a report as the inbound listener stores it; returns its id.
+/// Writes a report as the inbound listener stores it (through the store
+/// the relay's config names, whichever backend); returns its id.
 fn store_report(relay: &Relay, rcpt_to: &str, raw: &[u8]) -> i64 {
-    let conn = rusqlite::Connection::open(relay.db_path()).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    reports::insert(
-        &conn,
-        &NewReport {
-            received_at: trackrelay::store::now_ms(),
-            peer_ip: "127.0.0.9".into(),
-            helo: "mx.example.net".into(),
-            mail_from: String::new(),
-            rcpt_to: vec![rcpt_to.into()],
-            raw: raw.to_vec(),
-        },
-    )
+    let config = trackrelay::config::Config::load(&relay.config_path)
+        .unwrap_or_else(|e| panic!("the relay's config: {e}"));
+    let report = NewReport {
+        received_at: trackrelay::store::now_ms(),
+        peer_ip: "127.0.0.9".into(),
+        helo: "mx.example.net".into(),
+        mail_from: String::new(),
+        rcpt_to: vec![rcpt_to.into()],
+        raw: raw.to_vec(),
+    };
+    // Its own thread and runtime: tests call this from inside theirs.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = Store::open_existing(&config).await?;
+            let id = store.insert_report(report).await;
+            store.close();
+            id
+        })
+    })
+    .join()
+    .unwrap()
     .unwrap()
 }
 

@@ -455,6 +455,12 @@ fn recipients_beyond_fifty_get_452_and_sigterm_ends_cleanly() {
 
 #[test]
 fn a_store_failure_is_451_and_the_session_goes_on() {
+    if harness::on_postgres() {
+        // The failure is made with SQLite's write lock, which another
+        // process can hold; a PostgreSQL writer would wait, not fail.
+        eprintln!("SKIPPED a_store_failure_is_451_and_the_session_goes_on: SQLite's lock only");
+        return;
+    }
     let relay = Relay::start(Options {
         store: "busy_timeout = \"1s\"".into(),
         ..inbound("")

@@ -272,14 +272,20 @@ fn stats_warn_when_a_domains_complaint_rate_passes_the_thresholds() {
         / 3_600_000
         - 2)
         * 3_600_000;
-    let db = rusqlite::Connection::open(relay.db_path()).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    for (domain, complained) in [("example.com", 2), ("example.org", 4)] {
-        db.execute(
-            "INSERT INTO rollups (hour, domain, sent, delivered, complained) VALUES (?1, ?2, 1000, 1000, ?3)",
-            rusqlite::params![hour, domain, complained],
-        )
-        .unwrap();
+    // The same statement on either backend.
+    let sql = format!(
+        "INSERT INTO rollups (hour, domain, sent, delivered, complained)
+         VALUES ({hour}, 'example.com', 1000, 1000, 2), ({hour}, 'example.org', 1000, 1000, 4)"
+    );
+    match &relay.pg_url {
+        Some(url) => {
+            harness::pg::query(url, &sql);
+        }
+        None => {
+            let db = rusqlite::Connection::open(relay.db_path()).unwrap();
+            db.busy_timeout(Duration::from_secs(10)).unwrap();
+            db.execute_batch(&sql).unwrap();
+        }
     }
     let out = relay.cli(&["stats", "--json"]);
     assert!(out.status.success());

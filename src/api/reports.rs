@@ -4,9 +4,7 @@
 
 use super::params::Params;
 use super::reply::{self, ApiError, Reply};
-use super::routes::read;
 use super::Api;
-use crate::store;
 use base64::Engine;
 
 /// The metadata (`id, received_at, peer_ip, helo, mail_from, rcpt_to,
@@ -20,10 +18,11 @@ pub async fn show(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Reply,
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::bad_request(format!("{raw_id:?} is not a report id")))?;
-    let Some(r) = read(api, "the report", move |c| {
-        store::sqlite::reports::get(c, id)
-    })
-    .await?
+    let Some(r) = api
+        .store
+        .report(id)
+        .await
+        .map_err(|e| ApiError::internal("reading the report from the store", e))?
     else {
         return Err(ApiError::not_found(format!(
             "no report with id {id} (reports that named no email are not kept)"

@@ -4,10 +4,9 @@
 
 use super::params::Params;
 use super::reply::{self, ApiError, Reply};
-use super::routes::read;
 use super::Api;
-use crate::store::sqlite::suppressions::{self as sup, check_address, check_domain, check_reason};
-use crate::store::{self, Durability};
+use crate::store;
+use crate::store::feedback::{self as sup, check_address, check_domain, check_reason};
 use base64::Engine;
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -49,15 +48,11 @@ pub async fn list(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("domain: {e}")))?;
     let limit = p.limit()?;
     let after = p.text("after").map(parse_cursor).transpose()?;
-    let mut rows = read(api, "suppressions", move |c| {
-        let mut rows = Vec::new();
-        sup::each(c, domain.as_deref(), after.as_ref(), limit + 1, |s| {
-            rows.push(s);
-            Ok::<_, rusqlite::Error>(())
-        })?;
-        Ok(rows)
-    })
-    .await?;
+    let mut rows = api
+        .store
+        .suppressions(domain.as_deref(), after, limit + 1)
+        .await
+        .map_err(|e| ApiError::internal("reading suppressions from the store", e))?;
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next_after = if more { rows.last().map(cursor) } else { None };
@@ -113,10 +108,9 @@ pub async fn add(api: &Api, query: Option<&str>, body: &[u8]) -> Result<Reply, A
         created_at: store::now_ms(),
         expires_at: None,
     };
-    let e = entry.clone();
     let added = api
         .store
-        .write(Durability::Full, move |tx| sup::add(tx, &e))
+        .add_suppression(entry.clone())
         .await
         .map_err(|e| ApiError::internal("adding the suppression", e))?;
     let mut v = entry.to_json();
@@ -142,12 +136,9 @@ pub async fn remove(api: &Api, raw: &str, query: Option<&str>) -> Result<Reply, 
         .map(check_domain)
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("domain: {e}")))?;
-    let (a, d) = (address.clone(), domain.clone());
     let removed = api
         .store
-        .write(Durability::Full, move |tx| {
-            sup::remove(tx, &a, d.as_deref())
-        })
+        .remove_suppression(&address, domain.as_deref())
         .await
         .map_err(|e| ApiError::internal("removing the suppression", e))?;
     let scope = domain.as_deref().unwrap_or("every domain");

@@ -1,15 +1,18 @@
 //! `trackrelay reports show ID [--raw]`: a report the return-path MX
 //! received (a bounce, a complaint), as the operator reads it.
 
-use super::{reader, CliResult};
+use super::suppressions::open_store;
+use super::CliResult;
 use crate::config::Config;
-use crate::store;
+use crate::store::feedback::ReportInfo;
 use crate::text::printable;
 use std::io::Write;
 
 pub fn show(config: &Config, id: i64, raw: bool) -> CliResult {
-    let conn = reader(config)?;
-    let report = store::sqlite::reports::get(&conn, id)
+    let (rt, store) = open_store(config)?;
+    let report = rt.block_on(store.report(id));
+    store.close();
+    let report = report
         .map_err(|e| format!("reading the store: {e}"))?
         .ok_or_else(|| {
             format!("no report with id {id} (reports that named no email are not kept)")
@@ -32,7 +35,7 @@ pub fn show(config: &Config, id: i64, raw: bool) -> CliResult {
 /// Metadata, then the message with every control character escaped: the
 /// report comes from anyone on the internet and must not drive the
 /// terminal.
-fn write_shown(w: &mut impl Write, r: &store::sqlite::reports::ReportInfo) -> std::io::Result<()> {
+fn write_shown(w: &mut impl Write, r: &ReportInfo) -> std::io::Result<()> {
     if let serde_json::Value::Object(m) = r.metadata_json() {
         for (k, v) in m {
             let v = match v {

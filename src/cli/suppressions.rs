@@ -1,9 +1,9 @@
 //! `trackrelay suppressions list|add|remove|export|import`.
 
-use super::{csv_row, csv_uncell, csv_writer, finish, out, printable, reader, CliResult, Stop};
+use super::{csv_row, csv_uncell, csv_writer, finish, out, printable, CliResult, Stop};
 use crate::config::Config;
-use crate::store;
-use crate::store::sqlite::suppressions::{self as sup, check_address, check_domain, check_reason};
+use crate::store::feedback::{self as sup, check_address, check_domain, check_reason};
+use crate::store::{self, Store};
 use std::io::Write;
 
 const CSV_FIELDS: [&str; 6] = [
@@ -15,17 +15,74 @@ const CSV_FIELDS: [&str; 6] = [
     "expires_at",
 ];
 
-fn writer(config: &Config) -> Result<rusqlite::Connection, String> {
-    store::open_writer(&config.database_path()).map_err(|e| e.to_string())
+/// The store named by the config, for one command, and a runtime to call
+/// it on. Never creates a SQLite database: only `serve` does.
+// TODO(merge): the read commands (`suppressions list|export`, `reports
+// show`) open SQLite read-only again with the queries area's
+// `Store::open_read_only` once it is merged; until then they open the
+// writer like the write commands (which migrates an older store).
+pub(crate) fn open_store(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| format!("store: {e}"))?;
+    Ok((rt, store))
+}
+
+/// Entries read per store read when printing the whole list.
+const PAGE: usize = 1000;
+
+/// Calls `on` for each entry (only those scoped to `domain` and the
+/// every-domain ones, when given), in address order, a page at a time, so
+/// a list of any length prints in constant memory. A store error stops
+/// the walk and lands in `failed`.
+fn each(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    domain: Option<&str>,
+    failed: &mut Option<String>,
+    mut on: impl FnMut(&sup::Suppression) -> Result<(), Stop>,
+) -> Result<(), Stop> {
+    let mut after = None;
+    loop {
+        let page = match rt.block_on(store.suppressions(domain, after.take(), PAGE)) {
+            Ok(p) => p,
+            Err(e) => {
+                *failed = Some(format!("reading the store: {e}"));
+                return Ok(());
+            }
+        };
+        for s in &page {
+            on(s)?;
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(last.cursor()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// `finish`, then the store's error if the walk had one.
+fn done(done: Result<(), Stop>, w: impl Write, store: Store, failed: Option<String>) -> CliResult {
+    let written = finish(done, w);
+    store.close();
+    match failed {
+        Some(e) => Err(e),
+        None => written,
+    }
 }
 
 pub fn list(config: &Config, json: bool, domain: Option<&str>) -> CliResult {
     let domain = domain.map(check_domain).transpose()?;
-    let conn = reader(config)?;
+    let (rt, store) = open_store(config)?;
+    let mut failed = None;
     let mut w = out();
     let mut n = 0usize;
-    let done = if json {
-        sup::each(&conn, domain.as_deref(), None, 0, |s| {
+    let walked = if json {
+        each(&rt, &store, domain.as_deref(), &mut failed, |s| {
             writeln!(w, "{}", s.to_json()).map_err(Stop::Io)
         })
     } else {
@@ -36,7 +93,7 @@ pub fn list(config: &Config, json: bool, domain: Option<&str>) -> CliResult {
         )
         .map_err(Stop::Io)
         .and_then(|()| {
-            sup::each(&conn, domain.as_deref(), None, 0, |s| {
+            each(&rt, &store, domain.as_deref(), &mut failed, |s| {
                 n += 1;
                 writeln!(
                     w,
@@ -52,16 +109,21 @@ pub fn list(config: &Config, json: bool, domain: Option<&str>) -> CliResult {
                 .map_err(Stop::Io)
             })
         })
-        .and_then(|()| writeln!(w, "{n} suppressed address(es)").map_err(Stop::Io))
+        .and_then(|()| {
+            if failed.is_none() {
+                writeln!(w, "{n} suppressed address(es)").map_err(Stop::Io)
+            } else {
+                Ok(())
+            }
+        })
     };
-    finish(done, w)
+    done(walked, w, store, failed)
 }
 
 pub fn add(config: &Config, address: &str, domain: Option<&str>, reason: &str) -> CliResult {
     let address = check_address(address)?;
     let domain = domain.map(check_domain).transpose()?;
     let reason = check_reason(reason)?;
-    let conn = writer(config)?;
     let entry = sup::Suppression {
         address: address.clone(),
         domain: domain.clone(),
@@ -70,7 +132,10 @@ pub fn add(config: &Config, address: &str, domain: Option<&str>, reason: &str) -
         created_at: store::now_ms(),
         expires_at: None,
     };
-    let added = sup::add(&conn, &entry).map_err(|e| format!("writing the store: {e}"))?;
+    let (rt, store) = open_store(config)?;
+    let added = rt.block_on(store.add_suppression(entry));
+    store.close();
+    let added = added.map_err(|e| format!("writing the store: {e}"))?;
     let scope = domain.as_deref().unwrap_or("every domain");
     if added {
         println!("{address} suppressed for {scope} ({})", reason.as_str());
@@ -83,11 +148,11 @@ pub fn add(config: &Config, address: &str, domain: Option<&str>, reason: &str) -
 pub fn remove(config: &Config, address: &str, domain: Option<&str>) -> CliResult {
     let address = check_address(address)?;
     let domain = domain.map(check_domain).transpose()?;
-    let conn = writer(config)?;
     let scope = domain.as_deref().unwrap_or("every domain");
-    if sup::remove(&conn, &address, domain.as_deref())
-        .map_err(|e| format!("writing the store: {e}"))?
-    {
+    let (rt, store) = open_store(config)?;
+    let removed = rt.block_on(store.remove_suppression(&address, domain.as_deref()));
+    store.close();
+    if removed.map_err(|e| format!("writing the store: {e}"))? {
         println!("{address} no longer suppressed for {scope}");
         Ok(())
     } else {
@@ -96,10 +161,11 @@ pub fn remove(config: &Config, address: &str, domain: Option<&str>) -> CliResult
 }
 
 pub fn export_csv(config: &Config) -> CliResult {
-    let conn = reader(config)?;
+    let (rt, store) = open_store(config)?;
+    let mut failed = None;
     let mut w = csv_writer(out());
-    let done = csv_row(&mut w, &CSV_FIELDS).and_then(|()| {
-        sup::each(&conn, None, None, 0, |s| {
+    let walked = csv_row(&mut w, &CSV_FIELDS).and_then(|()| {
+        each(&rt, &store, None, &mut failed, |s| {
             let event_id = s.event_id.map(|i| i.to_string()).unwrap_or_default();
             let expires = s.expires_at.map(store::rfc3339).unwrap_or_default();
             csv_row(
@@ -115,8 +181,8 @@ pub fn export_csv(config: &Config) -> CliResult {
             )
         })
     });
-    let done = done.and_then(|()| w.flush().map_err(Stop::Io));
-    finish(done, std::io::sink())
+    let walked = walked.and_then(|()| w.flush().map_err(Stop::Io));
+    done(walked, std::io::sink(), store, failed)
 }
 
 /// Reads the whole file first and writes nothing unless every row is
@@ -210,18 +276,14 @@ pub fn import_csv(config: &Config, path: &std::path::Path) -> CliResult {
             shown.join("\n  ")
         ));
     }
-    let mut conn = writer(config)?;
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let mut added = 0usize;
-    for r in &rows {
-        if sup::add(&tx, r).map_err(|e| format!("writing the store: {e}"))? {
-            added += 1;
-        }
-    }
-    tx.commit().map_err(|e| format!("writing the store: {e}"))?;
+    let total = rows.len();
+    let (rt, store) = open_store(config)?;
+    let added = rt.block_on(store.import_suppressions(rows));
+    store.close();
+    let added = added.map_err(|e| format!("writing the store: {e}"))?;
     println!(
         "{added} address(es) added, {} already suppressed",
-        rows.len() - added
+        total - added
     );
     Ok(())
 }

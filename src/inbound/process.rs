@@ -35,17 +35,22 @@
 //! - delivered / relayed / expanded: nothing but the outcome.
 //! - an ARF complaint: `email.complained` once per recipient, and a
 //!   `complaint` suppression where `suppress_on` has `complaint`.
-//! - mail to `unsubscribe+{token}@…`: an unsubscribe (store::sqlite::unsubscribe),
+//! - mail to `unsubscribe+{token}@…`: an unsubscribe (as by the one-click POST),
 //!   never a bounce.
+//!
+//! The store carries the plan out (`FeedbackStore::apply_reports`); what
+//! a report does is decided here.
 
 use crate::config::Config;
-use crate::events::{EventType, NewEvent};
+use crate::events::EventType;
 use crate::feedback::{self, return_path, Action, Dsn, RecipientStatus, Report, ReturnPath};
 use crate::metrics::Metrics;
 use crate::prepare::TokenKeys;
-use crate::store::sqlite::feedback::LinkedRecipient;
-use crate::store::{self, sqlite::rollups::bit, sqlite::suppressions, Durability, Store, Tx};
-use serde_json::{json, Value};
+use crate::store::feedback::{
+    self as fb, Change, LinkedRecipient, Pending, Plan, Reason, ReportWork,
+};
+use crate::store::{self, Store};
+use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,36 +63,7 @@ const BATCH: usize = 16;
 /// listener).
 const PERIOD: Duration = Duration::from_secs(30);
 
-/// What happened to a report, as the metric's `outcome` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Bounced,
-    Delayed,
-    Complained,
-    Unsubscribe,
-    AutoReply,
-    /// No verified token, or one naming a recipient the store does not have.
-    Unlinked,
-    /// A token-shaped envelope recipient that does not verify.
-    Forged,
-    /// Linked but nothing to do (delivered/relayed DSN, duplicate, not a report).
-    Ignored,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Bounced => "bounced",
-            Outcome::Delayed => "delayed",
-            Outcome::Complained => "complained",
-            Outcome::Unsubscribe => "unsubscribe",
-            Outcome::AutoReply => "auto_reply",
-            Outcome::Unlinked => "unlinked",
-            Outcome::Forged => "forged",
-            Outcome::Ignored => "ignored",
-        }
-    }
-}
+pub use crate::store::feedback::Outcome;
 
 /// Where the token that linked a report was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +184,7 @@ pub fn decide(report: &Report, unsubscribe: bool, rcpt: &LinkedRecipient) -> Eff
         _ if unsubscribe => Effect::Unsubscribe,
         Report::Unknown => Effect::Drop(Outcome::Ignored),
         Report::PlainBounce(p) => bounce(p.bounce.clone()),
-        Report::Arf(_) if rcpt.counted & bit::COMPLAINED != 0 => {
+        Report::Arf(_) if rcpt.complained => {
             Effect::Nothing(Outcome::Complained, "already complained".into())
         }
         Report::Arf(c) => Effect::Complaint(c.clone()),
@@ -283,7 +259,7 @@ pub struct Classified {
 
 /// Classifies and links one pending report. A parser panic (a bug; the
 /// parser is fuzzed) is caught so that one report never stops the queue.
-pub fn classify(p: &store::sqlite::reports::Pending, keys: &TokenKeys) -> Classified {
+pub fn classify(p: &Pending, keys: &TokenKeys) -> Classified {
     let unsubscribe = to_unsubscribe_mailbox(&p.rcpt_to);
     let parsed = std::panic::catch_unwind(|| {
         let report = feedback::classify(&p.raw);
@@ -312,247 +288,112 @@ pub fn classify(p: &store::sqlite::reports::Pending, keys: &TokenKeys) -> Classi
     }
 }
 
-/// Applies one classified report in the writer's transaction: claims the
-/// row (nothing happens if another pass took it), then its effects, then
-/// its outcome or its deletion. Returns the metric outcome, or `None` when
-/// the row was no longer pending.
-pub fn apply(
-    tx: &Tx<'_>,
-    c: &Classified,
-    rules: &Rules,
-    now: i64,
-) -> rusqlite::Result<Option<Outcome>> {
-    if !store::sqlite::reports::claim(tx, c.id, now)? {
-        return Ok(None);
-    }
-    if let Some(e) = &c.error {
-        store::sqlite::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": e }))?;
-        return Ok(Some(Outcome::Ignored));
-    }
-    let dropped = |outcome: Outcome| -> rusqlite::Result<Option<Outcome>> {
-        store::sqlite::reports::delete(tx, c.id)?;
-        Ok(Some(outcome))
-    };
-    let (rp, via) = match (&c.report, c.link) {
-        (Report::AutoReply, _) => return dropped(Outcome::AutoReply),
-        (_, Link::Forged) => return dropped(Outcome::Forged),
-        (_, Link::Missing) => return dropped(Outcome::Unlinked),
-        (_, Link::Found(rp, via)) => (rp, via),
-    };
-    let email_id = rp.email_id.hyphenated().to_string();
-    let Some(rcpt) = store::sqlite::feedback::recipient(tx, &email_id, rp.rcpt_index)? else {
-        // A token of ours for an email this store does not have (another
-        // store's, or a `preview`): nothing to change.
-        return dropped(Outcome::Unlinked);
-    };
-    let target = Target {
-        email_id,
-        idx: rp.rcpt_index,
-        rcpt,
-        report_id: c.id,
-        at: c.received_at,
-    };
-    let (outcome, mut detail) = match decide(&c.report, c.unsubscribe, &target.rcpt) {
-        Effect::Drop(outcome) => return dropped(outcome),
-        Effect::Bounce(b) => (Outcome::Bounced, bounce(tx, &target, &b, rules)?),
-        Effect::Delay(b) => (Outcome::Delayed, delay(tx, &target, &b)?),
-        Effect::Complaint(comp) => (Outcome::Complained, complaint(tx, &target, &comp, rules)?),
-        Effect::Unsubscribe => (
-            Outcome::Unsubscribe,
-            unsubscribe_by_mail(tx, &target, rules)?,
-        ),
-        Effect::Nothing(outcome, why) => (outcome, json!({ "changed": false, "why": why })),
-    };
-    if let Value::Object(m) = &mut detail {
-        m.insert("outcome".into(), outcome.as_str().into());
-        m.insert("email_id".into(), target.email_id.clone().into());
-        m.insert("rcpt_idx".into(), target.idx.into());
-        m.insert("recipient".into(), target.rcpt.address.clone().into());
-        m.insert("linked_by".into(), via.as_str().into());
-    }
-    store::sqlite::reports::set_outcome(tx, c.id, c.kind, &detail)?;
-    Ok(Some(outcome))
-}
-
-/// What one report of a batch came to: its id, and its outcome or why it
-/// could not be applied.
-type BatchResult = Vec<(i64, Result<Option<Outcome>, String>)>;
-
-/// Applies `batch` in order in one transaction, each report under its own
-/// savepoint: a report whose effects fail (or panic) is rolled back alone
-/// and marked processed with the error, so it is kept for the operator to
-/// read and never blocks or loops the queue. Only a failing savepoint
-/// statement fails the whole write (nothing applied, read again later).
-pub fn apply_batch(
-    tx: &Tx<'_>,
-    batch: &[Classified],
-    rules: &Rules,
-    now: i64,
-) -> rusqlite::Result<BatchResult> {
-    let mut out = Vec::with_capacity(batch.len());
-    for c in batch {
-        tx.execute_batch("SAVEPOINT report")?;
-        let applied =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(tx, c, rules, now)));
-        let error = match applied {
-            Ok(Ok(outcome)) => {
-                tx.execute_batch("RELEASE report")?;
-                out.push((c.id, Ok(outcome)));
-                continue;
+/// What the store is to do with one classified report: dropped or kept
+/// with an error right away, or, once linked, what `decide` says for the
+/// recipient's state in the applying transaction.
+pub fn plan(c: &Classified, rules: &Arc<Rules>) -> ReportWork {
+    let plan = match (&c.error, &c.report, c.link) {
+        (Some(e), _, _) => Plan::Error(e.clone()),
+        (None, Report::AutoReply, _) => Plan::Drop(Outcome::AutoReply),
+        (None, _, Link::Forged) => Plan::Drop(Outcome::Forged),
+        (None, _, Link::Missing) => Plan::Drop(Outcome::Unlinked),
+        (None, _, Link::Found(rp, via)) => {
+            let (report, unsubscribe, rules) = (c.report.clone(), c.unsubscribe, rules.clone());
+            let (id, at) = (c.id, c.received_at);
+            Plan::Linked {
+                email_id: rp.email_id.hyphenated().to_string(),
+                idx: rp.rcpt_index,
+                linked_by: via.as_str(),
+                decide: Box::new(move |rcpt: &LinkedRecipient| {
+                    action(decide(&report, unsubscribe, rcpt), rcpt, &rules, id, at)
+                }),
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "internal error: applying the report panicked".to_string(),
-        };
-        tx.execute_batch("ROLLBACK TO report; RELEASE report")?;
-        if store::sqlite::reports::claim(tx, c.id, now)? {
-            store::sqlite::reports::set_outcome(tx, c.id, c.kind, &json!({ "error": error }))?;
         }
-        out.push((c.id, Err(error)));
-    }
-    Ok(out)
-}
-
-/// The recipient a linked report is applied to.
-struct Target {
-    email_id: String,
-    idx: u32,
-    rcpt: LinkedRecipient,
-    report_id: i64,
-    /// When the report arrived: the time of its events.
-    at: i64,
-}
-
-impl Target {
-    fn event(&self, kind: EventType, detail: Value) -> NewEvent {
-        let mut ev = NewEvent::new(self.email_id.clone(), kind, self.at);
-        ev.rcpt_idx = Some(self.idx);
-        ev.recipient = Some(self.rcpt.address.clone());
-        ev.detail = Some(detail);
-        ev
-    }
-
-    /// Puts the address on the sending domain's list, linked to `event_id`.
-    fn suppress(
-        &self,
-        tx: &Tx<'_>,
-        reason: suppressions::Reason,
-        event_id: i64,
-    ) -> rusqlite::Result<bool> {
-        suppressions::add(
-            tx,
-            &suppressions::Suppression {
-                address: self.rcpt.address.to_lowercase(),
-                domain: Some(self.rcpt.domain.clone()),
-                reason: reason.as_str().into(),
-                event_id: Some(event_id),
-                created_at: self.at,
-                expires_at: None,
-            },
-        )
-    }
-}
-
-fn bounce(
-    tx: &Tx<'_>,
-    t: &Target,
-    b: &feedback::bounce::Bounce,
-    rules: &Rules,
-) -> rusqlite::Result<Value> {
-    let was = t.rcpt.status.clone();
-    store::sqlite::feedback::set_bounced(tx, &t.email_id, t.idx, t.at, &b.message)?;
-    let mut object = b.event_json(t.at, true);
-    object["report_id"] = t.report_id.into();
-    let event_id = store::sqlite::events::insert(
-        tx,
-        &t.event(
-            EventType::Bounced,
-            json!({ "response": b.message, "bounce": object }),
-        ),
-    )?;
-    let suppressed = b.suppress
-        && rules.hard_bounce.contains(&t.rcpt.domain)
-        && t.suppress(tx, suppressions::Reason::HardBounce, event_id)?;
-    if suppressed {
-        tracing::info!(email_id = %t.email_id, rcpt = t.idx, "recipient suppressed after an asynchronous hard bounce");
-    }
-    Ok(json!({
-        "changed": true,
-        "previous_status": was,
-        "event_id": event_id,
-        "suppressed": suppressed,
-        "bounce": object,
-    }))
-}
-
-fn delay(tx: &Tx<'_>, t: &Target, b: &feedback::bounce::Bounce) -> rusqlite::Result<Value> {
-    let detail = json!({
-        "response": b.message,
-        "status": b.status,
-        "reporting_mta": b.reporting_mta,
-        "async": true,
-        "report_id": t.report_id,
-    });
-    let event_id = store::sqlite::events::insert(tx, &t.event(EventType::DeliveryDelayed, detail))?;
-    Ok(json!({ "changed": true, "event_id": event_id, "status": b.status }))
-}
-
-fn complaint(
-    tx: &Tx<'_>,
-    t: &Target,
-    c: &feedback::Complaint,
-    rules: &Rules,
-) -> rusqlite::Result<Value> {
-    let detail = json!({
-        "feedback_type": c.feedback_type,
-        "user_agent": c.user_agent,
-        "reporting_mta": c.reporting_mta,
-        "report_id": t.report_id,
-    });
-    let event_id = store::sqlite::events::insert(tx, &t.event(EventType::Complained, detail))?;
-    let suppressed = rules.complaint.contains(&t.rcpt.domain)
-        && t.suppress(tx, suppressions::Reason::Complaint, event_id)?;
-    Ok(json!({
-        "changed": true,
-        "event_id": event_id,
-        "suppressed": suppressed,
-        "feedback_type": c.feedback_type,
-    }))
-}
-
-/// Mail to `unsubscribe+{token}@…`, the mailto of `List-Unsubscribe`: the
-/// same unsubscribe as the one-click POST (`email.unsubscribed` once per
-/// recipient, and a suppression where `suppress_on` has `unsubscribe`),
-/// never a bounce, whatever the mail looks like.
-fn unsubscribe_by_mail(tx: &Tx<'_>, t: &Target, rules: &Rules) -> rusqlite::Result<Value> {
-    use store::sqlite::unsubscribe::{self as unsub, Outcome as U};
-    let req = unsub::Request {
-        email_id: t.email_id.clone(),
-        rcpt_idx: t.idx,
-        via: unsub::Via::Mailto,
-        at: t.at,
-        // The peer is the user's mail server, not the user.
-        ip: None,
-        user_agent: None,
     };
-    Ok(
-        match unsub::unsubscribe(tx, &req, &|d| rules.unsubscribe.contains(d))? {
-            U::Unsubscribed {
-                event_id,
-                suppression_added,
-                ..
-            } => json!({ "changed": true, "event_id": event_id, "suppressed": suppression_added }),
-            U::Repeated {
-                event_id,
-                suppression_added,
-            } => json!({
-                "changed": suppression_added,
-                "why": "unsubscribed before",
-                "event_id": event_id,
-                "suppressed": suppression_added,
-            }),
-            U::UnknownRecipient => json!({ "changed": false, "why": "no such recipient" }),
+    ReportWork {
+        id: c.id,
+        kind: c.kind,
+        received_at: c.received_at,
+        plan,
+    }
+}
+
+/// The store's changes for an effect on `rcpt`, with the domain's
+/// `suppress_on` applied. `report_id` and `at` are the report's.
+pub fn action(
+    effect: Effect,
+    rcpt: &LinkedRecipient,
+    rules: &Rules,
+    report_id: i64,
+    at: i64,
+) -> fb::Action {
+    let suppress =
+        |on: &HashSet<String>, reason: Reason| on.contains(&rcpt.domain).then_some(reason);
+    match effect {
+        Effect::Drop(outcome) => fb::Action::Drop(outcome),
+        Effect::Nothing(outcome, why) => fb::Action::Nothing(outcome, why),
+        Effect::Unsubscribe => fb::Action::Unsubscribe {
+            suppress: rules.unsubscribe.contains(&rcpt.domain),
         },
-    )
+        Effect::Bounce(b) => {
+            let mut object = b.event_json(at, true);
+            object["report_id"] = report_id.into();
+            fb::Action::Change(
+                Outcome::Bounced,
+                Change {
+                    bounce: Some(b.message.clone()),
+                    event: EventType::Bounced,
+                    detail: json!({ "response": b.message, "bounce": object }),
+                    suppress: if b.suppress {
+                        suppress(&rules.hard_bounce, Reason::HardBounce)
+                    } else {
+                        None
+                    },
+                    outcome: json!({
+                        "changed": true,
+                        "previous_status": rcpt.status,
+                        "suppressed": false,
+                        "bounce": object,
+                    }),
+                },
+            )
+        }
+        Effect::Delay(b) => fb::Action::Change(
+            Outcome::Delayed,
+            Change {
+                bounce: None,
+                event: EventType::DeliveryDelayed,
+                detail: json!({
+                    "response": b.message,
+                    "status": b.status,
+                    "reporting_mta": b.reporting_mta,
+                    "async": true,
+                    "report_id": report_id,
+                }),
+                suppress: None,
+                outcome: json!({ "changed": true, "status": b.status }),
+            },
+        ),
+        Effect::Complaint(c) => fb::Action::Change(
+            Outcome::Complained,
+            Change {
+                bounce: None,
+                event: EventType::Complained,
+                detail: json!({
+                    "feedback_type": c.feedback_type,
+                    "user_agent": c.user_agent,
+                    "reporting_mta": c.reporting_mta,
+                    "report_id": report_id,
+                }),
+                suppress: suppress(&rules.complaint, Reason::Complaint),
+                outcome: json!({
+                    "changed": true,
+                    "suppressed": false,
+                    "feedback_type": c.feedback_type,
+                }),
+            },
+        ),
+    }
 }
 
 /// Reads pending reports at start, whenever woken, and every `PERIOD`.
@@ -622,11 +463,7 @@ impl Processor {
     /// Reads up to `BATCH` pending reports with ids above `after` and
     /// classifies them; `None` when there are none or the read failed.
     async fn fetch(&self, after: i64) -> Option<Vec<Classified>> {
-        let rows = match self
-            .store
-            .read(move |c| store::sqlite::reports::pending(c, after, BATCH))
-            .await
-        {
+        let rows = match self.store.pending_reports(after, BATCH).await {
             Ok(rows) if rows.is_empty() => return None,
             Ok(rows) => rows,
             Err(e) => {
@@ -650,16 +487,11 @@ impl Processor {
     }
 
     /// One write for the batch, the reports applied in arrival order, each
-    /// under its own savepoint (see `apply_batch`). Returns whether the
+    /// on its own (see `FeedbackStore::apply_reports`). Returns whether the
     /// write committed.
     async fn write(&self, classified: Vec<Classified>) -> bool {
-        let rules = self.rules.clone();
-        let done = self
-            .store
-            .write(Durability::Normal, move |tx| {
-                apply_batch(tx, &classified, &rules, store::now_ms())
-            })
-            .await;
+        let work = classified.iter().map(|c| plan(c, &self.rules)).collect();
+        let done = self.store.apply_reports(work, store::now_ms()).await;
         let done = match done {
             Ok(d) => d,
             Err(e) => {

@@ -9,7 +9,8 @@
 //! (woken through `new_reports`) makes events and suppressions of it.
 
 use crate::metrics::Metrics;
-use crate::store::{self, Durability, Store};
+use crate::store::feedback::NewReport;
+use crate::store::{self, Store};
 use crate::submission::budget::DataBudget;
 use crate::submission::driver::{drive, Actions, End, Slots, Timeouts};
 use crate::submission::policy::Policy;
@@ -193,7 +194,7 @@ impl Inbound {
         let size = env.data.len();
         let rcpt_count = env.recipients.len();
         let from = format!("<{}>", printable(&env.mail_from));
-        let report = store::sqlite::reports::NewReport {
+        let report = NewReport {
             received_at: store::now_ms(),
             peer_ip: peer.ip().to_canonical().to_string(),
             helo: env.helo,
@@ -201,13 +202,7 @@ impl Inbound {
             rcpt_to: env.recipients,
             raw: env.data,
         };
-        match self
-            .store
-            .write(Durability::Full, move |tx| {
-                store::sqlite::reports::insert(tx, &report)
-            })
-            .await
-        {
+        match self.store.insert_report(report).await {
             Ok(id) => {
                 self.metrics.inbound_accepted.inc();
                 self.new_reports.notify_one();

@@ -327,7 +327,7 @@ impl Actions for Submission {
         let now = store::now_ms();
         let found = self
             .store
-            .read(move |c| store::sqlite::suppressions::lookup(c, &address, &sending_domain, now))
+            .suppression_lookup(&address, &sending_domain, now)
             .await;
         session.recipient_checked(match found {
             Ok(None) => RcptCheck::Clear,

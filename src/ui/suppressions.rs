@@ -4,8 +4,8 @@
 use super::html::{csrf_field, esc, time};
 use super::{redirect, Page, PageError, Req};
 use crate::api::reply::Reply;
-use crate::store::sqlite::suppressions::{self as sup, check_address, check_domain};
-use crate::store::{self, Durability};
+use crate::store;
+use crate::store::feedback::{self as sup, check_address, check_domain};
 use std::fmt::Write;
 
 const ROWS: usize = 200;
@@ -117,31 +117,26 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         None => None,
     };
     let add = req.path == "/suppressions/add";
-    let a = address.clone();
-    let changed = p
-        .store()
-        .write(Durability::Full, move |tx| {
-            if add {
-                sup::add(
-                    tx,
-                    &sup::Suppression {
-                        address: a,
-                        domain,
-                        reason: sup::Reason::Manual.as_str().into(),
-                        event_id: None,
-                        created_at: store::now_ms(),
-                        expires_at: None,
-                    },
-                )
-            } else {
-                sup::remove(tx, &a, domain.as_deref())
-            }
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!("dashboard: suppression change: {e}");
-            PageError::Internal(format!("The store refused the change: {e}"))
-        })?;
+    let changed = if add {
+        p.store()
+            .add_suppression(sup::Suppression {
+                address: address.clone(),
+                domain,
+                reason: sup::Reason::Manual.as_str().into(),
+                event_id: None,
+                created_at: store::now_ms(),
+                expires_at: None,
+            })
+            .await
+    } else {
+        p.store()
+            .remove_suppression(&address, domain.as_deref())
+            .await
+    };
+    let changed = changed.map_err(|e| {
+        tracing::error!("dashboard: suppression change: {e}");
+        PageError::Internal(format!("The store refused the change: {e}"))
+    })?;
     let key = if add { "added" } else { "removed" };
     tracing::info!(
         "dashboard: {} {key} the suppression list",

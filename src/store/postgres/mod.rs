@@ -10,6 +10,7 @@
 mod domains;
 pub mod events;
 mod feedback;
+mod feedback_apply;
 mod listen;
 mod queries;
 mod queue;

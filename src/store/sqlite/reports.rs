@@ -4,17 +4,7 @@
 
 use rusqlite::{params, Connection};
 
-/// A message as the inbound listener received it.
-#[derive(Debug, Clone)]
-pub struct NewReport {
-    pub received_at: i64,
-    pub peer_ip: String,
-    pub helo: String,
-    /// Empty for the null sender `<>`.
-    pub mail_from: String,
-    pub rcpt_to: Vec<String>,
-    pub raw: Vec<u8>,
-}
+pub use crate::store::feedback::{NewReport, Pending, ReportInfo};
 
 /// Stores `r` unprocessed; returns its id. Call through a
 /// `Durability::Full` write: the sender hears 250 only after this commits.
@@ -34,16 +24,6 @@ pub fn insert(conn: &Connection, r: &NewReport) -> rusqlite::Result<i64> {
         r.raw
     ])?;
     Ok(conn.last_insert_rowid())
-}
-
-/// A report waiting for the feedback processor.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub id: i64,
-    pub received_at: i64,
-    pub mail_from: String,
-    pub rcpt_to: Vec<String>,
-    pub raw: Vec<u8>,
 }
 
 /// Up to `limit` unprocessed reports with an id above `after`, oldest
@@ -107,41 +87,6 @@ pub fn prune(conn: &Connection, before: i64, batch: usize) -> rusqlite::Result<u
          WHERE received_at < ?1 AND processed_at IS NOT NULL ORDER BY received_at LIMIT ?2)",
         params![before, batch as i64],
     )
-}
-
-/// A stored report with its metadata, for the operator.
-#[derive(Debug, Clone)]
-pub struct ReportInfo {
-    pub id: i64,
-    pub received_at: i64,
-    pub peer_ip: String,
-    pub helo: String,
-    pub mail_from: String,
-    pub rcpt_to: Vec<String>,
-    pub size: i64,
-    pub processed_at: Option<i64>,
-    pub kind: Option<String>,
-    pub outcome: Option<serde_json::Value>,
-    pub raw: Vec<u8>,
-}
-
-impl ReportInfo {
-    /// Everything but the raw bytes: `id, received_at, peer_ip, helo,
-    /// mail_from, rcpt_to, size, processed_at, kind, outcome`.
-    pub fn metadata_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id,
-            "received_at": super::rfc3339(self.received_at),
-            "peer_ip": self.peer_ip,
-            "helo": self.helo,
-            "mail_from": self.mail_from,
-            "rcpt_to": self.rcpt_to,
-            "size": self.size,
-            "processed_at": self.processed_at.map(super::rfc3339),
-            "kind": self.kind,
-            "outcome": self.outcome,
-        })
-    }
 }
 
 pub fn get(conn: &Connection, id: i64) -> rusqlite::Result<Option<ReportInfo>> {

@@ -7,104 +7,10 @@
 //! key keeps one row per (address, scope).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    HardBounce,
-    Complaint,
-    Unsubscribe,
-    Manual,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 4] = [
-        Reason::HardBounce,
-        Reason::Complaint,
-        Reason::Unsubscribe,
-        Reason::Manual,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::HardBounce => "hard_bounce",
-            Reason::Complaint => "complaint",
-            Reason::Unsubscribe => "unsubscribe",
-            Reason::Manual => "manual",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-}
-
-/// One row of the list, as the CLI and the API show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Suppression {
-    pub address: String,
-    /// None: every sending domain.
-    pub domain: Option<String>,
-    pub reason: String,
-    pub event_id: Option<i64>,
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
-}
-
-impl Suppression {
-    /// The contract's fields: `address, domain, reason, event_id,
-    /// created_at, expires_at`.
-    pub fn to_json(&self) -> serde_json::Value {
-        json!({
-            "address": self.address,
-            "domain": self.domain,
-            "reason": self.reason,
-            "event_id": self.event_id,
-            "created_at": super::rfc3339(self.created_at),
-            "expires_at": self.expires_at.map(super::rfc3339),
-        })
-    }
-}
-
-/// An address as the list keeps it, or why it cannot be one. Loose on
-/// purpose (the list must take whatever address mail was sent to), but
-/// never empty, never without a domain, never with spaces or controls
-/// (the message quotes it with `{:?}`, so controls show escaped).
-pub fn check_address(a: &str) -> Result<String, String> {
-    let a = a.trim();
-    let ok = a.len() <= 320
-        && a.rsplit_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        && !a.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(a.to_lowercase())
-    } else {
-        Err(format!("{a:?} is not an email address"))
-    }
-}
-
-pub fn check_domain(d: &str) -> Result<String, String> {
-    let d = d.trim().trim_end_matches('.');
-    let ok = !d.is_empty()
-        && d.len() <= 253
-        && d.split('.')
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    if ok {
-        Ok(d.to_ascii_lowercase())
-    } else {
-        Err(format!("{d:?} is not a domain name"))
-    }
-}
-
-pub fn check_reason(r: &str) -> Result<Reason, String> {
-    Reason::parse(r).ok_or_else(|| {
-        format!("{r:?} is not a reason (hard_bounce, complaint, unsubscribe, manual)")
-    })
-}
-
-fn scope(domain: Option<&str>) -> String {
-    domain.map(str::to_lowercase).unwrap_or_default()
-}
+pub use crate::store::feedback::{
+    check_address, check_domain, check_reason, is_bad_address, scope, Reason, Suppression,
+};
 
 /// Adds `s` unless the address is already suppressed in that scope (the
 /// first reason, and the event that caused it, are kept). Returns whether
@@ -171,28 +77,6 @@ pub fn recipient_scope(
     )?
     .query_row(params![email_id, idx], |r| Ok((r.get(0)?, r.get(1)?)))
     .optional()
-}
-
-/// Whether a remote reply (as recorded: `RCPT TO: 550 5.1.1 text`) says
-/// the address itself is bad: a 5xx whose enhanced status is 5.1.x. Policy
-/// and reputation refusals (5.7.x), other 5.x.x and every 4xx are not, so
-/// a receiver's bad day never suppresses anyone. Only the first reply code
-/// in the text counts: the remote's own text may quote anything.
-pub fn is_bad_address(response: &str) -> bool {
-    let mut words = response.split_whitespace();
-    while let Some(w) = words.next() {
-        let b = w.as_bytes();
-        if b.len() == 3 && b.iter().all(u8::is_ascii_digit) && (b'2'..=b'5').contains(&b[0]) {
-            let Some(esc) = words.next() else {
-                return false;
-            };
-            return b[0] == b'5'
-                && esc.strip_prefix("5.1.").is_some_and(|d| {
-                    !d.is_empty() && d.len() <= 3 && d.bytes().all(|c| c.is_ascii_digit())
-                });
-        }
-    }
-    false
 }
 
 /// Calls `on` for each entry (only those scoped to `domain` and the
@@ -282,20 +166,6 @@ mod tests {
             lookup(&conn, "bob@example.net", "example.com", 200).unwrap(),
             None
         );
-    }
-
-    #[test]
-    fn only_a_5_1_x_refusal_is_a_bad_address() {
-        assert!(is_bad_address("RCPT TO: 550 5.1.1 no such user"));
-        assert!(is_bad_address("550 5.1.10 recipient address rejected"));
-        assert!(!is_bad_address("RCPT TO: 550 5.7.1 blocked by policy"));
-        assert!(!is_bad_address("RCPT TO: 450 4.1.1 try later"));
-        assert!(!is_bad_address("RCPT TO: 451 4.3.0 said 550 5.1.1 earlier"));
-        assert!(!is_bad_address("RCPT TO: 550 no enhanced code"));
-        assert!(!is_bad_address("no MX: the domain accepts no mail"));
-        assert!(!is_bad_address(
-            "gave up after 3 attempt(s) over 1h: 450 4.1.1"
-        ));
     }
 
     #[test]
