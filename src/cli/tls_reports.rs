@@ -1,12 +1,45 @@
 //! `trackrelay tls-reports list|show|send`: the TLS reports (RFC 8460) of
 //! outbound deliveries, per policy domain and UTC day.
 
-use super::{reader, CliResult};
+use super::CliResult;
 use crate::config::Config;
 use crate::outbound::tls_report::{check_day, report_for_show};
-use crate::store::sqlite::tls_reports;
+use crate::store::Store;
 use crate::text::printable;
 use std::io::Write;
+
+/// The store a command beside (or without) a running server reads: None
+/// when there is none yet (a command never creates one: only `serve`
+/// does, deliberately).
+pub(crate) fn open_existing(config: &Config) -> Result<Option<Store>, String> {
+    let path = config.database_path();
+    if !path.exists() {
+        return Ok(None);
+    }
+    Store::open(&path, crate::serve::store_options(config))
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `f` on the store in a runtime of its own, then closes the store.
+pub(crate) fn with_store<T>(
+    config: &Config,
+    f: impl AsyncFnOnce(&Store) -> Result<T, String>,
+) -> Result<T, String> {
+    let store = open_existing(config)?.ok_or_else(|| {
+        format!(
+            "no database at {} (has `trackrelay serve` run with this config?)",
+            config.database_path().display()
+        )
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let out = rt.block_on(f(&store));
+    store.close();
+    out
+}
 
 pub fn list(
     config: &Config,
@@ -20,9 +53,12 @@ pub fn list(
         .transpose()
         .map_err(|e| format!("--day: {e}"))?;
     let domain = domain.map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
-    let conn = reader(config)?;
-    let rows = tls_reports::list(&conn, day.as_deref(), domain.as_deref(), limit)
-        .map_err(|e| format!("reading the store: {e}"))?;
+    let rows = with_store(config, async |store| {
+        store
+            .tls_report_list(day.as_deref(), domain.as_deref(), limit)
+            .await
+            .map_err(|e| format!("reading the store: {e}"))
+    })?;
     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
         if json {
@@ -71,8 +107,9 @@ pub fn list(
 /// The report's JSON as it was (or, for a day not yet sent, would be)
 /// sent. A report not yet sent says so on stderr.
 pub fn show(config: &Config, domain: &str, day: &str) -> CliResult {
-    let conn = reader(config)?;
-    let (json, stored) = report_for_show(config, &conn, domain, day)?;
+    let (json, stored) = with_store(config, async |store| {
+        report_for_show(config, store, domain, day).await
+    })?;
     if !stored {
         eprintln!("not sent (yet): the report as it would be built from today's counts");
     }
