@@ -329,7 +329,7 @@ pub fn dkim_keygen(
 /// configured host.
 fn preview_tracking_host(config: &Config, domain: &crate::config::DomainConfig) -> Option<String> {
     let configured = crate::domains::monitor::configured_host(domain);
-    if configured.is_none() || !config.database_path().exists() {
+    if configured.is_none() || !tls_reports::store_exists(config) {
         return configured;
     }
     let row = tls_reports::with_store(config, async |s| {

@@ -8,37 +8,43 @@ use crate::store::Store;
 use crate::text::printable;
 use std::io::Write;
 
-/// The store a command beside (or without) a running server reads: None
-/// when there is none yet (a command never creates one: only `serve`
-/// does, deliberately).
-pub(crate) fn open_existing(config: &Config) -> Result<Option<Store>, String> {
-    let path = config.database_path();
-    if !path.exists() {
+/// Whether there is a store to read: a SQLite file exists (a command
+/// never creates one: only `serve` does, deliberately), or the store is a
+/// PostgreSQL server.
+pub(crate) fn store_exists(config: &Config) -> bool {
+    config.store.backend != crate::config::StoreBackend::Sqlite || config.database_path().exists()
+}
+
+/// The configured store for a command beside (or without) a running
+/// server; None when there is none yet.
+pub(crate) async fn open_existing(config: &Config) -> Result<Option<Store>, String> {
+    if !store_exists(config) {
         return Ok(None);
     }
-    Store::open(&path, crate::serve::store_options(config))
+    Store::open_existing(config)
+        .await
         .map(Some)
         .map_err(|e| e.to_string())
 }
 
-/// Runs `f` on the store in a runtime of its own, then closes the store.
+/// Runs `f` on the configured store in a runtime of its own, then closes
+/// the store.
 pub(crate) fn with_store<T>(
     config: &Config,
     f: impl AsyncFnOnce(&Store) -> Result<T, String>,
 ) -> Result<T, String> {
-    let store = open_existing(config)?.ok_or_else(|| {
-        format!(
-            "no database at {} (has `trackrelay serve` run with this config?)",
-            config.database_path().display()
-        )
-    })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    let out = rt.block_on(f(&store));
-    store.close();
-    out
+    rt.block_on(async {
+        let store = Store::open_existing(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = f(&store).await;
+        store.close();
+        out
+    })
 }
 
 pub fn list(
@@ -131,14 +137,7 @@ pub fn send(config: &Config, day: Option<&str>, domain: Option<&str>) -> CliResu
         None => crate::outbound::tls_report::day_of(crate::store::now_ms() - 86_400_000),
     };
     let domain = domain.map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store =
-        crate::store::Store::open(&config.database_path(), crate::serve::store_options(config))
-            .map_err(|e| e.to_string())?;
-    let sent = rt.block_on(async {
+    with_store(config, async |store| {
         let resolver = std::sync::Arc::new(crate::dns::resolver(config)?);
         let reporter = crate::outbound::tls_report::Reporter::new(
             config,
@@ -147,8 +146,6 @@ pub fn send(config: &Config, day: Option<&str>, domain: Option<&str>) -> CliResu
             std::sync::Arc::new(tokio::sync::Notify::new()),
         )?;
         reporter.send_day(&day, domain.as_deref()).await
-    });
-    store.close();
-    sent?;
+    })?;
     list(config, false, Some(&day), domain.as_deref(), 100_000)
 }

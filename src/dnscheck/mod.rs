@@ -285,7 +285,7 @@ pub fn render_json_with_status(
 /// What `serve` stored, when there is a store to read (none, or one from
 /// before domain statuses: every domain starts from not_started).
 async fn stored_statuses(config: &Config) -> Vec<crate::store::domains::DomainRow> {
-    let Ok(Some(store)) = crate::cli::tls_reports::open_existing(config) else {
+    let Ok(Some(store)) = crate::cli::tls_reports::open_existing(config).await else {
         return Vec::new();
     };
     let rows = store.domain_statuses().await.unwrap_or_default();
