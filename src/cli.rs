@@ -9,6 +9,7 @@ use std::io::Write;
 
 mod queue;
 pub mod reports;
+pub mod store_admin;
 pub mod suppressions;
 pub mod tls_reports;
 mod webhooks;
