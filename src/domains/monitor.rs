@@ -10,6 +10,15 @@
 //! published yet) goes into the history but sends no event: every new
 //! domain starts there, and a webhook saying so tells nobody anything.
 //!
+//! Several nodes sharing one store each run this checker. Each re-reads a
+//! domain's row before checking it, and the store records a change only
+//! while the stored status is still the one it started from: a change is
+//! recorded (and `domain.updated` sent) once, by the first node to store
+//! it; the others only refresh the row (last check wins). Each node keeps
+//! its own tracking-host choice in memory, from the store at start and
+//! after each of its checks, so a node may use the previous host until its
+//! own next check (at most `[domain_checks] interval`).
+//!
 //! Tests fake the passage of days with `TRACKRELAY_TEST_CLOCK_SKEW`:
 //! seconds added to the clock the status rules see (the 72-hour windows),
 //! and to nothing else; recorded times (checks, history, events, webhooks)

@@ -129,126 +129,6 @@ pub fn save(
     Ok(Some(id))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::sqlite::webhooks::Subscription;
-    use crate::store::{Durability, Store, StoreOptions};
-    use serde_json::json;
-
-    fn row(domain: &str, status: &str, at: i64) -> DomainRow {
-        DomainRow {
-            domain: domain.into(),
-            status: status.into(),
-            status_at: at,
-            since: Some(at),
-            lost_since: None,
-            checked_at: Some(at),
-            next_check_at: Some(at + 1000),
-            records: json!([{"record": "dkim", "status": status}]),
-            reason: Some(format!("why {status}")),
-            tracking_host: Some(format!("links.{domain}")),
-            tracking_reason: Some("because".into()),
-        }
-    }
-
-    fn change(from: &str, to: &str, at: i64, event: bool) -> Change {
-        Change {
-            from: from.into(),
-            to: to.into(),
-            at,
-            reason: format!("{from} to {to}"),
-            event: event.then(|| json!({"name": "x", "status": to, "previous_status": from})),
-        }
-    }
-
-    #[test]
-    fn rows_history_events_and_webhooks_are_written_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            webhooks: vec![Subscription {
-                url: "http://127.0.0.1:1/hooks".into(),
-                events: vec!["domain.updated".into()],
-                domains: vec!["example.com".into()],
-            }],
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&dir.path().join("t.sqlite3"), options).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let writes = [
-                (
-                    row("example.com", "pending", 1),
-                    Some(change("not_started", "pending", 1, false)),
-                ),
-                (row("example.com", "pending", 1), None),
-                (
-                    row("example.com", "verified", 2),
-                    Some(change("pending", "verified", 2, true)),
-                ),
-                (
-                    row("example.org", "verified", 3),
-                    Some(change("pending", "verified", 3, true)),
-                ),
-            ];
-            for (r, c) in writes {
-                store
-                    .write(Durability::Normal, move |tx| save(tx, &r, c.as_ref()))
-                    .await
-                    .unwrap();
-            }
-            let (rows, one, hist, events, outbox) = store
-                .read(|c| {
-                    let events: Vec<(String, String, i64)> = c
-                        .prepare("SELECT email_id, type, at FROM events ORDER BY id")?
-                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                        .collect::<rusqlite::Result<_>>()?;
-                    let outbox: Vec<String> = c
-                        .prepare("SELECT payload FROM webhook_outbox")?
-                        .query_map([], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?;
-                    Ok((
-                        list(c)?,
-                        get(c, "EXAMPLE.com")?,
-                        history(c, "example.com", 10)?,
-                        events,
-                        outbox,
-                    ))
-                })
-                .await
-                .unwrap();
-            assert_eq!(rows.len(), 2);
-            assert_eq!(one, Some(row("example.com", "verified", 2)));
-            let h: Vec<(&str, &str)> = hist
-                .iter()
-                .map(|h| (h.from.as_str(), h.to.as_str()))
-                .collect();
-            assert_eq!(
-                h,
-                [("pending", "verified"), ("not_started", "pending")],
-                "newest first"
-            );
-            assert_eq!(
-                events,
-                [
-                    ("".to_string(), "domain.updated".to_string(), 2),
-                    ("".into(), "domain.updated".into(), 3)
-                ],
-                "one event per change that has one, about no email"
-            );
-            assert_eq!(outbox.len(), 1, "the subscription wants example.com only");
-            let body: Value = serde_json::from_str(&outbox[0]).unwrap();
-            assert_eq!(body["type"], "domain.updated");
-            assert_eq!(body["data"]["status"], "verified");
-            assert_eq!(body["data"]["previous_status"], "pending");
-        });
-        store.close();
-    }
-}
-
 mod backend {
     //! `DomainStore` for SQLite: each method is the module functions of
     //! `domains`, `mta_sts` and `tls_reports` in one read or one write.
@@ -372,5 +252,125 @@ mod backend {
             self.read(move |c| tls_reports::list(c, y.as_deref(), d.as_deref(), limit))
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::webhooks::Subscription;
+    use crate::store::{Durability, Store, StoreOptions};
+    use serde_json::json;
+
+    fn row(domain: &str, status: &str, at: i64) -> DomainRow {
+        DomainRow {
+            domain: domain.into(),
+            status: status.into(),
+            status_at: at,
+            since: Some(at),
+            lost_since: None,
+            checked_at: Some(at),
+            next_check_at: Some(at + 1000),
+            records: json!([{"record": "dkim", "status": status}]),
+            reason: Some(format!("why {status}")),
+            tracking_host: Some(format!("links.{domain}")),
+            tracking_reason: Some("because".into()),
+        }
+    }
+
+    fn change(from: &str, to: &str, at: i64, event: bool) -> Change {
+        Change {
+            from: from.into(),
+            to: to.into(),
+            at,
+            reason: format!("{from} to {to}"),
+            event: event.then(|| json!({"name": "x", "status": to, "previous_status": from})),
+        }
+    }
+
+    #[test]
+    fn rows_history_events_and_webhooks_are_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            webhooks: vec![Subscription {
+                url: "http://127.0.0.1:1/hooks".into(),
+                events: vec!["domain.updated".into()],
+                domains: vec!["example.com".into()],
+            }],
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&dir.path().join("t.sqlite3"), options).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let writes = [
+                (
+                    row("example.com", "pending", 1),
+                    Some(change("not_started", "pending", 1, false)),
+                ),
+                (row("example.com", "pending", 1), None),
+                (
+                    row("example.com", "verified", 2),
+                    Some(change("pending", "verified", 2, true)),
+                ),
+                (
+                    row("example.org", "verified", 3),
+                    Some(change("pending", "verified", 3, true)),
+                ),
+            ];
+            for (r, c) in writes {
+                store
+                    .write(Durability::Normal, move |tx| save(tx, &r, c.as_ref()))
+                    .await
+                    .unwrap();
+            }
+            let (rows, one, hist, events, outbox) = store
+                .read(|c| {
+                    let events: Vec<(String, String, i64)> = c
+                        .prepare("SELECT email_id, type, at FROM events ORDER BY id")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let outbox: Vec<String> = c
+                        .prepare("SELECT payload FROM webhook_outbox")?
+                        .query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    Ok((
+                        list(c)?,
+                        get(c, "EXAMPLE.com")?,
+                        history(c, "example.com", 10)?,
+                        events,
+                        outbox,
+                    ))
+                })
+                .await
+                .unwrap();
+            assert_eq!(rows.len(), 2);
+            assert_eq!(one, Some(row("example.com", "verified", 2)));
+            let h: Vec<(&str, &str)> = hist
+                .iter()
+                .map(|h| (h.from.as_str(), h.to.as_str()))
+                .collect();
+            assert_eq!(
+                h,
+                [("pending", "verified"), ("not_started", "pending")],
+                "newest first"
+            );
+            assert_eq!(
+                events,
+                [
+                    ("".to_string(), "domain.updated".to_string(), 2),
+                    ("".into(), "domain.updated".into(), 3)
+                ],
+                "one event per change that has one, about no email"
+            );
+            assert_eq!(outbox.len(), 1, "the subscription wants example.com only");
+            let body: Value = serde_json::from_str(&outbox[0]).unwrap();
+            assert_eq!(body["type"], "domain.updated");
+            assert_eq!(body["data"]["status"], "verified");
+            assert_eq!(body["data"]["previous_status"], "pending");
+        });
+        store.close();
     }
 }
