@@ -191,8 +191,11 @@ impl Reporter {
         for s in summaries.iter().filter(|s| s.report.is_none()) {
             self.decide(&s.policy_domain, &s.day).await;
         }
-        // Due or not: the operator asked for now. A round under way
-        // elsewhere holds its claim until it is over.
+        // Due or not: the operator asked for now. A claim's lease looks
+        // like a retry time, so a round a server has under way for the
+        // same report at this very moment is not excluded (as before the
+        // claims); the destinations it reached are not sent again only once
+        // it has recorded them.
         let due = self
             .store
             .claim_tls_reports(claim(i64::MAX, Some(day), domain))
