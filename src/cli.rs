@@ -330,15 +330,14 @@ pub fn dkim_keygen(
 /// configured host.
 fn preview_tracking_host(config: &Config, domain: &crate::config::DomainConfig) -> Option<String> {
     let configured = crate::domains::monitor::configured_host(domain);
-    let path = config.database_path();
-    if configured.is_none() || !path.exists() {
+    if configured.is_none() || !tls_reports::store_exists(config) {
         return configured;
     }
-    let row = store::open_reader(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|conn| {
-            store::sqlite::domains::get(&conn, &domain.name).map_err(|e| e.to_string())
-        });
+    let row = tls_reports::with_store(config, async |s| {
+        s.domain_status(&domain.name)
+            .await
+            .map_err(|e| e.to_string())
+    });
     let row = match row {
         Ok(row) => row,
         // A preview is still worth having; stderr says which host it used.

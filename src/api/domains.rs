@@ -5,10 +5,8 @@
 
 use super::params::Params;
 use super::reply::{self, ApiError, Reply};
-use super::routes::read;
 use super::Api;
 use crate::domains::view;
-use crate::store;
 use serde_json::json;
 
 /// Status changes shown for one domain (newest first).
@@ -17,7 +15,11 @@ const HISTORY_LIMIT: usize = 100;
 /// `{"data": [domain, ...]}`, in config order, without history.
 pub async fn list(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
     Params::parse(query, &[])?;
-    let rows = read(api, "domain statuses", store::sqlite::domains::list).await?;
+    let rows = api
+        .store
+        .domain_statuses()
+        .await
+        .map_err(|e| ApiError::internal("reading domain statuses from the store", e))?;
     let data: Vec<_> = api
         .domains
         .iter()
@@ -43,13 +45,13 @@ pub async fn show(api: &Api, raw: &str, query: Option<&str>) -> Result<Reply, Ap
         )));
     };
     let key = d.name.to_ascii_lowercase();
-    let (row, history) = read(api, "the domain status", move |c| {
-        Ok((
-            store::sqlite::domains::get(c, &key)?,
-            store::sqlite::domains::history(c, &key, HISTORY_LIMIT)?,
-        ))
-    })
-    .await?;
+    let failed = |e| ApiError::internal("reading the domain status from the store", e);
+    let row = api.store.domain_status(&key).await.map_err(failed)?;
+    let history = api
+        .store
+        .domain_history(&key, HISTORY_LIMIT)
+        .await
+        .map_err(failed)?;
     Ok(reply::ok(&view::domain_json(
         d,
         row.as_ref(),

@@ -4,10 +4,8 @@
 
 use super::params::Params;
 use super::reply::{self, ApiError, Reply};
-use super::routes::read;
 use super::Api;
 use crate::outbound::tls_report::check_day;
-use crate::store::sqlite::tls_reports;
 use serde_json::json;
 
 pub async fn list(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
@@ -21,10 +19,11 @@ pub async fn list(api: &Api, query: Option<&str>) -> Result<Reply, ApiError> {
         .text("domain")
         .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
     let limit = p.limit()?;
-    let rows = read(api, "TLS reports", move |c| {
-        tls_reports::list(c, day.as_deref(), domain.as_deref(), limit)
-    })
-    .await?;
+    let rows = api
+        .store
+        .tls_report_list(day.as_deref(), domain.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::internal("reading TLS reports from the store", e))?;
     let data: Vec<_> = rows.iter().map(|r| r.to_json()).collect();
     Ok(reply::ok(&json!({ "data": data })))
 }

@@ -1,12 +1,51 @@
 //! `trackrelay tls-reports list|show|send`: the TLS reports (RFC 8460) of
 //! outbound deliveries, per policy domain and UTC day.
 
-use super::{reader, CliResult};
+use super::CliResult;
 use crate::config::Config;
 use crate::outbound::tls_report::{check_day, report_for_show};
-use crate::store::sqlite::tls_reports;
+use crate::store::Store;
 use crate::text::printable;
 use std::io::Write;
+
+/// Whether there is a store to read: a SQLite file exists (a command
+/// never creates one: only `serve` does, deliberately), or the store is a
+/// PostgreSQL server.
+pub(crate) fn store_exists(config: &Config) -> bool {
+    config.store.backend != crate::config::StoreBackend::Sqlite || config.database_path().exists()
+}
+
+/// The configured store for a command beside (or without) a running
+/// server; None when there is none yet.
+pub(crate) async fn open_existing(config: &Config) -> Result<Option<Store>, String> {
+    if !store_exists(config) {
+        return Ok(None);
+    }
+    Store::open_existing(config)
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `f` on the configured store in a runtime of its own, then closes
+/// the store.
+pub(crate) fn with_store<T>(
+    config: &Config,
+    f: impl AsyncFnOnce(&Store) -> Result<T, String>,
+) -> Result<T, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(async {
+        let store = Store::open_existing(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let out = f(&store).await;
+        store.close();
+        out
+    })
+}
 
 pub fn list(
     config: &Config,
@@ -20,9 +59,12 @@ pub fn list(
         .transpose()
         .map_err(|e| format!("--day: {e}"))?;
     let domain = domain.map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
-    let conn = reader(config)?;
-    let rows = tls_reports::list(&conn, day.as_deref(), domain.as_deref(), limit)
-        .map_err(|e| format!("reading the store: {e}"))?;
+    let rows = with_store(config, async |store| {
+        store
+            .tls_report_list(day.as_deref(), domain.as_deref(), limit)
+            .await
+            .map_err(|e| format!("reading the store: {e}"))
+    })?;
     let mut w = std::io::BufWriter::new(std::io::stdout().lock());
     let written = (|| -> std::io::Result<()> {
         if json {
@@ -71,8 +113,9 @@ pub fn list(
 /// The report's JSON as it was (or, for a day not yet sent, would be)
 /// sent. A report not yet sent says so on stderr.
 pub fn show(config: &Config, domain: &str, day: &str) -> CliResult {
-    let conn = reader(config)?;
-    let (json, stored) = report_for_show(config, &conn, domain, day)?;
+    let (json, stored) = with_store(config, async |store| {
+        report_for_show(config, store, domain, day).await
+    })?;
     if !stored {
         eprintln!("not sent (yet): the report as it would be built from today's counts");
     }
@@ -94,14 +137,7 @@ pub fn send(config: &Config, day: Option<&str>, domain: Option<&str>) -> CliResu
         None => crate::outbound::tls_report::day_of(crate::store::now_ms() - 86_400_000),
     };
     let domain = domain.map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store =
-        crate::store::Store::open(&config.database_path(), crate::serve::store_options(config))
-            .map_err(|e| e.to_string())?;
-    let sent = rt.block_on(async {
+    with_store(config, async |store| {
         let resolver = std::sync::Arc::new(crate::dns::resolver(config)?);
         let reporter = crate::outbound::tls_report::Reporter::new(
             config,
@@ -110,8 +146,6 @@ pub fn send(config: &Config, day: Option<&str>, domain: Option<&str>) -> CliResu
             std::sync::Arc::new(tokio::sync::Notify::new()),
         )?;
         reporter.send_day(&day, domain.as_deref()).await
-    });
-    store.close();
-    sent?;
+    })?;
     list(config, false, Some(&day), domain.as_deref(), 100_000)
 }

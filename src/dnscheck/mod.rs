@@ -284,11 +284,13 @@ pub fn render_json_with_status(
 
 /// What `serve` stored, when there is a store to read (none, or one from
 /// before domain statuses: every domain starts from not_started).
-fn stored_statuses(config: &Config) -> Vec<crate::store::sqlite::domains::DomainRow> {
-    crate::store::open_reader(&config.database_path())
-        .ok()
-        .and_then(|c| crate::store::sqlite::domains::list(&c).ok())
-        .unwrap_or_default()
+async fn stored_statuses(config: &Config) -> Vec<crate::store::domains::DomainRow> {
+    let Ok(Some(store)) = crate::cli::tls_reports::open_existing(config).await else {
+        return Vec::new();
+    };
+    let rows = store.domain_statuses().await.unwrap_or_default();
+    store.close();
+    rows
 }
 
 /// A table per domain: status, record, type and name on one line; expected,
@@ -376,7 +378,7 @@ pub async fn run_to<W: Write>(
         return Err("no [[domains]] configured: nothing to check".into());
     }
     let resolver = resolver(config)?;
-    let stored = stored_statuses(config);
+    let stored = stored_statuses(config).await;
     let mut all_ok = true;
     for (i, d) in domains.iter().enumerate() {
         let checks = check(config, &resolver, d).await;

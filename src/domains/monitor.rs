@@ -10,6 +10,15 @@
 //! published yet) goes into the history but sends no event: every new
 //! domain starts there, and a webhook saying so tells nobody anything.
 //!
+//! Several nodes sharing one store each run this checker. Each re-reads a
+//! domain's row before checking it, and the store records a change only
+//! while the stored status is still the one it started from: a change is
+//! recorded (and `domain.updated` sent) once, by the first node to store
+//! it; the others only refresh the row (last check wins). Each node keeps
+//! its own tracking-host choice in memory, from the store at start and
+//! after each of its checks, so a node may use the previous host until its
+//! own next check (at most `[domain_checks] interval`).
+//!
 //! Tests fake the passage of days with `TRACKRELAY_TEST_CLOCK_SKEW`:
 //! seconds added to the clock the status rules see (the 72-hour windows),
 //! and to nothing else; recorded times (checks, history, events, webhooks)
@@ -19,8 +28,8 @@ use super::rules::{self, DomainState, DomainStatus};
 use super::{tracking, TrackingHosts};
 use crate::config::{Config, DomainConfig};
 use crate::dnscheck::{self, RecordCheck, RecordKind, Status};
-use crate::store::sqlite::domains::{Change, DomainRow};
-use crate::store::{self, Durability, Store};
+use crate::store::domains::{Change, DomainRow};
+use crate::store::{self, Store};
 use mail_auth::MessageAuthenticator;
 use serde_json::json;
 use std::collections::HashMap;
@@ -175,7 +184,7 @@ impl Monitor {
     async fn load(&self) -> Result<HashMap<String, DomainRow>, String> {
         let rows = self
             .store
-            .read(store::sqlite::domains::list)
+            .domain_statuses()
             .await
             .map_err(|e| format!("reading the domain statuses: {e}"))?;
         Ok(rows.into_iter().map(|r| (r.domain.clone(), r)).collect())
@@ -229,6 +238,15 @@ impl Monitor {
                     c = dnscheck::check(&self.config, &self.resolver, d) => c,
                     _ = shutdown.changed() => return,
                 };
+                // Another node checking the same domain may have stored a
+                // newer row since: start from the store's.
+                match self.store.domain_status(&name).await {
+                    Ok(Some(stored)) => {
+                        rows.insert(name.clone(), stored);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("domain checks: reading the status of {name}: {e}"),
+                }
                 let now = self.now();
                 let (row, change) = evaluate(d, rows.get(&name), &checks, now, schedule);
                 due.insert(name.clone(), row.next_check_at.unwrap_or(now));
@@ -261,12 +279,10 @@ impl Monitor {
     }
 
     async fn save(&self, row: &DomainRow, change: Option<Change>) -> Result<(), String> {
-        let row = row.clone();
         self.store
-            .write(Durability::Normal, move |tx| {
-                store::sqlite::domains::save(tx, &row, change.as_ref()).map(|_| ())
-            })
+            .save_domain_status(row.clone(), change)
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 }

@@ -4,7 +4,7 @@
 use super::rules::DomainStatus;
 use super::tracking;
 use crate::config::DomainConfig;
-use crate::store::sqlite::domains::{DomainRow, HistoryRow};
+use crate::store::domains::{DomainRow, HistoryRow};
 use crate::time::rfc3339;
 use serde_json::{json, Value};
 

@@ -37,8 +37,8 @@ use super::route::NullCache;
 use super::tls_policy::{ResultType, StsMode, StsState, StsView};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::sqlite::mta_sts::{self as cache, CachedPolicy};
-use crate::store::{self, Durability, Store};
+use crate::store::domains::CachedPolicy;
+use crate::store::{self, Store};
 
 /// The HTTPS port of policy fetches, for tests only (443 otherwise).
 pub const PORT_ENV: &str = "TRACKRELAY_TEST_MTA_STS_PORT";
@@ -281,11 +281,7 @@ impl MtaSts {
     /// [`REFRESH_BATCH`] of those due.
     async fn refresh_pass(&self) {
         let now = store::now_ms();
-        match self
-            .store
-            .write(Durability::Normal, move |tx| cache::drop_stale(tx, now))
-            .await
-        {
+        match self.store.drop_stale_sts(now).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(
@@ -296,11 +292,7 @@ impl MtaSts {
             }
             Err(e) => tracing::error!("dropping stale MTA-STS policies: {e}"),
         }
-        let due = match self
-            .store
-            .read(move |c| cache::due(c, now, REFRESH_BATCH))
-            .await
-        {
+        let due = match self.store.sts_refresh_due(now, REFRESH_BATCH).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!("reading the MTA-STS policies due a refresh: {e}");
@@ -368,10 +360,7 @@ impl MtaSts {
                             // keeps the later of the two).
                             used_at: if trigger == Trigger::Delivery { now } else { 0 },
                         };
-                        let result = self
-                            .store
-                            .write(Durability::Normal, move |tx| cache::put(tx, &row))
-                            .await;
+                        let result = self.store.put_sts_policy(row).await;
                         if let Err(e) = result {
                             tracing::error!(domain, "storing the MTA-STS policy: {e}");
                         }
@@ -416,11 +405,7 @@ impl MtaSts {
     }
 
     async fn mark_used(&self, domain: &str, now: i64) {
-        let d = domain.to_string();
-        let result = self
-            .store
-            .write(Durability::Normal, move |tx| cache::mark_used(tx, &d, now))
-            .await;
+        let result = self.store.mark_sts_used(domain, now).await;
         if let Err(e) = result {
             tracing::error!(domain, "marking the MTA-STS policy used: {e}");
         }
@@ -457,8 +442,7 @@ impl MtaSts {
 
     /// The cached policy, if still valid and readable.
     async fn cached(&self, domain: &str, now: i64) -> Option<(CachedPolicy, Policy)> {
-        let d = domain.to_string();
-        let row = match self.store.read(move |c| cache::get(c, &d)).await {
+        let row = match self.store.sts_policy(domain).await {
             Ok(row) => row?,
             Err(e) => {
                 tracing::error!(domain, "reading the MTA-STS policy cache: {e}");

@@ -22,8 +22,8 @@ pub use send::{report_for_show, Reporter, Sender};
 
 use super::tls_policy::{SessionResult, TlsOutcome, TlsOutcomeSink};
 
-use crate::store::sqlite::tls_reports::CountKey;
-use crate::store::{Durability, Store};
+use crate::store::domains::CountKey;
+use crate::store::Store;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -82,11 +82,7 @@ impl Counter {
             return;
         }
         let kept = batch.clone();
-        let written = store
-            .write(Durability::Normal, move |tx| {
-                crate::store::sqlite::tls_reports::add_counts(tx, &batch)
-            })
-            .await;
+        let written = store.add_tls_counts(batch).await;
         if let Err(e) = written {
             tracing::warn!("storing TLS report counts (kept for the next try): {e}");
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());

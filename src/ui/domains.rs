@@ -12,12 +12,17 @@ use super::{Page, PageError, Req};
 use crate::api::reply::Reply;
 use crate::config::{DomainConfig, TlsPolicy};
 use crate::domains::view::domain_json;
-use crate::store;
 use serde_json::Value;
 use std::fmt::Write;
 use std::path::Path;
 
 const HISTORY: usize = 100;
+
+/// The page's answer when the store does not answer (the cause is logged).
+fn failed(what: &str, e: crate::store::StoreError) -> PageError {
+    tracing::error!("dashboard: reading {what}: {e}");
+    PageError::Internal(format!("Reading {what} from the store failed: {e}"))
+}
 
 fn badge(status: &str) -> String {
     format!("<span class=\"st st-{0}\">{0}</span>", esc(status))
@@ -47,8 +52,10 @@ fn text(v: &Value) -> &str {
 
 pub async fn list(p: &Page<'_>, _req: &Req<'_>) -> Result<Reply, PageError> {
     let rows = p
-        .read("the domain statuses", store::sqlite::domains::list)
-        .await?;
+        .store()
+        .domain_statuses()
+        .await
+        .map_err(|e| failed("the domain statuses", e))?;
     let mut b = String::new();
     if p.ui.domain_configs.is_empty() {
         b.push_str("<p class=\"empty\">No <code>[[domains]]</code> are configured.</p>");
@@ -91,14 +98,16 @@ pub async fn show(p: &Page<'_>, _req: &Req<'_>, name: &str) -> Result<Reply, Pag
         )));
     };
     let key = d.name.to_ascii_lowercase();
-    let (row, history) = p
-        .read("the domain's status", move |c| {
-            Ok((
-                store::sqlite::domains::get(c, &key)?,
-                store::sqlite::domains::history(c, &key, HISTORY)?,
-            ))
-        })
-        .await?;
+    let what = "the domain's status";
+    let store = p.store();
+    let row = store
+        .domain_status(&key)
+        .await
+        .map_err(|e| failed(what, e))?;
+    let history = store
+        .domain_history(&key, HISTORY)
+        .await
+        .map_err(|e| failed(what, e))?;
     let v = domain_json(d, row.as_ref(), Some(&history));
     let mut b = String::new();
     let _ = write!(

@@ -3,7 +3,7 @@
 
 use super::{build_report, check_day, day_of, gzip, now_ms, report_id, Counter, ReportMeta, Rua};
 use crate::config::Config;
-use crate::store::sqlite::tls_reports::{self, ReportRow};
+use crate::store::domains::{ReportClaim, ReportRow};
 use crate::store::{self, Durability, Store};
 use base64::Engine;
 use bytes::Bytes;
@@ -35,6 +35,12 @@ const RETRY: [Duration; 4] = [
 const POST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many days a finished day's `_smtp._tls` lookup may keep failing.
 const LOOKUP_DAYS: i64 = 3;
+/// How long a sending round owns the reports it claimed: longer than a
+/// round takes (a few destinations, each at most POST_TIMEOUT). A node
+/// that dies mid-round leaves them due again after this.
+const SEND_LEASE: Duration = Duration::from_secs(600);
+/// Most reports one sending round takes.
+const ROUND_LIMIT: usize = 100;
 
 /// Who the reports come from (see the module comment of `tls_report`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,23 +149,13 @@ impl Reporter {
     pub async fn check(&self) {
         let now = now_ms(self.counter.skew_ms);
         let oldest = day_of(now.saturating_sub(self.retain.as_millis() as i64));
-        match self
-            .store
-            .write(Durability::Normal, move |tx| {
-                tls_reports::prune(tx, &oldest)
-            })
-            .await
-        {
+        match self.store.prune_tls_reports(&oldest).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("TLS reports: {n} row(s) past store.retain_events removed"),
             Err(e) => tracing::warn!("TLS reports: pruning: {e}"),
         }
         let today = day_of(now);
-        let days = match self
-            .store
-            .read(move |c| tls_reports::unreported_days(c, &today))
-            .await
-        {
+        let days = match self.store.tls_unreported_days(&today).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!("TLS reports: reading finished days: {e}");
@@ -171,10 +167,10 @@ impl Reporter {
         }
         let due = self
             .store
-            .read(|c| tls_reports::due_reports(c, store::now_ms()))
+            .claim_tls_reports(claim(store::now_ms(), None, None))
             .await
             .unwrap_or_else(|e| {
-                tracing::warn!("TLS reports: reading due reports: {e}");
+                tracing::warn!("TLS reports: claiming due reports: {e}");
                 Vec::new()
             });
         for row in due {
@@ -187,24 +183,26 @@ impl Reporter {
     /// one sending round for that day's pending reports. A day already
     /// decided is left as it is: each (domain, day) is sent once.
     pub async fn send_day(&self, day: &str, domain: Option<&str>) -> Result<(), String> {
-        let (d, dom) = (day.to_string(), domain.map(str::to_string));
         let summaries = self
             .store
-            .read(move |c| tls_reports::list(c, Some(&d), dom.as_deref(), 100_000))
+            .tls_report_list(Some(day), domain, 100_000)
             .await
             .map_err(|e| format!("reading the store: {e}"))?;
         for s in summaries.iter().filter(|s| s.report.is_none()) {
             self.decide(&s.policy_domain, &s.day).await;
         }
+        // Due or not: the operator asked for now. A claim's lease looks
+        // like a retry time, so a round a server has under way for the
+        // same report at this very moment is not excluded (as before the
+        // claims); the destinations it reached are not sent again only once
+        // it has recorded them.
         let due = self
             .store
-            .read(|c| tls_reports::due_reports(c, i64::MAX))
+            .claim_tls_reports(claim(i64::MAX, Some(day), domain))
             .await
             .map_err(|e| format!("reading the store: {e}"))?;
         for row in due {
-            if row.day == day && domain.is_none_or(|d| d == row.policy_domain) {
-                self.send(row).await;
-            }
+            self.send(row).await;
         }
         Ok(())
     }
@@ -243,12 +241,7 @@ impl Reporter {
             Ok(Err(bad)) => ("no_policy", Vec::new(), Some(bad)),
         };
         let report = if status == "pending" {
-            let (d, y) = (domain.to_string(), day.to_string());
-            match self
-                .store
-                .read(move |c| tls_reports::counts(c, &d, &y))
-                .await
-            {
+            match self.store.tls_counts(domain, day).await {
                 Ok(rows) => Some(build_report(&sender.meta(domain, day), &rows).to_string()),
                 Err(e) => {
                     tracing::warn!(domain, day, "TLS report: reading counts: {e}");
@@ -272,13 +265,7 @@ impl Reporter {
             created_at: now,
             sent_at: None,
         };
-        if let Err(e) = self
-            .store
-            .write(Durability::Normal, move |tx| {
-                tls_reports::insert_report(tx, &row).map(|_| ())
-            })
-            .await
-        {
+        if let Err(e) = self.store.insert_tls_report(row).await {
             tracing::warn!(domain, day, "TLS report: storing the report: {e}");
         }
     }
@@ -336,13 +323,7 @@ impl Reporter {
             }
         }
         settle(&mut row, &errors, store::now_ms());
-        if let Err(e) = self
-            .store
-            .write(Durability::Normal, move |tx| {
-                tls_reports::record_attempt(tx, &row)
-            })
-            .await
-        {
+        if let Err(e) = self.store.record_tls_attempt(row).await {
             tracing::warn!("TLS report: recording the attempt: {e}");
         }
     }
@@ -421,6 +402,18 @@ impl Reporter {
         tokio::time::timeout(POST_TIMEOUT, send)
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {POST_TIMEOUT:?}")))
+    }
+}
+
+/// One sending round's claim: pending reports due by `due_by`, held for
+/// [`SEND_LEASE`] from now.
+fn claim(due_by: i64, day: Option<&str>, domain: Option<&str>) -> ReportClaim {
+    ReportClaim {
+        due_by,
+        lease_until: store::now_ms().saturating_add(SEND_LEASE.as_millis() as i64),
+        day: day.map(str::to_string),
+        domain: domain.map(str::to_string),
+        limit: ROUND_LIMIT,
     }
 }
 
@@ -510,16 +503,18 @@ pub fn report_message(
 
 /// `tls-reports show`: the stored report, or (for a day not yet decided)
 /// the report as it would be built now from its counts.
-pub fn report_for_show(
+pub async fn report_for_show(
     config: &Config,
-    conn: &rusqlite::Connection,
+    store: &Store,
     domain: &str,
     day: &str,
 ) -> Result<(String, bool), String> {
     let day = check_day(day)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    let stored =
-        tls_reports::get(conn, &domain, &day).map_err(|e| format!("reading the store: {e}"))?;
+    let stored = store
+        .tls_report(&domain, &day)
+        .await
+        .map_err(|e| format!("reading the store: {e}"))?;
     if let Some(report) = stored.as_ref().and_then(|r| r.report.clone()) {
         return Ok((report, true));
     }
@@ -530,8 +525,10 @@ pub fn report_for_show(
             r.last_error.map(|e| format!(": {e}")).unwrap_or_default()
         ));
     }
-    let rows =
-        tls_reports::counts(conn, &domain, &day).map_err(|e| format!("reading the store: {e}"))?;
+    let rows = store
+        .tls_counts(&domain, &day)
+        .await
+        .map_err(|e| format!("reading the store: {e}"))?;
     if rows.is_empty() {
         return Err(format!("no TLS sessions counted for {domain} on {day}"));
     }

@@ -13,6 +13,18 @@ use deadpool_postgres::Transaction;
 /// the queue when only its index is known. `detail.node` names the node
 /// that stored it.
 pub async fn insert(tx: &Transaction<'_>, pg: &Postgres, ev: &NewEvent) -> Result<i64> {
+    insert_about(tx, pg, ev, None).await
+}
+
+/// [`insert`], with the webhooks' summary given for an event about no
+/// email (`domain.updated`: the subscriptions' `domains` filter applies to
+/// the domain itself).
+pub async fn insert_about(
+    tx: &Transaction<'_>,
+    pg: &Postgres,
+    ev: &NewEvent,
+    about: Option<&EmailSummary>,
+) -> Result<i64> {
     let idx = ev.rcpt_idx.map(i64::from);
     let mut recipient = ev.recipient.clone();
     if let (None, Some(idx)) = (&recipient, idx) {
@@ -61,7 +73,10 @@ pub async fn insert(tx: &Transaction<'_>, pg: &Postgres, ev: &NewEvent) -> Resul
         rollup(tx, &ev.email_id, idx, ev).await?;
     }
     if !pg.hooks.is_empty() {
-        let summary = summary(tx, &ev.email_id).await?;
+        let summary = match about {
+            Some(a) => Some(a.clone()),
+            None => summary(tx, &ev.email_id).await?,
+        };
         enqueue(tx, pg, id, ev, summary.as_ref()).await?;
     }
     Ok(id)

@@ -11,48 +11,7 @@ use crate::events::{EmailSummary, EventType, NewEvent};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::Value;
 
-/// A domain's stored state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DomainRow {
-    /// Lowercased.
-    pub domain: String,
-    pub status: String,
-    /// When this status began (unix ms).
-    pub status_at: i64,
-    pub since: Option<i64>,
-    pub lost_since: Option<i64>,
-    pub checked_at: Option<i64>,
-    pub next_check_at: Option<i64>,
-    /// The last check: an array of dns-check record objects.
-    pub records: Value,
-    /// Why the domain has this status.
-    pub reason: Option<String>,
-    /// The tracking host new links use, and why.
-    pub tracking_host: Option<String>,
-    pub tracking_reason: Option<String>,
-}
-
-/// One status change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryRow {
-    pub id: i64,
-    pub domain: String,
-    pub from: String,
-    pub to: String,
-    pub at: i64,
-    pub reason: String,
-}
-
-/// A status change to record with a row.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub from: String,
-    pub to: String,
-    pub at: i64,
-    pub reason: String,
-    /// The `domain.updated` webhook data; None: history only, no event.
-    pub event: Option<Value>,
-}
+pub use crate::store::domains::{Change, DomainRow, HistoryRow};
 
 const COLUMNS: &str = "domain, status, status_at, since, lost_since, checked_at, next_check_at, \
                        records, reason, tracking_host, tracking_reason";
@@ -115,13 +74,19 @@ pub fn history(conn: &Connection, domain: &str, limit: usize) -> rusqlite::Resul
 /// Writes a domain's row, and with a change its history entry and, when
 /// the change has one, its `domain.updated` event (email_id '': the event
 /// is about no email; the domain is in the detail) and webhook outbox rows.
-/// Returns the event id.
+/// Returns the event id. The change is recorded only when the stored
+/// status is still `change.from` (or there is no row yet): see
+/// `DomainStore::save_domain_status`.
 pub fn save(
     tx: &Tx<'_>,
     row: &DomainRow,
     change: Option<&Change>,
 ) -> rusqlite::Result<Option<i64>> {
     let domain = row.domain.to_ascii_lowercase();
+    let stored: Option<String> = tx
+        .prepare_cached("SELECT status FROM domain_status WHERE domain = ?1")?
+        .query_row(params![domain], |r| r.get(0))
+        .optional()?;
     tx.prepare_cached(&format!(
         "INSERT OR REPLACE INTO domain_status ({COLUMNS})
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
@@ -139,7 +104,7 @@ pub fn save(
         row.tracking_host,
         row.tracking_reason,
     ])?;
-    let Some(c) = change else {
+    let Some(c) = change.filter(|c| stored.as_ref().is_none_or(|s| *s == c.from)) else {
         return Ok(None);
     };
     tx.prepare_cached(
@@ -162,6 +127,132 @@ pub fn save(
     };
     super::webhooks::enqueue(tx, id, &ev, Some(&about))?;
     Ok(Some(id))
+}
+
+mod backend {
+    //! `DomainStore` for SQLite: each method is the module functions of
+    //! `domains`, `mta_sts` and `tls_reports` in one read or one write.
+
+    use super::super::{mta_sts, tls_reports, Sqlite};
+    use crate::store::domains::{
+        CachedPolicy, Change, CountKey, DomainRow, DomainStore, HistoryRow, ReportClaim, ReportRow,
+        Summary,
+    };
+    use crate::store::{Durability, Result};
+
+    #[async_trait::async_trait]
+    impl DomainStore for Sqlite {
+        async fn domain_statuses(&self) -> Result<Vec<DomainRow>> {
+            self.read(super::list).await
+        }
+
+        async fn domain_status(&self, domain: &str) -> Result<Option<DomainRow>> {
+            let d = domain.to_string();
+            self.read(move |c| super::get(c, &d)).await
+        }
+
+        async fn domain_history(&self, domain: &str, limit: usize) -> Result<Vec<HistoryRow>> {
+            let d = domain.to_string();
+            self.read(move |c| super::history(c, &d, limit)).await
+        }
+
+        async fn save_domain_status(
+            &self,
+            row: DomainRow,
+            change: Option<Change>,
+        ) -> Result<Option<i64>> {
+            self.write(Durability::Normal, move |tx| {
+                super::save(tx, &row, change.as_ref())
+            })
+            .await
+        }
+
+        async fn sts_policy(&self, domain: &str) -> Result<Option<CachedPolicy>> {
+            let d = domain.to_string();
+            self.read(move |c| mta_sts::get(c, &d)).await
+        }
+
+        async fn put_sts_policy(&self, policy: CachedPolicy) -> Result<()> {
+            self.write(Durability::Normal, move |tx| mta_sts::put(tx, &policy))
+                .await
+        }
+
+        async fn mark_sts_used(&self, domain: &str, now: i64) -> Result<()> {
+            let d = domain.to_string();
+            self.write(Durability::Normal, move |tx| {
+                mta_sts::mark_used(tx, &d, now)
+            })
+            .await
+        }
+
+        async fn sts_refresh_due(&self, now: i64, limit: usize) -> Result<Vec<CachedPolicy>> {
+            self.read(move |c| mta_sts::due(c, now, limit)).await
+        }
+
+        async fn drop_stale_sts(&self, now: i64) -> Result<usize> {
+            self.write(Durability::Normal, move |tx| mta_sts::drop_stale(tx, now))
+                .await
+        }
+
+        async fn add_tls_counts(&self, counts: Vec<(CountKey, i64)>) -> Result<()> {
+            self.write(Durability::Normal, move |tx| {
+                tls_reports::add_counts(tx, &counts)
+            })
+            .await
+        }
+
+        async fn tls_counts(&self, policy_domain: &str, day: &str) -> Result<Vec<(CountKey, i64)>> {
+            let (d, y) = (policy_domain.to_string(), day.to_string());
+            self.read(move |c| tls_reports::counts(c, &d, &y)).await
+        }
+
+        async fn tls_unreported_days(&self, today: &str) -> Result<Vec<(String, String)>> {
+            let today = today.to_string();
+            self.read(move |c| tls_reports::unreported_days(c, &today))
+                .await
+        }
+
+        async fn prune_tls_reports(&self, before_day: &str) -> Result<usize> {
+            let day = before_day.to_string();
+            self.write(Durability::Normal, move |tx| tls_reports::prune(tx, &day))
+                .await
+        }
+
+        async fn insert_tls_report(&self, report: ReportRow) -> Result<bool> {
+            self.write(Durability::Normal, move |tx| {
+                tls_reports::insert_report(tx, &report)
+            })
+            .await
+        }
+
+        async fn claim_tls_reports(&self, claim: ReportClaim) -> Result<Vec<ReportRow>> {
+            self.write(Durability::Normal, move |tx| tls_reports::claim(tx, &claim))
+                .await
+        }
+
+        async fn record_tls_attempt(&self, report: ReportRow) -> Result<()> {
+            self.write(Durability::Normal, move |tx| {
+                tls_reports::record_attempt(tx, &report)
+            })
+            .await
+        }
+
+        async fn tls_report(&self, policy_domain: &str, day: &str) -> Result<Option<ReportRow>> {
+            let (d, y) = (policy_domain.to_string(), day.to_string());
+            self.read(move |c| tls_reports::get(c, &d, &y)).await
+        }
+
+        async fn tls_report_list(
+            &self,
+            day: Option<&str>,
+            domain: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<Summary>> {
+            let (y, d) = (day.map(str::to_string), domain.map(str::to_string));
+            self.read(move |c| tls_reports::list(c, y.as_deref(), d.as_deref(), limit))
+                .await
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +374,3 @@ mod tests {
         store.close();
     }
 }
-
-#[async_trait::async_trait]
-impl crate::store::domains::DomainStore for super::Sqlite {}

@@ -5,17 +5,7 @@
 use super::Tx;
 use rusqlite::{params, Connection, OptionalExtension};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedPolicy {
-    pub domain: String,
-    pub policy_id: String,
-    /// The policy text as fetched; parsed again when read.
-    pub policy: String,
-    pub fetched_at: i64,
-    pub expires_at: i64,
-    /// When a delivery last asked for it (unix ms, coarse: see `mark_used`).
-    pub used_at: i64,
-}
+pub use crate::store::domains::CachedPolicy;
 
 const COLUMNS: &str = "domain, policy_id, policy, fetched_at, expires_at, used_at";
 

@@ -8,24 +8,8 @@
 
 use super::Tx;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Value};
 
-/// What one row of `tls_report_counts` is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CountKey {
-    pub day: String,
-    pub policy_domain: String,
-    pub policy_type: String,
-    /// JSON array of strings.
-    pub policy_strings: String,
-    /// JSON array of strings.
-    pub mx_host: String,
-    /// '' for a success.
-    pub result_type: String,
-    pub sending_ip: String,
-    pub receiving_mx: String,
-    pub receiving_ip: String,
-}
+pub use crate::store::domains::{CountKey, ReportClaim, ReportRow, Summary};
 
 /// Adds a batch of counts (one transaction for the whole batch).
 pub fn add_counts(tx: &Tx<'_>, counts: &[(CountKey, i64)]) -> rusqlite::Result<()> {
@@ -108,24 +92,6 @@ pub fn prune(tx: &Tx<'_>, before_day: &str) -> rusqlite::Result<usize> {
     Ok(counts + reports)
 }
 
-/// A report row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportRow {
-    pub policy_domain: String,
-    pub day: String,
-    /// pending, sent, failed, no_policy
-    pub status: String,
-    pub report_id: String,
-    pub report: Option<String>,
-    pub rua: Vec<String>,
-    pub done: Vec<String>,
-    pub attempts: i64,
-    pub next_attempt_at: Option<i64>,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub sent_at: Option<i64>,
-}
-
 fn strings(raw: &str) -> Vec<String> {
     serde_json::from_str(raw).unwrap_or_default()
 }
@@ -191,6 +157,26 @@ pub fn due_reports(conn: &Connection, now: i64) -> rusqlite::Result<Vec<ReportRo
     rows.collect()
 }
 
+/// Takes the pending reports due by `c.due_by` (optionally of one day
+/// and/or domain) and moves their next attempt to `c.lease_until`, so
+/// that nobody else sends them meanwhile (one statement in the single
+/// writer's transaction: nobody reads between the choice and the update).
+pub fn claim(tx: &Tx<'_>, c: &ReportClaim) -> rusqlite::Result<Vec<ReportRow>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "UPDATE tls_reports SET next_attempt_at = ?2
+         WHERE (policy_domain, day) IN (SELECT policy_domain, day FROM tls_reports
+                         WHERE status = 'pending' AND next_attempt_at <= ?1
+                           AND (?3 IS NULL OR day = ?3) AND (?4 IS NULL OR policy_domain = ?4)
+                         ORDER BY next_attempt_at LIMIT ?5)
+         RETURNING {REPORT_COLUMNS}"
+    ))?;
+    let rows = stmt.query_map(
+        params![c.due_by, c.lease_until, c.day, c.domain, c.limit as i64],
+        report_row,
+    )?;
+    rows.collect()
+}
+
 /// Records the result of one sending round of a pending report. Only a
 /// pending row changes, so a report already settled stays as it was.
 pub fn record_attempt(tx: &Tx<'_>, r: &ReportRow) -> rusqlite::Result<()> {
@@ -222,41 +208,6 @@ pub fn get(
     ))?
     .query_row(params![policy_domain, day], report_row)
     .optional()
-}
-
-/// One (policy domain, day) as `tls-reports list` and `GET /v1/tls-reports`
-/// show it: its session totals, and its report's state when it has one
-/// (`counting` while the day is not over or not yet looked at).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
-    pub policy_domain: String,
-    pub day: String,
-    pub successful: i64,
-    pub failed: i64,
-    pub report: Option<ReportRow>,
-}
-
-impl Summary {
-    /// Fields: `policy_domain, day, status, successful_sessions,
-    /// failed_sessions, report_id, rua, delivered_to, attempts,
-    /// next_attempt_at, last_error, sent_at` (times RFC 3339 UTC).
-    pub fn to_json(&self) -> Value {
-        let r = self.report.as_ref();
-        json!({
-            "policy_domain": self.policy_domain,
-            "day": self.day,
-            "status": r.map_or("counting", |r| r.status.as_str()),
-            "successful_sessions": self.successful,
-            "failed_sessions": self.failed,
-            "report_id": r.map(|r| r.report_id.as_str()).filter(|s| !s.is_empty()),
-            "rua": r.map_or_else(Vec::new, |r| r.rua.clone()),
-            "delivered_to": r.map_or_else(Vec::new, |r| r.done.clone()),
-            "attempts": r.map_or(0, |r| r.attempts),
-            "next_attempt_at": r.and_then(|r| r.next_attempt_at).filter(|_| r.is_some_and(|r| r.status == "pending")).map(super::rfc3339),
-            "last_error": r.and_then(|r| r.last_error.clone()),
-            "sent_at": r.and_then(|r| r.sent_at).map(super::rfc3339),
-        })
-    }
 }
 
 /// Every (policy domain, day) with counts, newest day first, optionally
