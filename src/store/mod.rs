@@ -12,6 +12,7 @@ pub mod feedback;
 pub mod postgres;
 pub mod queries;
 pub mod queue;
+pub mod retention;
 pub mod sqlite;
 pub mod tracking;
 
@@ -131,6 +132,20 @@ impl Store {
     /// Opens (creating and migrating if needed) a SQLite store.
     pub fn open(path: &std::path::Path, options: StoreOptions) -> Result<Store> {
         Ok(Store::from_sqlite(sqlite::Sqlite::open(path, options)?))
+    }
+
+    /// Opens the configured store for reading only (the CLI's read
+    /// commands): on SQLite, no writer, no migration, and an error rather
+    /// than a new database where there is none.
+    pub fn open_existing(config: &crate::config::Config) -> Result<Store> {
+        let options = StoreOptions {
+            busy_timeout: config.store.busy_timeout,
+            ..StoreOptions::default()
+        };
+        Ok(Store::from_sqlite(sqlite::Sqlite::open_existing(
+            &config.database_path(),
+            options,
+        )?))
     }
 
     pub fn from_sqlite(db: sqlite::Sqlite) -> Store {
