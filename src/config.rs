@@ -52,6 +52,11 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for sessions in flight before exiting anyway.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// This node's name among several sharing one PostgreSQL store: in
+    /// delivery leases, events (`detail.node`) and metrics. Default: the
+    /// host name.
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +356,17 @@ pub struct StoreConfig {
     /// (a backup, an sqlite3 shell) before the SMTP client gets a 451.
     #[serde(with = "duration")]
     pub busy_timeout: Duration,
+    pub backend: StoreBackend,
+    /// postgres only: `postgres://user:password@host/database`.
+    pub url: Option<SecretString>,
+    /// postgres only: a file holding the URL, so the password stays out of
+    /// the config file.
+    pub url_file: Option<PathBuf>,
+    /// postgres only: connections this node keeps open.
+    pub pool_size: usize,
+    /// postgres only: extra trust anchors (PEM) for the server's TLS
+    /// certificate (`sslmode=require` in the URL).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -359,7 +375,30 @@ impl Default for StoreConfig {
             retain_messages: Duration::from_secs(30 * 86400),
             retain_events: Duration::from_secs(400 * 86400),
             busy_timeout: Duration::from_secs(5),
+            backend: StoreBackend::Sqlite,
+            url: None,
+            url_file: None,
+            pool_size: 16,
+            ca_file: None,
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// A string that never shows in `Debug` output (a URL with a password).
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"(hidden)\"")
     }
 }
 
@@ -634,6 +673,8 @@ impl Config {
         if !self.acme.ca_file.as_os_str().is_empty() {
             fix(&mut self.acme.ca_file);
         }
+        fix_opt(&mut self.store.url_file);
+        fix_opt(&mut self.store.ca_file);
     }
 
     pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
@@ -658,6 +699,29 @@ impl Config {
         self.server.data_dir.join("trackrelay.sqlite3")
     }
 
+    /// `server.node_id`, or the host name.
+    pub fn node_id(&self) -> String {
+        self.server.node_id.clone().unwrap_or_else(default_node_id)
+    }
+
+    /// The PostgreSQL URL: `store.url`, or the first line of
+    /// `store.url_file`. The error names the key, never the URL.
+    pub fn store_url(&self) -> Result<String, String> {
+        if let Some(url) = &self.store.url {
+            return Ok(url.0.clone());
+        }
+        let Some(path) = &self.store.url_file else {
+            return Err("store.url or store.url_file: required with backend = \"postgres\"".into());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("store.url_file: cannot read {}: {e}", path.display()))?;
+        let url = text.lines().next().unwrap_or("").trim();
+        if url.is_empty() {
+            return Err(format!("store.url_file: {} is empty", path.display()));
+        }
+        Ok(url.to_string())
+    }
+
     pub fn tracking_secret_path(&self) -> PathBuf {
         self.tracking
             .secret_file
@@ -676,6 +740,67 @@ impl Config {
         })
     }
 
+    fn validate_store(&self, p: &mut Vec<String>) {
+        if let Some(id) = &self.server.node_id {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                p.push(format!(
+                    "server.node_id: {id:?} must be 1-64 letters, digits, '-', '_' or '.'"
+                ));
+            }
+        }
+        let st = &self.store;
+        match st.backend {
+            StoreBackend::Sqlite => {
+                for (key, set) in [
+                    ("url", st.url.is_some()),
+                    ("url_file", st.url_file.is_some()),
+                    ("ca_file", st.ca_file.is_some()),
+                ] {
+                    if set {
+                        p.push(format!(
+                            "store.{key}: only for backend = \"postgres\" (backend is \"sqlite\")"
+                        ));
+                    }
+                }
+            }
+            StoreBackend::Postgres => {
+                if st.url.is_some() && st.url_file.is_some() {
+                    p.push("store.url and store.url_file: set one, not both".into());
+                } else if let Err(e) = self.store_url() {
+                    p.push(e);
+                } else if let Ok(url) = self.store_url() {
+                    if let Err(e) = crate::store::postgres::parse_url(&url) {
+                        let key = if st.url.is_some() {
+                            "store.url"
+                        } else {
+                            "store.url_file"
+                        };
+                        p.push(format!(
+                            "{key}: {}",
+                            e.context.trim_start_matches("store.url ")
+                        ));
+                    }
+                }
+                if st.pool_size == 0 || st.pool_size > 1000 {
+                    p.push(format!(
+                        "store.pool_size: {} is not in 1..=1000",
+                        st.pool_size
+                    ));
+                }
+                if let Some(ca) = &st.ca_file {
+                    if let Err(e) = std::fs::metadata(ca) {
+                        p.push(format!("store.ca_file: cannot read {}: {e}", ca.display()));
+                    }
+                }
+            }
+        }
+    }
+
     fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
         if !is_hostname(&self.server.hostname) {
@@ -690,6 +815,7 @@ impl Config {
         self.validate_delivery(&mut p);
         self.validate_webhooks(&mut p);
         self.validate_inbound(&mut p);
+        self.validate_store(&mut p);
         self.acme.validate(&self.tracking, &mut p);
         check_listen("api.listen", &self.api.listen, &mut p);
         let dc = &self.domain_checks;

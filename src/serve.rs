@@ -158,7 +158,9 @@ fn signs_of_use(config: &Config) -> Vec<PathBuf> {
 /// moved, or a wrong `data_dir`). A new data directory just starts.
 fn check_store_present(config: &Config, init_store: bool) -> Result<(), String> {
     let db = config.database_path();
-    if init_store || db.exists() {
+    // Only a SQLite file can vanish under data_dir; a PostgreSQL store lives
+    // elsewhere and is created by its migrations.
+    if init_store || db.exists() || config.store.backend != crate::config::StoreBackend::Sqlite {
         return Ok(());
     }
     let used = signs_of_use(config);
@@ -250,14 +252,15 @@ pub async fn run_until(
     check_store_present(&config, init_store)?;
     // Before any other file of the data directory is made, so that a start
     // that fails half-way does not leave keys without a database.
-    let store = Store::open(&config.database_path(), store_options(&config))
+    let store = Store::open_config(&config)
+        .await
         .map_err(|e| format!("store: {e}"))?;
     let submission_tls = prepare_data_dir(&config)?;
     for w in config.warnings() {
         tracing::warn!("{w}");
     }
     let metrics = Arc::new(Metrics::default());
-    let new_mail = Arc::new(tokio::sync::Notify::new());
+    let new_mail = store.queue_wake();
     let dkim_keys = crate::outbound::keys::domain_keys(&config, true)?;
     let token_keys = Arc::new(
         crate::prepare::TokenKeys::load_or_create(
@@ -475,19 +478,7 @@ pub async fn run_until(
 }
 
 pub fn store_options(config: &Config) -> StoreOptions {
-    StoreOptions {
-        webhooks: config
-            .webhooks
-            .iter()
-            .map(|w| crate::store::sqlite::webhooks::Subscription {
-                url: w.url.clone(),
-                events: w.events.clone(),
-                domains: w.domains.clone(),
-            })
-            .collect(),
-        busy_timeout: config.store.busy_timeout,
-        ..StoreOptions::default()
-    }
+    crate::store::open::sqlite_options(config)
 }
 
 async fn wait_for_signal() {

@@ -9,6 +9,7 @@
 
 pub mod domains;
 pub mod feedback;
+pub mod open;
 pub mod postgres;
 pub mod queries;
 pub mod queue;
@@ -104,8 +105,13 @@ pub trait Backend:
     /// Whether the store can take writes now; the error says what is wrong.
     async fn health(&self) -> Result<()>;
 
-    /// Notified after a commit that added webhook outbox rows.
+    /// Notified after a commit that added webhook outbox rows (by any node,
+    /// on a shared store).
     fn outbox_wake(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Notified when mail is accepted (by any node, on a shared store):
+    /// the delivery runner's wake-up.
+    fn queue_wake(&self) -> Arc<tokio::sync::Notify>;
 
     /// Finishes the writes under way and lets go of the database.
     fn close(&self);

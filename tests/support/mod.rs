@@ -10,6 +10,7 @@ pub mod dnssec;
 pub mod mx;
 pub mod pebble;
 pub mod postfix;
+pub mod postgres;
 pub mod sts;
 pub mod tlsrpt;
 pub mod webhook;

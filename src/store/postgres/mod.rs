@@ -4,18 +4,39 @@
 //! with `synchronous_commit` on where the caller asked for durability.
 //! Queue and webhook claims take rows with `FOR UPDATE SKIP LOCKED` under a
 //! lease naming the node, so nodes never wait for, or take, each other's
-//! live work.
+//! live work. A listening connection turns other nodes' `NOTIFY`s (new
+//! mail, new webhook rows) into this node's wake-ups.
 
 mod domains;
+pub mod events;
 mod feedback;
+mod listen;
 mod queries;
 mod queue;
+pub mod schema;
+pub mod tls;
 mod tracking;
 
-use super::{Result, StoreError, Subscription};
+use super::{Durability, Result, StoreError, Subscription};
 use std::sync::Arc;
 
-#[allow(dead_code)] // hooks: used as the backend fills in
+/// Notified by the queue on accept: runners on every node wake.
+pub const QUEUE_CHANNEL: &str = "trackrelay_queue";
+/// Notified when webhook outbox rows are added.
+pub const OUTBOX_CHANNEL: &str = "trackrelay_outbox";
+
+#[derive(Clone)]
+pub struct PgOptions {
+    /// `postgres://user:password@host:port/database?sslmode=...`. Never
+    /// logged: it may carry the password.
+    pub url: String,
+    pub pool_size: usize,
+    /// Extra trust anchors for the server's certificate (PEM).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub node_id: String,
+    pub webhooks: Vec<Subscription>,
+}
+
 pub struct Postgres {
     pub(crate) pool: deadpool_postgres::Pool,
     /// This node's name: in leases, events and metrics.
@@ -23,9 +44,101 @@ pub struct Postgres {
     /// Webhook endpoints: events of their types get outbox rows.
     pub(crate) hooks: Vec<Subscription>,
     pub(crate) outbox_wake: Arc<tokio::sync::Notify>,
+    pub(crate) queue_wake: Arc<tokio::sync::Notify>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// Context for driver errors: `.ctx("what was being done")`.
+pub(crate) trait PgCtx<T> {
+    fn ctx(self, what: &str) -> Result<T>;
+}
+
+impl<T> PgCtx<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn ctx(self, what: &str) -> Result<T> {
+        self.map_err(|e| StoreError::new(what.to_string(), e))
+    }
+}
+
+#[allow(dead_code)] // the areas' PostgreSQL code starts its writes here
+/// Starts a transaction; `Normal` durability turns `synchronous_commit`
+/// off for it alone (tracking events: a crash of the server may lose the
+/// last ones, never corrupt anything).
+pub(crate) async fn begin(
+    client: &mut deadpool_postgres::Object,
+    durability: Durability,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    let tx = client.transaction().await.ctx("starting a transaction")?;
+    if durability == Durability::Normal {
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .ctx("setting synchronous_commit")?;
+    }
+    Ok(tx)
+}
+
+/// Parses a store URL without ever echoing it (it may hold a password).
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    url.parse::<tokio_postgres::Config>().map_err(|e| {
+        StoreError::msg(format!(
+            "store.url is not a usable PostgreSQL URL (postgres://user:password@host/database): {e}"
+        ))
+    })
+}
+
+fn connector(options: &PgOptions) -> Result<tls::MakeRustls> {
+    let pem = match &options.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            StoreError::msg(format!("store.ca_file: reading {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    tls::MakeRustls::new(pem.as_deref()).map_err(StoreError::msg)
 }
 
 impl Postgres {
+    /// Connects, applies the migrations this database lacks (under an
+    /// advisory lock, so nodes may start together) and starts listening for
+    /// the other nodes' notifications.
+    pub async fn connect(options: PgOptions) -> Result<Postgres> {
+        let config = parse_url(&options.url)?;
+        let tls = connector(&options)?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::new("building the PostgreSQL pool", e))?;
+        {
+            let mut client = pool
+                .get()
+                .await
+                .map_err(|e| StoreError::new("connecting to PostgreSQL", e))?;
+            schema::migrate(&mut client).await?;
+        }
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let queue_wake = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(listen::run(
+            config,
+            tls,
+            queue_wake.clone(),
+            outbox_wake.clone(),
+        ));
+        Ok(Postgres {
+            pool,
+            node_id: options.node_id,
+            hooks: options.webhooks,
+            outbox_wake,
+            queue_wake,
+            listener,
+        })
+    }
+
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool
@@ -47,10 +160,17 @@ impl super::Backend for Postgres {
 
     async fn health(&self) -> Result<()> {
         let client = self.client().await?;
+        let version = schema::current_version(&client).await?;
+        if version != schema::version() {
+            return Err(StoreError::msg(format!(
+                "the database is at schema version {version}, expected {}",
+                schema::version()
+            )));
+        }
         client
-            .simple_query("SELECT 1")
+            .query_one("SELECT count(*) FROM (SELECT 1 FROM emails LIMIT 1) e", &[])
             .await
-            .map_err(|e| StoreError::new("the health probe", e))?;
+            .ctx("the health probe")?;
         Ok(())
     }
 
@@ -58,7 +178,12 @@ impl super::Backend for Postgres {
         self.outbox_wake.clone()
     }
 
+    fn queue_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.queue_wake.clone()
+    }
+
     fn close(&self) {
+        self.listener.abort();
         self.pool.close();
     }
 }

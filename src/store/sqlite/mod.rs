@@ -116,6 +116,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     outbox_wake: Arc<tokio::sync::Notify>,
+    /// One process: only its own accepts wake its runner.
+    queue_wake: Arc<tokio::sync::Notify>,
     /// The database file the writer opened; a different one at `path`
     /// means it was deleted or replaced under us.
     file: FileId,
@@ -343,6 +345,7 @@ impl Sqlite {
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(writer)),
                 outbox_wake,
+                queue_wake: Arc::new(tokio::sync::Notify::new()),
                 file,
                 broken,
             }),
@@ -500,6 +503,10 @@ impl super::Backend for Sqlite {
 
     fn outbox_wake(&self) -> Arc<tokio::sync::Notify> {
         Sqlite::outbox_wake(self)
+    }
+
+    fn queue_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.queue_wake.clone()
     }
 
     fn close(&self) {
