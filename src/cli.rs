@@ -27,7 +27,9 @@ fn open_store(config: &Config) -> Result<(tokio::runtime::Runtime, Store), Strin
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store = Store::open_existing(config).map_err(|e| e.to_string())?;
+    let store = rt
+        .block_on(Store::open_read_only(config))
+        .map_err(|e| e.to_string())?;
     Ok((rt, store))
 }
 

@@ -140,20 +140,6 @@ impl Store {
         Ok(Store::from_sqlite(sqlite::Sqlite::open(path, options)?))
     }
 
-    /// Opens the configured store for reading only (the CLI's read
-    /// commands): on SQLite, no writer, no migration, and an error rather
-    /// than a new database where there is none.
-    pub fn open_existing(config: &crate::config::Config) -> Result<Store> {
-        let options = StoreOptions {
-            busy_timeout: config.store.busy_timeout,
-            ..StoreOptions::default()
-        };
-        Ok(Store::from_sqlite(sqlite::Sqlite::open_existing(
-            &config.database_path(),
-            options,
-        )?))
-    }
-
     pub fn from_sqlite(db: sqlite::Sqlite) -> Store {
         Store {
             backend: Arc::new(db.clone()),

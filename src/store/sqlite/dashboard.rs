@@ -62,7 +62,7 @@ pub fn series(
 }
 
 /// `%` and `_` in a user's text are literal in the LIKE pattern.
-fn like_pattern(s: &str) -> String {
+pub(crate) fn like_pattern(s: &str) -> String {
     let mut p = String::from("%");
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {

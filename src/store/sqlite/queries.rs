@@ -19,7 +19,7 @@ impl Sqlite {
     /// Opens an existing store for reading only: no writer thread, no
     /// migration, and no database created where there is none (the CLI's
     /// read commands, beside a running server or not). Writes fail.
-    pub fn open_existing(path: &Path, options: StoreOptions) -> Result<Sqlite> {
+    pub fn open_read_only(path: &Path, options: StoreOptions) -> Result<Sqlite> {
         if !path.exists() {
             return Err(super::missing_database(path));
         }
@@ -33,6 +33,7 @@ impl Sqlite {
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(None),
                 outbox_wake: Arc::new(tokio::sync::Notify::new()),
+                queue_wake: Arc::new(tokio::sync::Notify::new()),
                 file,
                 broken: Arc::new(super::Broken::default()),
             }),

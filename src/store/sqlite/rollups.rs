@@ -50,7 +50,7 @@ pub mod bit {
 }
 
 /// The rollup columns and their bits, in the order `Stats` is read.
-const COUNTERS: [(&str, i64); 14] = [
+pub(crate) const COUNTERS: [(&str, i64); 14] = [
     ("sent", bit::SENT),
     ("delivered", bit::DELIVERED),
     ("delayed", bit::DELAYED),
