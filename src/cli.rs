@@ -11,6 +11,7 @@ use std::ops::ControlFlow;
 
 mod queue;
 pub mod reports;
+pub mod store_admin;
 pub mod suppressions;
 pub mod tls_reports;
 mod webhooks;

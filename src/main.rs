@@ -139,6 +139,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply the store's pending schema migrations (SQLite or PostgreSQL) and
+    /// print its version. `serve` does this too; run it before starting
+    /// several nodes on a new PostgreSQL database, or to check one.
+    Migrate(ConfigArg),
+    /// Operations on a whole store.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCommand,
+    },
     /// Export emails (one row per recipient) or events as CSV.
     Export {
         #[command(flatten)]
@@ -152,6 +161,25 @@ enum Command {
         since: Option<String>,
         #[arg(long)]
         until: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a SQLite store into an empty PostgreSQL database (migrated
+    /// first), in one transaction. Stop `serve` on the SQLite store first.
+    Copy {
+        /// The SQLite store: sqlite:PATH
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// The PostgreSQL database: postgres://user:password@host/database.
+        /// Without it, the PostgreSQL store of --config (its store.url_file
+        /// keeps the password off the command line).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// A config whose [store] names the target.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -532,6 +560,16 @@ fn run(cli: Cli) -> Result<(), String> {
             until,
             json,
         } => cli::stats(&load(&config)?, domain.as_deref(), &since, &until, json),
+        Command::Migrate(config) => cli::store_admin::migrate(&load(&config)?),
+        Command::Store {
+            cmd: StoreCommand::Copy { from, to, config },
+        } => {
+            let config = match config {
+                Some(p) => Some(config::Config::load(&p).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            cli::store_admin::copy(&from, to.as_deref(), config.as_ref())
+        }
         Command::Export {
             config,
             what,

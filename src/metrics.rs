@@ -75,6 +75,9 @@ impl Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
+    /// This node's name and store backend, for `trackrelay_node_info`:
+    /// several nodes' metrics tell themselves apart by it.
+    pub node: std::sync::OnceLock<(String, &'static str)>,
     pub smtp_sessions: Counter,
     pub smtp_rejected_connections: Counter,
     pub messages_accepted: Counter,
@@ -212,6 +215,16 @@ impl Metrics {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
+        if let Some((node, store)) = self.node.get() {
+            let _ =
+                writeln!(
+                out,
+                "# HELP trackrelay_node_info this node (server.node_id) and its store backend\n\
+                 # TYPE trackrelay_node_info gauge\n\
+                 trackrelay_node_info{{node=\"{}\",store=\"{store}\"}} 1",
+                node.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+            );
+        }
         let counters: [(&str, &str, &Counter); 19] = [
             (
                 "trackrelay_smtp_sessions_total",

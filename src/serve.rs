@@ -260,6 +260,9 @@ pub async fn run_until(
         tracing::warn!("{w}");
     }
     let metrics = Arc::new(Metrics::default());
+    let _ = metrics
+        .node
+        .set((store.node_id().to_string(), store.kind()));
     let new_mail = store.queue_wake();
     let dkim_keys = crate::outbound::keys::domain_keys(&config, true)?;
     let token_keys = Arc::new(

@@ -7,6 +7,7 @@
 //! the two backends: `sqlite` (the default: one file, one process) and
 //! `postgres` (one server shared by several relay nodes).
 
+pub mod copy;
 pub mod domains;
 pub mod feedback;
 pub mod open;

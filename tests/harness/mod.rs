@@ -9,6 +9,15 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+#[path = "../support/postgres.rs"]
+pub mod pg;
+
+/// `TRACKRELAY_TEST_BACKEND=postgres` runs the relays of this test process
+/// on a real PostgreSQL server (a new database each) instead of SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("TRACKRELAY_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
 pub const USER: &str = "app";
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -113,11 +122,15 @@ pub struct Relay {
     pub bound: Bound,
     child: Option<Child>,
     starts: u32,
+    /// The relay's PostgreSQL database, when it runs on one.
+    pub pg_url: Option<String>,
 }
 
 /// Config pieces a test can change; everything else is the harness default.
 #[derive(Default)]
 pub struct Options {
+    /// Extra keys under [server] (e.g. node_id).
+    pub server: String,
     /// Extra keys appended under [submission].
     pub submission: String,
     /// Whole extra sections appended at the end (e.g. [[webhooks]]).
@@ -139,12 +152,18 @@ pub struct Options {
 impl Relay {
     pub fn start(opts: Options) -> Relay {
         let dir = tempfile::tempdir().unwrap();
+        let pg_url = (on_postgres() && !opts.store.contains("backend")).then(pg::url);
+        let store = match &pg_url {
+            Some(url) => format!("backend = \"postgres\"\nurl = \"{url}\"\n{}", opts.store),
+            None => opts.store,
+        };
         let config = format!(
             r#"
 [server]
 hostname = "relay.test"
 data_dir = "./data"
 shutdown_grace = "10s"
+{server}
 
 [submission]
 listen = ["127.0.0.1:0"]
@@ -182,6 +201,7 @@ listen = ["127.0.0.1:0"]
 
 {extra}
 "#,
+            server = opts.server,
             hash = password_hash(),
             submission = opts.submission,
             tracking = opts.tracking,
@@ -199,7 +219,6 @@ listen = ["127.0.0.1:0"]
             } else {
                 String::new()
             },
-            store = opts.store,
             extra = opts.extra,
         );
         let config_path = dir.path().join("config.toml");
@@ -216,6 +235,7 @@ listen = ["127.0.0.1:0"]
             bound: Bound::default(),
             child: None,
             starts: 0,
+            pg_url,
         };
         relay.spawn();
         relay
@@ -317,6 +337,11 @@ listen = ["127.0.0.1:0"]
 
     /// The status of the email's (single) recipient.
     pub fn recipient_status(&self, email_id: &str) -> String {
+        if let Some(url) = &self.pg_url {
+            let id = email_id.replace('\'', "''");
+            let sql = format!("SELECT status FROM recipients WHERE email_id = '{id}'");
+            return pg::query(url, &sql).trim().to_string();
+        }
         self.db()
             .query_row(
                 "SELECT status FROM recipients WHERE email_id = ?1",
@@ -329,6 +354,21 @@ listen = ["127.0.0.1:0"]
     /// The email's delivery events after `email.sent`, oldest first, with
     /// their detail.
     pub fn delivery_events(&self, email_id: &str) -> Vec<(String, serde_json::Value)> {
+        if let Some(url) = &self.pg_url {
+            let id = email_id.replace('\'', "''");
+            let sql = format!(
+                "SELECT json_build_array(type, COALESCE(detail, 'null')::json) FROM events
+                 WHERE email_id = '{id}' AND type != 'email.sent' ORDER BY id"
+            );
+            return pg::query(url, &sql)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    (v[0].as_str().unwrap().to_string(), v[1].clone())
+                })
+                .collect();
+        }
         self.db()
             .prepare(
                 "SELECT type, COALESCE(detail, 'null') FROM events
@@ -347,6 +387,10 @@ listen = ["127.0.0.1:0"]
     }
 
     pub fn db(&self) -> rusqlite::Connection {
+        assert!(
+            self.pg_url.is_none(),
+            "this test reads the SQLite file directly, so it runs on SQLite only"
+        );
         let c = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

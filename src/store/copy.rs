@@ -1,0 +1,220 @@
+//! `trackrelay store copy`: moves a SQLite store into an empty PostgreSQL
+//! database, table by table, in one PostgreSQL transaction (a copy that
+//! fails leaves the target as empty as it found it).
+
+use super::postgres::{self, schema, PgCtx};
+use super::sqlite;
+use super::{Result, StoreError};
+use rusqlite::types::Value;
+use std::path::Path;
+use tokio_postgres::types::{ToSql, Type};
+
+/// Every table, parents before children (recipients reference emails).
+const TABLES: [&str; 12] = [
+    "emails",
+    "recipients",
+    "events",
+    "webhook_outbox",
+    "rollups",
+    "suppressions",
+    "inbound_reports",
+    "domain_status",
+    "domain_history",
+    "mta_sts_policies",
+    "tls_report_counts",
+    "tls_reports",
+];
+
+/// Tables whose `id` comes from an identity column: their sequences must
+/// start after the copied ids.
+const IDENTITIES: [&str; 3] = ["events", "inbound_reports", "domain_history"];
+
+/// Rows per INSERT statement.
+const BATCH: usize = 500;
+
+/// Rows copied, per table.
+pub type Copied = Vec<(String, u64)>;
+
+/// Copies the SQLite store at `from` into the PostgreSQL database at `url`,
+/// which must hold no trackrelay data yet (it is migrated first). The
+/// source is migrated to this build's schema too: stop `serve` first.
+/// `progress` hears each table as it is done.
+pub fn sqlite_to_postgres(
+    from: &Path,
+    url: &str,
+    ca_file: Option<&Path>,
+    mut progress: impl FnMut(&str, u64),
+) -> Result<Copied> {
+    let source = sqlite::open_writer(from)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::msg(format!("starting a runtime: {e}")))?;
+    let config = postgres::parse_url(url)?;
+    let pem = match ca_file {
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            StoreError::msg(format!("store.ca_file: reading {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
+    let tls = postgres::tls::MakeRustls::new(pem.as_deref()).map_err(StoreError::msg)?;
+    let mut client = rt.block_on(async {
+        let (client, connection) = config.connect(tls).await.ctx("connecting to PostgreSQL")?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!("store copy: the PostgreSQL connection failed: {e}");
+            }
+        });
+        Ok::<_, StoreError>(client)
+    })?;
+    rt.block_on(schema::migrate(&mut client))?;
+    let existing: i64 = rt
+        .block_on(client.query_one(
+            "SELECT (SELECT count(*) FROM emails) + (SELECT count(*) FROM events)
+                  + (SELECT count(*) FROM suppressions)",
+            &[],
+        ))
+        .ctx("checking that the target is empty")?
+        .get(0);
+    if existing > 0 {
+        return Err(StoreError::msg(
+            "the PostgreSQL database already holds trackrelay data; copy into an empty one",
+        ));
+    }
+    rt.block_on(client.batch_execute("BEGIN"))
+        .ctx("starting the copy")?;
+    let mut copied = Vec::new();
+    for table in TABLES {
+        let n = copy_table(&rt, &client, &source, table)?;
+        progress(table, n);
+        copied.push((table.to_string(), n));
+    }
+    for table in IDENTITIES {
+        let sql = format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'),
+                           COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+        );
+        rt.block_on(client.batch_execute(&sql))
+            .ctx(&format!("moving the id sequence of {table}"))?;
+    }
+    rt.block_on(client.batch_execute("COMMIT"))
+        .ctx("committing the copy")?;
+    Ok(copied)
+}
+
+/// The target's columns and their types, in order.
+fn columns(
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Result<Vec<(String, Type)>> {
+    let stmt = rt
+        .block_on(client.prepare(&format!("SELECT * FROM {table} LIMIT 0")))
+        .ctx(&format!("reading the columns of {table}"))?;
+    Ok(stmt
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().clone()))
+        .collect())
+}
+
+fn copy_table(
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+    source: &rusqlite::Connection,
+    table: &str,
+) -> Result<u64> {
+    let cols = columns(rt, client, table)?;
+    let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
+    let select = format!("SELECT {} FROM {table}", names.join(", "));
+    let mut stmt = source
+        .prepare(&select)
+        .map_err(|e| StoreError::new(format!("reading {table} from SQLite"), e))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(|e| StoreError::new(format!("reading {table} from SQLite"), e))?;
+    let mut batch: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut in_batch = 0usize;
+    let mut total = 0u64;
+    loop {
+        let row = rows
+            .next()
+            .map_err(|e| StoreError::new(format!("reading {table} from SQLite"), e))?;
+        let Some(row) = row else { break };
+        for (i, (name, ty)) in cols.iter().enumerate() {
+            let v: Value = row
+                .get(i)
+                .map_err(|e| StoreError::new(format!("reading {table}.{name}"), e))?;
+            batch.push(
+                convert(v, ty).map_err(|why| StoreError::msg(format!("{table}.{name}: {why}")))?,
+            );
+        }
+        in_batch += 1;
+        if in_batch == BATCH {
+            insert(rt, client, table, &names, &batch, in_batch)?;
+            total += in_batch as u64;
+            batch.clear();
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        insert(rt, client, table, &names, &batch, in_batch)?;
+        total += in_batch as u64;
+    }
+    Ok(total)
+}
+
+/// A SQLite value as the PostgreSQL column's type wants it.
+fn convert(v: Value, ty: &Type) -> std::result::Result<Box<dyn ToSql + Sync + Send>, String> {
+    Ok(match (v, ty) {
+        (Value::Null, t) if *t == Type::INT8 => Box::new(None::<i64>),
+        (Value::Null, t) if *t == Type::BYTEA => Box::new(None::<Vec<u8>>),
+        (Value::Null, _) => Box::new(None::<String>),
+        (Value::Integer(i), t) if *t == Type::INT8 => Box::new(i),
+        (Value::Integer(i), t) if *t == Type::TEXT => Box::new(i.to_string()),
+        (Value::Real(f), t) if *t == Type::INT8 => Box::new(f as i64),
+        (Value::Text(s), t) if *t == Type::TEXT => Box::new(s),
+        (Value::Text(s), t) if *t == Type::BYTEA => Box::new(s.into_bytes()),
+        (Value::Text(s), t) if *t == Type::INT8 => Box::new(
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("{s:?} is not an integer"))?,
+        ),
+        (Value::Blob(b), t) if *t == Type::BYTEA => Box::new(b),
+        (Value::Blob(b), t) if *t == Type::TEXT => {
+            Box::new(String::from_utf8(b).map_err(|_| "a blob that is not UTF-8 text".to_string())?)
+        }
+        (v, t) => return Err(format!("cannot store {v:?} as {t}")),
+    })
+}
+
+fn insert(
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+    table: &str,
+    names: &[&str],
+    values: &[Box<dyn ToSql + Sync + Send>],
+    rows: usize,
+) -> Result<()> {
+    let width = names.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let ps: Vec<String> = (0..width)
+                .map(|c| format!("${}", r * width + c + 1))
+                .collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES {}",
+        names.join(", "),
+        tuples.join(", ")
+    );
+    let params: Vec<&(dyn ToSql + Sync)> = values
+        .iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    rt.block_on(client.execute(&sql, &params))
+        .ctx(&format!("writing {table} to PostgreSQL"))?;
+    Ok(())
+}
