@@ -719,3 +719,95 @@ fn queries_on_postgres() {
         store.close();
     });
 }
+
+/// The CLI's read commands open the store read-only: where there is no
+/// store they say so and create nothing, and on a store at another schema
+/// version (a newer `trackrelay` binary beside an older server) they read
+/// without migrating it: no writer, no schema change under a running
+/// server.
+#[test]
+fn cli_reads_never_create_or_migrate_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nhostname = \"relay.test\"\ndata_dir = {:?}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .output()
+            .unwrap()
+    };
+    let reads: [&[&str]; 4] = [
+        &["events"],
+        &["stats", "--json"],
+        &["export", "events", "--csv"],
+        &["export", "emails", "--csv"],
+    ];
+    for args in reads {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains("no database at"), "{args:?}: {err}");
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+
+    let config = trackrelay::config::Config::parse(
+        &std::fs::read_to_string(&config_path).unwrap(),
+        &config_path,
+    )
+    .unwrap();
+    let path = config.database_path();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(&path, options()).unwrap();
+        seed_sqlite(&store).await;
+        store.close();
+    });
+    let older = store::sqlite::schema::version() as i64 - 1;
+    let version = || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", older)
+        .unwrap();
+    for args in reads {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(version(), older, "{args:?} migrated the store");
+    }
+    let out = run(&["stats", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (st["sent"].as_i64(), st["delayed"].as_i64()),
+        (Some(5), Some(3))
+    );
+    let out = run(&["export", "events", "--csv"]);
+    assert_eq!(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        14,
+        "a header and 13 events"
+    );
+}
