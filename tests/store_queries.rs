@@ -703,6 +703,54 @@ fn queries_on_postgres() {
     let copied = trackrelay::store::copy::sqlite_to_postgres(&path, &url, None, |_, _| {}).unwrap();
     let rows = |t: &str| copied.iter().find(|(name, _)| name == t).map(|(_, n)| *n);
     assert_eq!((rows("emails"), rows("events")), (Some(3), Some(13)));
+    // The CLI's reads on PostgreSQL: the same stats, the export streamed.
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[server]\nhostname = \"relay.test\"\ndata_dir = {:?}\n[store]\nbackend = \"postgres\"\nurl = {url:?}\n",
+            dir.path().join("nowhere").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let st: serde_json::Value = serde_json::from_slice(&run(&["stats", "--json"])).unwrap();
+    assert_eq!(
+        (
+            st["sent"].as_i64(),
+            st["delayed"].as_i64(),
+            st["opened_human"].as_i64()
+        ),
+        (Some(5), Some(3), Some(1))
+    );
+    let csv = run(&["export", "emails", "--csv"]);
+    let lines: Vec<&[u8]> = csv
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 6, "a header and one line per recipient");
+    assert!(lines[1].starts_with(A.as_bytes()), "oldest first");
+    let events = run(&["events", "--email", A, "--json"]);
+    assert_eq!(
+        events
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count(),
+        7
+    );
     rt.block_on(async {
         let pg = Postgres::connect(PgOptions {
             url,
