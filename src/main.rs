@@ -167,15 +167,17 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copy a SQLite store into an empty PostgreSQL database (migrated
-    /// first), in one transaction. Stop `serve` on the SQLite store first.
+    /// first), in one transaction; stop `serve` on the SQLite store first.
+    /// Or back: a PostgreSQL store into a new SQLite file, from one
+    /// consistent snapshot (nodes may keep running).
     Copy {
-        /// The SQLite store: sqlite:PATH
-        #[arg(long, value_name = "sqlite:PATH")]
+        /// sqlite:PATH, or postgres://user:password@host/database
+        #[arg(long, value_name = "FROM")]
         from: String,
-        /// The PostgreSQL database: postgres://user:password@host/database.
-        /// Without it, the PostgreSQL store of --config (its store.url_file
-        /// keeps the password off the command line).
-        #[arg(long, value_name = "URL")]
+        /// postgres://... (from SQLite; without it, the PostgreSQL store of
+        /// --config, whose store.url_file keeps the password off the command
+        /// line), or sqlite:PATH (from PostgreSQL; a new file)
+        #[arg(long, value_name = "TO")]
         to: Option<String>,
         /// A config whose [store] names the target.
         #[arg(long)]

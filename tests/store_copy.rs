@@ -124,6 +124,32 @@ fn a_lived_sqlite_store_is_copied_row_for_row_and_only_into_an_empty_database() 
     .unwrap();
     assert!(next > max, "{next} after {max}");
 
+    // And back: PostgreSQL into a new SQLite file has the same rows.
+    let back = relay.dir.path().join("back.sqlite3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
+        .args(["store", "copy", "--from", &url, "--to"])
+        .arg(format!("sqlite:{}", back.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back_db = rusqlite::Connection::open(&back).unwrap();
+    for (t, n) in tables.iter().zip(&before) {
+        let got: i64 = back_db
+            .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap();
+        // The event inserted above by hand came along.
+        let n = if *t == "events" { n + 1 } else { *n };
+        assert_eq!(got, n, "rows of {t} copied back");
+    }
+    let back_size: i64 = back_db
+        .query_row("SELECT sum(length(body)) FROM emails", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(back_size, size);
+
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))
         .args(["store", "copy", "--from", &db, "--to", &url])
         .output()

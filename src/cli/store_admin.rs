@@ -2,33 +2,15 @@
 
 use super::CliResult;
 use crate::config::{Config, StoreBackend};
-use crate::store::{self, postgres, sqlite};
+use crate::store;
 use std::path::{Path, PathBuf};
 
 /// Applies the migrations the configured store lacks and says where it is.
 pub fn migrate(config: &Config) -> CliResult {
-    match config.store.backend {
-        StoreBackend::Sqlite => {
-            let path = config.database_path();
-            sqlite::open_writer(&path).map_err(|e| e.to_string())?;
-            println!(
-                "{}: schema version {}",
-                path.display(),
-                sqlite::schema::version()
-            );
-        }
-        StoreBackend::Postgres => {
-            let options = store::open::postgres_options(config).map_err(|e| e.to_string())?;
-            let rt = runtime()?;
-            rt.block_on(async {
-                let db = postgres::Postgres::connect(options).await?;
-                store::Backend::close(&db);
-                Ok::<_, store::StoreError>(())
-            })
-            .map_err(|e| e.to_string())?;
-            println!("postgres: schema version {}", postgres::schema::version());
-        }
-    }
+    let (what, version) = runtime()?
+        .block_on(store::open::migrate(config))
+        .map_err(|e| e.to_string())?;
+    println!("{what}: schema version {version}");
     Ok(())
 }
 
@@ -44,7 +26,7 @@ fn sqlite_source(arg: &str) -> Result<PathBuf, String> {
     let path = arg.strip_prefix("sqlite:").unwrap_or(arg);
     if path.is_empty() || path.starts_with("postgres") {
         return Err(format!(
-            "--from: {arg:?} is not a SQLite store (sqlite:PATH); only SQLite -> PostgreSQL copies are supported"
+            "--from: {arg:?} is neither sqlite:PATH nor a postgres:// URL"
         ));
     }
     Ok(PathBuf::from(path))
@@ -80,7 +62,33 @@ fn postgres_target(
     }
 }
 
+fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://") || s.starts_with("postgres:")
+}
+
 pub fn copy(from: &str, to: Option<&str>, config: Option<&Config>) -> CliResult {
+    if is_postgres_url(from) {
+        // Back to one node: PostgreSQL -> a new SQLite file.
+        let target = to.ok_or("--to: required (sqlite:PATH) when copying from PostgreSQL")?;
+        let path = target
+            .strip_prefix("sqlite:")
+            .filter(|p| !p.is_empty())
+            .ok_or("--to: must be sqlite:PATH when copying from PostgreSQL")?;
+        let url = from
+            .strip_prefix("postgres:")
+            .filter(|u| u.starts_with("//"))
+            .map(|u| format!("postgres:{u}"))
+            .unwrap_or_else(|| from.to_string());
+        let ca = config.and_then(|c| c.store.ca_file.clone());
+        let copied =
+            store::copy::postgres_to_sqlite(&url, ca.as_deref(), Path::new(path), |t, n| {
+                println!("{t}: {n} row(s)");
+            })
+            .map_err(|e| format!("store copy: {e}"))?;
+        let total: u64 = copied.iter().map(|(_, n)| n).sum();
+        println!("copied {total} row(s) to {path}");
+        return Ok(());
+    }
     let source = sqlite_source(from)?;
     if !Path::new(&source).exists() {
         return Err(format!("--from: no SQLite store at {}", source.display()));

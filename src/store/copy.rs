@@ -1,6 +1,8 @@
 //! `trackrelay store copy`: moves a SQLite store into an empty PostgreSQL
 //! database, table by table, in one PostgreSQL transaction (a copy that
-//! fails leaves the target as empty as it found it).
+//! fails leaves the target as empty as it found it); and back, from
+//! PostgreSQL into a new SQLite file (one node again, or a snapshot to
+//! inspect with sqlite3).
 
 use super::postgres::{self, schema, PgCtx};
 use super::sqlite;
@@ -46,27 +48,8 @@ pub fn sqlite_to_postgres(
     mut progress: impl FnMut(&str, u64),
 ) -> Result<Copied> {
     let source = sqlite::open_writer(from)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StoreError::msg(format!("starting a runtime: {e}")))?;
-    let config = postgres::parse_url(url)?;
-    let pem = match ca_file {
-        Some(p) => Some(std::fs::read(p).map_err(|e| {
-            StoreError::msg(format!("store.ca_file: reading {}: {e}", p.display()))
-        })?),
-        None => None,
-    };
-    let tls = postgres::tls::MakeRustls::new(pem.as_deref()).map_err(StoreError::msg)?;
-    let mut client = rt.block_on(async {
-        let (client, connection) = config.connect(tls).await.ctx("connecting to PostgreSQL")?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!("store copy: the PostgreSQL connection failed: {e}");
-            }
-        });
-        Ok::<_, StoreError>(client)
-    })?;
+    let rt = runtime()?;
+    let mut client = connect(&rt, url, ca_file)?;
     rt.block_on(schema::migrate(&mut client))?;
     let existing: i64 = rt
         .block_on(client.query_one(
@@ -102,6 +85,145 @@ pub fn sqlite_to_postgres(
     Ok(copied)
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::msg(format!("starting a runtime: {e}")))
+}
+
+/// One connection outside any pool, driven by `rt`.
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<tokio_postgres::Client> {
+    let config = postgres::parse_url(url)?;
+    let pem = match ca_file {
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            StoreError::msg(format!("store.ca_file: reading {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
+    let tls = postgres::tls::MakeRustls::new(pem.as_deref()).map_err(StoreError::msg)?;
+    rt.block_on(async {
+        let (client, connection) = config.connect(tls).await.ctx("connecting to PostgreSQL")?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!("store copy: the PostgreSQL connection failed: {e}");
+            }
+        });
+        Ok(client)
+    })
+}
+
+/// Copies the PostgreSQL store at `url` into a new SQLite file at `to`
+/// (which must not exist), in one SQLite transaction, from one consistent
+/// PostgreSQL snapshot (a repeatable-read transaction), so it may run
+/// beside serving nodes.
+pub fn postgres_to_sqlite(
+    url: &str,
+    ca_file: Option<&Path>,
+    to: &Path,
+    mut progress: impl FnMut(&str, u64),
+) -> Result<Copied> {
+    if to.exists() {
+        return Err(StoreError::msg(format!(
+            "{} exists; copy into a new file",
+            to.display()
+        )));
+    }
+    let rt = runtime()?;
+    let client = connect(&rt, url, ca_file)?;
+    let version = rt.block_on(schema::current_version(&client))?;
+    if version != schema::version() {
+        return Err(StoreError::msg(format!(
+            "the PostgreSQL store is at schema version {version}, this trackrelay writes {}; \
+             run `trackrelay migrate` with a matching version first",
+            schema::version()
+        )));
+    }
+    if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+        super::create_private_dir(dir)
+            .map_err(|e| StoreError::msg(format!("creating {}: {e}", dir.display())))?;
+    }
+    let mut target = rusqlite::Connection::open(to)
+        .map_err(|e| StoreError::new(format!("creating {}", to.display()), e))?;
+    sqlite::schema::migrate(&mut target)
+        .map_err(|e| StoreError::new("creating the SQLite schema", e))?;
+    rt.block_on(client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        .ctx("starting a consistent read")?;
+    let tx = target
+        .transaction()
+        .map_err(|e| StoreError::new("starting the SQLite transaction", e))?;
+    let mut copied = Vec::new();
+    for table in TABLES {
+        let cols = shared_columns(&rt, &client, &tx, table)?;
+        let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
+        let rows = rt
+            .block_on(client.query(&format!("SELECT {} FROM {table}", names.join(", ")), &[]))
+            .ctx(&format!("reading {table} from PostgreSQL"))?;
+        let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let mut insert = tx
+            .prepare(&format!(
+                "INSERT INTO {table} ({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            ))
+            .map_err(|e| StoreError::new(format!("preparing {table} in SQLite"), e))?;
+        for row in &rows {
+            let values: Vec<Value> = cols
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ty))| {
+                    if *ty == Type::INT8 {
+                        row.get::<_, Option<i64>>(i)
+                            .map_or(Value::Null, Value::Integer)
+                    } else if *ty == Type::BYTEA {
+                        row.get::<_, Option<Vec<u8>>>(i)
+                            .map_or(Value::Null, Value::Blob)
+                    } else {
+                        row.get::<_, Option<String>>(i)
+                            .map_or(Value::Null, Value::Text)
+                    }
+                })
+                .collect();
+            insert
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(|e| StoreError::new(format!("writing {table} to SQLite"), e))?;
+        }
+        drop(insert);
+        progress(table, rows.len() as u64);
+        copied.push((table.to_string(), rows.len() as u64));
+    }
+    tx.commit()
+        .map_err(|e| StoreError::new("committing the SQLite copy", e))?;
+    let _ = rt.block_on(client.batch_execute("COMMIT"));
+    Ok(copied)
+}
+
+/// The PostgreSQL table's columns that the SQLite one has too, with their
+/// PostgreSQL types: a column one backend keeps for itself alone (say, a
+/// planner's helper) is not the other's business.
+fn shared_columns(
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+    sqlite: &rusqlite::Connection,
+    table: &str,
+) -> Result<Vec<(String, Type)>> {
+    let mut stmt = sqlite
+        .prepare("SELECT name FROM pragma_table_info(?1)")
+        .map_err(|e| StoreError::new("reading SQLite columns", e))?;
+    let names: std::collections::HashSet<String> = stmt
+        .query_map([table], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| StoreError::new(format!("reading the columns of {table}"), e))?;
+    Ok(columns(rt, client, table)?
+        .into_iter()
+        .filter(|(n, _)| names.contains(n))
+        .collect())
+}
+
 /// The target's columns and their types, in order.
 fn columns(
     rt: &tokio::runtime::Runtime,
@@ -124,7 +246,7 @@ fn copy_table(
     source: &rusqlite::Connection,
     table: &str,
 ) -> Result<u64> {
-    let cols = columns(rt, client, table)?;
+    let cols = shared_columns(rt, client, source, table)?;
     let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
     let select = format!("SELECT {} FROM {table}", names.join(", "));
     let mut stmt = source

@@ -81,3 +81,24 @@ impl Store {
         }
     }
 }
+
+/// `trackrelay migrate`: applies the migrations the configured store
+/// lacks (a SQLite store must exist) and returns where it is and its
+/// schema version.
+pub async fn migrate(config: &Config) -> Result<(String, usize)> {
+    match config.store.backend {
+        StoreBackend::Sqlite => {
+            let path = config.database_path();
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || sqlite::open_writer(&p).map(drop))
+                .await
+                .map_err(|e| StoreError::msg(format!("migrating: {e}")))??;
+            Ok((path.display().to_string(), sqlite::schema::version()))
+        }
+        StoreBackend::Postgres => {
+            let db = postgres::Postgres::connect(postgres_options(config)?).await?;
+            super::Backend::close(&db);
+            Ok(("postgres".to_string(), postgres::schema::version()))
+        }
+    }
+}

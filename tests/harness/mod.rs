@@ -337,11 +337,6 @@ listen = ["127.0.0.1:0"]
 
     /// The status of the email's (single) recipient.
     pub fn recipient_status(&self, email_id: &str) -> String {
-        if let Some(url) = &self.pg_url {
-            let id = email_id.replace('\'', "''");
-            let sql = format!("SELECT status FROM recipients WHERE email_id = '{id}'");
-            return pg::query(url, &sql).trim().to_string();
-        }
         self.db()
             .query_row(
                 "SELECT status FROM recipients WHERE email_id = ?1",
@@ -354,21 +349,6 @@ listen = ["127.0.0.1:0"]
     /// The email's delivery events after `email.sent`, oldest first, with
     /// their detail.
     pub fn delivery_events(&self, email_id: &str) -> Vec<(String, serde_json::Value)> {
-        if let Some(url) = &self.pg_url {
-            let id = email_id.replace('\'', "''");
-            let sql = format!(
-                "SELECT json_build_array(type, COALESCE(detail, 'null')::json) FROM events
-                 WHERE email_id = '{id}' AND type != 'email.sent' ORDER BY id"
-            );
-            return pg::query(url, &sql)
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    (v[0].as_str().unwrap().to_string(), v[1].clone())
-                })
-                .collect();
-        }
         self.db()
             .prepare(
                 "SELECT type, COALESCE(detail, 'null') FROM events
@@ -386,17 +366,42 @@ listen = ["127.0.0.1:0"]
             .collect()
     }
 
+    /// A read-only connection on the relay's store. On PostgreSQL, on a
+    /// SQLite snapshot of it taken now (`store copy` the other way), so
+    /// the same assertions read what the PostgreSQL backend wrote.
     pub fn db(&self) -> rusqlite::Connection {
-        assert!(
-            self.pg_url.is_none(),
-            "this test reads the SQLite file directly, so it runs on SQLite only"
-        );
+        if let Some(url) = &self.pg_url {
+            return self.pg_snapshot(url);
+        }
         let c = rusqlite::Connection::open_with_flags(
             self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
         c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c
+    }
+
+    fn pg_snapshot(&self, url: &str) -> rusqlite::Connection {
+        static SNAPSHOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SNAPSHOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.path().join(format!("snapshot-{n}.sqlite3"));
+        let (url, p) = (url.to_string(), path.clone());
+        // Its own thread: the copy runs a runtime of its own, and tests
+        // call this from inside theirs.
+        std::thread::spawn(move || {
+            trackrelay::store::copy::postgres_to_sqlite(&url, None, &p, |_, _| {})
+        })
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("snapshot of the PostgreSQL store: {e}"));
+        let c = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        // Unlinked at once: the open connection keeps reading it.
+        let _ = std::fs::remove_file(&path);
         c
     }
 
