@@ -384,7 +384,7 @@ pub async fn run_until(
         .domain_checks
         .enabled
         .then(|| tokio::spawn(domains.run(shutdown.clone())));
-    let retention_task = tokio::spawn(crate::store::sqlite::retention::run(
+    let retention_task = tokio::spawn(crate::store::retention::run(
         store.clone(),
         config.store.retain_messages,
         config.store.retain_events,

@@ -14,6 +14,7 @@ pub mod open;
 pub mod postgres;
 pub mod queries;
 pub mod queue;
+pub mod retention;
 pub mod sqlite;
 pub mod tracking;
 

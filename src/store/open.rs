@@ -66,6 +66,20 @@ impl Store {
         }
         Store::open_config(config).await
     }
+
+    /// Opens the configured store for reading only (the CLI's read
+    /// commands): on SQLite, no writer thread, no migration, read-only
+    /// connections, and an error rather than a new database where there is
+    /// none.
+    pub async fn open_read_only(config: &Config) -> Result<Store> {
+        match config.store.backend {
+            StoreBackend::Sqlite => Ok(Store::from_sqlite(sqlite::Sqlite::open_read_only(
+                &config.database_path(),
+                sqlite_options(config),
+            )?)),
+            StoreBackend::Postgres => Store::open_existing(config).await,
+        }
+    }
 }
 
 /// `trackrelay migrate`: applies the migrations the configured store

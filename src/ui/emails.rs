@@ -6,7 +6,7 @@ use super::html::{esc, esc_opt, q, time};
 use super::{Page, PageError, Req};
 use crate::api::reply::Reply;
 use crate::events::StoredEvent;
-use crate::store::{self, sqlite::dashboard::EmailSearch, sqlite::events::EventFilter};
+use crate::store::queries::{EmailSearch, EventFilter, SCAN_BUDGET};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -51,9 +51,7 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         until: time_of("until", "To")?,
         limit: PAGE_SIZE,
     };
-    let found = p
-        .read("emails", move |c| store::sqlite::dashboard::search(c, &s))
-        .await?;
+    let found = p.answer("emails", p.store().search(&s)).await?;
     let rows = found.rows;
     let mut b = String::new();
     let _ = write!(
@@ -95,7 +93,7 @@ pub async fn search(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             "<p class=\"note\" role=\"status\">Subject, tag and status are searched in the newest {} emails \
              of the window at a time; this search reached back to {} UTC. \
              <a href=\"/emails?{}\">Search older emails</a></p>",
-            store::sqlite::dashboard::SCAN_BUDGET,
+            SCAN_BUDGET,
             time(t),
             esc(&query)
         );
@@ -156,20 +154,18 @@ pub async fn show(p: &Page<'_>, _req: &Req<'_>, raw_id: &str) -> Result<Reply, P
     let id = uuid::Uuid::try_parse(raw_id)
         .map(|u| u.hyphenated().to_string())
         .map_err(|_| PageError::NotFound(format!("{raw_id:?} is not an email id.")))?;
-    let lookup = id.clone();
-    let (email, events, hooks) = p
-        .read("the email", move |c| {
-            let filter = EventFilter {
-                email_id: Some(lookup.clone()),
-                limit: MAX_EVENTS + 1,
-                ..Default::default()
-            };
-            Ok((
-                store::sqlite::emails::get(c, &lookup)?,
-                store::sqlite::events::list(c, &filter)?,
-                store::sqlite::dashboard::webhooks_for_email(c, &lookup)?,
-            ))
-        })
+    let filter = EventFilter {
+        email_id: Some(id.clone()),
+        limit: MAX_EVENTS + 1,
+        ..Default::default()
+    };
+    let store = p.store();
+    let email = p.answer("the email", store.email(&id)).await?;
+    let events = p
+        .answer("the email's events", store.events(&filter))
+        .await?;
+    let hooks = p
+        .answer("the email's webhooks", store.webhooks_for_email(&id))
         .await?;
     if email.is_none() && events.is_empty() {
         return Err(PageError::NotFound(format!("There is no email {id}.")));

@@ -437,6 +437,21 @@ impl Page<'_> {
         r
     }
 
+    /// The store's answer, or the page saying what could not be read.
+    async fn answer<T>(
+        &self,
+        what: &str,
+        reading: impl std::future::Future<Output = crate::store::Result<T>>,
+    ) -> Result<T, PageError> {
+        reading.await.map_err(|e| {
+            tracing::error!("dashboard: reading {what}: {e}");
+            PageError::Internal(format!("Reading {what} from the store failed: {e}"))
+        })
+    }
+
+    /// Transitional: the closure interface, for the pages of the other
+    /// areas (domains, queue, suppressions, webhooks) until their traits
+    /// replace it; then it goes.
     async fn read<T, F>(&self, what: &str, f: F) -> Result<T, PageError>
     where
         T: Send + 'static,

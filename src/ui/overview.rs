@@ -1,12 +1,12 @@
 //! The overview: counts, rates and charts over a window, per domain or
-//! all, read from the hourly rollups only (`store::sqlite::dashboard::series`).
+//! all, read from the hourly rollups only (`QueryStore::series`).
 //! Charts are SVG drawn here: no script, and the numbers are in the page
 //! (each line's `data-values`, and a table) for readers and tests.
 
 use super::html::{esc, pct, q, time};
 use super::{Page, PageError, Req};
 use crate::api::reply::Reply;
-use crate::store::{self, sqlite::rollups::HOUR_MS, sqlite::stats::Stats};
+use crate::store::queries::{hour_of, Stats, HOUR_MS};
 use std::fmt::Write;
 
 const DAY: i64 = 24 * HOUR_MS;
@@ -22,7 +22,7 @@ struct Window {
 }
 
 fn window(range: &str, since: &str, until: &str, now: i64) -> Result<Window, PageError> {
-    let to = store::sqlite::rollups::hour_of(now) + HOUR_MS;
+    let to = hour_of(now) + HOUR_MS;
     let preset = |key, span, bucket| Window {
         key,
         from: to - span,
@@ -41,13 +41,13 @@ fn window(range: &str, since: &str, until: &str, now: i64) -> Result<Window, Pag
                     ))
                 })
             };
-            let from = store::sqlite::rollups::hour_of(parse(since, "From")?);
+            let from = hour_of(parse(since, "From")?);
             let until = if until.trim().is_empty() {
                 now
             } else {
                 parse(until, "To")?
             };
-            let to = store::sqlite::rollups::hour_of(until + HOUR_MS - 1);
+            let to = hour_of(until + HOUR_MS - 1);
             if to <= from {
                 return Err(PageError::BadRequest(
                     "The window ends before it starts.".into(),
@@ -92,14 +92,18 @@ const ENGAGEMENT: [Line; 4] = [
 pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     let f = req.query_fields();
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
-    let w = window(get("range"), get("since"), get("until"), store::now_ms())?;
+    let w = window(
+        get("range"),
+        get("since"),
+        get("until"),
+        crate::store::now_ms(),
+    )?;
     let domain = Some(get("domain").trim().to_ascii_lowercase()).filter(|d| !d.is_empty());
-    let d = domain.clone();
-    let (from, to, bucket) = (w.from, w.to, w.bucket);
     let series = p
-        .read("the rollups", move |c| {
-            store::sqlite::dashboard::series(c, d.as_deref(), from, to, bucket)
-        })
+        .answer(
+            "the rollups",
+            p.store().series(domain.as_deref(), w.from, w.to, w.bucket),
+        )
         .await?;
     let domains = &p.ui.domains;
     let mut t = Stats::default();

@@ -5,6 +5,9 @@
 use super::rollups::HOUR_MS;
 use super::sql::Where;
 use super::stats::Stats;
+pub use crate::store::queries::{
+    EmailRow, EmailSearch, Found, QueueGroup, SuppressionWhy, WebhookSent, SCAN_BUDGET,
+};
 use rusqlite::{params, Connection};
 
 /// Rollup counters per bucket of `bucket` ms (a multiple of an hour) over
@@ -58,34 +61,8 @@ pub fn series(
     Ok(out)
 }
 
-/// What the email search filters on; `None` or empty: not filtered.
-#[derive(Debug, Clone, Default)]
-pub struct EmailSearch {
-    /// A recipient address, exact (case-insensitive).
-    pub recipient: Option<String>,
-    /// A substring of the subject.
-    pub subject: Option<String>,
-    pub tag: Option<String>,
-    /// A recipient status (queued, deferred, delivered, bounced, ...).
-    pub status: Option<String>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
-    pub limit: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct EmailRow {
-    pub id: String,
-    pub created_at: i64,
-    pub from: String,
-    pub subject: Option<String>,
-    pub tags: Vec<String>,
-    /// `address (status)` of each recipient, in index order.
-    pub recipients: Vec<(String, String)>,
-}
-
 /// `%` and `_` in a user's text are literal in the LIKE pattern.
-fn like_pattern(s: &str) -> String {
+pub(crate) fn like_pattern(s: &str) -> String {
     let mut p = String::from("%");
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -96,12 +73,6 @@ fn like_pattern(s: &str) -> String {
     p.push('%');
     p
 }
-
-/// Emails a search by subject, tag or status looks at, newest first, at
-/// most: those filters have no index, so a search that finds little would
-/// otherwise read every email. The page says when it stopped, and where
-/// to continue (an earlier `until`).
-pub const SCAN_BUDGET: i64 = 10_000;
 
 /// The emails of the time window, newest first (for the budgeted scan).
 fn window_sql(s: &EmailSearch, w: &mut Where, limit: Option<i64>) -> String {
@@ -129,21 +100,10 @@ fn window_sql(s: &EmailSearch, w: &mut Where, limit: Option<i64>) -> String {
     )
 }
 
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|r| !r.is_empty())
-}
-
-/// Whether the search reads emails without an index (and so within
-/// [`SCAN_BUDGET`]): a recipient is looked up by index and bounds the rest.
-pub fn is_scan(s: &EmailSearch) -> bool {
-    given(&s.recipient).is_none()
-        && (given(&s.subject).is_some() || given(&s.tag).is_some() || given(&s.status).is_some())
-}
-
 /// The search statement: only the filters given appear in it.
 pub fn search_query(s: &EmailSearch) -> Where {
     let mut w = Where::default();
-    let from = if is_scan(s) {
+    let from = if s.is_scan() {
         format!("({}) e", window_sql(s, &mut w, Some(SCAN_BUDGET)))
     } else {
         if let Some(t) = s.since {
@@ -154,22 +114,22 @@ pub fn search_query(s: &EmailSearch) -> Where {
         }
         "emails e".to_string()
     };
-    if let Some(r) = given(&s.recipient) {
+    if let Some(r) = EmailSearch::given(&s.recipient) {
         w.and(
             "e.id IN (SELECT email_id FROM recipients WHERE address = ? COLLATE NOCASE)",
             r.to_string(),
         );
     }
-    if let Some(st) = given(&s.status) {
+    if let Some(st) = EmailSearch::given(&s.status) {
         w.and(
             "EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id AND r.status = ?)",
             st.to_string(),
         );
     }
-    if let Some(sub) = given(&s.subject) {
+    if let Some(sub) = EmailSearch::given(&s.subject) {
         w.and("e.subject LIKE ? ESCAPE '\\'", like_pattern(sub));
     }
-    if let Some(t) = given(&s.tag) {
+    if let Some(t) = EmailSearch::given(&s.tag) {
         w.and(
             "EXISTS (SELECT 1 FROM json_each(e.tags) WHERE value = ?)",
             t.to_string(),
@@ -182,14 +142,6 @@ pub fn search_query(s: &EmailSearch) -> Where {
         ),
         "ORDER BY e.created_at DESC, e.id DESC LIMIT ?",
     )
-}
-
-/// What a search found, and, when a scan stopped at [`SCAN_BUDGET`]
-/// emails, the acceptance time of the oldest one it read.
-#[derive(Debug, Clone, Default)]
-pub struct Found {
-    pub rows: Vec<EmailRow>,
-    pub scanned_back_to: Option<i64>,
 }
 
 /// Newest first, with each email's recipients and their status.
@@ -218,7 +170,7 @@ pub fn search(conn: &Connection, s: &EmailSearch) -> rusqlite::Result<Found> {
             .collect::<rusqlite::Result<_>>()?;
     }
     let mut scanned_back_to = None;
-    if is_scan(s) && out.len() < s.limit {
+    if s.is_scan() && out.len() < s.limit {
         let mut w = Where::default();
         let inner = window_sql(s, &mut w, Some(SCAN_BUDGET));
         let w = w.wrap(
@@ -236,17 +188,6 @@ pub fn search(conn: &Connection, s: &EmailSearch) -> rusqlite::Result<Found> {
         rows: out,
         scanned_back_to,
     })
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookSent {
-    pub event_id: i64,
-    pub endpoint: String,
-    pub status: String,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub delivered_at: Option<i64>,
 }
 
 const WEBHOOKS_FOR_EMAIL: &str =
@@ -270,16 +211,6 @@ pub fn webhooks_for_email(conn: &Connection, email_id: &str) -> rusqlite::Result
         })
     })?;
     rows.collect()
-}
-
-/// Waiting recipients sharing a destination domain and last reply.
-#[derive(Debug, Clone)]
-pub struct QueueGroup {
-    pub destination: String,
-    /// The last reply (`None`: never tried).
-    pub reason: Option<String>,
-    pub recipients: i64,
-    pub next_attempt_at: Option<i64>,
 }
 
 const DESTINATION: &str = "lower(substr(address, instr(address, '@') + 1))";
@@ -321,14 +252,6 @@ pub fn retry_group(
     )
 }
 
-/// A suppression with what caused it: the event's type and email.
-#[derive(Debug, Clone)]
-pub struct SuppressionWhy {
-    pub entry: super::suppressions::Suppression,
-    pub event_type: Option<String>,
-    pub email_id: Option<String>,
-}
-
 /// Suppressions whose address starts with `prefix` (lowercased, as the
 /// list stores them), in address order: a range on the primary key.
 pub fn suppressions(
@@ -346,7 +269,7 @@ pub fn suppressions(
     let rows = stmt.query_map(params![lo, hi, limit as i64], |r| {
         let scope: String = r.get(1)?;
         Ok(SuppressionWhy {
-            entry: super::suppressions::Suppression {
+            entry: crate::store::queries::Suppression {
                 address: r.get(0)?,
                 domain: (!scope.is_empty()).then_some(scope),
                 reason: r.get(2)?,

@@ -64,39 +64,7 @@ pub fn summary(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<Ema
     .optional()
 }
 
-/// An email as the API and CLI show it.
-#[derive(Debug, Clone)]
-pub struct EmailInfo {
-    pub id: String,
-    pub created_at: i64,
-    pub domain: String,
-    pub mail_from: String,
-    pub header_from: Option<String>,
-    pub to_header: Option<String>,
-    pub subject: Option<String>,
-    pub message_id: Option<String>,
-    pub tags: Vec<String>,
-    pub size: i64,
-    pub pruned: bool,
-    pub recipients: Vec<RecipientInfo>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RecipientInfo {
-    pub idx: u32,
-    pub address: String,
-    pub status: String,
-    pub attempts: u32,
-    pub next_attempt_at: Option<i64>,
-    pub last_response: Option<String>,
-    pub tls: Option<String>,
-    /// The TLS policy of the last attempt (dane, mta-sts, enforced, opportunistic).
-    pub tls_policy: Option<String>,
-    pub delivered_at: Option<i64>,
-    pub bounced_at: Option<i64>,
-    pub opened_at: Option<i64>,
-    pub clicked_at: Option<i64>,
-}
+pub use crate::store::queries::{EmailInfo, RecipientInfo};
 
 pub fn get(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailInfo>> {
     let email = conn

@@ -50,17 +50,7 @@ pub fn insert(tx: &Tx<'_>, ev: &NewEvent) -> rusqlite::Result<i64> {
     Ok(id)
 }
 
-/// Filters for `trackrelay events` and `GET /v1/events`.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub email_id: Option<String>,
-    pub kind: Option<String>,
-    pub since: Option<i64>,
-    pub until: Option<i64>,
-    /// Only events with an id above this (paging).
-    pub after_id: Option<i64>,
-    pub limit: usize,
-}
+pub use crate::store::queries::EventFilter;
 
 impl EventFilter {
     /// The statement for these filters: only the filters given appear in

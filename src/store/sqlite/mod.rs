@@ -40,7 +40,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::Store;
 pub use super::{Result, StoreError};
 pub use crate::time::{now_ms, parse_time, rfc3339};
 

@@ -28,7 +28,7 @@ use super::Tx;
 use crate::events::{EventType, NewEvent};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub const HOUR_MS: i64 = 3_600_000;
+pub use crate::store::queries::{hour_of, HOUR_MS};
 
 /// `recipients.counted` bits, one per rollup counter.
 pub mod bit {
@@ -50,7 +50,7 @@ pub mod bit {
 }
 
 /// The rollup columns and their bits, in the order `Stats` is read.
-const COUNTERS: [(&str, i64); 14] = [
+pub(crate) const COUNTERS: [(&str, i64); 14] = [
     ("sent", bit::SENT),
     ("delivered", bit::DELIVERED),
     ("delayed", bit::DELAYED),
@@ -86,10 +86,6 @@ pub fn bits_for(ev: &NewEvent) -> i64 {
         // About a domain, not a recipient: counted nowhere.
         EventType::DomainUpdated => 0,
     }
-}
-
-pub fn hour_of(at: i64) -> i64 {
-    at.div_euclid(HOUR_MS) * HOUR_MS
 }
 
 /// Called by `events::insert` for an event about one recipient, in its

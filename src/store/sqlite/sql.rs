@@ -56,21 +56,7 @@ impl Where {
     }
 }
 
-/// The event fields as the contract names and orders them (DESIGN.md: CLI
-/// `--json`, the API, the CSV export). Each is also the column's name.
-pub const EVENT_FIELDS: [&str; 11] = [
-    "id",
-    "email_id",
-    "type",
-    "recipient",
-    "at",
-    "ip",
-    "user_agent",
-    "referer",
-    "link",
-    "machine",
-    "machine_reason",
-];
+pub use crate::store::queries::EVENT_FIELDS;
 
 /// `SELECT` list for `event_from_row`: the fields, then `detail`.
 pub static EVENT_COLUMNS: LazyLock<String> =
