@@ -98,9 +98,9 @@ fn with_node(detail: Option<&serde_json::Value>, node: &str) -> Option<serde_jso
 }
 
 /// Sets the recipient's new counter bits (and first `opened_at` /
-/// `clicked_at`) and adds them to its email's hourly rollup. The row lock
-/// taken by `FOR UPDATE` makes two nodes counting the same recipient at
-/// once count it once.
+/// `clicked_at`) and appends them to its email's hourly rollup (see
+/// `ROLLUPS`). The row lock taken by `FOR UPDATE` makes two nodes counting
+/// the same recipient at once count it once.
 async fn rollup(tx: &Transaction<'_>, email_id: &str, idx: i64, ev: &NewEvent) -> Result<()> {
     let stmt = tx
         .prepare_cached(
@@ -138,23 +138,13 @@ async fn rollup(tx: &Transaction<'_>, email_id: &str, idx: i64, ev: &NewEvent) -
     let v = |b: i64| i64::from(new & b != 0);
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO rollups AS r (hour, domain, sent, delivered, delayed, bounced, failed, complained,
-                                  opened, opened_human, opened_machine, clicked, clicked_human,
-                                  clicked_machine, suppressed, unsubscribed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             ON CONFLICT (hour, domain) DO UPDATE SET
-                sent = r.sent + excluded.sent, delivered = r.delivered + excluded.delivered,
-                delayed = r.delayed + excluded.delayed, bounced = r.bounced + excluded.bounced,
-                failed = r.failed + excluded.failed, complained = r.complained + excluded.complained,
-                opened = r.opened + excluded.opened, opened_human = r.opened_human + excluded.opened_human,
-                opened_machine = r.opened_machine + excluded.opened_machine,
-                clicked = r.clicked + excluded.clicked, clicked_human = r.clicked_human + excluded.clicked_human,
-                clicked_machine = r.clicked_machine + excluded.clicked_machine,
-                suppressed = r.suppressed + excluded.suppressed,
-                unsubscribed = r.unsubscribed + excluded.unsubscribed",
+            "INSERT INTO rollup_deltas (hour, domain, sent, delivered, delayed, bounced, failed,
+                                        complained, opened, opened_human, opened_machine, clicked,
+                                        clicked_human, clicked_machine, suppressed, unsubscribed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .await
-        .ctx("preparing the rollup upsert")?;
+        .ctx("preparing the rollup increment")?;
     tx.execute(
         &stmt,
         &[
@@ -179,6 +169,38 @@ async fn rollup(tx: &Transaction<'_>, email_id: &str, idx: i64, ev: &NewEvent) -
     .await
     .ctx("adding to the hourly rollup")?;
     Ok(())
+}
+
+/// The hourly rollups as readers see them: the folded rows and the
+/// increments not folded yet (`FROM {ROLLUPS} r`); sums over it are exact.
+pub const ROLLUPS: &str = "(SELECT * FROM rollups UNION ALL SELECT * FROM rollup_deltas)";
+
+/// Folds the appended increments into `rollups`, in one statement: the
+/// increments it moves are deleted as they are added, so two nodes folding
+/// at once never count one twice.
+pub async fn fold_rollups(client: &deadpool_postgres::Object) -> Result<u64> {
+    let cols = "sent, delivered, delayed, bounced, failed, complained, opened, opened_human, \
+                opened_machine, clicked, clicked_human, clicked_machine, suppressed, unsubscribed";
+    let sums: Vec<String> = cols
+        .split(", ")
+        .map(|c| format!("SUM({c})::BIGINT"))
+        .collect();
+    let updates: Vec<String> = cols
+        .split(", ")
+        .map(|c| format!("{c} = r.{c} + excluded.{c}"))
+        .collect();
+    let sql = format!(
+        "WITH moved AS (DELETE FROM rollup_deltas RETURNING *)
+         INSERT INTO rollups AS r (hour, domain, {cols})
+         SELECT hour, domain, {} FROM moved GROUP BY hour, domain ORDER BY hour, domain
+         ON CONFLICT (hour, domain) DO UPDATE SET {}",
+        sums.join(", "),
+        updates.join(", ")
+    );
+    client
+        .execute(&sql, &[])
+        .await
+        .ctx("folding the rollup increments")
 }
 
 /// What a webhook payload says about the email.
