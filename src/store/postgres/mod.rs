@@ -55,8 +55,28 @@ pub(crate) trait PgCtx<T> {
 
 impl<T> PgCtx<T> for std::result::Result<T, tokio_postgres::Error> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| StoreError::new(what.to_string(), e))
+        self.map_err(|e| match e.as_db_error() {
+            // The driver's own Display says only "db error"; the server's
+            // message and SQLSTATE are what an operator can act on.
+            Some(db) => StoreError::msg(format!(
+                "{what}: {} ({}){}",
+                db.message(),
+                db.code().code(),
+                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+            )),
+            None => StoreError::new(what.to_string(), e),
+        })
     }
+}
+
+/// Whether a failed statement may succeed if its transaction is run again:
+/// a deadlock or a serialization failure between nodes.
+#[allow(dead_code)] // the areas' batch writes retry on it
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
 }
 
 #[allow(dead_code)] // the areas' PostgreSQL code starts its writes here
