@@ -85,7 +85,8 @@ async fn seed_sqlite(store: &Store) -> Seeded {
     let bounce_event = store
         .write(Durability::Full, move |tx| {
             store::sqlite::emails::insert(tx, &a)?;
-            let claimed = store::sqlite::queue::claim_due(tx, "test", T0 + 10 * MIN + 1, HOUR, 100)?;
+            let claimed =
+                store::sqlite::queue::claim_due(tx, "test", T0 + 10 * MIN + 1, HOUR, 100)?;
             assert_eq!(claimed.len(), 2);
             let mut bounce = None;
             for c in &claimed {
