@@ -26,19 +26,24 @@ pub async fn insert_about(
     about: Option<&EmailSummary>,
 ) -> Result<i64> {
     let idx = ev.rcpt_idx.map(i64::from);
-    let mut recipient = ev.recipient.clone();
-    if let (None, Some(idx)) = (&recipient, idx) {
+    // Copied only when the address has to be filled in; the webhook
+    // payload below names the recipient too.
+    let mut ev = std::borrow::Cow::Borrowed(ev);
+    if let (None, Some(idx)) = (&ev.recipient, idx) {
         let stmt = tx
             .prepare_cached("SELECT address FROM recipients WHERE email_id = $1 AND idx = $2")
             .await
             .ctx("preparing the recipient lookup")?;
-        recipient = tx
+        ev.to_mut().recipient = tx
             .query_opt(&stmt, &[&ev.email_id, &idx])
             .await
             .ctx("looking up an event's recipient")?
             .map(|r| r.get(0));
     }
-    let detail = with_node(ev.detail.as_ref(), &pg.node_id).map(|d| d.to_string());
+    let ev: &NewEvent = &ev;
+    let recipient = &ev.recipient;
+    let detail =
+        crate::store::detail_with_node(ev.detail.as_ref(), &pg.node_id).map(|d| d.to_string());
     let stmt = tx
         .prepare_cached(
             "INSERT INTO events (email_id, rcpt_idx, recipient, type, at, ip, user_agent, referer,
@@ -80,21 +85,6 @@ pub async fn insert_about(
         enqueue(tx, pg, id, ev, summary.as_ref()).await?;
     }
     Ok(id)
-}
-
-/// The event's detail with `node` added (an object gains the key; no
-/// detail becomes `{"node": ...}`).
-fn with_node(detail: Option<&serde_json::Value>, node: &str) -> Option<serde_json::Value> {
-    match detail {
-        Some(serde_json::Value::Object(map)) => {
-            let mut map = map.clone();
-            map.entry("node")
-                .or_insert_with(|| serde_json::Value::String(node.to_string()));
-            Some(serde_json::Value::Object(map))
-        }
-        Some(other) => Some(other.clone()),
-        None => Some(serde_json::json!({ "node": node })),
-    }
 }
 
 /// Sets the recipient's new counter bits (and first `opened_at` /
