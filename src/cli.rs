@@ -40,13 +40,6 @@ fn stream_out() -> std::io::BufWriter<std::io::Stdout> {
     std::io::BufWriter::new(std::io::stdout())
 }
 
-/// Transitional: for the other areas' commands (cli/queue.rs, webhooks.rs,
-/// reports.rs, tls_reports.rs, suppressions.rs) until their traits replace
-/// it; then it goes.
-pub(crate) fn reader(config: &Config) -> Result<rusqlite::Connection, String> {
-    store::open_reader(&config.database_path()).map_err(|e| e.to_string())
-}
-
 pub(crate) fn out() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
     std::io::BufWriter::new(std::io::stdout().lock())
 }
@@ -128,14 +121,6 @@ fn streamed<T>(
 pub(crate) enum Stop {
     Store(StoreError),
     Io(std::io::Error),
-}
-
-/// Transitional: for the other areas' commands that still read SQLite
-/// directly (see `reader`).
-impl From<rusqlite::Error> for Stop {
-    fn from(e: rusqlite::Error) -> Self {
-        Stop::Store(StoreError::new("the query", e))
-    }
 }
 
 impl From<csv::Error> for Stop {

@@ -450,27 +450,22 @@ async fn due_policies_are_refreshed_in_the_background_and_stale_ones_dropped() {
     let used = cache_row(&s.relay, "example.net").unwrap().1;
     assert!(used >= now - 60_000, "the delivery marked it used: {used}");
     {
-        let db = rusqlite::Connection::open(s.relay.db_path()).unwrap();
-        db.execute(
-            "UPDATE mta_sts_policies SET fetched_at = ?1, expires_at = ?1 + ?2 WHERE domain = 'example.net'",
-            [fetched, day],
-        )
-        .unwrap();
-        let text = policy("enforce", "mx.other.test");
+        let text = policy("enforce", "mx.other.test").replace('\'', "''");
+        s.relay.execute(&format!(
+            "UPDATE mta_sts_policies SET fetched_at = {fetched}, expires_at = {fetched} + {day}
+             WHERE domain = 'example.net'"
+        ));
         // Due, but no delivery used it within its max_age.
-        db.execute(
+        s.relay.execute(&format!(
             "INSERT INTO mta_sts_policies (domain, policy_id, policy, fetched_at, expires_at, used_at)
-             VALUES ('unused.test', '1', ?1, ?2, ?2 + ?3, ?2 - ?3)",
-            rusqlite::params![text, fetched, day],
-        )
-        .unwrap();
+             VALUES ('unused.test', '1', '{text}', {fetched}, {fetched} + {day}, {fetched} - {day})"
+        ));
         // Expired two days ago with a one-day max_age.
-        db.execute(
+        let then = now - 2 * day;
+        s.relay.execute(&format!(
             "INSERT INTO mta_sts_policies (domain, policy_id, policy, fetched_at, expires_at, used_at)
-             VALUES ('stale.test', '1', ?1, ?2 - ?3, ?2, ?2 - ?3)",
-            rusqlite::params![text, now - 2 * day, day],
-        )
-        .unwrap();
+             VALUES ('stale.test', '1', '{text}', {then} - {day}, {then}, {then} - {day})"
+        ));
     }
     s.relay
         .spawn_with(&[], &[(PORT_ENV, &s.server.port().to_string())])

@@ -13,6 +13,9 @@ use std::time::Duration;
 fn trusted() -> Options {
     Options {
         submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        // These tests delete, replace and inspect the SQLite file itself:
+        // they are about that backend whatever the suite runs on.
+        store: "backend = \"sqlite\"".into(),
         ..Options::default()
     }
 }

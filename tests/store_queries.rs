@@ -85,7 +85,8 @@ async fn seed_sqlite(store: &Store) -> Seeded {
     let bounce_event = store
         .write(Durability::Full, move |tx| {
             store::sqlite::emails::insert(tx, &a)?;
-            let claimed = store::sqlite::queue::claim_due(tx, T0 + 10 * MIN + 1, HOUR, 100)?;
+            let claimed =
+                store::sqlite::queue::claim_due(tx, "test", T0 + 10 * MIN + 1, HOUR, 100)?;
             assert_eq!(claimed.len(), 2);
             let mut bounce = None;
             for c in &claimed {
@@ -140,7 +141,7 @@ async fn seed_sqlite(store: &Store) -> Seeded {
             store::sqlite::emails::insert(tx, &b)?;
             store::sqlite::emails::insert(tx, &c)?;
             let now = T0 + 3 * HOUR + 31 * MIN;
-            let claimed = store::sqlite::queue::claim_due(tx, now, HOUR, 100)?;
+            let claimed = store::sqlite::queue::claim_due(tx, "test", now, HOUR, 100)?;
             assert_eq!(claimed.len(), 3);
             for cl in &claimed {
                 let deferred = Outcome::Deferred {

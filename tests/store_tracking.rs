@@ -538,7 +538,7 @@ async fn batches_sharing_recipients(a: &Store, b: &Store, db: &Db, t: i64) {
     );
     assert_eq!(
         db.rows(
-            "SELECT sum(opened), sum(opened_human) FROM rollups WHERE domain = 'shared.example'"
+            "SELECT sum(opened), sum(opened_human) FROM (SELECT * FROM rollups UNION ALL SELECT * FROM rollup_deltas) r WHERE domain = 'shared.example'"
         ),
         vec![format!("{N}|{N}")]
     );

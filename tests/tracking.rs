@@ -328,9 +328,12 @@ async fn opens_and_clicks_are_attributed_and_redirect_exactly() {
             "referer",
             "link",
             "machine",
-            "machine_reason"
+            "machine_reason",
+            "detail"
         ]
     );
+    // The node that answered the click (server.node_id: the host name here).
+    assert!(lines[0]["detail"]["node"].is_string(), "{}", lines[0]);
     let out = relay.cli(&["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats["sent"], 2);

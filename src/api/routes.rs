@@ -139,19 +139,6 @@ pub(super) async fn answer<T>(
         .map_err(|e| ApiError::internal(&format!("reading {what} from the store"), e))
 }
 
-/// Transitional: the closure interface, for api/domains.rs, reports.rs and
-/// tls_reports.rs until their areas' traits replace it; then it goes.
-pub(super) async fn read<T, F>(api: &Api, what: &str, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-{
-    api.store
-        .read(f)
-        .await
-        .map_err(|e| ApiError::internal(&format!("reading {what} from the store"), e))
-}
-
 /// `GET /v1/emails/{id}`: the email and its recipients' delivery state.
 async fn email(api: &Api, raw_id: &str, query: Option<&str>) -> Result<Reply, ApiError> {
     Params::parse(query, &[])?;

@@ -202,12 +202,10 @@ fn complaints_count_once_and_auto_replies_and_unknown_are_dropped() {
 }
 
 /// A store file with one email to `someone@example.net`, queued.
-// TODO(merge): seed through the queue area's accept method once it is
-// merged; it is the only use of the SQLite closure interface left here.
 fn store_with_email(dir: &std::path::Path) -> (Store, Uuid) {
     let store = store::Store::open(&dir.join("t.sqlite3"), store::StoreOptions::default()).unwrap();
     let email = Uuid::now_v7();
-    let row = store::sqlite::emails::NewEmail {
+    let row = store::queue::NewEmail {
         id: email.to_string(),
         created_at: 1,
         domain: "example.com".into(),
@@ -228,10 +226,7 @@ fn store_with_email(dir: &std::path::Path) -> (Store, Uuid) {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(store.write(store::Durability::Full, move |tx| {
-        store::sqlite::emails::insert(tx, &row)
-    }))
-    .unwrap();
+    rt.block_on(store.accept(row)).unwrap();
     (store, email)
 }
 

@@ -160,8 +160,25 @@ pub fn postgres_to_sqlite(
     for table in TABLES {
         let cols = shared_columns(&rt, &client, &tx, table)?;
         let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
+        // Rollups: the folded rows plus the increments not folded yet.
+        let source = if table == "rollups" {
+            let sums: Vec<String> = names
+                .iter()
+                .map(|n| match *n {
+                    "hour" | "domain" => n.to_string(),
+                    c => format!("SUM({c})::BIGINT AS {c}"),
+                })
+                .collect();
+            format!(
+                "(SELECT {} FROM {} u GROUP BY hour, domain) rollups",
+                sums.join(", "),
+                postgres::events::ROLLUPS
+            )
+        } else {
+            table.to_string()
+        };
         let rows = rt
-            .block_on(client.query(&format!("SELECT {} FROM {table}", names.join(", ")), &[]))
+            .block_on(client.query(&format!("SELECT {} FROM {source}", names.join(", ")), &[]))
             .ctx(&format!("reading {table} from PostgreSQL"))?;
         let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
         let mut insert = tx

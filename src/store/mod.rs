@@ -190,3 +190,21 @@ impl Store {
         }
     }
 }
+
+/// The event's detail with `node` added (an object gains the key; no
+/// detail becomes `{"node": ...}`).
+pub(crate) fn detail_with_node(
+    detail: Option<&serde_json::Value>,
+    node: &str,
+) -> Option<serde_json::Value> {
+    match detail {
+        Some(serde_json::Value::Object(map)) => {
+            let mut map = map.clone();
+            map.entry("node")
+                .or_insert_with(|| serde_json::Value::String(node.to_string()));
+            Some(serde_json::Value::Object(map))
+        }
+        Some(other) => Some(other.clone()),
+        None => Some(serde_json::json!({ "node": node })),
+    }
+}

@@ -448,20 +448,6 @@ impl Page<'_> {
             PageError::Internal(format!("Reading {what} from the store failed: {e}"))
         })
     }
-
-    /// Transitional: the closure interface, for the pages of the other
-    /// areas (domains, queue, suppressions, webhooks) until their traits
-    /// replace it; then it goes.
-    async fn read<T, F>(&self, what: &str, f: F) -> Result<T, PageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        self.store().read(f).await.map_err(|e| {
-            tracing::error!("dashboard: reading {what}: {e}");
-            PageError::Internal(format!("Reading {what} from the store failed: {e}"))
-        })
-    }
 }
 
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 use super::html::{csrf_field, esc, esc_opt, time};
 use super::{redirect, Page, PageError, Req};
 use crate::api::reply::Reply;
-use crate::store::{self, Durability};
+use crate::store;
 use std::fmt::Write;
 
 const GROUPS: usize = 200;
@@ -15,9 +15,7 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
     // The groups are a dashboard view (the queries area's); the rows are
     // the queue's own listing.
     let groups = p
-        .read("the queue", |c| {
-            store::sqlite::dashboard::queue_groups(c, GROUPS)
-        })
+        .answer("the queue", p.store().queue_groups(GROUPS))
         .await?;
     let rows = p.store().list(false, None, ROWS).await.map_err(|e| {
         tracing::error!("dashboard: reading the queue: {e}");
@@ -150,9 +148,7 @@ pub async fn act(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
             };
             let n = p
                 .store()
-                .write(Durability::Normal, move |tx| {
-                    store::sqlite::dashboard::retry_group(tx, &dest, reason.as_deref(), now)
-                })
+                .retry_group(&dest, reason.as_deref(), now)
                 .await
                 .map_err(write_err)?;
             ("retried", n)

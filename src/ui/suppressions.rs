@@ -16,11 +16,11 @@ pub async fn page(p: &Page<'_>, req: &Req<'_>) -> Result<Reply, PageError> {
         .get("address")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    let lookup = prefix.clone();
     let rows = p
-        .read("the suppression list", move |c| {
-            store::sqlite::dashboard::suppressions(c, &lookup, ROWS)
-        })
+        .answer(
+            "the suppression list",
+            p.store().suppressions_view(&prefix, ROWS),
+        )
         .await?;
     let csrf = csrf_field(p.csrf());
     let mut b = String::new();

@@ -405,6 +405,21 @@ listen = ["127.0.0.1:0"]
         c
     }
 
+    /// Runs one statement (literal values, no parameters) on the relay's
+    /// store, whichever backend it is: a test's own fixture rows.
+    pub fn execute(&self, sql: &str) {
+        match &self.pg_url {
+            Some(url) => {
+                pg::query(url, sql);
+            }
+            None => {
+                let c = rusqlite::Connection::open(self.db_path()).unwrap();
+                c.busy_timeout(Duration::from_secs(10)).unwrap();
+                c.execute_batch(sql).unwrap();
+            }
+        }
+    }
+
     /// Runs a CLI subcommand against this relay's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_trackrelay"))

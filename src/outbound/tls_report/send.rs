@@ -4,7 +4,7 @@
 use super::{build_report, check_day, day_of, gzip, now_ms, report_id, Counter, ReportMeta, Rua};
 use crate::config::Config;
 use crate::store::domains::{ReportClaim, ReportRow};
-use crate::store::{self, Durability, Store};
+use crate::store::{self, Store};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -345,7 +345,7 @@ impl Reporter {
             sender.hostname,
             crate::time::rfc5322(now)
         );
-        let email = store::sqlite::emails::NewEmail {
+        let email = store::queue::NewEmail {
             id: id.clone(),
             created_at: now,
             domain: sender.domain.clone(),
@@ -363,9 +363,7 @@ impl Reporter {
             recipients: vec![to.to_string()],
         };
         self.store
-            .write(Durability::Full, move |tx| {
-                store::sqlite::emails::insert(tx, &email)
-            })
+            .accept(email)
             .await
             .map_err(|e| format!("queueing the report: {e}"))?;
         self.queue_wake.notify_one();

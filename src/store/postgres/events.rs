@@ -26,19 +26,24 @@ pub async fn insert_about(
     about: Option<&EmailSummary>,
 ) -> Result<i64> {
     let idx = ev.rcpt_idx.map(i64::from);
-    let mut recipient = ev.recipient.clone();
-    if let (None, Some(idx)) = (&recipient, idx) {
+    // Copied only when the address has to be filled in; the webhook
+    // payload below names the recipient too.
+    let mut ev = std::borrow::Cow::Borrowed(ev);
+    if let (None, Some(idx)) = (&ev.recipient, idx) {
         let stmt = tx
             .prepare_cached("SELECT address FROM recipients WHERE email_id = $1 AND idx = $2")
             .await
             .ctx("preparing the recipient lookup")?;
-        recipient = tx
+        ev.to_mut().recipient = tx
             .query_opt(&stmt, &[&ev.email_id, &idx])
             .await
             .ctx("looking up an event's recipient")?
             .map(|r| r.get(0));
     }
-    let detail = with_node(ev.detail.as_ref(), &pg.node_id).map(|d| d.to_string());
+    let ev: &NewEvent = &ev;
+    let recipient = &ev.recipient;
+    let detail =
+        crate::store::detail_with_node(ev.detail.as_ref(), &pg.node_id).map(|d| d.to_string());
     let stmt = tx
         .prepare_cached(
             "INSERT INTO events (email_id, rcpt_idx, recipient, type, at, ip, user_agent, referer,
@@ -82,25 +87,10 @@ pub async fn insert_about(
     Ok(id)
 }
 
-/// The event's detail with `node` added (an object gains the key; no
-/// detail becomes `{"node": ...}`).
-fn with_node(detail: Option<&serde_json::Value>, node: &str) -> Option<serde_json::Value> {
-    match detail {
-        Some(serde_json::Value::Object(map)) => {
-            let mut map = map.clone();
-            map.entry("node")
-                .or_insert_with(|| serde_json::Value::String(node.to_string()));
-            Some(serde_json::Value::Object(map))
-        }
-        Some(other) => Some(other.clone()),
-        None => Some(serde_json::json!({ "node": node })),
-    }
-}
-
 /// Sets the recipient's new counter bits (and first `opened_at` /
-/// `clicked_at`) and adds them to its email's hourly rollup. The row lock
-/// taken by `FOR UPDATE` makes two nodes counting the same recipient at
-/// once count it once.
+/// `clicked_at`) and appends them to its email's hourly rollup (see
+/// `ROLLUPS`). The row lock taken by `FOR UPDATE` makes two nodes counting
+/// the same recipient at once count it once.
 async fn rollup(tx: &Transaction<'_>, email_id: &str, idx: i64, ev: &NewEvent) -> Result<()> {
     let stmt = tx
         .prepare_cached(
@@ -138,23 +128,13 @@ async fn rollup(tx: &Transaction<'_>, email_id: &str, idx: i64, ev: &NewEvent) -
     let v = |b: i64| i64::from(new & b != 0);
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO rollups AS r (hour, domain, sent, delivered, delayed, bounced, failed, complained,
-                                  opened, opened_human, opened_machine, clicked, clicked_human,
-                                  clicked_machine, suppressed, unsubscribed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             ON CONFLICT (hour, domain) DO UPDATE SET
-                sent = r.sent + excluded.sent, delivered = r.delivered + excluded.delivered,
-                delayed = r.delayed + excluded.delayed, bounced = r.bounced + excluded.bounced,
-                failed = r.failed + excluded.failed, complained = r.complained + excluded.complained,
-                opened = r.opened + excluded.opened, opened_human = r.opened_human + excluded.opened_human,
-                opened_machine = r.opened_machine + excluded.opened_machine,
-                clicked = r.clicked + excluded.clicked, clicked_human = r.clicked_human + excluded.clicked_human,
-                clicked_machine = r.clicked_machine + excluded.clicked_machine,
-                suppressed = r.suppressed + excluded.suppressed,
-                unsubscribed = r.unsubscribed + excluded.unsubscribed",
+            "INSERT INTO rollup_deltas (hour, domain, sent, delivered, delayed, bounced, failed,
+                                        complained, opened, opened_human, opened_machine, clicked,
+                                        clicked_human, clicked_machine, suppressed, unsubscribed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .await
-        .ctx("preparing the rollup upsert")?;
+        .ctx("preparing the rollup increment")?;
     tx.execute(
         &stmt,
         &[
@@ -179,6 +159,38 @@ async fn rollup(tx: &Transaction<'_>, email_id: &str, idx: i64, ev: &NewEvent) -
     .await
     .ctx("adding to the hourly rollup")?;
     Ok(())
+}
+
+/// The hourly rollups as readers see them: the folded rows and the
+/// increments not folded yet (`FROM {ROLLUPS} r`); sums over it are exact.
+pub const ROLLUPS: &str = "(SELECT * FROM rollups UNION ALL SELECT * FROM rollup_deltas)";
+
+/// Folds the appended increments into `rollups`, in one statement: the
+/// increments it moves are deleted as they are added, so two nodes folding
+/// at once never count one twice.
+pub async fn fold_rollups(client: &deadpool_postgres::Object) -> Result<u64> {
+    let cols = "sent, delivered, delayed, bounced, failed, complained, opened, opened_human, \
+                opened_machine, clicked, clicked_human, clicked_machine, suppressed, unsubscribed";
+    let sums: Vec<String> = cols
+        .split(", ")
+        .map(|c| format!("SUM({c})::BIGINT"))
+        .collect();
+    let updates: Vec<String> = cols
+        .split(", ")
+        .map(|c| format!("{c} = r.{c} + excluded.{c}"))
+        .collect();
+    let sql = format!(
+        "WITH moved AS (DELETE FROM rollup_deltas RETURNING *)
+         INSERT INTO rollups AS r (hour, domain, {cols})
+         SELECT hour, domain, {} FROM moved GROUP BY hour, domain ORDER BY hour, domain
+         ON CONFLICT (hour, domain) DO UPDATE SET {}",
+        sums.join(", "),
+        updates.join(", ")
+    );
+    client
+        .execute(&sql, &[])
+        .await
+        .ctx("folding the rollup increments")
 }
 
 /// What a webhook payload says about the email.

@@ -59,33 +59,17 @@ pub async fn apply_batch(
     Ok(out)
 }
 
-/// The error with the server's own message, which the driver's error
-/// does not show ("db error").
+/// The error as stored with a report (the server's message included: see
+/// `PgError`).
 fn describe(e: &StoreError) -> String {
-    let db = e
-        .source
-        .as_ref()
-        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
-        .and_then(tokio_postgres::Error::as_db_error);
-    match db {
-        Some(d) => format!("{}: {} ({})", e.context, d.message(), d.code().code()),
-        None => e.to_string(),
-    }
+    e.to_string()
 }
 
 /// Whether `e` is the server refusing this transaction for now (a
 /// deadlock, a serialization failure): the batch is worth running again,
 /// and the report must not be marked failed for it.
 fn retry_later(e: &StoreError) -> bool {
-    use tokio_postgres::error::SqlState;
-    let code = e
-        .source
-        .as_ref()
-        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
-        .and_then(tokio_postgres::Error::code);
-    code.is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    })
+    super::is_transient(e)
 }
 
 /// One report: claimed, its plan carried out, its outcome kept or the row

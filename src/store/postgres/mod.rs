@@ -57,31 +57,49 @@ pub(crate) trait PgCtx<T> {
 
 impl<T> PgCtx<T> for std::result::Result<T, tokio_postgres::Error> {
     fn ctx(self, what: &str) -> Result<T> {
-        self.map_err(|e| match e.as_db_error() {
-            // The driver's own Display says only "db error"; the server's
-            // message and SQLSTATE are what an operator can act on.
-            Some(db) => StoreError::msg(format!(
-                "{what}: {} ({}){}",
-                db.message(),
-                db.code().code(),
-                db.detail().map(|d| format!(": {d}")).unwrap_or_default()
-            )),
-            None => StoreError::new(what.to_string(), e),
-        })
+        self.map_err(|e| StoreError::new(what.to_string(), PgError(e)))
     }
 }
 
-/// Whether a failed statement may succeed if its transaction is run again:
-/// a deadlock or a serialization failure between nodes.
-#[allow(dead_code)] // the areas' batch writes retry on it
-pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    e.code().is_some_and(|c| {
-        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    })
+/// A driver error that shows the server's message and SQLSTATE (the
+/// driver's own Display says only "db error", which no operator can act on).
+#[derive(Debug)]
+pub(crate) struct PgError(pub tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_db_error() {
+            Some(db) => {
+                write!(f, "{} ({})", db.message(), db.code().code())?;
+                if let Some(d) = db.detail() {
+                    write!(f, ": {d}")?;
+                }
+                Ok(())
+            }
+            None => write!(f, "{}", self.0),
+        }
+    }
 }
 
-#[allow(dead_code)] // the areas' PostgreSQL code starts its writes here
+impl std::error::Error for PgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Whether a failed write may succeed if its transaction is run again: a
+/// deadlock or a serialization failure between nodes.
+pub(crate) fn is_transient(e: &StoreError) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.source
+        .as_ref()
+        .and_then(|s| s.downcast_ref::<PgError>())
+        .and_then(|p| p.0.code())
+        .is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        })
+}
+
 /// Starts a transaction; `Normal` durability turns `synchronous_commit`
 /// off for it alone (tracking events: a crash of the server may lose the
 /// last ones, never corrupt anything).

@@ -364,7 +364,12 @@ impl crate::store::queries::QueryStore for Postgres {
                 .iter()
                 .map(|(c, _)| format!("COALESCE(SUM({c}), 0)::BIGINT"))
                 .collect();
-            let sql = format!("SELECT {} FROM rollups{}", sums.join(", "), w.where_sql());
+            let sql = format!(
+                "SELECT {} FROM {} rollups{}",
+                sums.join(", "),
+                super::events::ROLLUPS,
+                w.where_sql()
+            );
             let row = client
                 .query_one(&sql, &w.values())
                 .await
@@ -417,7 +422,8 @@ impl crate::store::queries::QueryStore for Postgres {
                     SUM(opened_human)::BIGINT, SUM(opened_machine)::BIGINT,
                     SUM(clicked_human)::BIGINT, SUM(clicked_machine)::BIGINT,
                     SUM(opened)::BIGINT, SUM(clicked)::BIGINT
-             FROM rollups{} GROUP BY 1 ORDER BY 1",
+             FROM {} rollups{} GROUP BY 1 ORDER BY 1",
+            super::events::ROLLUPS,
             w.where_sql()
         );
         let n = ((to - from).max(0) + bucket - 1) / bucket;
@@ -715,6 +721,8 @@ impl crate::store::queries::QueryStore for Postgres {
 
     async fn prune(&self, p: PruneBatch) -> Result<Pruned> {
         let mut client = self.client().await?;
+        // Retention's pass is also when the rollup increments are folded.
+        super::events::fold_rollups(&client).await?;
         let tx = begin(&mut client, Durability::Normal).await?;
         let batch = p.batch as i64;
         let bodies = tx

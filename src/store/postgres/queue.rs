@@ -496,10 +496,15 @@ impl QueueStore for Postgres {
             "SELECT email_id, idx, address, status, attempts, next_attempt_at, last_response
              FROM recipients WHERE (email_id, idx) > ($2, $3) ORDER BY email_id, idx LIMIT $1"
         } else {
-            "SELECT email_id, idx, address, status, attempts, next_attempt_at, last_response
-             FROM recipients WHERE status IN ('queued', 'deferred', 'sending')
-               AND (email_id, idx) > ($2, $3)
-             ORDER BY email_id, idx LIMIT $1"
+            // As on SQLite: the waiting rows from the two partial indexes
+            // (due, leased), so the done ones are never read.
+            "SELECT * FROM (
+                 SELECT email_id, idx, address, status, attempts, next_attempt_at, last_response
+                 FROM recipients WHERE status IN ('queued', 'deferred') AND (email_id, idx) > ($2, $3)
+                 UNION ALL
+                 SELECT email_id, idx, address, status, attempts, next_attempt_at, last_response
+                 FROM recipients WHERE status = 'sending' AND (email_id, idx) > ($2, $3)
+             ) w ORDER BY email_id, idx LIMIT $1"
         };
         let stmt = client
             .prepare_cached(sql)

@@ -216,6 +216,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS events_clicks ON events(email_id, rcpt_idx, at)
         WHERE type = 'email.clicked';
     "#,
+    // 4 (issue 14): rollup increments appended, not upserted. Every event's
+    // upsert of its (hour, domain) row made that row one lock shared by
+    // every transaction of every node counting events of the domain, taken
+    // between their recipient row locks: nodes deadlocked on it. Appends
+    // lock nothing shared; readers sum both tables; retention folds the
+    // increments into `rollups`.
+    r#"
+    CREATE TABLE rollup_deltas (LIKE rollups INCLUDING DEFAULTS);
+    CREATE INDEX rollup_deltas_hour ON rollup_deltas(hour, domain);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -20,7 +20,12 @@ pub fn insert(tx: &Tx<'_>, ev: &NewEvent) -> rusqlite::Result<i64> {
             .optional()?;
         ev.to_mut().recipient = address;
     }
-    let detail = ev.detail.as_ref().map(|d| d.to_string());
+    let detail = if tx.node.is_empty() {
+        ev.detail.clone()
+    } else {
+        crate::store::detail_with_node(ev.detail.as_ref(), tx.node)
+    }
+    .map(|d| d.to_string());
     tx.prepare_cached(
         "INSERT INTO events (email_id, rcpt_idx, recipient, type, at, ip, user_agent, referer, link, machine, machine_reason, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",

@@ -53,6 +53,9 @@ type JobFn = Box<dyn FnOnce(&Tx<'_>) -> JobResult + Send>;
 pub struct Tx<'a> {
     pub conn: &'a Transaction<'a>,
     pub hooks: &'a [webhooks::Subscription],
+    /// This node's name, for `detail.node` of the events stored ("" in
+    /// unit tests: none).
+    pub node: &'a str,
     /// Set when a job added webhook outbox rows: the webhook workers are
     /// woken after the commit.
     pub outbox_added: std::cell::Cell<bool>,
@@ -63,6 +66,7 @@ impl<'a> Tx<'a> {
         Tx {
             conn,
             hooks,
+            node: "",
             outbox_added: std::cell::Cell::new(false),
         }
     }
@@ -328,6 +332,7 @@ impl Sqlite {
             path: path.to_path_buf(),
             file,
             hooks: options.webhooks.clone(),
+            node: options.node_id.clone(),
             outbox_wake: outbox_wake.clone(),
             broken: broken.clone(),
             sync_full: true,
@@ -533,6 +538,7 @@ struct Writer {
     path: PathBuf,
     file: FileId,
     hooks: Vec<webhooks::Subscription>,
+    node: String,
     outbox_wake: Arc<tokio::sync::Notify>,
     broken: Arc<Broken>,
     sync_full: bool,
@@ -590,7 +596,13 @@ impl Writer {
         }
         let durable_enough = self.sync_full || !want_full;
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_batch(&mut self.conn, batch, durable_enough, &self.hooks)
+            run_batch(
+                &mut self.conn,
+                batch,
+                durable_enough,
+                &self.hooks,
+                &self.node,
+            )
         }));
         match ran {
             Ok(true) => self.outbox_wake.notify_waiters(),
@@ -632,6 +644,7 @@ fn run_batch(
     batch: Vec<Job>,
     durable_enough: bool,
     hooks: &[webhooks::Subscription],
+    node: &str,
 ) -> bool {
     if !durable_enough {
         // Could not switch to FULL: refuse durable jobs rather than
@@ -648,7 +661,10 @@ fn run_batch(
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut abort: Option<String> = None;
-    let ctx = Tx::new(&tx, hooks);
+    let ctx = Tx {
+        node,
+        ..Tx::new(&tx, hooks)
+    };
     let mut jobs = batch.into_iter();
     for job in jobs.by_ref() {
         if let Err(e) = run_cached(&tx, "SAVEPOINT job") {
@@ -784,7 +800,7 @@ mod tests {
             panic!("job b broke");
         });
         let (d, mut rd) = job(insert("d"));
-        run_batch(&mut c, vec![a, b, d], true, &[]);
+        run_batch(&mut c, vec![a, b, d], true, &[], "");
         assert!(ra.try_recv().unwrap().is_ok());
         let err = rb.try_recv().unwrap().expect_err("the panicking job fails");
         assert!(err.to_string().contains("panicked"), "{err}");
@@ -806,7 +822,7 @@ mod tests {
             Err(rusqlite::Error::InvalidQuery)
         });
         let (d, mut rd) = job(insert("d"));
-        run_batch(&mut c, vec![a, b, d], true, &[]);
+        run_batch(&mut c, vec![a, b, d], true, &[], "");
         for (name, rx) in [("a", &mut ra), ("b", &mut rb), ("d", &mut rd)] {
             let out = rx.try_recv().expect("every job is answered");
             assert!(out.is_err(), "job {name} must fail with its batch");
@@ -818,7 +834,7 @@ mod tests {
 
         // The next batch works.
         let (e, mut re) = job(insert("e"));
-        run_batch(&mut c, vec![e], true, &[]);
+        run_batch(&mut c, vec![e], true, &[], "");
         assert!(re.try_recv().unwrap().is_ok());
         assert_eq!(rows(&c), ["e"]);
     }
