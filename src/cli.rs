@@ -21,16 +21,31 @@ pub use webhooks::{webhooks_list, webhooks_replay};
 
 pub type CliResult = Result<(), String>;
 
-/// The store for a read command, opened read-only (on SQLite: no writer,
-/// no migration, no database created), and a small runtime to ask it.
-fn open_store(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A small runtime for the synchronous commands to call the store from.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+        .map_err(|e| format!("starting the runtime: {e}"))
+}
+
+/// The store for a read command, opened read-only (on SQLite: no writer,
+/// no migration, no database created), and a runtime to ask it.
+pub(crate) fn open_store(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
+    let rt = runtime()?;
     let store = rt
         .block_on(Store::open_read_only(config))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("store: {e}"))?;
+    Ok((rt, store))
+}
+
+/// The store for a command that writes (it must exist: only `serve`
+/// creates one), and a runtime to ask it.
+pub(crate) fn open_store_rw(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
+    let rt = runtime()?;
+    let store = rt
+        .block_on(Store::open_existing(config))
+        .map_err(|e| format!("store: {e}"))?;
     Ok((rt, store))
 }
 

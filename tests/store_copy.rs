@@ -173,10 +173,8 @@ fn migrate_brings_an_empty_postgres_database_to_the_schema_and_names_a_bad_url_k
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nhostname = \"relay.test\"\ndata_dir = \"./data\"\nnode_id = \"relay-1\"\n\n\
-             [store]\nbackend = \"postgres\"\nurl_file = \"pg.url\"\n"
-        ),
+        "[server]\nhostname = \"relay.test\"\ndata_dir = \"./data\"\nnode_id = \"relay-1\"\n\n\
+         [store]\nbackend = \"postgres\"\nurl_file = \"pg.url\"\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackrelay"))

@@ -10,21 +10,8 @@ use std::io::Write;
 /// however long the queue is.
 const PAGE: usize = 500;
 
-/// The configured store (which must exist) and a runtime to call it from
-/// these synchronous commands.
-fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store = rt
-        .block_on(Store::open_existing(config))
-        .map_err(|e| e.to_string())?;
-    Ok((rt, store))
-}
-
 pub fn queue_list(config: &Config, json: bool, all: bool, limit: usize) -> CliResult {
-    let (rt, store) = open(config)?;
+    let (rt, store) = super::open_store(config)?;
     let listed = rt.block_on(list(&store, json, all, limit));
     store.close();
     match listed {
@@ -90,7 +77,7 @@ async fn list(store: &Store, json: bool, all: bool, limit: usize) -> Result<(), 
 }
 
 pub fn queue_retry(config: &Config, id: &str) -> CliResult {
-    let (rt, store) = open(config)?;
+    let (rt, store) = super::open_store_rw(config)?;
     let n = rt.block_on(store.retry(id, store::now_ms()));
     store.close();
     let n = n.map_err(|e| e.to_string())?;
@@ -102,7 +89,7 @@ pub fn queue_retry(config: &Config, id: &str) -> CliResult {
 }
 
 pub fn queue_delete(config: &Config, id: &str) -> CliResult {
-    let (rt, store) = open(config)?;
+    let (rt, store) = super::open_store_rw(config)?;
     let n = rt.block_on(store.delete(id, store::now_ms()));
     store.close();
     let n = n.map_err(|e| e.to_string())?;

@@ -1,7 +1,7 @@
 //! `trackrelay reports show ID [--raw]`: a report the return-path MX
 //! received (a bounce, a complaint), as the operator reads it.
 
-use super::suppressions::open_store;
+use super::open_store;
 use super::CliResult;
 use crate::config::Config;
 use crate::store::feedback::ReportInfo;

@@ -7,18 +7,11 @@ use std::path::{Path, PathBuf};
 
 /// Applies the migrations the configured store lacks and says where it is.
 pub fn migrate(config: &Config) -> CliResult {
-    let (what, version) = runtime()?
+    let (what, version) = super::runtime()?
         .block_on(store::open::migrate(config))
         .map_err(|e| e.to_string())?;
     println!("{what}: schema version {version}");
     Ok(())
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a runtime: {e}"))
 }
 
 /// Where `--from` points: a SQLite file.

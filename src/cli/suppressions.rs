@@ -15,23 +15,6 @@ const CSV_FIELDS: [&str; 6] = [
     "expires_at",
 ];
 
-/// The store named by the config, for one command, and a runtime to call
-/// it on. Never creates a SQLite database: only `serve` does.
-// TODO(merge): the read commands (`suppressions list|export`, `reports
-// show`) open SQLite read-only again with the queries area's
-// `Store::open_read_only` once it is merged; until then they open the
-// writer like the write commands (which migrates an older store).
-pub(crate) fn open_store(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store = rt
-        .block_on(Store::open_existing(config))
-        .map_err(|e| format!("store: {e}"))?;
-    Ok((rt, store))
-}
-
 /// Entries read per store read when printing the whole list.
 const PAGE: usize = 1000;
 
@@ -77,7 +60,7 @@ fn done(done: Result<(), Stop>, w: impl Write, store: Store, failed: Option<Stri
 
 pub fn list(config: &Config, json: bool, domain: Option<&str>) -> CliResult {
     let domain = domain.map(check_domain).transpose()?;
-    let (rt, store) = open_store(config)?;
+    let (rt, store) = super::open_store(config)?;
     let mut failed = None;
     let mut w = out();
     let mut n = 0usize;
@@ -132,7 +115,7 @@ pub fn add(config: &Config, address: &str, domain: Option<&str>, reason: &str) -
         created_at: store::now_ms(),
         expires_at: None,
     };
-    let (rt, store) = open_store(config)?;
+    let (rt, store) = super::open_store_rw(config)?;
     let added = rt.block_on(store.add_suppression(entry));
     store.close();
     let added = added.map_err(|e| format!("writing the store: {e}"))?;
@@ -149,7 +132,7 @@ pub fn remove(config: &Config, address: &str, domain: Option<&str>) -> CliResult
     let address = check_address(address)?;
     let domain = domain.map(check_domain).transpose()?;
     let scope = domain.as_deref().unwrap_or("every domain");
-    let (rt, store) = open_store(config)?;
+    let (rt, store) = super::open_store_rw(config)?;
     let removed = rt.block_on(store.remove_suppression(&address, domain.as_deref()));
     store.close();
     if removed.map_err(|e| format!("writing the store: {e}"))? {
@@ -161,7 +144,7 @@ pub fn remove(config: &Config, address: &str, domain: Option<&str>) -> CliResult
 }
 
 pub fn export_csv(config: &Config) -> CliResult {
-    let (rt, store) = open_store(config)?;
+    let (rt, store) = super::open_store(config)?;
     let mut failed = None;
     let mut w = csv_writer(out());
     let walked = csv_row(&mut w, &CSV_FIELDS).and_then(|()| {
@@ -277,7 +260,7 @@ pub fn import_csv(config: &Config, path: &std::path::Path) -> CliResult {
         ));
     }
     let total = rows.len();
-    let (rt, store) = open_store(config)?;
+    let (rt, store) = super::open_store_rw(config)?;
     let added = rt.block_on(store.import_suppressions(rows));
     store.close();
     let added = added.map_err(|e| format!("writing the store: {e}"))?;

@@ -33,10 +33,7 @@ pub(crate) fn with_store<T>(
     config: &Config,
     f: impl AsyncFnOnce(&Store) -> Result<T, String>,
 ) -> Result<T, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let rt = super::runtime()?;
     rt.block_on(async {
         let store = Store::open_existing(config)
             .await

@@ -2,25 +2,12 @@
 
 use super::{out, time_arg, CliResult};
 use crate::config::Config;
-use crate::store::{self, Store};
+use crate::store;
 use std::io::Write;
-
-/// The store named by the config (never created here: only `serve` makes
-/// one), with a runtime to call it from.
-fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Store), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
-    let store = rt
-        .block_on(Store::open_existing(config))
-        .map_err(|e| e.to_string())?;
-    Ok((rt, store))
-}
 
 /// `webhooks list [--failed]`: newest first.
 pub fn webhooks_list(config: &Config, failed: bool, limit: usize, json: bool) -> CliResult {
-    let (rt, store) = open(config)?;
+    let (rt, store) = super::open_store(config)?;
     let limit = if limit == 0 { 100 } else { limit };
     let rows = rt.block_on(store.webhook_list(failed, limit));
     store.close();
@@ -64,7 +51,7 @@ pub fn webhooks_replay(config: &Config, id: Option<&str>, since: &Option<String>
     if id.is_some() == since.is_some() {
         return Err("webhooks replay: give a webhook id or --since TIME (not both)".into());
     }
-    let (rt, store) = open(config)?;
+    let (rt, store) = super::open_store_rw(config)?;
     let now = store::now_ms();
     let n = rt.block_on(async {
         match (id, since) {

@@ -9,6 +9,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+// Also `support::postgres` in the tests that load `support`: two copies,
+// each starting its own server on first use, which only those tests pay.
+#[allow(clippy::duplicate_mod)]
 #[path = "../support/postgres.rs"]
 pub mod pg;
 

@@ -160,6 +160,7 @@ pub fn insert_tracking(
     tx: &Tx<'_>,
     ev: &NewEvent,
     recipients: &mut super::tracking::RecipientCache,
+    clicks: &mut super::tracking::BatchClicks,
     judge: &dyn ClickJudge,
 ) -> rusqlite::Result<Recorded> {
     let Some(idx) = ev.rcpt_idx else {
@@ -171,17 +172,22 @@ pub fn insert_tracking(
     };
     let mut ev = std::borrow::Cow::Borrowed(ev);
     if ev.machine != Some(true) {
-        let nearby = if ev.kind == EventType::Clicked {
+        let window = judge.burst_window_ms();
+        let nearby = if ev.kind != EventType::Clicked {
+            Vec::new()
+        } else if let Some(c) =
+            clicks.other_link(&ev.email_id, idx, ev.link.as_deref(), ev.at, window)
+        {
+            vec![c]
+        } else {
             super::tracking::nearby_clicks(
                 tx,
                 &ev.email_id,
                 idx,
                 ev.link.as_deref(),
                 ev.at,
-                judge.burst_window_ms(),
+                window,
             )?
-        } else {
-            Vec::new()
         };
         let facts = TrackingFacts {
             recipient: rcpt,
@@ -195,6 +201,9 @@ pub fn insert_tracking(
     }
     if let Some(r) = rcpt {
         ev.to_mut().recipient = Some(r.address.clone());
+    }
+    if ev.kind == EventType::Clicked {
+        clicks.push(&ev.email_id, idx, ev.at, ev.link.as_deref());
     }
     insert(tx, &ev).map(|id| recorded(id, &ev))
 }

@@ -96,6 +96,46 @@ impl RecipientCache {
     }
 }
 
+/// The clicks a write job has stored so far, per copy: a click whose burst
+/// partner came earlier in the same batch (a scanner's clicks arrive
+/// together) is judged without probing the index, which keeps the writer's
+/// cost per click close to what it was before the rule read the store.
+/// Bounded by the batch, like [`RecipientCache`].
+#[derive(Default)]
+pub struct BatchClicks {
+    by_copy: HashMap<(String, u32), Vec<NearbyClick>>,
+}
+
+impl BatchClicks {
+    /// A click of this batch on another link than `link`, strictly within
+    /// `window_ms` of `at`.
+    pub fn other_link(
+        &self,
+        email_id: &str,
+        idx: u32,
+        link: Option<&str>,
+        at: i64,
+        window_ms: i64,
+    ) -> Option<NearbyClick> {
+        self.by_copy
+            .get(&(email_id.to_string(), idx))?
+            .iter()
+            .rev()
+            .find(|c| c.link.as_deref() != link && c.at.abs_diff(at) < window_ms.unsigned_abs())
+            .cloned()
+    }
+
+    pub fn push(&mut self, email_id: &str, idx: u32, at: i64, link: Option<&str>) {
+        self.by_copy
+            .entry((email_id.to_string(), idx))
+            .or_default()
+            .push(NearbyClick {
+                at,
+                link: link.map(str::to_string),
+            });
+    }
+}
+
 #[async_trait::async_trait]
 impl crate::store::tracking::TrackingStore for Sqlite {
     async fn insert_tracking(
@@ -105,9 +145,12 @@ impl crate::store::tracking::TrackingStore for Sqlite {
     ) -> Result<Vec<Recorded>> {
         self.write(Durability::Normal, move |tx| {
             let mut recipients = RecipientCache::default();
+            let mut clicks = BatchClicks::default();
             events
                 .iter()
-                .map(|ev| super::events::insert_tracking(tx, ev, &mut recipients, &*judge))
+                .map(|ev| {
+                    super::events::insert_tracking(tx, ev, &mut recipients, &mut clicks, &*judge)
+                })
                 .collect()
         })
         .await
