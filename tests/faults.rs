@@ -35,35 +35,10 @@ fn message(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends one message on an open session; Some(id) on 250.
+/// Message `n`, to its recipient, on an open session.
 fn send_one(c: &mut RawSmtp, n: usize) -> Option<String> {
-    c.send(
-        format!(
-            "MAIL FROM:<news@example.com>\r\nRCPT TO:<r{}@example.net>\r\nDATA\r\n",
-            n % RECIPIENTS
-        )
-        .as_bytes(),
-    );
-    let (a, b, d) = (c.reply(), c.reply(), c.reply());
-    if !(a.starts_with("250") && b.starts_with("250") && d.starts_with("354")) {
-        return None;
-    }
-    c.send(&message(n));
-    c.send(b".\r\n");
-    queued_id(&c.reply())
-}
-
-fn connect(addr: std::net::SocketAddr) -> Option<RawSmtp> {
-    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    let reader = std::io::BufReader::new(stream.try_clone().ok()?);
-    let mut c = RawSmtp { reader, stream };
-    if !c.reply().starts_with("220") || !c.cmd("EHLO fault.client").starts_with("250") {
-        return None;
-    }
-    Some(c)
+    let to = format!("r{}@example.net", n % RECIPIENTS);
+    load_send(c, "news@example.com", &to, &message(n))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +97,7 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
                     assert!(Instant::now() < deadline, "client gave up");
                     if session.is_none() {
                         let current = *addr.lock().unwrap();
-                        session = connect(current);
+                        session = load_session(current);
                         if session.is_none() {
                             // Retry pace while the relay is down, as a real
                             // client would back off; not a synchronisation.

@@ -39,34 +39,10 @@ fn message(n: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Message `n`, to its recipient, on an open session.
 fn send_one(c: &mut RawSmtp, n: usize) -> Option<String> {
-    c.send(
-        format!(
-            "MAIL FROM:<news@example.com>\r\nRCPT TO:<r{}@example.net>\r\nDATA\r\n",
-            n % RECIPIENTS
-        )
-        .as_bytes(),
-    );
-    let (a, b, d) = (c.reply(), c.reply(), c.reply());
-    if !(a.starts_with("250") && b.starts_with("250") && d.starts_with("354")) {
-        return None;
-    }
-    c.send(&message(n));
-    c.send(b".\r\n");
-    queued_id(&c.reply())
-}
-
-fn connect(addr: std::net::SocketAddr) -> Option<RawSmtp> {
-    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    let reader = std::io::BufReader::new(stream.try_clone().ok()?);
-    let mut c = RawSmtp { reader, stream };
-    if !c.reply().starts_with("220") || !c.cmd("EHLO nodes.client").starts_with("250") {
-        return None;
-    }
-    Some(c)
+    let to = format!("r{}@example.net", n % RECIPIENTS);
+    load_send(c, "news@example.com", &to, &message(n))
 }
 
 /// A node on the shared database `url`; `secret_of` shares the first
@@ -155,7 +131,7 @@ async fn two_nodes_one_killed_the_other_delivers_everything_acknowledged() {
                     assert!(Instant::now() < deadline, "client gave up");
                     if session.is_none() {
                         let on_a = c % 2 == 0 && a_alive.load(Ordering::SeqCst);
-                        session = connect(if on_a { addr_a } else { addr_b });
+                        session = load_session(if on_a { addr_a } else { addr_b });
                         if session.is_none() {
                             errors.fetch_add(1, Ordering::SeqCst);
                             continue;

@@ -546,6 +546,34 @@ pub fn submit(relay: &Relay, from: &str, to: &[&str], data: &[u8]) -> String {
     queued_id(&r).unwrap_or_else(|| panic!("not queued: {r}"))
 }
 
+/// A session for a load test's client, or None while the relay is down:
+/// bounded connect and read times, greeting and EHLO done.
+pub fn load_session(addr: SocketAddr) -> Option<RawSmtp> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let reader = BufReader::new(stream.try_clone().ok()?);
+    let mut c = RawSmtp { reader, stream };
+    if !c.reply().starts_with("220") || !c.cmd("EHLO load.client").starts_with("250") {
+        return None;
+    }
+    Some(c)
+}
+
+/// One message on an open session, the envelope pipelined; Some(email id)
+/// on 250, None on any other reply or a broken session.
+pub fn load_send(c: &mut RawSmtp, from: &str, to: &str, data: &[u8]) -> Option<String> {
+    c.send(format!("MAIL FROM:<{from}>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes());
+    let (a, b, d) = (c.reply(), c.reply(), c.reply());
+    if !(a.starts_with("250") && b.starts_with("250") && d.starts_with("354")) {
+        return None;
+    }
+    c.send(data);
+    c.send(b".\r\n");
+    queued_id(&c.reply())
+}
+
 /// The email id out of `250 2.0.0 Ok: queued as <id>`.
 pub fn queued_id(reply: &str) -> Option<String> {
     reply
