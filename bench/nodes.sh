@@ -19,7 +19,8 @@
 # per message, from the start of the load until the store shows every recipient
 # delivered; PostgreSQL statements per message (sum of pg_stat_statements calls
 # of trackrelay's role, BEGIN/COMMIT included), transactions per message
-# (pg_stat_database xact_commit delta), WAL bytes per message, and the server's
+# (pg_stat_database xact_commit delta; write transactions from the xid
+# counter), WAL bytes per message, and the server's
 # execution time per message; the top statements go to pgss-<system>-<run>.txt.
 # Correctness, or the run is marked failed: every recipient delivered in the
 # store (warm-up included), and the sink (smtp-sink -c -d, dumping each delivery
@@ -121,19 +122,23 @@ pg_cpu_s() {           # CPU s of the postmaster, its live children, and its rea
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); t += $12 + $13; if (NR == 1) t += $14 + $15 } END { printf "%.2f\n", t / hz }'
 }
 
-# pg_settled DB: xact_commit of DB once the backends' statistics have been
-# flushed (each does so within ~1 s of going idle): two equal readings 0.5 s
-# apart, at least 1.5 s after the call, at most 15 s.
+# pg_settled DB: xact_commit of DB once every backend has flushed its
+# statistics. PostgreSQL 15 flushes a backend's counters when it goes idle,
+# but at most once a second, and one that was too early retries only 10 s
+# later: so equal readings 11 s apart (at most 4 tries).
 pg_settled() {
   local db=$1 prev=-1 cur k
-  for k in $(seq 30); do
-    sleep 0.5
+  for k in $(seq 4); do
     cur=$(pg_q postgres "SELECT xact_commit FROM pg_stat_database WHERE datname = '$db'")
-    if [ "$k" -ge 3 ] && [ "$cur" = "$prev" ]; then break; fi
+    if [ "$cur" = "$prev" ]; then break; fi
     prev=$cur
+    [ "$k" = 4 ] || sleep 11
   done
   echo "$cur"
 }
+# pg_xmax: the next transaction id (not assigning one): its delta counts the
+# transactions that wrote, at once, in every database of the server.
+pg_xmax() { pg_q postgres "SELECT pg_snapshot_xmax(pg_current_snapshot())"; }
 
 # ---------------------------------------------------------------- sink
 sink_count() { tail -c 512 "$WORK/sink.log" | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2 || echo 0; }
@@ -313,11 +318,12 @@ pool_size = $PG_POOL"
   local want=$((MSGS + WARMUP / nodes * nodes))
   wait_delivered "$backend" "$dir/a" "$db" $((WARMUP / nodes * nodes)) >/dev/null
   clear_dump
-  local x0=0 wal0="" pg0=0
+  local x0=0 wal0="" pg0=0 xid0=0
   if [ "$backend" = postgres ]; then
     x0=$(pg_settled "$db")
     pg_q postgres "SELECT pg_stat_statements_reset()" >/dev/null
     wal0=$(pg_q postgres "SELECT pg_current_wal_lsn()")
+    xid0=$(pg_xmax)
     pg0=$(pg_cpu_s)
   fi
   local tr0 res st
@@ -333,8 +339,9 @@ pool_size = $PG_POOL"
     "tr_cpu_ms_per_msg=$(div "$(awk -v a="$tr0" -v b="$tr1" 'BEGIN{print (b-a)*1000}')" "$MSGS")" \
     "store=${st// /,}")
   if [ "$backend" = postgres ]; then
-    local pg1 x1 wal calls exec_ms
+    local pg1 x1 xid1 wal calls exec_ms
     pg1=$(pg_cpu_s)
+    xid1=$(pg_xmax)
     x1=$(pg_settled "$db")
     wal=$(pg_q postgres "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$wal0')")
     local who="dbid = (SELECT oid FROM pg_database WHERE datname = '$db') AND userid = (SELECT oid FROM pg_roles WHERE rolname = 'trackrelay')"
@@ -348,6 +355,7 @@ pool_size = $PG_POOL"
       "pg_cpu_ms_per_msg=$(div "$(awk -v a="$pg0" -v b="$pg1" 'BEGIN{print (b-a)*1000}')" "$MSGS")" \
       "pg_stmts_per_msg=$(div "$calls" "$MSGS" 2)" \
       "pg_xacts_per_msg=$(div $((x1 - x0)) "$MSGS" 2)" \
+      "pg_write_xacts_per_msg=$(div $((xid1 - xid0)) "$MSGS" 2)" \
       "pg_wal_kb_per_msg=$(div "$wal" $((MSGS * 1024)) 1)" \
       "pg_exec_ms_per_msg=$(div "$exec_ms" "$MSGS")")
   fi
@@ -437,7 +445,7 @@ fi
   echo "## nodes summary: $MSGS msgs x ${SIZE} B, $SESS sessions, $RUNS run(s); median [min-max]"
   python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rate:accept/s e2e_rate:e2e/s \
     tr_cpu_ms_per_msg:tr_ms/msg pg_cpu_ms_per_msg:pg_ms/msg pg_stmts_per_msg:stmts/msg \
-    pg_xacts_per_msg:xacts/msg pg_wal_kb_per_msg:wal_KB/msg dups missing ok busy_before busy_during \
+    pg_xacts_per_msg:xacts/msg pg_write_xacts_per_msg:write_xacts/msg pg_wal_kb_per_msg:wal_KB/msg dups missing ok busy_before busy_during \
     --ratio tr-sqlite/postfix:rate --ratio tr-sqlite/postfix:e2e_rate \
     --ratio tr-pg/postfix:rate --ratio tr-pg/postfix:e2e_rate \
     --ratio tr-pg-2nodes/postfix:rate --ratio tr-pg-2nodes/postfix:e2e_rate \
