@@ -145,16 +145,7 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
     );
 
     // Every acknowledged message reaches the MX at least once.
-    let delivered_ids = || -> HashMap<String, usize> {
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for r in mx.received() {
-            let text = String::from_utf8_lossy(&r.data);
-            if let Some(id) = text.split("\tid ").nth(1).and_then(|t| t.split(';').next()) {
-                *seen.entry(id.to_string()).or_default() += 1;
-            }
-        }
-        seen
-    };
+    let delivered_ids = || mx.copies_by_email_id();
     wait_for(
         "every acknowledged message delivered",
         Duration::from_secs(240),
@@ -202,20 +193,7 @@ async fn two_sigkills_a_flaky_mx_and_nothing_acknowledged_is_lost() {
             "{id}: {got:?}"
         );
     }
-    let hooked = || -> HashMap<String, HashSet<String>> {
-        let mut m: HashMap<String, HashSet<String>> = HashMap::new();
-        for d in hooks.accepted() {
-            assert!(d.signature_ok);
-            let id = d.body["data"]["email_id"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            m.entry(id)
-                .or_default()
-                .insert(d.body["type"].as_str().unwrap_or("").to_string());
-        }
-        m
-    };
+    let hooked = || hooks.types_by_email_id();
     wait_for("every webhook", Duration::from_secs(180), || {
         let m = hooked();
         acked

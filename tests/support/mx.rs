@@ -254,6 +254,19 @@ impl TestMx {
         self.addr
     }
 
+    /// How many copies arrived of each trackrelay email, by the email id in
+    /// trackrelay's Received: header (`id <email id>;`).
+    pub fn copies_by_email_id(&self) -> std::collections::HashMap<String, usize> {
+        let mut seen = std::collections::HashMap::new();
+        for r in self.received() {
+            let text = String::from_utf8_lossy(&r.data);
+            if let Some(id) = text.split("\tid ").nth(1).and_then(|t| t.split(';').next()) {
+                *seen.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        seen
+    }
+
     pub fn received(&self) -> Vec<Received> {
         lock(&self.state).received.clone()
     }

@@ -154,6 +154,25 @@ impl Receiver {
     }
 
     /// Deliveries answered 2xx.
+    /// The event types accepted per email id; panics on a bad signature.
+    pub fn types_by_email_id(
+        &self,
+    ) -> std::collections::HashMap<String, std::collections::HashSet<String>> {
+        let mut m: std::collections::HashMap<String, std::collections::HashSet<String>> =
+            std::collections::HashMap::new();
+        for d in self.accepted() {
+            assert!(d.signature_ok, "a webhook with a bad signature: {}", d.id);
+            let id = d.body["data"]["email_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            m.entry(id)
+                .or_default()
+                .insert(d.body["type"].as_str().unwrap_or("").to_string());
+        }
+        m
+    }
+
     pub fn accepted(&self) -> Vec<Delivery> {
         self.deliveries()
             .into_iter()
