@@ -15,20 +15,20 @@ import sys
 from collections import Counter
 
 STAGES = [
-    ("DKIM: RSA-2048 signature", ["ring::rsa::keypair::KeyPair::sign"]),
+    ("DKIM: RSA-2048 signature", ["ring::rsa::keypair::KeyPair::sign", "aws_lc_rs::rsa::key::KeyPair::sign", "RSA_sign", "rsa_sign"]),
     ("DKIM: canonicalise + hash", ["trackrelay::outbound::dkim::sign"]),
-    ("prepare: tokens (HMAC)", ["trackrelay::prepare::token", "ring::hmac"]),
+    ("prepare: tokens (HMAC)", ["trackrelay::prepare::token", "ring::hmac", "aws_lc_rs::hmac"]),
     ("prepare: re-encode (QP/charset)", ["trackrelay::prepare::encode", "trackrelay::prepare::charset"]),
     ("prepare: rewrite (lol_html, links, splice)", ["lol_html::", "trackrelay::prepare::html", "trackrelay::prepare::links", "trackrelay::prepare::splice"]),
     ("prepare: MIME parse + headers", ["trackrelay::prepare::"]),
     ("copy: CRLF normalise, DKIM concat", ["trackrelay::outbound::runner::Runner::copy_for"]),
     ("SMTP send (client, dot-stuff, socket)", ["trackrelay::outbound::client", "trackrelay::outbound::session", "trackrelay::outbound::protocol"]),
-    ("store write: accept (email row, body, email.sent)", ["trackrelay::store::emails::insert"]),
-    ("store write: outcome + email.delivered", ["trackrelay::store::queue::record"]),
+    ("store write: accept (email row, body, email.sent)", ["trackrelay::store::emails::insert", "trackrelay::store::sqlite::emails::insert"]),
+    ("store write: outcome + email.delivered", ["trackrelay::store::queue::record", "trackrelay::store::sqlite::queue::record"]),
     ("store write: WAL checkpoint", ["walCheckpoint"]),
     ("store write: commit + fsync", ["sqlite3BtreeCommitPhase", "sqlite3PagerCommitPhase", "fsync", "fdatasync", "sqlite3VdbeHalt"]),
-    ("store write: other (savepoints, claims, batch)", ["trackrelay::store::Writer::run", "trackrelay::store::run_batch"]),
-    ("store reads (claim, body, lease)", ["trackrelay::store::Store::read", "trackrelay::store::queue::", "trackrelay::store::emails::body"]),
+    ("store write: other (savepoints, claims, batch)", ["trackrelay::store::Writer::run", "trackrelay::store::run_batch", "trackrelay::store::sqlite::Writer::run", "trackrelay::store::sqlite::run_batch"]),
+    ("store reads (claim, body, lease)", ["trackrelay::store::Store::read", "trackrelay::store::queue::", "trackrelay::store::emails::body", "trackrelay::store::sqlite::"]),
     ("SMTP receive (session, DATA, From check)", ["trackrelay::submission::"]),
     ("runner bookkeeping", ["trackrelay::outbound::runner"]),
 ]

@@ -33,14 +33,14 @@ fn usage() -> ! {
 
 fn expected_signature(key: &[u8], id: &str, ts: &str, body: &[u8]) -> String {
     use base64::Engine;
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
     let mut msg = Vec::with_capacity(body.len() + 64);
     msg.extend_from_slice(id.as_bytes());
     msg.push(b'.');
     msg.extend_from_slice(ts.as_bytes());
     msg.push(b'.');
     msg.extend_from_slice(body);
-    base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, &msg).as_ref())
+    base64::engine::general_purpose::STANDARD.encode(aws_lc_rs::hmac::sign(&key, &msg).as_ref())
 }
 
 async fn handle(

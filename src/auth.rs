@@ -11,7 +11,7 @@
 //! each time.
 
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
-use ring::hmac;
+use aws_lc_rs::hmac;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,7 +44,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(users: impl IntoIterator<Item = (String, String)>) -> Self {
-        let rng = ring::rand::SystemRandom::new();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let cache_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
             .expect("the system random generator is available");
         Authenticator {
@@ -156,7 +156,7 @@ fn matches(hash: &PasswordHash<'_>, password: &[u8], blocks: &mut Vec<Block>) ->
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| "the system random generator failed".to_string())?;
     let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
     Argon2::default()

@@ -1,4 +1,4 @@
-//! TLS material: loading PEM certificates and keys into rustls (ring is the
+//! TLS material: loading PEM certificates and keys into rustls (aws-lc-rs is the
 //! only crypto provider), and the self-signed certificate made at first
 //! start when none is configured.
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -54,8 +54,8 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
 
 /// `v1,<base64 signature>` for one delivery.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-    let mut ctx = ring::hmac::Context::with_key(&key);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
     ctx.update(id.as_bytes());
     ctx.update(b".");
     ctx.update(timestamp.to_string().as_bytes());
@@ -95,7 +95,7 @@ impl Endpoint {
 
 fn fastrand_u64() -> u64 {
     let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
     u64::from_le_bytes(b)
 }
 

@@ -105,7 +105,7 @@ fn mx_certificate() -> (String, String, String, String) {
     .signed_by(&key, &issuer)
     .unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
-    let sha = |b: &[u8]| hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+    let sha = |b: &[u8]| hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b).as_ref());
     (
         format!("{}{}", leaf.pem(), ca.pem()),
         key.serialize_pem(),

@@ -342,7 +342,7 @@ async fn signed_message_delivered_through_the_mx_verifies() {
 }
 
 /// Keys made elsewhere (OpenSSL writes PKCS#8 v1 without the public key,
-/// which ring alone would reject for Ed25519). Skipped without openssl.
+/// which a strict PKCS#8 v2 reader would reject for Ed25519). Skipped without openssl.
 #[tokio::test]
 async fn openssl_generated_keys_load_and_verify() {
     let dir = tempfile::tempdir().unwrap();

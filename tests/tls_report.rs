@@ -70,7 +70,7 @@ impl HttpsSink {
             rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
         );
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -1,9 +1,11 @@
-//! A small ACME (RFC 8555) client: JWS ES256 on ring, HTTPS through
+//! A small ACME (RFC 8555) client: JWS ES256 on aws-lc-rs, HTTPS through
 //! hyper-rustls (both already in the graph). instant-acme was the
 //! candidate, but it pulls base64 0.22 beside the project's 0.23 (a new
 //! duplicate) and its own HTTP stack features; the protocol subset needed
 //! here (one account, HTTP-01, one name an order) is small.
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use bytes::Bytes;
@@ -11,8 +13,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
 use hyper_util::rt::TokioExecutor;
-use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -117,7 +117,7 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(https);
         let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key_pkcs8, &rng)
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key_pkcs8)
             .map_err(|e| format!("the ACME account key is unusable: {e}"))?;
         let jwk = jwk(key.public_key().as_ref())?;
         let mut client = Client {
@@ -163,7 +163,7 @@ impl Client {
             self.jwk["x"].as_str().unwrap_or_default(),
             self.jwk["y"].as_str().unwrap_or_default()
         );
-        let thumb = ring::digest::digest(&ring::digest::SHA256, canon.as_bytes());
+        let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canon.as_bytes());
         format!("{token}.{}", B64.encode(thumb.as_ref()))
     }
 
@@ -355,9 +355,7 @@ mod tests {
     #[test]
     fn jwk_has_32_byte_coordinates_and_rejects_other_encodings() {
         let key = generate_key().unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key, &SystemRandom::new())
-                .unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key).unwrap();
         let j = jwk(pair.public_key().as_ref()).unwrap();
         assert_eq!(B64.decode(j["x"].as_str().unwrap()).unwrap().len(), 32);
         assert_eq!(B64.decode(j["y"].as_str().unwrap()).unwrap().len(), 32);

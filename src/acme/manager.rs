@@ -186,7 +186,8 @@ fn alpn_cert(
     name: &str,
     key_authorization: &str,
 ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+    let digest =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes());
     let key = rcgen::KeyPair::generate().map_err(|e| format!("generating a key: {e}"))?;
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
         .map_err(|e| format!("TLS-ALPN-01 certificate for {name}: {e}"))?;

@@ -1,7 +1,7 @@
 //! Certificates for the tracking hosts (current and previous), issued and
 //! renewed by `serve` with ACME (RFC 8555) when `[acme] enabled`.
 //!
-//! - [`client`]: the protocol (JWS ES256 on ring, HTTPS on hyper-rustls).
+//! - [`client`]: the protocol (JWS ES256 on aws-lc-rs, HTTPS on hyper-rustls).
 //! - [`caa`]: whether CAA records let the CA issue (pure).
 //! - [`store`]: account key and certificates in `data_dir/acme/`, 0600.
 //! - [`manager`]: the background task: issue once dns-check shows the name

@@ -2,7 +2,7 @@
 //! TLSA lookups, and a rustls certificate verifier that matches the TLSA
 //! records instead of WebPKI.
 //!
-//! The relay validates DNSSEC itself (hickory's validator, ring), so the
+//! The relay validates DNSSEC itself (hickory's validator, aws-lc-rs), so the
 //! DNS server it talks to (`delivery.resolver`, else the system's) only has
 //! to pass DNSSEC records through (the DO bit). Many resolvers strip them;
 //! behind such a resolver every signed answer would look Bogus and DANE
@@ -482,10 +482,12 @@ impl Association {
         match self.matching {
             Matching::Raw => selected == self.data,
             Matching::Sha256 => {
-                ring::digest::digest(&ring::digest::SHA256, &selected).as_ref() == self.data
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &selected).as_ref()
+                    == self.data
             }
             Matching::Sha512 => {
-                ring::digest::digest(&ring::digest::SHA512, &selected).as_ref() == self.data
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &selected).as_ref()
+                    == self.data
             }
             _ => false,
         }
@@ -564,7 +566,7 @@ impl DaneVerifier {
             ee,
             ta,
             host: host.trim_end_matches('.').to_ascii_lowercase(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         }
     }
 
@@ -654,13 +656,13 @@ mod tests {
     }
 
     fn sha256(b: &[u8]) -> Vec<u8> {
-        ring::digest::digest(&ring::digest::SHA256, b)
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
             .as_ref()
             .to_vec()
     }
 
     fn sha512(b: &[u8]) -> Vec<u8> {
-        ring::digest::digest(&ring::digest::SHA512, b)
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, b)
             .as_ref()
             .to_vec()
     }
@@ -704,7 +706,7 @@ mod tests {
     /// the client checks it with `verifier` and sends SNI `sni`. Ok when
     /// application data made it through.
     async fn handshake(chain: &Chain, verifier: DaneVerifier, sni: &str) -> Result<(), String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -1,4 +1,4 @@
-//! DKIM keys and signing (RFC 6376, RFC 8463) on mail-auth with ring.
+//! DKIM keys and signing (RFC 6376, RFC 8463) on mail-auth with aws-lc-rs.
 //!
 //! Signing happens after every rewrite, on the exact bytes the client sends,
 //! so the caller prepends [`sign`]'s output and changes nothing afterwards.
@@ -78,7 +78,7 @@ impl DkimKey {
             PrivateKeyDer::Pkcs1(_) => Secret::Rsa(rsa_from_der(der)?),
             PrivateKeyDer::Pkcs8(ref pkcs8) => {
                 // "maybe_unchecked" also accepts the PKCS#8 v1 files OpenSSL
-                // writes (no embedded public key); ring's own are v2.
+                // writes (no embedded public key); aws-lc-rs's own are v2.
                 match Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
                     Ok(key) => Secret::Ed25519(key),
                     Err(_) => Secret::Rsa(rsa_from_der(der)?),
@@ -148,7 +148,7 @@ fn rsa_from_der(der: PrivateKeyDer<'_>) -> Result<RsaKey<Sha256>, String> {
     })
 }
 
-/// ring hands out the bare PKCS#1 RSAPublicKey; DNS wants it wrapped.
+/// The crypto library hands out the bare PKCS#1 RSAPublicKey; DNS wants it wrapped.
 fn rsa_spki(pkcs1: &[u8]) -> Result<Vec<u8>, String> {
     use rsa::pkcs1::DecodeRsaPublicKey;
     use rsa::pkcs8::EncodePublicKey;
@@ -200,7 +200,7 @@ pub fn generate_key(
     DkimKey::load(domain, selector, out)
 }
 
-/// ring writes PKCS#8 v2 (RFC 5958, with the public key); OpenSSL 3.0 and
+/// aws-lc-rs writes PKCS#8 v2 (RFC 5958, with the public key); OpenSSL 3.0 and
 /// the tools built on it (OpenDKIM, rspamd) read only the v1 form RFC 8410
 /// shows, so the public key is dropped (it is derived from the seed anyway).
 fn ed25519_pkcs8_v1(v2: &[u8]) -> Result<Vec<u8>, String> {

@@ -212,7 +212,7 @@ impl MtaSts {
         metrics: Arc<Metrics>,
     ) -> Result<MtaSts, String> {
         let roots = super::tls::root_store(config.delivery.extra_ca())?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS configuration: {e}"))?

@@ -1,4 +1,4 @@
-//! TLS mechanics for outbound SMTP: the rustls client configuration (ring,
+//! TLS mechanics for outbound SMTP: the rustls client configuration (aws-lc-rs,
 //! TLS 1.2+, no certificate verification) and the memory of hosts whose TLS
 //! is broken.
 
@@ -16,7 +16,7 @@ use rustls::ProtocolVersion;
 /// The handshake-signature half of a `ServerCertVerifier`, identical for
 /// every verifier here: they differ in how they judge certificates, never in
 /// how they check that the peer holds the certificate's key. `$provider` is
-/// the field holding the ring `CryptoProvider`.
+/// the field holding the aws-lc-rs `CryptoProvider`.
 macro_rules! ring_handshake_signatures {
     ($provider:tt) => {
         fn verify_tls12_signature(
@@ -85,7 +85,7 @@ pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider.clone())
                 // TLS 1.2 is the floor for both policies; TLS 1.0/1.1 are
                 // not even offered.
@@ -104,7 +104,7 @@ pub(crate) fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
 pub(crate) fn config_with_verifier(
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS configuration: {e}"))?
@@ -153,7 +153,7 @@ pub fn root_store(extra_ca_file: Option<&Path>) -> Result<rustls::RootCertStore,
 pub fn webpki_verifier(
     extra_ca_file: Option<&Path>,
 ) -> Result<Arc<dyn ServerCertVerifier>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(root_store(extra_ca_file)?),
         provider,

@@ -22,9 +22,9 @@
 //! base64 decoder rejects padding and non-zero trailing bits, so a changed
 //! character always changes the decoded bytes, which the tag then rejects.
 
+use aws_lc_rs::{digest, hmac, rand::SecureRandom};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ring::{digest, hmac, rand::SecureRandom};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
@@ -311,7 +311,7 @@ fn create_key(path: &Path) -> Result<[u8; 32], String> {
     use std::os::unix::fs::OpenOptionsExt;
     let name = path.display();
     let mut key = [0u8; 32];
-    ring::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| format!("tracking secret {name}: no random source"))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

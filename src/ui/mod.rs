@@ -132,7 +132,7 @@ pub fn owns(path: &str) -> bool {
 
 impl Ui {
     pub fn new(config: &crate::config::Config, store: Store) -> Ui {
-        let digest = ring::digest::digest(&ring::digest::SHA256, CSS);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, CSS);
         let hash = data_encoding::HEXLOWER.encode(&digest.as_ref()[..8]);
         Ui {
             store,

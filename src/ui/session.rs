@@ -7,8 +7,8 @@
 //! The table is bounded; when full, expired sessions go first, then the
 //! oldest.
 
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -52,7 +52,7 @@ pub fn available(test: &str) -> bool {
 }
 
 /// A zone signed with a fresh Ed25519 key (algorithm 15, which hickory's
-/// ring backend validates).
+/// aws-lc-rs backend validates).
 pub struct SignedZone {
     /// The signed zone file's text.
     pub signed: String,

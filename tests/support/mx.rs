@@ -331,7 +331,7 @@ fn tls_acceptor(cfg: &MxConfig) -> TlsAcceptor {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(versions)
     .expect("versions")

@@ -125,7 +125,7 @@ impl Pebble {
         roots.add(ca_cert.der().clone()).unwrap();
         let tls = Arc::new(
             rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
+                rustls::crypto::aws_lc_rs::default_provider(),
             ))
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -99,7 +99,7 @@ impl PolicyServer {
             .expect("key")
             .unwrap_or_else(|| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(Vec::new())));
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("versions")

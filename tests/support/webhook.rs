@@ -55,8 +55,8 @@ pub fn verify(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str
     content.extend_from_slice(timestamp.as_bytes());
     content.push(b'.');
     content.extend_from_slice(body);
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+    let tag = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key),
         &content,
     );
     let expected = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());

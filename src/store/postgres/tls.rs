@@ -1,4 +1,4 @@
-//! TLS to the PostgreSQL server on rustls with ring, the crypto provider
+//! TLS to the PostgreSQL server on rustls with aws-lc-rs, the crypto provider
 //! the rest of trackrelay uses: a connector tokio-postgres can take.
 
 use std::future::Future;
@@ -27,7 +27,7 @@ impl MakeRustls {
                     .map_err(|e| format!("store.ca_file: a certificate is unusable: {e}"))?;
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS to PostgreSQL: {e}"))?
