@@ -114,6 +114,10 @@ proc_cpu_s() {         # proc_cpu_s PID: user+system CPU seconds used so far (al
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
+proc_ctxt() {          # proc_ctxt PID: context switches so far, all live threads (voluntary + not)
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+}
+
 # ---------------------------------------------------------------- summaries
 # add_fields 'JSON' key=value...: merge numeric or string fields into a JSON line
 add_fields() {

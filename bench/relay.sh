@@ -135,6 +135,8 @@ run_trackrelay() {
     done
   fi
   cpu0=$(proc_cpu_s "$TR_PID")
+  local ctxt0
+  ctxt0=$(proc_ctxt "$TR_PID")
   if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null; then
     perf record ${PERF_CALLGRAPH:--g} -o "$OUT/perf-$name-$i.data" -p "$TR_PID" >/dev/null 2>&1 &
     perf_pid=$!
@@ -145,6 +147,7 @@ run_trackrelay() {
   res=$(measure "$name" "127.0.0.1:$TR_PORT")
   local cpu1
   cpu1=$(proc_cpu_s "$TR_PID")
+  res=$(add_fields "$res" "ctxt_per_msg=$(awk -v a="$ctxt0" -v b="$(proc_ctxt "$TR_PID")" -v n="$MSGS" 'BEGIN{printf "%.1f", (b-a)/n}')")
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true; untrack_pid "$perf_pid"; fi
   res=$(add_fields "$res" "tr_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN{printf "%.2f", b-a}')")
   if [ "$WEBHOOKS" = 1 ] && [ "$name" = trackrelay+webhooks ]; then
@@ -159,6 +162,11 @@ run_trackrelay() {
     res=$(add_fields "$res" "webhooks=$((got - hooks_base))" "webhooks_s=${hook_s:-timeout}" \
           "webhooks_rate=$(awk -v n="$MSGS" -v s="$hook_s" 'BEGIN{ if (s > 0) printf "%.1f", n/s; else print "n/a" }')")
   fi
+  # outbound SMTP sessions (warm-up included): messages per connection to the sink
+  local sessions
+  sessions=$(curl -s -H "Authorization: Bearer $API_TOKEN" "http://127.0.0.1:$TR_API_PORT/metrics" \
+    | awk '/^trackrelay_tls_policy_sessions_total/ {n += $NF} END {print n + 0}')
+  res=$(add_fields "$res" "out_sessions=$sessions")
   # correctness: every recipient delivered (warm-up included)
   local st
   st=$(sqlite3 "$dir/data/trackrelay.sqlite3" "SELECT status || '=' || COUNT(*) FROM recipients GROUP BY status" 2>&1 | paste -sd' ')

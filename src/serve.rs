@@ -290,6 +290,9 @@ pub async fn run_until(
         resolver,
     ));
     domains.start().await.map_err(|e| format!("store: {e}"))?;
+    let fresh = Arc::new(crate::outbound::fresh::FreshBodies::new(
+        crate::outbound::fresh::DEFAULT_MAX_BYTES,
+    ));
     let mut runner = crate::outbound::runner::Runner::new(
         &config,
         store.clone(),
@@ -300,7 +303,8 @@ pub async fn run_until(
         new_mail.clone(),
     )
     .with_tracking_hosts(domains.hosts())
-    .with_tls_outcome_sink(tls_reports.counter());
+    .with_tls_outcome_sink(tls_reports.counter())
+    .with_fresh_bodies(fresh.clone());
     if let Some(dane) = crate::outbound::dane::Dane::start(&config)? {
         runner = runner.with_dane(dane);
     }
@@ -391,13 +395,16 @@ pub async fn run_until(
         shutdown.clone(),
     ));
 
-    let submission = Arc::new(Submission::new(
-        &config,
-        store.clone(),
-        submission_tls.clone(),
-        metrics.clone(),
-        Some(new_mail.clone()),
-    ));
+    let submission = Arc::new(
+        Submission::new(
+            &config,
+            store.clone(),
+            submission_tls.clone(),
+            metrics.clone(),
+            Some(new_mail.clone()),
+        )
+        .with_fresh_bodies(fresh),
+    );
     let grace = config.server.shutdown_grace;
     let submission_task = tokio::spawn(submission.serve(listeners, shutdown.clone(), grace));
 

@@ -774,7 +774,7 @@ async fn transaction(
                 .into(),
         );
     }
-    let size = protocol::message_size(&msg.data);
+    let (payload, size) = protocol::data_payload(&msg.data);
     if let Some(limit) = caps.size.filter(|&limit| size > limit) {
         return refuse_locally(format!(
             "message size {size} exceeds the receiving server's limit of {limit} bytes"
@@ -832,8 +832,7 @@ async fn transaction(
         return rejected("DATA", &data_reply, tls);
     }
 
-    conn.send(&protocol::dot_stuff(&msg.data), t.data_block)
-        .await?;
+    conn.send(&payload, t.data_block).await?;
     let (end, _) = conn.read_reply(t.data_term, "end of DATA").await?;
     if end.is_positive() {
         return Ok(Tx {

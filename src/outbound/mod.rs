@@ -2,11 +2,14 @@
 //!
 //! The queue runner (`runner`) picks recipients, resolves the next hop and
 //! calls [`client::deliver_each`] with one connection's worth of messages;
-//! [`dkim::sign`] runs on each copy as the connection asks for it.
+//! [`dkim::sign`] runs on each copy as the connection asks for it. Bodies
+//! this process just queued come from the submission listener through
+//! [`fresh`], the rest from the store.
 
 pub mod client;
 pub mod dane;
 pub mod dkim;
+pub mod fresh;
 pub mod keys;
 pub mod mta_sts;
 pub mod protocol;

@@ -333,12 +333,20 @@ pub fn normalize_line_ends(data: &[u8]) -> Vec<u8> {
 /// that were signed; normalising here again means no caller can put a bare
 /// CR or LF (and with it a lone "." line, to any reading) on the wire.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    data_payload(data).0
+}
+
+/// [`dot_stuff`] and, from the same pass, [`message_size`]: the client
+/// needs both for every copy, and each was a scan of the whole message.
+pub fn data_payload(data: &[u8]) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(data.len() + 64 + 5);
+    let mut stuffed = 0;
     let mut at_line_start = true;
     let mut rest = data;
     while !rest.is_empty() {
         if at_line_start && rest[0] == b'.' {
             out.push(b'.');
+            stuffed += 1;
         }
         match memchr::memchr2(b'\r', b'\n', rest) {
             None => {
@@ -362,8 +370,9 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     if !at_line_start || data.is_empty() {
         out.extend_from_slice(b"\r\n");
     }
+    let size = out.len() - stuffed;
     out.extend_from_slice(b".\r\n");
-    out
+    (out, size)
 }
 
 #[cfg(test)]
@@ -626,6 +635,7 @@ mod tests {
                 sent.extend_from_slice(b"\r\n");
             }
             assert_eq!(message_size(&input), sent.len(), "{input:?}");
+            assert_eq!(data_payload(&input).1, sent.len(), "{input:?}");
         }
     }
 

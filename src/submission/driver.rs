@@ -98,6 +98,9 @@ pub(crate) trait Actions {
     async fn queue(&self, session: &mut Session, peer: SocketAddr, envelope: Envelope);
 }
 
+/// Room made for each read from the client.
+const READ_CHUNK: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
     /// A whole command must arrive within this of the last reply.
@@ -117,7 +120,8 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin, A: Actions>(
     timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Reads land straight in `pending` (no zeroed buffer per connection,
+    // no copy from one buffer to the other: issue 15).
     let mut pending: Vec<u8> = Vec::new();
     let mut data_started: Option<Instant> = None;
     // Each command must arrive whole within the command timeout of the
@@ -180,13 +184,16 @@ pub(crate) async fn drive<S: AsyncRead + AsyncWrite + Unpin, A: Actions>(
             data_started = None;
             command_deadline.saturating_duration_since(Instant::now())
         };
+        if pending.capacity() - pending.len() < READ_CHUNK / 2 {
+            pending.reserve(READ_CHUNK);
+        }
         let read = tokio::select! {
-            r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
+            r = tokio::time::timeout(wait, stream.read_buf(&mut pending)) => r,
             _ = shutdown.changed(), if !session.in_transaction() => continue,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return End::Closed,
-            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+            Ok(Ok(_)) => {}
             Err(_) => {
                 session.close_with(
                     421,

@@ -30,6 +30,8 @@ pub struct Submission {
     slots: Slots,
     /// Tells the queue runner there is new work.
     pub new_mail: Option<Arc<tokio::sync::Notify>>,
+    /// Hands the runner what was just queued, saving it a store read.
+    pub fresh: Option<Arc<crate::outbound::fresh::FreshBodies>>,
     /// `submission.reject_suppressed`.
     reject_suppressed: bool,
 }
@@ -78,7 +80,13 @@ impl Submission {
             reject_suppressed: s.reject_suppressed,
             slots: Slots::new(s.max_connections, s.max_connections_per_ip),
             new_mail,
+            fresh: None,
         }
+    }
+
+    pub fn with_fresh_bodies(mut self, fresh: Arc<crate::outbound::fresh::FreshBodies>) -> Self {
+        self.fresh = Some(fresh);
+        self
     }
 
     /// Accepts connections until shutdown, then waits (up to `grace`) for
@@ -284,6 +292,14 @@ impl Submission {
             body: env.data,
             recipients: env.recipients,
         };
+        if let Some(fresh) = &self.fresh {
+            // Before the commit, which wakes the runner.
+            let copy = store::queue::StoredBody {
+                received: email.received.clone(),
+                body: email.body.clone(),
+            };
+            fresh.put(&id, Arc::new(copy));
+        }
         match self.store.accept(email).await {
             Ok(()) => {
                 self.metrics.messages_accepted.inc();
@@ -295,6 +311,9 @@ impl Submission {
                 Ok(id)
             }
             Err(e) => {
+                if let Some(fresh) = &self.fresh {
+                    fresh.forget(&id);
+                }
                 self.metrics.messages_store_failed.inc();
                 tracing::error!(%peer, "could not store a message: {e}");
                 Err("the queue is unavailable".into())

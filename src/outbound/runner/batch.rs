@@ -36,16 +36,20 @@ impl Batch {
                 return stored.clone();
             }
         }
-        let stored = self
-            .runner
-            .store
-            .body(email_id)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(email_id, "reading the message: {e}");
-                None
-            })
-            .map(Arc::new);
+        let fresh = self.runner.fresh.as_ref().and_then(|f| f.take(email_id));
+        let stored = match fresh {
+            Some(body) => Some(body),
+            None => self
+                .runner
+                .store
+                .body(email_id)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(email_id, "reading the message: {e}");
+                    None
+                })
+                .map(Arc::new),
+        };
         self.stored = Some((email_id.to_string(), stored.clone()));
         stored
     }

@@ -13,6 +13,7 @@
 //! Queries are plain functions over `&Connection` in the submodules, so the
 //! CLI can call them on a connection of its own.
 
+mod checkpoint;
 pub mod dashboard;
 pub mod domains;
 pub mod emails;
@@ -319,9 +320,10 @@ impl Sqlite {
         }
         create_private_file(path)
             .map_err(|e| StoreError::msg(format!("creating {}: {e}", path.display())))?;
-        let conn = open_writer(path)?;
+        let mut conn = open_writer(path)?;
         conn.busy_timeout(options.busy_timeout)
             .map_err(|e| StoreError::new("setting busy_timeout", e))?;
+        checkpoint::start(&mut conn, path, options.busy_timeout)?;
         let file = FileId::of(path)
             .map_err(|e| StoreError::msg(format!("reading {}: {e}", path.display())))?;
         let (tx, rx) = mpsc::channel::<Job>();
