@@ -125,7 +125,26 @@ pub(crate) fn encode(cte: Cte, data: Vec<u8>, eol: &[u8]) -> Vec<u8> {
 /// keeping them means the part reads the same everywhere after we re-encode
 /// them as `=20`. Blanks after a soft-break `=` are padding.
 pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
+    qp_decode_mapped(input).0
+}
+
+/// One hard line of a quoted-printable body: where its encoding ends in the
+/// body, where what it decodes to ends in the decoded text (both counted
+/// from the start, line ending included), and whether its encoding can be
+/// sent again as it is: no blank before a line end (readers disagree on
+/// those), no physical line over SMTP's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QpLine {
+    enc_end: usize,
+    dec_end: usize,
+    reusable: bool,
+}
+
+/// [`qp_decode`], and the hard lines for [`qp_reencode`].
+pub(crate) fn qp_decode_mapped(input: &[u8]) -> (Vec<u8>, Vec<QpLine>) {
     let mut out = Vec::with_capacity(input.len());
+    let mut lines = Vec::new();
+    let mut reusable = true;
     let mut pos = 0;
     while pos < input.len() {
         let next = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |i| pos + i + 1);
@@ -138,14 +157,71 @@ pub(crate) fn qp_decode(input: &[u8]) -> Vec<u8> {
         }
         let eol = &input[end..next];
         let line = &input[pos..end];
+        reusable &= end - pos <= SMTP_LINE_LIMIT && !line.ends_with(b" ") && !line.ends_with(b"\t");
         match line.trim_ascii_end().strip_suffix(b"=") {
             Some(soft) => qp_decode_segment(soft, &mut out),
             None => {
                 qp_decode_segment(line, &mut out);
                 out.extend_from_slice(eol);
+                lines.push(QpLine {
+                    enc_end: next,
+                    dec_end: out.len(),
+                    reusable,
+                });
+                reusable = true;
             }
         }
         pos = next;
+    }
+    if lines.last().map_or(0, |l| l.enc_end) < input.len() {
+        // Ends in a soft break: no hard line of its own to reuse.
+        lines.push(QpLine {
+            enc_end: input.len(),
+            dec_end: out.len(),
+            reusable: false,
+        });
+    }
+    (out, lines)
+}
+
+/// Encodes `new`, the rewritten form of `old` (which `original`, mapped by
+/// `lines`, decodes to), giving each hard line that did not change its
+/// original encoding back, and encoding only the changed ones as
+/// [`qp_encode`] would. A tracked newsletter changes a few dozen lines of
+/// hundreds; encoding all of them again was most of this stage (issue 15).
+/// It also keeps the sender's own encoding of every line we did not touch.
+/// Lines are compared in order; once a change adds or removes a line break,
+/// the rest no longer match and is encoded, which is still exact.
+pub(crate) fn qp_reencode(
+    original: &[u8],
+    lines: &[QpLine],
+    old: &[u8],
+    new: &[u8],
+    eol: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(original.len() + new.len() / 8);
+    let mut old_line = lines.iter();
+    let (mut enc_start, mut dec_start) = (0, 0);
+    let mut at = 0;
+    while at < new.len() {
+        let (end, next) = match memchr::memmem::find(&new[at..], eol) {
+            Some(i) => (at + i, at + i + eol.len()),
+            None => (new.len(), new.len()),
+        };
+        let same = old_line.next().is_some_and(|l| {
+            let same = l.reusable && old[dec_start..l.dec_end] == new[at..next];
+            let enc = enc_start..l.enc_end;
+            (enc_start, dec_start) = (l.enc_end, l.dec_end);
+            if same {
+                out.extend_from_slice(&original[enc]);
+            }
+            same
+        });
+        if !same {
+            qp_encode_line(&new[at..end], eol, &mut out);
+            out.extend_from_slice(&new[end..next]);
+        }
+        at = next;
     }
     out
 }
@@ -330,6 +406,76 @@ mod tests {
         assert_eq!(dec, data);
         assert_eq!(content_len, enc.len());
         assert!(decode(Cte::Base64, b"not*base64").is_err());
+    }
+
+    #[test]
+    fn reencoding_keeps_untouched_lines_and_decodes_to_the_new_text() {
+        let original: &[u8] = b"<p>one line of text</p>\r\n\
+<a href=3D\"https://example.org/x\">a link that is long enough to need a so=\r\n\
+ft break</a>\r\n\
+<p>tail with trailing blank </p> \r\n\
+last";
+        let (old, lines) = qp_decode_mapped(original);
+        assert_eq!(old, qp_decode(original));
+        assert_eq!(lines.len(), 4);
+        let new = String::from_utf8(old.clone())
+            .unwrap()
+            .replace("https://example.org/x", "https://t.example.com/c/TOKEN");
+        let out = qp_reencode(original, &lines, &old, new.as_bytes(), b"\r\n");
+        assert_eq!(qp_decode(&out), new.as_bytes());
+        // The first line is the sender's bytes; the changed one is ours.
+        assert!(out
+            .starts_with(b"<p>one line of text</p>\r\n<a href=3D\"https://t.example.com/c/TOKEN"));
+        // A line with a blank before its end is encoded again, not reused.
+        assert!(
+            !out.windows(6).any(|w| w == b"</p> \r"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(lines_ok(&out));
+    }
+
+    #[test]
+    fn reencoding_is_exact_for_random_bodies_and_edits() {
+        let alphabet = b"  \t\r\n=a.b\xff\x00~";
+        let mut seed = 0x0bad_cafe_1234_5678u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..3000 {
+            let len = (next() % 300) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            for eol in [&b"\r\n"[..], b"\n"] {
+                // Bodies as a sender's encoder made them, or hand-written.
+                let original = if next() % 2 == 0 {
+                    qp_encode(&data, eol)
+                } else {
+                    data.clone()
+                };
+                let (old, lines) = qp_decode_mapped(&original);
+                assert_eq!(old, qp_decode(&original));
+                // An edit: replace a random range with random bytes.
+                let mut new = old.clone();
+                if !new.is_empty() {
+                    let at = (next() % new.len() as u64) as usize;
+                    let cut = ((next() % 8) as usize).min(new.len() - at);
+                    let with: Vec<u8> = (0..next() % 12)
+                        .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                        .collect();
+                    new.splice(at..at + cut, with);
+                }
+                let out = qp_reencode(&original, &lines, &old, &new, eol);
+                assert_eq!(qp_decode(&out), new, "original {original:?}");
+                // Unchanged text gives the original back, reusable lines as they were.
+                let same = qp_reencode(&original, &lines, &old, &old, eol);
+                assert_eq!(qp_decode(&same), old);
+            }
+        }
     }
 
     #[test]

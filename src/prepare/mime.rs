@@ -82,7 +82,15 @@ impl<'t> Walk<'t> {
         message_eol: &'static [u8],
     ) -> Result<Vec<Splice>, String> {
         let p = PartBytes::locate(raw, part)?;
-        let (decoded, content_len) = encode::decode(p.cte, p.body)?;
+        // Quoted-printable keeps its map of hard lines, so that only the
+        // lines the rewrite changed are encoded again.
+        let (decoded, content_len, qp_lines) = if p.cte == Cte::QuotedPrintable {
+            let (d, lines) = encode::qp_decode_mapped(p.body);
+            (std::borrow::Cow::Owned(d), p.body.len(), Some(lines))
+        } else {
+            let (d, len) = encode::decode(p.cte, p.body)?;
+            (d, len, None)
+        };
         let label = part.content_type().and_then(|c| c.attribute("charset"));
         let codec = charset::resolve(label, &decoded)?;
         let first_link = self.links;
@@ -132,9 +140,15 @@ impl<'t> Walk<'t> {
                 ),
             });
         }
+        let encoded = match (&qp_lines, cte) {
+            (Some(lines), Cte::QuotedPrintable) => {
+                encode::qp_reencode(&p.body[..content_len], lines, &decoded, &new, eol)
+            }
+            _ => encode::encode(cte, new, eol),
+        };
         edits.push(Splice::replace(
             p.body_start..p.body_start + content_len,
-            encode::encode(cte, new, eol),
+            encoded,
         ));
         self.links += links;
         self.pixels += u32::from(pixel);
