@@ -321,8 +321,10 @@ impl Runner {
     /// transaction, at most one per core at a time. A usual message (well
     /// under a millisecond of work) is prepared right on this task: handing
     /// it to the blocking pool and back cost two thread wake-ups per copy,
-    /// about 4 % of the CPU per message (issue 15). A big one goes to the
-    /// blocking pool, so that it cannot hold up a runtime worker.
+    /// about 4 % of the CPU per message (issue 15). The runtime has one
+    /// worker more than cores (src/main.rs), so sockets keep moving while
+    /// every core prepares. A big one goes to the blocking pool, so that it
+    /// cannot hold up a runtime worker for long.
     async fn prepare_copy(
         self: &Arc<Self>,
         claim: &Claimed,
