@@ -267,6 +267,25 @@ impl TestMx {
         seen
     }
 
+    /// Waits until a copy of every email in `ids` has arrived (panicking
+    /// after `timeout`), then returns how many arrived beyond one each.
+    pub fn wait_each_delivered(&self, ids: &[String], timeout: std::time::Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let seen = self.copies_by_email_id();
+            let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
+            if missing == 0 {
+                return ids.iter().map(|id| seen[id] - 1).sum();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{missing} of {} acknowledged emails never reached the MX",
+                ids.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn received(&self) -> Vec<Received> {
         lock(&self.state).received.clone()
     }
