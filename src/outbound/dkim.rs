@@ -9,7 +9,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine;
-use mail_auth::common::crypto::{Algorithm, Ed25519Key, RsaKey, Sha256, SigningKey};
+use mail_auth::common::crypto::{
+    Algorithm, Ed25519Key, HashContext, HashImpl, HashOutput, RsaKey, Sha256, SigningKey,
+};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::generate::DkimKeyPair;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
@@ -330,21 +332,40 @@ fn header_names(message: &[u8]) -> Vec<&[u8]> {
     names
 }
 
-/// mail-auth's signer takes its key by value; this lends it ours per message.
-struct Lend<'a>(&'a Secret);
+/// mail-auth's signer takes its key by value; this lends it ours per
+/// message, with the body hash when [`dkim_body`](super::dkim_body) could
+/// compute it.
+struct Lend<'a> {
+    secret: &'a Secret,
+    body_hash: Option<aws_lc_rs::digest::Digest>,
+}
 
 impl SigningKey for Lend<'_> {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        match self.0 {
+        match self.secret {
             Secret::Rsa(key) => key.sign(input),
             Secret::Ed25519(key) => key.sign(input),
         }
     }
 
+    // mail-auth's signer hashes only the canonical body through the key
+    // (the signature's own hash is inside `sign`); the `same_bh` test below
+    // would catch a version that hashed anything else here.
+    fn hash(&self, body: impl Writable) -> HashOutput {
+        match self.body_hash {
+            Some(digest) => HashOutput::Digest(digest),
+            None => {
+                let mut hasher = <Sha256 as HashImpl>::hasher();
+                body.write(&mut hasher);
+                hasher.complete()
+            }
+        }
+    }
+
     fn algorithm(&self) -> Algorithm {
-        match self.0 {
+        match self.secret {
             Secret::Rsa(key) => key.algorithm(),
             Secret::Ed25519(key) => key.algorithm(),
         }
@@ -354,13 +375,25 @@ impl SigningKey for Lend<'_> {
 /// Signs with every key (relaxed/relaxed) and returns the DKIM-Signature
 /// header lines, CRLF-terminated, to prepend to `message` unchanged.
 pub fn sign(message: &[u8], keys: &[DkimKey]) -> Result<Vec<u8>, String> {
+    sign_with(message, keys, super::dkim_body::relaxed_body_hash(message))
+}
+
+fn sign_with(
+    message: &[u8],
+    keys: &[DkimKey],
+    body_hash: Option<aws_lc_rs::digest::Digest>,
+) -> Result<Vec<u8>, String> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
     let headers = header_list(message)?;
     let mut out = Vec::with_capacity(keys.len() * 512);
     for key in keys {
-        let signer = DkimSigner::from_key(Lend(&key.secret))
+        let lend = Lend {
+            secret: &key.secret,
+            body_hash,
+        };
+        let signer = DkimSigner::from_key(lend)
             .domain(key.domain.as_str())
             .selector(key.selector.as_str())
             .headers(headers.iter().copied())
@@ -492,6 +525,34 @@ List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\r\nbody\r\n";
         assert_eq!(k1.dns_record(), k2.dns_record());
         assert!(ed25519_pkcs8_v1(&v1).is_ok(), "v1 in, v1 out");
         assert!(ed25519_pkcs8_v1(b"\x30\x00").is_err());
+    }
+
+    /// The `bh=` our body hash gives is the one mail-auth computes itself,
+    /// for plain copies and for ones that need canonicalising.
+    #[test]
+    fn same_bh() {
+        let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
+        let pem = pem_encode("PRIVATE KEY", &pkcs8);
+        let keys = [DkimKey::from_pem("example.com", "s1", pem.as_bytes()).unwrap()];
+        let bh = |sig: Vec<u8>| {
+            let sig = String::from_utf8(sig).unwrap().replace("\r\n", "");
+            let at = sig.find("bh=").unwrap() + 3;
+            sig[at..at + sig[at..].find(';').unwrap()].replace([' ', '\t'], "")
+        };
+        let mut fast = 0;
+        for msg in [
+            &b"From: a@example.com\r\nSubject: x\r\n y\r\n\r\n<p>hello there</p>\r\n\r\n"[..],
+            b"From: a@example.com\r\n\r\n",
+            b"From: a@example.com\r\n\r\ntab\there  and there \r\n\r\n",
+            b"From: a@example.com\nTo: b@example.net\n\nbare LF\n",
+        ] {
+            let body_hash = super::super::dkim_body::relaxed_body_hash(msg);
+            fast += usize::from(body_hash.is_some());
+            let ours = sign_with(msg, &keys, body_hash).unwrap();
+            let theirs = sign_with(msg, &keys, None).unwrap();
+            assert_eq!(bh(ours), bh(theirs), "{}", String::from_utf8_lossy(msg));
+        }
+        assert_eq!(fast, 2, "the plain messages take the fast path");
     }
 
     #[test]

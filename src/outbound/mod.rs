@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dane;
 pub mod dkim;
+mod dkim_body;
 pub mod fresh;
 pub mod keys;
 pub mod mta_sts;

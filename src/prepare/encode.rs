@@ -203,8 +203,10 @@ pub(crate) fn qp_reencode(
     let mut old_line = lines.iter();
     let (mut enc_start, mut dec_start) = (0, 0);
     let mut at = 0;
+    // Built once: a finder per line cost more than the search on short lines.
+    let line_end = memchr::memmem::Finder::new(eol);
     while at < new.len() {
-        let (end, next) = match memchr::memmem::find(&new[at..], eol) {
+        let (end, next) = match line_end.find(&new[at..]) {
             Some(i) => (at + i, at + i + eol.len()),
             None => (new.len(), new.len()),
         };
