@@ -1,5 +1,5 @@
-//! The MIME walk: finds the text/html parts with mail-parser, rewrites each
-//! one, and returns byte-range edits against the raw message, so that
+//! The MIME walk: finds the text/html parts (see [`structure`]), rewrites
+//! each one, and returns byte-range edits against the raw message, so that
 //! every byte outside those parts stays as it was.
 
 use super::charset::{self, TextCodec};
@@ -7,7 +7,7 @@ use super::encode::{self, Cte, SMTP_LINE_LIMIT};
 use super::headers::{self, Field, HeaderBlock};
 use super::html::{self, Tracker};
 use super::splice::{apply, Splice};
-use mail_parser::{HeaderName, MessageParser, MessagePart, MimeHeaders, PartType};
+use super::structure::{self, Kind, Part};
 
 /// How deep a message/rfc822 body may nest inside another before we stop.
 const MAX_EMBEDDED_DEPTH: u32 = 3;
@@ -31,35 +31,29 @@ impl<'t> Walk<'t> {
 
     /// Edits for one message (the top level or a message/rfc822 body).
     pub fn message(&mut self, raw: &[u8], depth: u32) -> Vec<Splice> {
-        // mail-parser reads the structure only: it is told to skip
-        // Content-Transfer-Encoding, so it does not decode bodies that we
-        // decode ourselves (byte-exactly) or never need (attachments). That
-        // halves the cost of a quoted-printable message.
-        let parser = MessageParser::new()
-            .with_mime_headers()
-            .ignore_header(HeaderName::ContentTransferEncoding);
-        let Some(msg) = parser.parse(raw) else {
+        let Some(parts) = structure::parts(raw) else {
             self.notes
                 .push("the message could not be parsed as MIME; left as it is".into());
             return Vec::new();
         };
-        if let Err(reason) = structure_agrees(raw, &msg.parts) {
+        if let Err(reason) = structure_agrees(raw, &parts) {
             self.notes.push(format!("{reason}; message left as it is"));
             return Vec::new();
         }
         let top = HeaderBlock::scan(raw, 0);
         let message_eol = headers::line_ending(raw, &top);
         let mut edits = Vec::new();
-        for (i, part) in msg.parts.iter().enumerate() {
-            let result = match &part.body {
-                PartType::Html(_) if is_attachment(part) => {
+        for (i, part) in parts.iter().enumerate() {
+            let result = match part.kind {
+                Kind::Html if part.attachment => {
                     Err("an HTML attachment, not a body; left as it is".into())
                 }
-                PartType::Html(_) => self.html_part(raw, part, message_eol),
+                Kind::Html => self.html_part(raw, part, message_eol),
                 // A forwarded message is tracked only when it is the body
                 // itself; as an attachment it is someone else's mail.
-                PartType::Message(_) if i == 0 => self.embedded(raw, part, message_eol, depth),
-                PartType::Text(_) if is_html(part) => {
+                Kind::Message if i == 0 => self.embedded(raw, part, message_eol, depth),
+                // mail-parser's reading of text/html it found malformed.
+                Kind::Text if part.ctype == "text/html" => {
                     Err("malformed MIME (no closing boundary or similar); left intact".into())
                 }
                 _ => Ok(Vec::new()),
@@ -78,7 +72,7 @@ impl<'t> Walk<'t> {
     fn html_part(
         &mut self,
         raw: &[u8],
-        part: &MessagePart,
+        part: &Part,
         message_eol: &'static [u8],
     ) -> Result<Vec<Splice>, String> {
         let p = PartBytes::locate(raw, part)?;
@@ -91,7 +85,7 @@ impl<'t> Walk<'t> {
             let (d, len) = encode::decode(p.cte, p.body)?;
             (d, len, None)
         };
-        let label = part.content_type().and_then(|c| c.attribute("charset"));
+        let label = part.charset.as_deref();
         let codec = charset::resolve(label, &decoded)?;
         let first_link = self.links;
         let (new, links, pixel) = match codec {
@@ -158,7 +152,7 @@ impl<'t> Walk<'t> {
     fn embedded(
         &mut self,
         raw: &[u8],
-        part: &MessagePart,
+        part: &Part,
         message_eol: &'static [u8],
         depth: u32,
     ) -> Result<Vec<Splice>, String> {
@@ -191,12 +185,8 @@ struct PartBytes<'a> {
 }
 
 impl<'a> PartBytes<'a> {
-    fn locate(raw: &'a [u8], part: &MessagePart) -> Result<Self, String> {
-        let (hs, bs, be) = (
-            part.offset_header as usize,
-            part.offset_body as usize,
-            part.offset_end as usize,
-        );
+    fn locate(raw: &'a [u8], part: &Part) -> Result<Self, String> {
+        let (hs, bs, be) = (part.header, part.body, part.end);
         if !(hs <= bs && bs <= be && be <= raw.len()) {
             return Err(format!("part offsets {hs}/{bs}/{be} are out of range"));
         }
@@ -249,11 +239,10 @@ impl<'a> PartBytes<'a> {
 /// ends elsewhere than a plain line reader, a part with two Content-Types)
 /// is not rewritten: we cannot know which reading the recipient's client
 /// will use.
-fn structure_agrees(raw: &[u8], parts: &[MessagePart]) -> Result<(), String> {
+fn structure_agrees(raw: &[u8], parts: &[Part]) -> Result<(), String> {
     for (i, part) in parts.iter().enumerate() {
-        let start = part.offset_header as usize;
-        let block = HeaderBlock::scan(raw, start);
-        if block.body != part.offset_body as usize {
+        let block = HeaderBlock::scan(raw, part.header);
+        if block.body != part.body {
             return Err(format!(
                 "part {}: MIME readers disagree on where its headers end",
                 i + 1
@@ -266,21 +255,10 @@ fn structure_agrees(raw: &[u8], parts: &[MessagePart]) -> Result<(), String> {
     Ok(())
 }
 
-fn is_html(part: &MessagePart) -> bool {
-    part.content_type().is_some_and(|ct| {
-        ct.ctype().eq_ignore_ascii_case("text")
-            && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
-    })
-}
-
-fn is_attachment(part: &MessagePart) -> bool {
-    part.content_disposition()
-        .is_some_and(|d| d.is_attachment())
-}
-
-fn describe(part: &MessagePart) -> String {
-    part.content_type().map_or_else(
-        || "no Content-Type".into(),
-        |ct| format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")),
-    )
+fn describe(part: &Part) -> String {
+    if part.ctype.is_empty() {
+        "no Content-Type".into()
+    } else {
+        part.ctype.clone()
+    }
 }

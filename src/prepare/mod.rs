@@ -18,6 +18,7 @@ mod html;
 mod links;
 mod mime;
 mod splice;
+mod structure;
 mod token;
 
 pub use feedback_headers::{Feedback, ListUnsubscribe};
