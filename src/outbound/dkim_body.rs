@@ -63,15 +63,7 @@ fn already_relaxed(body: &[u8]) -> bool {
     {
         return false;
     }
-    let mut lfs = 0;
-    for i in memchr::memchr_iter(b'\n', body) {
-        if i == 0 || body[i - 1] != b'\r' {
-            return false;
-        }
-        lfs += 1;
-    }
-    // Every LF has its CR, so any further CR stands alone.
-    memchr::memchr_iter(b'\r', body).count() == lfs
+    super::protocol::crlf_only(body)
 }
 
 #[cfg(test)]

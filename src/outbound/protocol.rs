@@ -296,6 +296,10 @@ pub fn message_size(data: &[u8]) -> usize {
 /// ends (the root of SMTP smuggling), and DKIM verifiers canonicalise them
 /// differently, so nothing else may leave this relay.
 pub fn normalize_line_ends_into(data: &[u8], out: &mut Vec<u8>) {
+    if crlf_only(data) {
+        out.extend_from_slice(data);
+        return;
+    }
     out.reserve(data.len());
     let mut i = 0;
     while i < data.len() {
@@ -319,6 +323,22 @@ pub fn normalize_line_ends_into(data: &[u8], out: &mut Vec<u8>) {
     }
 }
 
+/// True when every CR is followed by an LF and every LF follows a CR, as in
+/// nearly every copy: then normalising or stuffing needs no pass line by
+/// line.
+pub(crate) fn crlf_only(data: &[u8]) -> bool {
+    let (Some(&first), Some(&last)) = (data.first(), data.last()) else {
+        return true;
+    };
+    // Byte by byte, "this is a CR" must equal "the next is an LF"; folded
+    // without an early exit so that the compiler vectorises it.
+    let pairs = data[..data.len() - 1].iter().zip(&data[1..]);
+    let odd = pairs.fold(0u8, |acc, (&a, &b)| {
+        acc | (u8::from(a == b'\r') ^ u8::from(b == b'\n'))
+    });
+    odd == 0 && first != b'\n' && last != b'\r'
+}
+
 /// `data` with CRLF line ends only (see [`normalize_line_ends_into`]).
 pub fn normalize_line_ends(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 16);
@@ -339,6 +359,9 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 /// [`dot_stuff`] and, from the same pass, [`message_size`]: the client
 /// needs both for every copy, and each was a scan of the whole message.
 pub fn data_payload(data: &[u8]) -> (Vec<u8>, usize) {
+    if crlf_only(data) {
+        return stuffed_crlf(data);
+    }
     let mut out = Vec::with_capacity(data.len() + 64 + 5);
     let mut stuffed = 0;
     let mut at_line_start = true;
@@ -375,9 +398,81 @@ pub fn data_payload(data: &[u8]) -> (Vec<u8>, usize) {
     (out, size)
 }
 
+/// [`data_payload`] of data that has CRLF line ends only: a dot is added
+/// where a line starts with one, and nothing else changes.
+fn stuffed_crlf(data: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(data.len() + 64 + 5);
+    let mut stuffed = 0;
+    let mut from = 0;
+    if data.first() == Some(&b'.') {
+        out.push(b'.');
+        stuffed += 1;
+    }
+    for at in memchr::memmem::find_iter(data, b"\r\n.") {
+        out.extend_from_slice(&data[from..at + 2]);
+        out.push(b'.');
+        stuffed += 1;
+        from = at + 2;
+    }
+    out.extend_from_slice(&data[from..]);
+    if data.is_empty() || !data.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    let size = out.len() - stuffed;
+    out.extend_from_slice(b".\r\n");
+    (out, size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crlf_only_fast_path_matches_the_line_pass() {
+        let mut seed = 0x1234_5678_9abc_def1_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const PIECES: &[&[u8]] = &[b"a", b".", b"..", b"\r\n", b" ", b"x.y"];
+        let mut fast = 0;
+        for _ in 0..3_000 {
+            let mut data = Vec::new();
+            for _ in 0..next() % 30 {
+                data.extend_from_slice(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            if !crlf_only(&data) {
+                continue;
+            }
+            fast += 1;
+            let (out, size) = data_payload(&data);
+            let mut slow_out = Vec::new();
+            let mut at_line_start = true;
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                if at_line_start && line.first() == Some(&b'.') {
+                    slow_out.push(b'.');
+                }
+                slow_out.extend_from_slice(line);
+                at_line_start = line.ends_with(b"\n");
+            }
+            if data.is_empty() || !data.ends_with(b"\r\n") {
+                slow_out.extend_from_slice(b"\r\n");
+            }
+            let dots = slow_out.len() - data.len() - if data.ends_with(b"\r\n") { 0 } else { 2 };
+            slow_out.extend_from_slice(b".\r\n");
+            assert_eq!(out, slow_out, "{:?}", String::from_utf8_lossy(&data));
+            assert_eq!(size, slow_out.len() - 3 - dots);
+        }
+        assert!(fast > 1_000, "{fast}");
+        assert!(crlf_only(b""));
+        assert!(crlf_only(b"a\r\nb"));
+        assert!(!crlf_only(b"a\nb"));
+        assert!(!crlf_only(b"a\rb\r\n"));
+        assert!(!crlf_only(b"\n\r"));
+        assert!(!crlf_only(b"a\r"));
+    }
 
     type Parsed = Result<Option<(Reply, Vec<u8>)>, ProtocolError>;
 
