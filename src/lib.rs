@@ -24,6 +24,8 @@ pub mod prepare;
 pub mod serve;
 pub mod store;
 pub mod submission;
+#[cfg(test)]
+mod test_rng;
 pub mod text;
 pub mod time;
 pub mod tls;

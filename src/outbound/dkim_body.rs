@@ -155,25 +155,18 @@ mod tests {
             b"=20",
             b"\xc3\xa9",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut random = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
         let mut answered = 0;
         for _ in 0..5_000 {
-            let n = (next() % 40) as usize;
+            let n = random.below(40);
             let mut body = Vec::new();
             for _ in 0..n {
                 // Mostly words and line ends, so that many bodies are plain.
-                let r = next() % 100;
-                let piece = match r {
+                let piece = match random.below(100) {
                     0..=49 => PIECES[0],
                     50..=69 => PIECES[1],
                     70..=89 => PIECES[4],
-                    _ => PIECES[(next() % PIECES.len() as u64) as usize],
+                    _ => *random.pick(PIECES),
                 };
                 body.extend_from_slice(piece);
             }

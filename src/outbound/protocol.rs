@@ -429,19 +429,13 @@ mod tests {
 
     #[test]
     fn crlf_only_fast_path_matches_the_line_pass() {
-        let mut seed = 0x1234_5678_9abc_def1_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut random = crate::test_rng::XorShift(0x1234_5678_9abc_def1);
         const PIECES: &[&[u8]] = &[b"a", b".", b"..", b"\r\n", b" ", b"x.y"];
         let mut fast = 0;
         for _ in 0..3_000 {
-            let mut data = Vec::new();
-            for _ in 0..next() % 30 {
-                data.extend_from_slice(PIECES[(next() % PIECES.len() as u64) as usize]);
+            let mut data: Vec<u8> = Vec::new();
+            for _ in 0..random.below(30) {
+                data.extend_from_slice(random.pick::<&[u8]>(PIECES));
             }
             if !crlf_only(&data) {
                 continue;
@@ -544,20 +538,11 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        // xorshift: deterministic, no extra crate.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut random = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
         let alphabet = b"0123456789 -.\r\n25045ABCxyz\xff\x00";
         for _ in 0..20_000 {
-            let len = (next() % 40) as usize;
-            let input: Vec<u8> = (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
+            let len = random.below(40);
+            let input: Vec<u8> = (0..len).map(|_| *random.pick(alphabet)).collect();
             let _ = read_all(&input);
             let _ = Capabilities::from_ehlo(&input);
             let mut reader = ReplyReader::default();
@@ -736,17 +721,10 @@ mod tests {
 
     #[test]
     fn random_bytes_never_smuggle() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut random = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
         for _ in 0..2000 {
-            let len = (seed % 40) as usize;
-            let input: Vec<u8> = (0..len)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    [b'.', b'\r', b'\n', b'a'][(seed % 4) as usize]
-                })
-                .collect();
+            let len = random.below(40);
+            let input: Vec<u8> = (0..len).map(|_| *random.pick(b".\r\na")).collect();
             no_lone_dot_before_the_end(&dot_stuff(&input));
         }
     }

@@ -368,29 +368,28 @@ mod tests {
     }
 
     /// Random bytes from what trips quoted-printable up, from a fixed seed.
-    struct Awkward(u64);
+    struct Awkward(crate::test_rng::XorShift);
 
     impl Awkward {
         const ALPHABET: &'static [u8] = b"  \t\r\n=a.b\xff\x00~";
 
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
+        fn new(seed: u64) -> Self {
+            Awkward(crate::test_rng::XorShift(seed))
         }
 
-        fn bytes(&mut self, max_len: u64) -> Vec<u8> {
-            let len = self.next() % max_len;
-            (0..len)
-                .map(|_| Self::ALPHABET[(self.next() % Self::ALPHABET.len() as u64) as usize])
-                .collect()
+        fn next(&mut self) -> u64 {
+            self.0.next()
+        }
+
+        fn bytes(&mut self, max_len: usize) -> Vec<u8> {
+            let len = self.0.below(max_len);
+            (0..len).map(|_| *self.0.pick(Self::ALPHABET)).collect()
         }
     }
 
     #[test]
     fn qp_round_trips_random_data() {
-        let mut random = Awkward(0x1234_5678_9abc_def1);
+        let mut random = Awkward::new(0x1234_5678_9abc_def1);
         for _ in 0..3000 {
             let data = random.bytes(400);
             for eol in [&b"\r\n"[..], b"\n"] {
@@ -450,7 +449,7 @@ last";
 
     #[test]
     fn reencoding_is_exact_for_random_bodies_and_edits() {
-        let mut random = Awkward(0x0bad_cafe_1234_5678);
+        let mut random = Awkward::new(0x0bad_cafe_1234_5678);
         for _ in 0..3000 {
             let data = random.bytes(300);
             for eol in [&b"\r\n"[..], b"\n"] {
@@ -465,8 +464,8 @@ last";
                 // An edit: replace a random range with random bytes.
                 let mut new = old.clone();
                 if !new.is_empty() {
-                    let at = (random.next() % new.len() as u64) as usize;
-                    let cut = ((random.next() % 8) as usize).min(new.len() - at);
+                    let at = random.0.below(new.len());
+                    let cut = random.0.below(8).min(new.len() - at);
                     new.splice(at..at + cut, random.bytes(12));
                 }
                 let out = qp_reencode(&original, &lines, &old, &new, eol);

@@ -462,34 +462,28 @@ Content-Type: text/html; name=a.html\r\nContent-Disposition: ATTACHMENT; filenam
         for eol in ["\r\n", "\n"] {
             messages.push(newsletter(eol, "\"=_b\"", " ").into_bytes());
         }
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut random = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
         const BYTES: &[u8] = b"-\r\n \t:;=\"x";
         let (mut answered, mut mutated_answered) = (0, 0);
         for msg in &messages {
             answered += compare(msg).map_or(0, |_| 1);
             for _ in 0..100 {
                 let mut m = msg.clone();
-                for _ in 0..1 + next() % 3 {
-                    let at = (next() % (m.len() as u64 + 1)) as usize;
+                for _ in 0..1 + random.below(3) {
+                    let at = random.below(m.len() + 1);
                     let line = |m: &[u8], at: usize| {
                         memchr::memchr(b'\n', &m[at..]).map_or(m.len(), |i| at + i + 1)
                     };
-                    if next() % 3 == 0 {
+                    if random.below(3) == 0 {
                         // A copy of some line (often a boundary) at a line start.
                         let from = line(&m, at);
                         let copy = m[from..line(&m, from)].to_vec();
-                        let to = line(&m, (next() % (m.len() as u64 + 1)) as usize);
+                        let to = line(&m, random.below(m.len() + 1));
                         m.splice(to..to, copy);
-                    } else if next() % 2 == 0 && at < m.len() {
+                    } else if random.below(2) == 0 && at < m.len() {
                         m.remove(at);
                     } else {
-                        m.insert(at, BYTES[(next() % BYTES.len() as u64) as usize]);
+                        m.insert(at, *random.pick(BYTES));
                     }
                 }
                 mutated_answered += compare(&m).map_or(0, |_| 1);
