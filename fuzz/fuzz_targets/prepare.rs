@@ -1,5 +1,6 @@
-//! prepare on arbitrary bytes: it must never panic, and what it reports
-//! must match what it wrote.
+//! prepare on arbitrary bytes: it must never panic, what it reports must
+//! match what it wrote, and its fast MIME reader must read what mail-parser
+//! reads wherever it answers.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,6 +23,10 @@ fuzz_target!(|data: &[u8]| {
         click_tracking: mode != 2,
         feedback: None,
     };
+    // Where prepare's fast MIME reader answers, mail-parser reads the same.
+    if let Err(e) = trackrelay::prepare::agrees_with_mail_parser(data) {
+        panic!("{e}");
+    }
     let out = prepare(data, &opts, &keys);
     let _ = control_headers(data);
     let _ = keys.verify(&String::from_utf8_lossy(data));

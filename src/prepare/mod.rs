@@ -23,6 +23,9 @@ mod token;
 
 pub use feedback_headers::{Feedback, ListUnsubscribe};
 pub use headers::header_block_len;
+/// For the fuzz target: see [`structure::agrees_with_mail_parser`].
+#[doc(hidden)]
+pub use structure::agrees_with_mail_parser;
 pub use token::{Token, TokenKeys};
 
 use headers::HeaderBlock;
