@@ -176,14 +176,9 @@ async fn delivered_copy_is_tracked_signed_and_verifies() {
             .count(),
         2
     );
-    let (received, body): (Vec<u8>, Vec<u8>) = relay
-        .db()
-        .query_row(
-            "SELECT received, body FROM emails WHERE id = ?1",
-            [&id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (received, body) = trackrelay::store::sqlite::emails::body(&relay.db(), &id)
+        .unwrap()
+        .expect("a stored body");
     let keys =
         trackrelay::prepare::TokenKeys::load_or_create(&relay.data_dir().join("tracking.key"), &[])
             .unwrap();

@@ -157,10 +157,10 @@ fn data_after_bdat_is_refused() {
     c.send(format!("BDAT {} LAST\r\n", rest.len()).as_bytes());
     c.send(rest);
     let id = queued_id(&c.reply()).expect("BDAT LAST still ends the message");
-    let body: Vec<u8> = relay
-        .db()
-        .query_row("SELECT body FROM emails WHERE id = ?1", [&id], |r| r.get(0))
-        .unwrap();
+    let body = trackrelay::store::sqlite::emails::body(&relay.db(), &id)
+        .unwrap()
+        .expect("a stored body")
+        .1;
     assert_eq!(body, GOOD);
 }
 

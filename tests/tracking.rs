@@ -453,7 +453,9 @@ async fn scanners_are_flagged_and_links_outlive_the_message() {
     wait_for("body pruned", Duration::from_secs(10), || {
         count(
             &relay,
-            &format!("SELECT COUNT(*) FROM emails WHERE id = '{id}' AND body IS NULL"),
+            &format!(
+                "SELECT COUNT(*) FROM emails WHERE id = '{id}' AND body IS NULL AND body_seg IS NULL"
+            ),
         ) == 1
     });
     let (status, headers, _) = http(relay.tracking, "GET", &paths[0].1, &[host]);

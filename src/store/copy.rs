@@ -265,7 +265,15 @@ fn copy_table(
 ) -> Result<u64> {
     let cols = shared_columns(rt, client, source, table)?;
     let names: Vec<&str> = cols.iter().map(|(n, _)| n.as_str()).collect();
-    let select = format!("SELECT {} FROM {table}", names.join(", "));
+    // A body in the spool beside the database is read from there; the
+    // columns that say where come after the shared ones.
+    let spooled = table == "emails";
+    let extra = if spooled {
+        ", body_seg, body_off, size"
+    } else {
+        ""
+    };
+    let select = format!("SELECT {}{extra} FROM {table}", names.join(", "));
     let mut stmt = source
         .prepare(&select)
         .map_err(|e| StoreError::new(format!("reading {table} from SQLite"), e))?;
@@ -281,9 +289,12 @@ fn copy_table(
             .map_err(|e| StoreError::new(format!("reading {table} from SQLite"), e))?;
         let Some(row) = row else { break };
         for (i, (name, ty)) in cols.iter().enumerate() {
-            let v: Value = row
+            let mut v: Value = row
                 .get(i)
                 .map_err(|e| StoreError::new(format!("reading {table}.{name}"), e))?;
+            if spooled && name == "body" && v == Value::Null {
+                v = spooled_body(source, row, cols.len())?;
+            }
             batch.push(
                 convert(v, ty).map_err(|why| StoreError::msg(format!("{table}.{name}: {why}")))?,
             );
@@ -301,6 +312,27 @@ fn copy_table(
         total += in_batch as u64;
     }
     Ok(total)
+}
+
+/// The body of an `emails` row that keeps it in the spool (`Null` for a
+/// pruned one); `at` is the index of `body_seg` in the row.
+fn spooled_body(
+    source: &rusqlite::Connection,
+    row: &rusqlite::Row<'_>,
+    at: usize,
+) -> Result<Value> {
+    let read = |i| row.get::<_, Option<i64>>(i);
+    let (seg, off, size) = (read(at), read(at + 1), read(at + 2));
+    let (Some(seg), Some(off), Some(size)) = (
+        seg.map_err(|e| StoreError::new("reading emails.body_seg", e))?,
+        off.map_err(|e| StoreError::new("reading emails.body_off", e))?,
+        size.map_err(|e| StoreError::new("reading emails.size", e))?,
+    ) else {
+        return Ok(Value::Null);
+    };
+    sqlite::emails::read_spooled(source, sqlite::spool::Loc { seg, off }, size)
+        .map(Value::Blob)
+        .map_err(|e| StoreError::new("reading a message body from the spool", e))
 }
 
 /// A SQLite value as the PostgreSQL column's type wants it.

@@ -30,39 +30,47 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    async fn stored_for(&mut self, email_id: &str) -> Option<Arc<Stored>> {
+    /// The stored message: `Ok(None)` once pruned; `Err` when the store
+    /// could not be read (a lost body segment, a disk error), which is
+    /// retried rather than taken for a pruned message.
+    async fn stored_for(&mut self, email_id: &str) -> Result<Option<Arc<Stored>>, String> {
         if let Some((id, stored)) = &self.stored {
             if id == email_id {
-                return stored.clone();
+                return Ok(stored.clone());
             }
         }
         let fresh = self.runner.fresh.as_ref().and_then(|f| f.take(email_id));
         let stored = match fresh {
             Some(body) => Some(body),
-            None => self
-                .runner
-                .store
-                .body(email_id)
-                .await
-                .unwrap_or_else(|e| {
+            None => match self.runner.store.body(email_id).await {
+                Ok(found) => found.map(Arc::new),
+                Err(e) => {
                     tracing::error!(email_id, "reading the message: {e}");
-                    None
-                })
-                .map(Arc::new),
+                    return Err(format!("reading the stored message failed: {e}"));
+                }
+            },
         };
         self.stored = Some((email_id.to_string(), stored.clone()));
-        stored
+        Ok(stored)
     }
 }
 
 impl MessageSource for Batch {
     async fn next(&mut self) -> Option<OutgoingMessage> {
         while let Some(c) = self.pending.pop_front() {
-            let Some(stored) = self.stored_for(&c.email_id).await else {
-                let why = "the message body is no longer stored".to_string();
-                let failed = attempt(&c, QueueOutcome::Failed, why, None, None);
-                self.runner.record(vec![failed]).await;
-                continue;
+            let stored = match self.stored_for(&c.email_id).await {
+                Ok(Some(stored)) => stored,
+                Ok(None) => {
+                    let why = "the message body is no longer stored".to_string();
+                    let failed = attempt(&c, QueueOutcome::Failed, why, None, None);
+                    self.runner.record(vec![failed]).await;
+                    continue;
+                }
+                Err(why) => {
+                    let later = self.runner.temp_failure(&c, why, None, None);
+                    self.runner.record(vec![later]).await;
+                    continue;
+                }
             };
             match self.runner.prepare_copy(&c, stored).await {
                 Ok(msg) => {

@@ -1,5 +1,6 @@
 //! Accepted emails: the message as submitted, and its recipients' queue rows.
 
+use super::spool::{self, Loc};
 use super::sql::Where;
 use super::Tx;
 use crate::events::{EmailSummary, EventType, NewEvent};
@@ -12,10 +13,20 @@ pub use crate::store::queue::NewEmail;
 /// transaction.
 pub fn insert(tx: &Tx<'_>, e: &NewEmail) -> rusqlite::Result<()> {
     let tags = serde_json::to_string(&e.tags).unwrap_or_else(|_| "[]".into());
+    let (inline, loc) = match tx.spool {
+        Some(spool) => {
+            let loc = spool
+                .borrow_mut()
+                .append(&e.body)
+                .map_err(|err| failure(format!("writing the message body to the spool: {err}")))?;
+            (None, Some(loc))
+        }
+        None => (Some(&e.body), None),
+    };
     tx.prepare_cached(
         "INSERT INTO emails (id, created_at, domain, mail_from, header_from, to_header, subject, message_id, tags,
-                             auth_user, client_ip, smtputf8, size, received, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                             auth_user, client_ip, smtputf8, size, received, body, body_seg, body_off)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         e.id,
@@ -32,7 +43,9 @@ pub fn insert(tx: &Tx<'_>, e: &NewEmail) -> rusqlite::Result<()> {
         e.smtputf8,
         e.body.len() as i64,
         e.received,
-        e.body,
+        inline,
+        loc.map(|l| l.seg),
+        loc.map(|l| l.off),
     ])?;
     for (idx, rcpt) in e.recipients.iter().enumerate() {
         tx.prepare_cached(
@@ -70,7 +83,7 @@ pub fn get(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailIn
     let email = conn
         .prepare_cached(
             "SELECT id, created_at, domain, mail_from, header_from, to_header, subject, message_id, tags, size,
-                    body IS NULL FROM emails WHERE id = ?1",
+                    body IS NULL AND body_seg IS NULL FROM emails WHERE id = ?1",
         )?
         .query_row(params![email_id], |r| {
             let tags: String = r.get(8)?;
@@ -118,16 +131,55 @@ pub fn get(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<EmailIn
     Ok(Some(email))
 }
 
-/// The stored message bytes (NULL once pruned) and its trace header.
+/// The stored message bytes (`None` once pruned) and its trace header:
+/// from the row, or from the spool beside the database the row points
+/// into.
 pub fn body(conn: &Connection, email_id: &str) -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
-    conn.prepare_cached("SELECT received, body FROM emails WHERE id = ?1 AND body IS NOT NULL")?
+    let row = conn
+        .prepare_cached(
+            "SELECT received, body, body_seg, body_off, size FROM emails
+             WHERE id = ?1 AND (body IS NOT NULL OR body_seg IS NOT NULL)",
+        )?
         .query_row(params![email_id], |r| {
             Ok((
                 r.get::<_, Option<Vec<u8>>>(0)?.unwrap_or_default(),
-                r.get(1)?,
+                r.get::<_, Option<Vec<u8>>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })
-        .optional()
+        .optional()?;
+    let Some((received, inline, seg, off, size)) = row else {
+        return Ok(None);
+    };
+    let body = match (inline, seg, off) {
+        (Some(body), _, _) => body,
+        (None, Some(seg), Some(off)) => read_spooled(conn, Loc { seg, off }, size)?,
+        _ => return Ok(None),
+    };
+    Ok(Some((received, body)))
+}
+
+/// A spooled body of the database `conn` is open on.
+pub fn read_spooled(conn: &Connection, loc: Loc, size: i64) -> rusqlite::Result<Vec<u8>> {
+    let db = conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| failure("a spooled body needs a database file to find its spool".into()))?;
+    spool::read(std::path::Path::new(db), loc, size)
+        .map_err(|e| failure(format!("reading a message body: {e}")))
+}
+
+/// A spool failure, carried out of a job the way SQLite's are.
+fn failure(msg: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(msg.into())
+}
+
+/// The lowest spool segment a row still points into.
+pub fn oldest_segment(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT MIN(body_seg) FROM emails WHERE body_seg IS NOT NULL")?
+        .query_row([], |r| r.get(0))
 }
 
 /// Drops the bodies of emails older than `before` whose recipients are all
@@ -140,10 +192,10 @@ pub fn prune_bodies(
     batch: usize,
 ) -> rusqlite::Result<usize> {
     conn.execute(
-        "UPDATE emails SET body = NULL, pruned_at = ?2
+        "UPDATE emails SET body = NULL, body_seg = NULL, body_off = NULL, pruned_at = ?2
          WHERE id IN (
             SELECT e.id FROM emails e
-            WHERE e.created_at < ?1 AND e.body IS NOT NULL
+            WHERE e.created_at < ?1 AND (e.body IS NOT NULL OR e.body_seg IS NOT NULL)
               AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.email_id = e.id
                               AND r.status IN ('queued', 'deferred', 'sending'))
             ORDER BY e.created_at LIMIT ?3)",

@@ -26,6 +26,7 @@ pub mod reports;
 pub mod retention;
 pub mod rollups;
 pub mod schema;
+pub mod spool;
 pub mod sql;
 pub mod stats;
 pub mod suppressions;
@@ -60,6 +61,9 @@ pub struct Tx<'a> {
     /// Set when a job added webhook outbox rows: the webhook workers are
     /// woken after the commit.
     pub outbox_added: std::cell::Cell<bool>,
+    /// Where bodies go; `None` (unit tests' bare transactions) keeps them
+    /// in the row.
+    pub spool: Option<&'a std::cell::RefCell<spool::Spool>>,
 }
 
 impl<'a> Tx<'a> {
@@ -69,6 +73,7 @@ impl<'a> Tx<'a> {
             hooks,
             node: "",
             outbox_added: std::cell::Cell::new(false),
+            spool: None,
         }
     }
 }
@@ -346,6 +351,7 @@ impl Sqlite {
             outbox_wake: outbox_wake.clone(),
             broken: broken.clone(),
             sync_full: true,
+            spool: std::cell::RefCell::new(spool::Spool::new(path)),
         };
         let max_batch = options.max_batch.max(1);
         let writer = std::thread::Builder::new()
@@ -552,6 +558,7 @@ struct Writer {
     outbox_wake: Arc<tokio::sync::Notify>,
     broken: Arc<Broken>,
     sync_full: bool,
+    spool: std::cell::RefCell<spool::Spool>,
 }
 
 impl Writer {
@@ -612,6 +619,7 @@ impl Writer {
                 durable_enough,
                 &self.hooks,
                 &self.node,
+                &self.spool,
             )
         }));
         match ran {
@@ -655,6 +663,7 @@ fn run_batch(
     durable_enough: bool,
     hooks: &[webhooks::Subscription],
     node: &str,
+    spool: &std::cell::RefCell<spool::Spool>,
 ) -> bool {
     if !durable_enough {
         // Could not switch to FULL: refuse durable jobs rather than
@@ -673,6 +682,7 @@ fn run_batch(
     let mut abort: Option<String> = None;
     let ctx = Tx {
         node,
+        spool: Some(spool),
         ..Tx::new(&tx, hooks)
     };
     let mut jobs = batch.into_iter();
@@ -724,6 +734,17 @@ fn run_batch(
         return false;
     }
     let outbox_added = ctx.outbox_added.get();
+    // Bodies the batch appended are on disk before any row pointing at
+    // them can be.
+    if let Err(e) = spool.borrow_mut().sync() {
+        let reason = format!("syncing message bodies failed ({e}), so their batch was rolled back");
+        tracing::error!("store writer: {reason}");
+        let _ = tx.rollback();
+        for (reply, _) in results {
+            let _ = reply.send(Err(StoreError::msg(reason.clone())));
+        }
+        return false;
+    }
     match tx.commit() {
         Ok(()) => {
             for (reply, outcome) in results {
@@ -788,6 +809,43 @@ mod tests {
         c
     }
 
+    fn spool_of(dir: &Path) -> std::cell::RefCell<spool::Spool> {
+        std::cell::RefCell::new(spool::Spool::new(&dir.join("scratch.sqlite3")))
+    }
+
+    #[test]
+    fn a_batch_whose_bodies_cannot_be_synced_is_rolled_back_and_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = scratch(dir.path());
+        let bodies = spool_of(dir.path());
+        let (a, mut ra) = job(insert("a"));
+        let spool_dir = spool::dir_for(&dir.path().join("scratch.sqlite3"));
+        let (b, mut rb) = job(move |tx| {
+            tx.spool.unwrap().borrow_mut().append(b"body").unwrap();
+            // Gone before the batch's sync: its rows must not commit.
+            std::fs::remove_dir_all(&spool_dir).unwrap();
+            tx.execute("INSERT INTO t VALUES ('b')", []).map(|_| ())
+        });
+        run_batch(&mut c, vec![a, b], true, &[], "", &bodies);
+        for r in [ra.try_recv().unwrap(), rb.try_recv().unwrap()] {
+            let err = r.expect_err("nothing of the batch is acknowledged");
+            assert!(
+                err.to_string().contains("syncing message bodies failed"),
+                "{err}"
+            );
+        }
+        assert!(rows(&c).is_empty());
+        assert!(c.is_autocommit());
+        // The next batch appends to a new segment and commits.
+        let (d, mut rd) = job(|tx| {
+            tx.spool.unwrap().borrow_mut().append(b"next").unwrap();
+            tx.execute("INSERT INTO t VALUES ('d')", []).map(|_| ())
+        });
+        run_batch(&mut c, vec![d], true, &[], "", &bodies);
+        assert!(rd.try_recv().unwrap().is_ok());
+        assert_eq!(rows(&c), ["d"]);
+    }
+
     fn insert(v: &'static str) -> impl FnOnce(&Tx<'_>) -> rusqlite::Result<()> + Send {
         move |tx| tx.execute("INSERT INTO t VALUES (?1)", [v]).map(|_| ())
     }
@@ -810,7 +868,7 @@ mod tests {
             panic!("job b broke");
         });
         let (d, mut rd) = job(insert("d"));
-        run_batch(&mut c, vec![a, b, d], true, &[], "");
+        run_batch(&mut c, vec![a, b, d], true, &[], "", &spool_of(dir.path()));
         assert!(ra.try_recv().unwrap().is_ok());
         let err = rb.try_recv().unwrap().expect_err("the panicking job fails");
         assert!(err.to_string().contains("panicked"), "{err}");
@@ -832,7 +890,7 @@ mod tests {
             Err(rusqlite::Error::InvalidQuery)
         });
         let (d, mut rd) = job(insert("d"));
-        run_batch(&mut c, vec![a, b, d], true, &[], "");
+        run_batch(&mut c, vec![a, b, d], true, &[], "", &spool_of(dir.path()));
         for (name, rx) in [("a", &mut ra), ("b", &mut rb), ("d", &mut rd)] {
             let out = rx.try_recv().expect("every job is answered");
             assert!(out.is_err(), "job {name} must fail with its batch");
@@ -844,7 +902,7 @@ mod tests {
 
         // The next batch works.
         let (e, mut re) = job(insert("e"));
-        run_batch(&mut c, vec![e], true, &[], "");
+        run_batch(&mut c, vec![e], true, &[], "", &spool_of(dir.path()));
         assert!(re.try_recv().unwrap().is_ok());
         assert_eq!(rows(&c), ["e"]);
     }

@@ -297,6 +297,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS events_clicks ON events(email_id, rcpt_idx, at)
         WHERE type = 'email.clicked';
     "#,
+    // 13 (issue 15): bodies in append-only segment files beside the
+    // database (`spool`); the row says where. Rows from before keep theirs
+    // in `body`. The index finds the oldest segment still in use, so
+    // emptied segments can be deleted.
+    r#"
+    ALTER TABLE emails ADD COLUMN body_seg INTEGER;
+    ALTER TABLE emails ADD COLUMN body_off INTEGER;
+    CREATE INDEX emails_body_seg ON emails(body_seg) WHERE body_seg IS NOT NULL;
+    "#,
 ];
 
 /// Brings the database up to the newest schema, one transaction per step.
