@@ -65,6 +65,9 @@ pub struct Runner {
     lease_time: Duration,
     global: Arc<Semaphore>,
     destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Recipient domains the last claim skipped, with their destination:
+    /// the next claim skips those still full from its first read.
+    busy: Mutex<Vec<(String, String)>>,
     /// The leases of the batches in flight, with their rows: given back
     /// when shutdown leaves them unfinished.
     active: Mutex<HashMap<String, Vec<(String, u32)>>>,
@@ -163,6 +166,7 @@ impl Runner {
             lease_time: dc.lease_time,
             global: Arc::new(Semaphore::new(dc.max_concurrency.max(1))),
             destinations: Mutex::new(HashMap::new()),
+            busy: Mutex::new(Vec::new()),
             active: Mutex::new(HashMap::new()),
             prepare_slots: Arc::new(Semaphore::new(cores)),
             tls_memory: Arc::new(TlsMemory::new(dc.tls_failure_memory)),

@@ -57,10 +57,35 @@ impl Runner {
     /// Leases one connection's worth of due recipients for a destination
     /// that has a free slot, oldest due first.
     pub(super) async fn claim(&self) -> Claim {
-        let mut skip: Vec<String> = Vec::new();
+        // Every accepted message wakes the runner. With its destination
+        // full, reading the 500 oldest due recipients only to skip them all
+        // was most of the claim's cost (issue 15); a destination that has
+        // freed a slot since is read again.
+        let mut busy: Vec<(String, String)> = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .filter(|(_, dest)| self.destination_slots(dest).available_permits() == 0)
+            .collect();
+        let mut skip: Vec<String> = busy.iter().map(|(d, _)| d.clone()).collect();
+        let claim = self.claim_skipping(&mut skip, &mut busy).await;
+        if matches!(claim, Claim::AllBusy) {
+            *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = busy;
+        }
+        claim
+    }
+
+    /// [`Runner::claim`] from `skip`, adding to it (and to `busy`, with
+    /// their destination) the domains it finds full.
+    async fn claim_skipping(
+        &self,
+        skip: &mut Vec<String>,
+        busy: &mut Vec<(String, String)>,
+    ) -> Claim {
         for _ in 0..CLAIM_ROUNDS {
             let now = store::now_ms();
-            let due = match self.store.due(now, CANDIDATES, &skip).await {
+            let due = match self.store.due(now, CANDIDATES, skip).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!("reading due recipients: {e}");
@@ -79,7 +104,8 @@ impl Runner {
                     for c in &group {
                         let d = rcpt_domain(&c.address).to_ascii_lowercase();
                         if !skip.contains(&d) {
-                            skip.push(d);
+                            skip.push(d.clone());
+                            busy.push((d, dest.clone()));
                         }
                     }
                     continue;
