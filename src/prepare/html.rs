@@ -13,9 +13,14 @@ use super::splice::{apply, Splice};
 use super::token::TokenKeys;
 use encoding_rs::Encoding;
 use lol_html::html_content::{Attribute, Comment, Element};
-use lol_html::{doc_comments, element, end_tag, AsciiCompatibleEncoding, HtmlRewriter, Settings};
+use lol_html::{
+    doc_comments, end_tag, AsciiCompatibleEncoding, ElementContentHandlers, HtmlRewriter, Selector,
+    Settings,
+};
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 /// Everything the rewrite of one message needs, fixed for that message.
@@ -103,6 +108,17 @@ struct Wants {
     comments: bool,
 }
 
+/// The selectors, parsed once: lol_html's `element!` parses its selector
+/// text for every rewriter, and a rewriter is built per part per copy.
+static ANY: LazyLock<Selector> = LazyLock::new(|| selector("*"));
+static LINKS: LazyLock<Selector> = LazyLock::new(|| selector("a, area"));
+static BODY: LazyLock<Selector> = LazyLock::new(|| selector("body"));
+
+fn selector(text: &str) -> Selector {
+    text.parse()
+        .unwrap_or_else(|e| panic!("the built-in selector {text:?} does not parse: {e}"))
+}
+
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len())
         .any(|w| w.eq_ignore_ascii_case(needle))
@@ -133,33 +149,42 @@ fn scan(
         None => {
             // Outlook-only markup: VML shapes (v:roundrect, v:rect...) carry
             // hrefs too. Few elements live in comments, so match them all.
-            settings = settings.append_element_content_handler(element!("*", |el| {
-                let tag = el.tag_name();
-                if tag == "a" || tag == "area" || tag.starts_with("v:") {
-                    state.borrow_mut().link(el, base);
-                }
-                Ok(())
-            }));
+            settings = settings.append_element_content_handler((
+                Cow::Borrowed(&*ANY),
+                ElementContentHandlers::default().element(|el: &mut Element| {
+                    let tag = el.tag_name();
+                    if tag == "a" || tag == "area" || tag.starts_with("v:") {
+                        state.borrow_mut().link(el, base);
+                    }
+                    Ok(())
+                }),
+            ));
         }
         Some(wants) => {
             if wants.links {
-                settings = settings.append_element_content_handler(element!("a, area", |el| {
-                    state.borrow_mut().link(el, base);
-                    Ok(())
-                }));
+                settings = settings.append_element_content_handler((
+                    Cow::Borrowed(&*LINKS),
+                    ElementContentHandlers::default().element(|el: &mut Element| {
+                        state.borrow_mut().link(el, base);
+                        Ok(())
+                    }),
+                ));
             }
             if wants.body_end {
                 let be = body_end.clone();
-                settings = settings.append_element_content_handler(element!("body", move |el| {
-                    if let Some(handlers) = el.end_tag_handlers() {
-                        let be = be.clone();
-                        handlers.push(end_tag!(move |end| {
-                            be.set(Some(end.source_location().bytes().start));
-                            Ok(())
-                        }));
-                    }
-                    Ok(())
-                }));
+                settings = settings.append_element_content_handler((
+                    Cow::Borrowed(&*BODY),
+                    ElementContentHandlers::default().element(move |el: &mut Element| {
+                        if let Some(handlers) = el.end_tag_handlers() {
+                            let be = be.clone();
+                            handlers.push(end_tag!(move |end| {
+                                be.set(Some(end.source_location().bytes().start));
+                                Ok(())
+                            }));
+                        }
+                        Ok(())
+                    }),
+                ));
             }
             if wants.comments {
                 settings = settings.append_document_content_handler(doc_comments!(|c| {
