@@ -106,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 client_ip: Some("127.0.0.1".into()),
                 smtputf8: false,
                 received: Vec::new(),
-                body: b"Subject: x\r\n\r\nhello\r\n".to_vec(),
+                body: b"Subject: x\r\n\r\nhello\r\n".to_vec().into(),
                 recipients: vec![format!("r{n}@x.test")],
             };
             store::sqlite::emails::insert(&tx, &e)?;

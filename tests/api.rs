@@ -106,7 +106,7 @@ fn email(id: &str, domain: &str, created_at: i64, rcpts: &[&str]) -> NewEmail {
         client_ip: Some("127.0.0.1".into()),
         smtputf8: false,
         received: b"Received: test\r\n".to_vec(),
-        body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
+        body: b"Subject: hi\r\n\r\nhello\r\n".to_vec().into(),
         recipients: rcpts.iter().map(|r| r.to_string()).collect(),
     }
 }

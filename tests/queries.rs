@@ -48,7 +48,7 @@ fn email(id: &str, domain: &str, created_at: i64, n: usize, subject: &str) -> Ne
         client_ip: None,
         smtputf8: false,
         received: Vec::new(),
-        body: b"Subject: hi\r\n\r\nhello\r\n".to_vec(),
+        body: b"Subject: hi\r\n\r\nhello\r\n".to_vec().into(),
         recipients: (0..n).map(|i| format!("r{i}@x.test")).collect(),
     }
 }

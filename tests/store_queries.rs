@@ -57,7 +57,7 @@ fn email(
         client_ip: None,
         smtputf8: false,
         received: Vec::new(),
-        body: BODY.to_vec(),
+        body: BODY.to_vec().into(),
         recipients: rcpts.iter().map(|r| r.to_string()).collect(),
     }
 }

@@ -85,7 +85,7 @@ fn email(id: &str, created_at: i64, recipients: &[&str]) -> NewEmail {
         client_ip: Some("127.0.0.1".into()),
         smtputf8: true,
         received: b"Received: by test\r\n".to_vec(),
-        body: b"Subject: hello\r\n\r\nbody \xff bytes\r\n".to_vec(),
+        body: b"Subject: hello\r\n\r\nbody \xff bytes\r\n".to_vec().into(),
         recipients: recipients.iter().map(|r| r.to_string()).collect(),
     }
 }

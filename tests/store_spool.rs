@@ -28,7 +28,7 @@ fn email(id: &str, created_at: i64, body: &[u8]) -> NewEmail {
         client_ip: None,
         smtputf8: false,
         received: b"Received: from test\r\n".to_vec(),
-        body: body.to_vec(),
+        body: body.to_vec().into(),
         recipients: vec!["ann@example.net".into()],
     }
 }
@@ -73,7 +73,7 @@ fn finish(db: &Path, id: &str) {
 }
 
 async fn stored(store: &Store, id: &str) -> Option<Vec<u8>> {
-    store.body(id).await.unwrap().map(|b| b.body)
+    store.body(id).await.unwrap().map(|b| b.body.to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +102,7 @@ async fn bodies_live_in_segments_beside_the_database_until_retention_empties_the
     assert_eq!(stored(&store, "a").await.unwrap(), a);
     let got = store.body("b").await.unwrap().unwrap();
     assert_eq!(
-        (got.received.as_slice(), got.body),
+        (got.received.as_slice(), got.body.to_vec()),
         (&b"Received: from test\r\n"[..], b.clone())
     );
     store.close();

@@ -219,7 +219,7 @@ fn store_with_email(dir: &std::path::Path) -> (Store, Uuid) {
         client_ip: None,
         smtputf8: false,
         received: vec![],
-        body: b"\r\n".to_vec(),
+        body: b"\r\n".to_vec().into(),
         recipients: vec!["someone@example.net".into()],
     };
     let rt = tokio::runtime::Builder::new_current_thread()

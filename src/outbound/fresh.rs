@@ -99,7 +99,7 @@ mod tests {
     fn body(n: usize) -> Arc<StoredBody> {
         Arc::new(StoredBody {
             received: Vec::new(),
-            body: vec![b'x'; n],
+            body: vec![b'x'; n].into(),
         })
     }
 

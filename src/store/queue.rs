@@ -28,7 +28,8 @@ pub struct NewEmail {
     pub client_ip: Option<String>,
     pub smtputf8: bool,
     pub received: Vec<u8>,
-    pub body: Vec<u8>,
+    /// Shared, not copied, with the runner's copy of a fresh message.
+    pub body: bytes::Bytes,
     pub recipients: Vec<String>,
 }
 
@@ -38,7 +39,7 @@ pub struct StoredBody {
     /// Our `Received:` trace header, prepended at delivery.
     pub received: Vec<u8>,
     /// The message exactly as submitted.
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
 }
 
 /// One recipient as `queue list` shows it.

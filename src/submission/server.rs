@@ -289,11 +289,12 @@ impl Submission {
             client_ip: Some(peer.ip().to_canonical().to_string()),
             smtputf8: env.smtputf8,
             received: received.into_bytes(),
-            body: env.data,
+            body: env.data.into(),
             recipients: env.recipients,
         };
         if let Some(fresh) = &self.fresh {
-            // Before the commit, which wakes the runner.
+            // Before the commit, which wakes the runner. The body is
+            // shared with the store's job, not copied.
             let copy = store::queue::StoredBody {
                 received: email.received.clone(),
                 body: email.body.clone(),

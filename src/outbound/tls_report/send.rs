@@ -359,7 +359,7 @@ impl Reporter {
             client_ip: None,
             smtputf8: false,
             received: received.into_bytes(),
-            body,
+            body: body.into(),
             recipients: vec![to.to_string()],
         };
         self.store

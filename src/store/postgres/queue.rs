@@ -141,7 +141,7 @@ impl QueueStore for Postgres {
                 &(e.smtputf8 as i64),
                 &(e.body.len() as i64),
                 &e.received,
-                &e.body,
+                &&e.body[..],
             ],
         )
         .await
@@ -188,7 +188,7 @@ impl QueueStore for Postgres {
             .ctx("reading a message body")?;
         Ok(row.map(|r| StoredBody {
             received: r.get::<_, Option<Vec<u8>>>(0).unwrap_or_default(),
-            body: r.get(1),
+            body: r.get::<_, Vec<u8>>(1).into(),
         }))
     }
 

@@ -21,7 +21,7 @@ pub fn insert(tx: &Tx<'_>, e: &NewEmail) -> rusqlite::Result<()> {
                 .map_err(|err| failure(format!("writing the message body to the spool: {err}")))?;
             (None, Some(loc))
         }
-        None => (Some(&e.body), None),
+        None => (Some(&e.body[..]), None),
     };
     tx.prepare_cached(
         "INSERT INTO emails (id, created_at, domain, mail_from, header_from, to_header, subject, message_id, tags,

@@ -307,7 +307,7 @@ mod tests {
                 client_ip: None,
                 smtputf8: false,
                 received: vec![],
-                body: b"\r\n".to_vec(),
+                body: b"\r\n".to_vec().into(),
                 recipients: vec!["Someone@Example.net".into()],
             },
         )
