@@ -107,7 +107,14 @@ pub struct Spool {
     /// The newest segment number in use or on disk; the next one opened
     /// takes the one after.
     last: Option<i64>,
+    /// Segments given up after a failed write: bodies appended to them
+    /// earlier in the batch still belong to rows that will commit, so the
+    /// next sync syncs them too.
+    retired: Vec<File>,
     unsynced: bool,
+    /// Makes the next write fail, as a full disk would.
+    #[cfg(test)]
+    fail_next_write: bool,
 }
 
 impl Spool {
@@ -116,7 +123,10 @@ impl Spool {
             dir: dir_for(db),
             active: None,
             last: None,
+            retired: Vec::new(),
             unsynced: false,
+            #[cfg(test)]
+            fail_next_write: false,
         }
     }
 
@@ -131,9 +141,20 @@ impl Spool {
         };
         let off = active.len;
         self.unsynced = true;
-        if let Err(e) = active.file.write_all(body) {
+        #[cfg(test)]
+        let written = if std::mem::take(&mut self.fail_next_write) {
+            Err(io::Error::other("no space left (test)"))
+        } else {
+            active.file.write_all(body)
+        };
+        #[cfg(not(test))]
+        let written = active.file.write_all(body);
+        if let Err(e) = written {
             // The file's end is unknown now: offsets after it could lie.
-            self.active = None;
+            // Earlier bodies in it still need their sync.
+            if let Some(gone) = self.active.take() {
+                self.retired.push(gone.file);
+            }
             return Err(e);
         }
         active.len += body.len() as u64;
@@ -149,9 +170,14 @@ impl Spool {
         if !self.unsynced {
             return Ok(());
         }
+        for file in std::mem::take(&mut self.retired) {
+            if let Err(e) = file.sync_data() {
+                self.active = None;
+                self.unsynced = false;
+                return Err(e);
+            }
+        }
         let Some(active) = self.active.as_ref() else {
-            // The segment whose write failed was dropped; the rows that
-            // pointed into it failed with it.
             self.unsynced = false;
             return Ok(());
         };
@@ -318,6 +344,27 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_keeps_the_earlier_bodies_for_the_sync_and_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.sqlite3");
+        let mut spool = Spool::new(&db);
+        let kept = spool.append(b"kept").unwrap();
+        spool.fail_next_write = true;
+        assert!(spool.append(b"lost").is_err());
+        assert_eq!(
+            spool.retired.len(),
+            1,
+            "the first segment waits for the sync"
+        );
+        let next = spool.append(b"next").unwrap();
+        assert_eq!(next, Loc { seg: 2, off: 0 });
+        spool.sync().unwrap();
+        assert!(spool.retired.is_empty());
+        assert_eq!(read(&db, kept, 4).unwrap(), b"kept");
+        assert_eq!(read(&db, next, 4).unwrap(), b"next");
+    }
+
+    #[test]
     fn full_segments_roll_over_after_a_sync() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.sqlite3");
@@ -327,7 +374,7 @@ mod tests {
         let b = spool.append(&big).unwrap();
         let c = spool.append(b"tail").unwrap();
         assert_eq!((a.seg, b.seg, c.seg), (1, 1, 2));
-        assert!(!spool.unsynced || spool.active.as_ref().unwrap().seg == 2);
+        assert_eq!(spool.active.as_ref().map(|a| a.seg), Some(2));
         spool.sync().unwrap();
         assert_eq!(read(&db, b, big.len() as i64).unwrap(), big);
         assert_eq!(read(&db, c, 4).unwrap(), b"tail");
