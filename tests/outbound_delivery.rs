@@ -125,6 +125,95 @@ async fn several_messages_share_one_pipelined_connection() {
 }
 
 #[tokio::test]
+async fn the_next_envelope_goes_out_before_the_last_reply() {
+    // The MX answers each of the first two messages only once the next
+    // command has arrived: a client waiting in lockstep would time out.
+    let mx = TestMx::start(MxConfig {
+        hold_data_reply: 2,
+        ..plain()
+    })
+    .await;
+    let msgs: Vec<_> = ["a@example.net", "b@example.net", "c@example.net"]
+        .iter()
+        .map(|r| message(r))
+        .collect();
+    let out = send(&mx, &msgs).await;
+    for (i, o) in out.iter().enumerate() {
+        // Each outcome is its own message's reply, in order.
+        let queued = format!("queued as TEST{}", i + 1);
+        assert!(o.is_delivered() && o.text().contains(&queued), "{out:?}");
+    }
+    let got = mx.received();
+    let rcpts: Vec<_> = got.iter().map(|r| r.rcpt_to[0].as_str()).collect();
+    assert_eq!(rcpts, ["a@example.net", "b@example.net", "c@example.net"]);
+    assert_eq!(mx.connections().len(), 1);
+    assert!(
+        !mx.commands().iter().any(|c| c == "RSET"),
+        "the end of data ends the transaction: {:?}",
+        mx.commands()
+    );
+}
+
+#[tokio::test]
+async fn a_421_after_the_data_leaves_the_pipelined_message_not_attempted() {
+    let mx = TestMx::start(MxConfig {
+        hold_data_reply: 1,
+        ..plain().script(
+            "a@example.net",
+            Script::always("421 4.3.2 shutting down").at_data(),
+        )
+    })
+    .await;
+    let out = send(
+        &mx,
+        &[
+            message("a@example.net"),
+            message("b@example.net"),
+            message("c@example.net"),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(&out[0], Outcome::TempFail { reason, .. } if reason.contains("421 4.3.2")),
+        "{out:?}"
+    );
+    for o in &out[1..] {
+        assert!(
+            matches!(o, Outcome::TempFail { reason, .. }
+                if reason.starts_with("not attempted: server closed the session: end of DATA: 421")),
+            "{out:?}"
+        );
+    }
+    assert!(mx.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_refusal_decided_here_keeps_its_place_among_the_outcomes() {
+    let mx = TestMx::start(MxConfig {
+        smtputf8: false,
+        ..plain()
+    })
+    .await;
+    let out = send(
+        &mx,
+        &[
+            message("a@example.net"),
+            message("jos\u{e9}@example.net"),
+            message("c@example.net"),
+        ],
+    )
+    .await;
+    assert!(out[0].is_delivered(), "{out:?}");
+    assert!(
+        matches!(&out[1], Outcome::PermFail { reason, .. } if reason.contains("SMTPUTF8")),
+        "{out:?}"
+    );
+    assert!(out[2].is_delivered(), "{out:?}");
+    let rcpts: Vec<_> = mx.received().iter().map(|r| r.rcpt_to[0].clone()).collect();
+    assert_eq!(rcpts, ["a@example.net", "c@example.net"]);
+}
+
+#[tokio::test]
 async fn no_pipelining_when_not_offered() {
     let mx = TestMx::start(MxConfig {
         pipelining: false,

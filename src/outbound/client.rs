@@ -24,12 +24,13 @@ use std::time::Duration;
 
 use rustls::client::danger::ServerCertVerifier;
 
-use super::protocol::{self, Capabilities, MailParams, Reply};
+use super::protocol::{self, Capabilities};
 use super::session::{ConnError, Connection};
 use super::tls::TlsMemory;
 use super::tls_policy::{
     classify_certificate_error, Applied, RecordingVerifier, ResultType, SessionResult,
 };
+use super::transaction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsPolicy {
@@ -186,7 +187,7 @@ impl Outcome {
     }
 }
 
-fn temp(reason: impl Into<String>, tls: Option<String>) -> Outcome {
+pub(super) fn temp(reason: impl Into<String>, tls: Option<String>) -> Outcome {
     Outcome::TempFail {
         reason: reason.into(),
         tls,
@@ -199,13 +200,15 @@ fn all_temp(n: usize, reason: &str, tls: Option<String>) -> Vec<Outcome> {
 
 /// Where one connection gets its messages, one at a time, and where it
 /// reports each outcome as that message's transaction ends. The queue
-/// runner prepares and signs each copy only when `next` is called, so a
-/// connection holds one copy at a time and nothing is built before the
-/// connection is up.
+/// runner prepares and signs each copy only when `next` is called, so
+/// nothing is built before the connection is up. Every message `next`
+/// returns gets exactly one outcome, in the same order; to a pipelining
+/// server the connection asks for the next message while the last one's
+/// reply is outstanding, so two can be waiting for theirs.
 pub trait MessageSource: Send {
     /// The next message to send; `None` when there are no more.
     fn next(&mut self) -> impl Future<Output = Option<OutgoingMessage>> + Send;
-    /// The outcome of the message `next` returned last.
+    /// The outcome of the oldest message `next` returned that has none yet.
     fn outcome(&mut self, outcome: Outcome) -> impl Future<Output = ()> + Send;
     /// How TLS went on a connection that is about to carry messages
     /// (before the first `next` there): the runner notes it in each
@@ -224,12 +227,16 @@ pub struct NotAttempted {
 /// A slice as a [`MessageSource`], outcomes collected in order.
 struct SliceSource<'a> {
     msgs: &'a [OutgoingMessage],
+    /// How many `next` has returned.
+    given: usize,
     outcomes: Vec<Outcome>,
 }
 
 impl MessageSource for SliceSource<'_> {
     async fn next(&mut self) -> Option<OutgoingMessage> {
-        self.msgs.get(self.outcomes.len()).cloned()
+        let msg = self.msgs.get(self.given)?.clone();
+        self.given += 1;
+        Some(msg)
     }
 
     async fn outcome(&mut self, outcome: Outcome) {
@@ -248,6 +255,7 @@ pub async fn deliver(
 ) -> Vec<Outcome> {
     let mut source = SliceSource {
         msgs,
+        given: 0,
         outcomes: Vec::with_capacity(msgs.len()),
     };
     if msgs.is_empty() {
@@ -462,7 +470,7 @@ async fn attempt<S: MessageSource>(
         }
     };
     source.tls_session(&trace.result);
-    let (rest, alive) = run_transactions(&mut conn, &caps, cfg, source).await;
+    let (rest, alive) = transaction::run(&mut conn, &caps, cfg, source).await;
     if alive {
         conn.quit(cfg.timeouts.quit).await;
     }
@@ -653,195 +661,4 @@ async fn authenticate(
         let why = format!("AUTH as {user:?} failed: {final_reply}");
         Err(refuse(conn, cfg, why).await)
     }
-}
-
-/// How one transaction ended, when the connection survived it.
-struct Tx {
-    outcome: Outcome,
-    /// False when the server may hold transaction state (RSET before the
-    /// next one).
-    clean: bool,
-}
-
-enum TxError {
-    /// The connection is gone; the message's fate is unknown.
-    Conn(String),
-    /// 421: the server is closing; this message's outcome is known.
-    Closing(Outcome),
-}
-
-impl From<ConnError> for TxError {
-    fn from(e: ConnError) -> Self {
-        TxError::Conn(e.0)
-    }
-}
-
-/// Runs one transaction per message of `source`, reporting each outcome
-/// as it ends. Returns why the rest were not attempted (if so) and whether
-/// the connection is still usable.
-async fn run_transactions<S: MessageSource>(
-    conn: &mut Connection,
-    caps: &Capabilities,
-    cfg: &ClientConfig,
-    source: &mut S,
-) -> (Result<(), NotAttempted>, bool) {
-    let mut clean = true;
-    while let Some(msg) = source.next().await {
-        let tls = conn.tls_version();
-        let stop = |reason: String, tls: Option<String>| NotAttempted { reason, tls };
-        if !clean {
-            match conn
-                .command(b"RSET\r\n", cfg.timeouts.command, "RSET")
-                .await
-            {
-                Ok((reply, _)) if reply.is_positive() => {}
-                Ok((reply, _)) => {
-                    let why = format!("not attempted: RSET refused: {reply}");
-                    source.outcome(temp(why.clone(), tls.clone())).await;
-                    return (Err(stop(why, tls)), !reply.is_closing());
-                }
-                Err(e) => {
-                    let why = format!("not attempted: connection lost: {e}");
-                    source.outcome(temp(why.clone(), tls.clone())).await;
-                    return (Err(stop(why, tls)), false);
-                }
-            }
-        }
-        match transaction(conn, caps, cfg, &msg).await {
-            Ok(tx) => {
-                clean = tx.clean;
-                source.outcome(tx.outcome).await;
-            }
-            Err(TxError::Conn(reason)) => {
-                source.outcome(temp(reason.clone(), tls.clone())).await;
-                let why = format!("not attempted: connection lost: {reason}");
-                return (Err(stop(why, tls)), false);
-            }
-            Err(TxError::Closing(outcome)) => {
-                let why = format!(
-                    "not attempted: server closed the session: {}",
-                    outcome.text()
-                );
-                source.outcome(outcome).await;
-                return (Err(stop(why, tls)), false);
-            }
-        }
-    }
-    (Ok(()), true)
-}
-
-/// A refusal at `stage`: 5xx bounces, anything else (4xx, or a reply that
-/// makes no sense there) is retried.
-fn rejected(stage: &str, reply: &Reply, tls: Option<String>) -> Result<Tx, TxError> {
-    let reason = format!("{stage}: {reply}");
-    let outcome = if reply.is_permanent() {
-        Outcome::PermFail { reason, tls }
-    } else {
-        Outcome::TempFail { reason, tls }
-    };
-    if reply.is_closing() {
-        return Err(TxError::Closing(outcome));
-    }
-    Ok(Tx {
-        outcome,
-        clean: false,
-    })
-}
-
-async fn transaction(
-    conn: &mut Connection,
-    caps: &Capabilities,
-    cfg: &ClientConfig,
-    msg: &OutgoingMessage,
-) -> Result<Tx, TxError> {
-    let t = &cfg.timeouts;
-    let tls = conn.tls_version();
-    let refuse_locally = |reason: String| {
-        Ok(Tx {
-            outcome: Outcome::PermFail {
-                reason,
-                tls: tls.clone(),
-            },
-            clean: true,
-        })
-    };
-
-    let smtputf8 = msg.needs_smtputf8 || !msg.mail_from.is_ascii() || !msg.rcpt_to.is_ascii();
-    if smtputf8 && !caps.smtputf8 {
-        return refuse_locally(
-            "the message needs SMTPUTF8 (internationalized addresses or headers), \
-             which the receiving server does not offer"
-                .into(),
-        );
-    }
-    let (payload, size) = protocol::data_payload(&msg.data);
-    if let Some(limit) = caps.size.filter(|&limit| size > limit) {
-        return refuse_locally(format!(
-            "message size {size} exceeds the receiving server's limit of {limit} bytes"
-        ));
-    }
-    let params = MailParams {
-        size: caps.size.map(|_| size),
-        eight_bit_mime: msg.needs_8bitmime && caps.eight_bit_mime,
-        smtputf8,
-    };
-    let mail = match protocol::mail_from(&msg.mail_from, &params) {
-        Ok(cmd) => cmd,
-        Err(e) => return refuse_locally(format!("sender: {e}")),
-    };
-    let rcpt = match protocol::rcpt_to(&msg.rcpt_to) {
-        Ok(cmd) => cmd,
-        Err(e) => return refuse_locally(format!("recipient: {e}")),
-    };
-    let rcpt_stage = format!("RCPT TO:<{}>", protocol::sanitize(&msg.rcpt_to));
-
-    let data_reply = if caps.pipelining {
-        // RFC 2920: MAIL, RCPT and DATA in one write, replies in order.
-        let mut batch = mail;
-        batch.extend_from_slice(&rcpt);
-        batch.extend_from_slice(b"DATA\r\n");
-        conn.send(&batch, t.mail).await?;
-        let (mail_r, _) = conn.read_reply(t.mail, "MAIL FROM").await?;
-        let (rcpt_r, _) = conn.read_reply(t.rcpt, "RCPT TO").await?;
-        let (data_r, _) = conn.read_reply(t.data_init, "DATA").await?;
-        for (stage, reply) in [("MAIL FROM", &mail_r), (&rcpt_stage[..], &rcpt_r)] {
-            if !reply.is_positive() || reply.is_closing() {
-                if data_r.code == 354 {
-                    // The server took DATA although the envelope failed
-                    // (RFC 2920 says it must not); an empty message closes
-                    // it, and RSET discards it.
-                    conn.send(b".\r\n", t.data_block).await?;
-                    conn.read_reply(t.data_term, "end of empty DATA").await?;
-                }
-                return rejected(stage, reply, tls);
-            }
-        }
-        data_r
-    } else {
-        let (mail_r, _) = conn.command(&mail, t.mail, "MAIL FROM").await?;
-        if !mail_r.is_positive() {
-            return rejected("MAIL FROM", &mail_r, tls);
-        }
-        let (rcpt_r, _) = conn.command(&rcpt, t.rcpt, "RCPT TO").await?;
-        if !rcpt_r.is_positive() {
-            return rejected(&rcpt_stage, &rcpt_r, tls);
-        }
-        conn.command(b"DATA\r\n", t.data_init, "DATA").await?.0
-    };
-    if data_reply.code != 354 {
-        return rejected("DATA", &data_reply, tls);
-    }
-
-    conn.send(&payload, t.data_block).await?;
-    let (end, _) = conn.read_reply(t.data_term, "end of DATA").await?;
-    if end.is_positive() {
-        return Ok(Tx {
-            outcome: Outcome::Delivered {
-                response: end.to_string(),
-                tls,
-            },
-            clean: true,
-        });
-    }
-    rejected("end of DATA", &end, tls)
 }

@@ -20,6 +20,7 @@ mod session;
 pub mod tls;
 pub mod tls_policy;
 pub mod tls_report;
+mod transaction;
 
 pub use client::{deliver, ClientConfig, Outcome, OutgoingMessage, Timeouts, TlsPolicy};
 pub use dkim::{generate_key, sign, DkimAlgorithm, DkimKey};

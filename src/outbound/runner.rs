@@ -522,7 +522,7 @@ impl Runner {
         let mut source = Batch {
             runner: self.clone(),
             pending: batch.into(),
-            current: None,
+            in_flight: std::collections::VecDeque::new(),
             failed: Vec::new(),
             host: String::new(),
             stored: None,

@@ -306,7 +306,9 @@ impl Scan<'_> {
             .keys
             .click_token(t.email_id, t.rcpt_index, self.next_link, &url);
         self.next_link += 1;
-        let new = format!("{prefix}{token}");
+        let mut new = String::with_capacity(prefix.len() + token.len());
+        new.push_str(prefix);
+        new.push_str(&token);
         let value = attribute_value(&new, self.quote_before(range.start));
         self.splices.push(Splice::replace(range, value));
     }

@@ -33,6 +33,8 @@ const VERSION: u8 = 0x10;
 const KIND_OPEN: u8 = 0;
 const KIND_CLICK: u8 = 1;
 const TAG_LEN: usize = 16;
+/// Version and key bytes, the email id and the longest recipient varint.
+const PAYLOAD_HEAD: usize = 2 + 16 + 5;
 const MIN_LEN: usize = 1 + 1 + 16 + 1 + TAG_LEN;
 /// Longer tokens are refused before decoding: no real link comes near this,
 /// and verification runs on unauthenticated input from the internet.
@@ -130,7 +132,8 @@ impl TokenKeys {
     }
 
     pub fn open_token(&self, email_id: Uuid, rcpt_index: u32) -> String {
-        let mut payload = Vec::with_capacity(24);
+        // Room for the tag `seal` appends: the payload is never reallocated.
+        let mut payload = Vec::with_capacity(PAYLOAD_HEAD + TAG_LEN);
         self.start_payload(&mut payload, KIND_OPEN, email_id, rcpt_index);
         self.seal(payload)
     }
@@ -142,7 +145,7 @@ impl TokenKeys {
         link_index: u32,
         url: &str,
     ) -> String {
-        let mut payload = Vec::with_capacity(28 + url.len());
+        let mut payload = Vec::with_capacity(PAYLOAD_HEAD + 5 + url.len() + TAG_LEN);
         self.start_payload(&mut payload, KIND_CLICK, email_id, rcpt_index);
         put_varint(&mut payload, link_index);
         payload.extend_from_slice(url.as_bytes());

@@ -839,6 +839,9 @@ impl Session {
         let done = if tx.refused.is_some() {
             rx.ingest(&mut iter, &mut Vec::new())
         } else {
+            // One growth per read rather than a doubling every few KB of a
+            // byte-at-a-time push (bounded by what arrived, so no guess).
+            tx.data.reserve(input.len());
             let done = rx.ingest(&mut iter, &mut tx.data);
             tx.check_limits(max);
             done

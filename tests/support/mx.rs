@@ -100,6 +100,11 @@ pub struct MxConfig {
     pub log_commands: bool,
     /// Time taken over each message before its final reply (a slow MX).
     pub data_delay: Option<std::time::Duration>,
+    /// Hold the final reply to each of the first N messages until the
+    /// client's next command line has arrived: only a client pipelining
+    /// past the end of data (RFC 2920) gets its replies; one waiting in
+    /// lockstep runs into its timeout.
+    pub hold_data_reply: usize,
     /// The certificate chain and key (PEM) to present; a fresh self-signed
     /// one for `hostname` otherwise.
     pub certificate: Option<(String, String)>,
@@ -128,6 +133,7 @@ impl Default for MxConfig {
             greeting: None,
             keep_data: true,
             log_commands: true,
+            hold_data_reply: 0,
             data_delay: None,
             certificate: None,
         }
@@ -178,6 +184,8 @@ struct State {
     script_uses: HashMap<String, usize>,
     dropped_once: bool,
     stalled_once: bool,
+    /// Final replies held so far by `hold_data_reply`.
+    held: usize,
     /// Connections currently held by `stall_mid_data_once`.
     stalled: usize,
 }
@@ -760,6 +768,15 @@ impl Session {
         };
         if let Some(delay) = self.cfg.data_delay {
             tokio::time::sleep(delay).await;
+        }
+        let hold = {
+            let mut s = lock(&self.state);
+            let hold = s.held < self.cfg.hold_data_reply;
+            s.held += usize::from(hold);
+            hold
+        };
+        while hold && !self.buf.contains(&b'\n') {
+            self.read_more().await?;
         }
         let first_rcpt = tx.rcpts.first().cloned().unwrap_or_default();
         if let Some(reply) = self.scripted(&first_rcpt, true) {

@@ -14,8 +14,9 @@ pub(super) struct Batch {
     pub(super) runner: Arc<Runner>,
     /// Not yet tried at the current host.
     pub(super) pending: VecDeque<Claimed>,
-    /// The one in its transaction.
-    pub(super) current: Option<Claimed>,
+    /// Sent or being sent, oldest first, waiting for their outcomes (two
+    /// at most, when the connection pipelines).
+    pub(super) in_flight: VecDeque<Claimed>,
     /// Temporarily failed at the current host, and why.
     pub(super) failed: Vec<(Claimed, LastFailure)>,
     pub(super) host: String,
@@ -74,7 +75,7 @@ impl MessageSource for Batch {
             };
             match self.runner.prepare_copy(&c, stored).await {
                 Ok(msg) => {
-                    self.current = Some(c);
+                    self.in_flight.push_back(c);
                     return Some(msg);
                 }
                 Err(why) => {
@@ -88,7 +89,9 @@ impl MessageSource for Batch {
     }
 
     async fn outcome(&mut self, outcome: Outcome) {
-        let Some(c) = self.current.take() else { return };
+        let Some(c) = self.in_flight.pop_front() else {
+            return;
+        };
         let tls = outcome.tls().map(str::to_string);
         let host = Some(self.host.clone());
         let mut done = match outcome {
