@@ -31,6 +31,10 @@ fn message(rcpt: &str) -> OutgoingMessage {
     }
 }
 
+fn messages(rcpts: &[&str]) -> Vec<OutgoingMessage> {
+    rcpts.iter().map(|r| message(r)).collect()
+}
+
 async fn send(mx: &TestMx, msgs: &[OutgoingMessage]) -> Vec<Outcome> {
     deliver(mx.addr(), "mx.test", &config(), msgs, &TlsMemory::default()).await
 }
@@ -96,10 +100,7 @@ async fn missing_final_crlf_is_the_only_thing_added() {
 #[tokio::test]
 async fn several_messages_share_one_pipelined_connection() {
     let mx = TestMx::start(plain()).await;
-    let msgs: Vec<_> = ["a@example.net", "b@example.net", "c@example.net"]
-        .iter()
-        .map(|r| message(r))
-        .collect();
+    let msgs = messages(&["a@example.net", "b@example.net", "c@example.net"]);
     let out = send(&mx, &msgs).await;
     assert!(out.iter().all(Outcome::is_delivered), "{out:?}");
     assert!(
@@ -133,10 +134,7 @@ async fn the_next_envelope_goes_out_before_the_last_reply() {
         ..plain()
     })
     .await;
-    let msgs: Vec<_> = ["a@example.net", "b@example.net", "c@example.net"]
-        .iter()
-        .map(|r| message(r))
-        .collect();
+    let msgs = messages(&["a@example.net", "b@example.net", "c@example.net"]);
     let out = send(&mx, &msgs).await;
     for (i, o) in out.iter().enumerate() {
         // Each outcome is its own message's reply, in order.
@@ -166,11 +164,7 @@ async fn a_421_after_the_data_leaves_the_pipelined_message_not_attempted() {
     .await;
     let out = send(
         &mx,
-        &[
-            message("a@example.net"),
-            message("b@example.net"),
-            message("c@example.net"),
-        ],
+        &messages(&["a@example.net", "b@example.net", "c@example.net"]),
     )
     .await;
     assert!(
@@ -196,11 +190,7 @@ async fn a_refusal_decided_here_keeps_its_place_among_the_outcomes() {
     .await;
     let out = send(
         &mx,
-        &[
-            message("a@example.net"),
-            message("jos\u{e9}@example.net"),
-            message("c@example.net"),
-        ],
+        &messages(&["a@example.net", "jos\u{e9}@example.net", "c@example.net"]),
     )
     .await;
     assert!(out[0].is_delivered(), "{out:?}");
@@ -298,11 +288,7 @@ async fn end_of_data_replies_decide_the_outcome() {
     .await;
     let out = send(
         &mx,
-        &[
-            message("spam@example.net"),
-            message("full@example.net"),
-            message("ok@example.net"),
-        ],
+        &messages(&["spam@example.net", "full@example.net", "ok@example.net"]),
     )
     .await;
     assert!(
@@ -439,11 +425,7 @@ async fn closing_421_fails_the_message_and_leaves_the_rest_for_later() {
             .await;
     let out = send(
         &mx,
-        &[
-            message("a@example.net"),
-            message("b@example.net"),
-            message("c@example.net"),
-        ],
+        &messages(&["a@example.net", "b@example.net", "c@example.net"]),
     )
     .await;
     assert!(out[0].is_delivered());
