@@ -279,6 +279,7 @@ dkim = [{ selector = "bench", private_key = "$key" }]
 routes = { $routes }
 max_concurrency = 200
 max_per_destination = ${TR_PER_DEST:-20}
+${TR_DELIVERY_EXTRA:-}
 
 [api]
 listen = ["127.0.0.1:$api"]

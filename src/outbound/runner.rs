@@ -11,9 +11,11 @@
 
 mod batch;
 mod leases;
+mod shelf;
 
 use batch::Batch;
 use leases::Claim;
+use shelf::{Leases, Shelf};
 
 use super::client::{self, ClientConfig, NotAttempted, OutgoingMessage, SessionTls};
 use super::dkim::{self, DkimKey};
@@ -32,6 +34,7 @@ use crate::store::queue::{Attempt, Claimed, Outcome as QueueOutcome, TlsPolicyNo
 use crate::store::{self, Store};
 use rustls::client::danger::ServerCertVerifier;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -70,7 +73,13 @@ pub struct Runner {
     busy: Mutex<Vec<(String, String)>>,
     /// The leases of the batches in flight, with their rows: given back
     /// when shutdown leaves them unfinished.
-    active: Mutex<HashMap<String, Vec<(String, u32)>>>,
+    /// Each working connection's leases, by a serial number of its own.
+    active: Mutex<HashMap<u64, Leases>>,
+    serial: AtomicU64,
+    /// Connections' recipients not yet started, which siblings may take.
+    shelves: Mutex<Vec<Arc<Shelf>>>,
+    /// Set once shutdown begins: connections lease nothing more.
+    stopping: AtomicBool,
     /// Preparing and signing is CPU work: off the async threads, and no
     /// more at once than there are cores.
     prepare_slots: Arc<Semaphore>,
@@ -168,6 +177,9 @@ impl Runner {
             destinations: Mutex::new(HashMap::new()),
             busy: Mutex::new(Vec::new()),
             active: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            shelves: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
             prepare_slots: Arc::new(Semaphore::new(cores)),
             tls_memory: Arc::new(TlsMemory::new(dc.tls_failure_memory)),
             metrics,
@@ -266,6 +278,7 @@ impl Runner {
                 _ = stopped(&mut shutdown) => break,
             }
         }
+        self.stopping.store(true, Ordering::Relaxed);
         let all = self.max_concurrency as u32;
         if tokio::time::timeout(grace, self.global.acquire_many(all))
             .await
@@ -306,18 +319,22 @@ impl Runner {
         }
     }
 
-    /// Delivers one leased batch, renewing its lease while it works.
+    /// Delivers one leased batch (and what its connection takes on while
+    /// it works), renewing the leases while it works.
     async fn deliver_batch(self: &Arc<Self>, batch: Vec<Claimed>) {
-        let Some(first) = batch.first() else { return };
-        let lease_id = first.lease_id.clone();
-        let keys: Vec<(String, u32)> = batch.iter().map(|c| (c.email_id.clone(), c.idx)).collect();
-        self.active_leases().insert(lease_id.clone(), keys.clone());
+        if batch.is_empty() {
+            return;
+        }
+        let leases = Leases::default();
+        shelf::hold(&leases, &batch);
+        let serial = self.serial.fetch_add(1, Ordering::Relaxed);
+        self.active_leases().insert(serial, leases.clone());
         let started = Instant::now();
         tokio::select! {
-            _ = self.send(batch) => {}
-            _ = self.renew(&lease_id, keys) => {}
+            _ = self.send(batch, leases.clone()) => {}
+            _ = self.renew(&leases) => {}
         }
-        self.active_leases().remove(&lease_id);
+        self.active_leases().remove(&serial);
         self.metrics.delivery_latency.observe(started.elapsed());
     }
 
@@ -483,7 +500,7 @@ impl Runner {
     /// Tries each host in turn with the messages not yet settled. Each
     /// delivery or bounce is recorded as its transaction ends; a temporary
     /// failure once no host is left to try.
-    async fn send(self: &Arc<Self>, batch: Vec<Claimed>) {
+    async fn send(self: &Arc<Self>, batch: Vec<Claimed>, leases: Leases) {
         let Some(first) = batch.first() else { return };
         let domain = rcpt_domain(&first.address).to_string();
         let policy = self.policy_for(first);
@@ -519,9 +536,15 @@ impl Runner {
             let mx = targets.first().map_or("", |t| t.name.as_str());
             self.report_tls(&d, mx, None, failure, false, uses_mx);
         }
+        tracing::debug!(%domain, recipients = batch.len(), "connection for a new batch");
+        let shelf = self.open_shelf(self.shelf_key(first), batch);
         let mut source = Batch {
             runner: self.clone(),
-            pending: batch.into(),
+            shelf,
+            sharing: true,
+            leases,
+            given: 0,
+            pending: std::collections::VecDeque::new(),
             in_flight: std::collections::VecDeque::new(),
             failed: Vec::new(),
             host: String::new(),
@@ -531,7 +554,7 @@ impl Runner {
         };
         let mut failed: Vec<(Claimed, LastFailure)> = Vec::new();
         for Target { addr, name } in &targets {
-            if source.pending.is_empty() {
+            if source.pending.is_empty() && source.shelf.len() == 0 {
                 break;
             }
             source.host = name.clone();
@@ -560,6 +583,7 @@ impl Runner {
                         true,
                         uses_mx,
                     );
+                    source.unshelve();
                     for c in source.pending.drain(..) {
                         let last = (why.clone(), None, name.clone(), Some(note.clone()));
                         source.failed.push((c, last));
@@ -578,6 +602,7 @@ impl Runner {
                 &self.tls_memory,
             )
             .await;
+            source.unshelve();
             // One outcome per session: a host outside the policy's mx
             // patterns is the failure, whatever its certificate.
             let result = match (&decision.known_failure, result) {
@@ -606,6 +631,7 @@ impl Runner {
             failed = std::mem::take(&mut source.failed);
             source.pending = failed.iter().map(|(c, _)| c.clone()).collect();
         }
+        source.unshelve();
         if targets.is_empty() {
             let why = "no host could be reached".to_string();
             failed = source

@@ -105,6 +105,10 @@ pub struct MxConfig {
     /// past the end of data (RFC 2920) gets its replies; one waiting in
     /// lockstep runs into its timeout.
     pub hold_data_reply: usize,
+    /// Keep each connection waiting before its greeting until
+    /// [`TestMx::release_greetings`]: the client has connected, and sends
+    /// nothing yet.
+    pub hold_greetings: bool,
     /// The certificate chain and key (PEM) to present; a fresh self-signed
     /// one for `hostname` otherwise.
     pub certificate: Option<(String, String)>,
@@ -134,6 +138,7 @@ impl Default for MxConfig {
             keep_data: true,
             log_commands: true,
             hold_data_reply: 0,
+            hold_greetings: false,
             data_delay: None,
             certificate: None,
         }
@@ -188,11 +193,14 @@ struct State {
     held: usize,
     /// Connections currently held by `stall_mid_data_once`.
     stalled: usize,
+    /// Connections currently held by `hold_greetings`.
+    at_greeting: usize,
 }
 
 pub struct TestMx {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    greetings: Arc<tokio::sync::watch::Sender<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -222,9 +230,11 @@ impl TestMx {
         let addr = listener.local_addr().expect("local addr");
         let acceptor = tls_acceptor(&cfg);
         let state = Arc::new(Mutex::new(State::default()));
+        let greetings = Arc::new(tokio::sync::watch::Sender::new(!cfg.hold_greetings));
         let cfg = Arc::new(cfg);
         let task = {
             let state = state.clone();
+            let greetings = greetings.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
@@ -246,6 +256,7 @@ impl TestMx {
                         cfg: cfg.clone(),
                         state: state.clone(),
                         acceptor: acceptor.clone(),
+                        greetings: greetings.subscribe(),
                         tls: None,
                         helo: false,
                         auth_user: None,
@@ -255,7 +266,23 @@ impl TestMx {
                 }
             })
         };
-        TestMx { addr, state, task }
+        TestMx {
+            addr,
+            state,
+            greetings,
+            task,
+        }
+    }
+
+    /// Lets every connection held by `hold_greetings` (and every later
+    /// one) have its greeting.
+    pub fn release_greetings(&self) {
+        self.greetings.send_replace(true);
+    }
+
+    /// Connections waiting for their greeting (`hold_greetings`).
+    pub fn waiting_for_greeting(&self) -> usize {
+        lock(&self.state).at_greeting
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -387,6 +414,7 @@ struct Session {
     cfg: Arc<MxConfig>,
     state: Arc<Mutex<State>>,
     acceptor: TlsAcceptor,
+    greetings: tokio::sync::watch::Receiver<bool>,
     tls: Option<String>,
     helo: bool,
     auth_user: Option<String>,
@@ -399,6 +427,14 @@ struct Closed;
 impl Session {
     async fn run(mut self, tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
+        if !*self.greetings.borrow() {
+            lock(&self.state).at_greeting += 1;
+            let released = self.greetings.wait_for(|open| *open).await.is_ok();
+            lock(&self.state).at_greeting -= 1;
+            if !released {
+                return;
+            }
+        }
         if self.cfg.implicit_tls {
             if self.handshake(Box::new(tcp)).await.is_err() {
                 return;

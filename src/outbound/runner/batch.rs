@@ -1,5 +1,6 @@
 //! One leased batch as a connection's message source.
 
+use super::shelf::{Leases, Shelf};
 use super::{attempt, LastFailure, Runner, Stored};
 use crate::outbound::client::{MessageSource, Outcome, OutgoingMessage};
 use crate::outbound::tls_policy::SessionResult;
@@ -12,7 +13,17 @@ use std::sync::Arc;
 /// recorded when the connection reports it.
 pub(super) struct Batch {
     pub(super) runner: Arc<Runner>,
-    /// Not yet tried at the current host.
+    /// Not yet tried, at the first host: shared with the connection's
+    /// siblings (src/outbound/runner/shelf.rs).
+    pub(super) shelf: Arc<Shelf>,
+    /// The shelf is still shared and may be refilled: the connection is
+    /// at its first host.
+    pub(super) sharing: bool,
+    /// Every lease this connection holds recipients under.
+    pub(super) leases: Leases,
+    /// Messages handed to the connection so far.
+    pub(super) given: usize,
+    /// Not yet tried at the current host, past the first.
     pub(super) pending: VecDeque<Claimed>,
     /// Sent or being sent, oldest first, waiting for their outcomes (two
     /// at most, when the connection pipelines).
@@ -31,6 +42,34 @@ pub(super) struct Batch {
 }
 
 impl Batch {
+    /// Ends the sharing at the first host: what is left on the shelf is
+    /// for this connection to try at the next.
+    pub(super) fn unshelve(&mut self) {
+        if std::mem::take(&mut self.sharing) {
+            let left = self.runner.close_shelf(&self.shelf);
+            self.pending.extend(left);
+        }
+    }
+
+    /// The next recipient to try: the current host's own, then the shelf,
+    /// then, while the host takes everything it is given, what a sibling
+    /// can spare or the queue has due for the same destination.
+    async fn next_recipient(&mut self) -> Option<Claimed> {
+        loop {
+            if let Some(c) = self.pending.pop_front().or_else(|| self.shelf.pop()) {
+                self.given += 1;
+                return Some(c);
+            }
+            if !self.sharing || !self.failed.is_empty() {
+                return None;
+            }
+            let room = self.runner.per_connection.saturating_sub(self.given);
+            if !self.runner.refill(&self.shelf, &self.leases, room).await {
+                return None;
+            }
+        }
+    }
+
     /// The stored message: `Ok(None)` once pruned; `Err` when the store
     /// could not be read (a lost body segment, a disk error), which is
     /// retried rather than taken for a pruned message.
@@ -58,7 +97,7 @@ impl Batch {
 
 impl MessageSource for Batch {
     async fn next(&mut self) -> Option<OutgoingMessage> {
-        while let Some(c) = self.pending.pop_front() {
+        while let Some(c) = self.next_recipient().await {
             let stored = match self.stored_for(&c.email_id).await {
                 Ok(Some(stored)) => stored,
                 Ok(None) => {
@@ -121,5 +160,14 @@ impl MessageSource for Batch {
                     .get_or_insert_with(|| (kind.as_str().to_string(), why.clone()));
             }
         }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Cancelled at shutdown: what is left keeps its lease, given back
+        // or recovered by the runner, but no sibling may take it now.
+        self.runner.close_shelf(&self.shelf);
+        tracing::debug!(destination = %self.shelf.key().0, messages = self.given, "connection done");
     }
 }

@@ -2,8 +2,8 @@
 //! while a connection works, recovering expired leases and giving back
 //! unfinished ones at shutdown.
 
+use super::shelf::{Leases, ShelfKey};
 use super::{rcpt_domain, Runner};
-use crate::config::TlsPolicy;
 use crate::store;
 use crate::store::queue::{Claimed, LeaseKeys};
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Due recipients read per claim round, to find a destination with a free
 /// slot among them.
-const CANDIDATES: usize = 500;
+pub(super) const CANDIDATES: usize = 500;
 /// Claim rounds before the runner waits for a slot to free up.
 const CLAIM_ROUNDS: usize = 4;
 
@@ -29,11 +29,10 @@ impl Runner {
     /// Gives back the leases of the batches still in flight, so that a
     /// restart need not wait for them to expire.
     pub(super) async fn release_all(&self) {
-        let active: Vec<LeaseKeys> = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
+        let connections: Vec<Leases> = self.active_leases().drain().map(|(_, l)| l).collect();
+        let active: Vec<LeaseKeys> = connections
+            .iter()
+            .flat_map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
         let now = store::now_ms();
         let released = self.store.release(&active, now).await;
@@ -129,10 +128,9 @@ impl Runner {
     /// Groups by destination and TLS policy, in order of first appearance,
     /// each cut to one connection's worth.
     pub(super) fn groups(&self, due: Vec<Claimed>) -> Vec<(String, Vec<Claimed>)> {
-        let mut groups: Vec<((String, bool), Vec<Claimed>)> = Vec::new();
+        let mut groups: Vec<(ShelfKey, Vec<Claimed>)> = Vec::new();
         for c in due {
-            let dest = self.router.destination(rcpt_domain(&c.address));
-            let key = (dest, self.policy_for(&c) == TlsPolicy::Enforced);
+            let key = self.shelf_key(&c);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, g)) if g.len() >= self.per_connection => {}
                 Some((_, g)) => g.push(c),
@@ -149,20 +147,23 @@ impl Runner {
             .clone()
     }
 
-    pub(super) fn active_leases(&self) -> MutexGuard<'_, HashMap<String, Vec<(String, u32)>>> {
+    pub(super) fn active_leases(&self) -> MutexGuard<'_, HashMap<u64, Leases>> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Extends the lease every third of `lease_time`, for as long as the
-    /// connection works (the caller drops this future when it is done).
-    pub(super) async fn renew(&self, lease_id: &str, keys: Vec<(String, u32)>) {
+    /// Extends a connection's leases every third of `lease_time`, for as
+    /// long as it works (the caller drops this future when it is done).
+    pub(super) async fn renew(&self, leases: &Leases) {
         let every = self.lease_time / 3;
         let lease_ms = self.lease_time.as_millis() as i64;
         loop {
             tokio::time::sleep(every).await;
             let until = store::now_ms() + lease_ms;
-            if let Err(e) = self.store.renew(lease_id, &keys, until).await {
-                tracing::error!("renewing a delivery lease: {e}");
+            let held = leases.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for (lease_id, keys) in &held {
+                if let Err(e) = self.store.renew(lease_id, keys, until).await {
+                    tracing::error!("renewing a delivery lease: {e}");
+                }
             }
         }
     }
