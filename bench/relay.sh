@@ -21,6 +21,7 @@
 #
 # Env: RUNS MSGS SESS SIZE LINKS PER_CONN WARMUP WEBHOOKS=0|1 SKIP_POSTFIX=1 SKIP_RAW=1
 #      TR_PER_DEST=20 (trackrelay's max_per_destination; Postfix's default is 20)
+#      TR_DELIVERY_EXTRA='max_messages_per_connection = 10' (more keys for trackrelay's [delivery])
 #      OWN_SINK=1 (use examples/smtp_sink instead of smtp-sink) PERF=1 (perf record trackrelay)
 #      PERF_CALLGRAPH='--call-graph dwarf' (default -g: frame pointers, which most of the graph lacks)
 #      ports: SINK_PORT PF_PORT TR_PORT TR_TRACK_PORT TR_API_PORT CHECK_PORT HOOK_PORT
@@ -220,7 +221,7 @@ if [ "$WEBHOOKS" = 1 ]; then curl -s "http://127.0.0.1:$HOOK_PORT/count" | tee "
   echo "## relay summary: $MSGS msgs x ${SIZE} B, $SESS sessions, $RUNS run(s); median and min-max (msg/s)"
   python3 "$BENCH_DIR/summary.py" "$OUT/runs.jsonl" rate:accept/s e2e_rate:e2e/s data_reply_ms_p99:250_p99_ms \
     webhooks_s:all_hooks_s tr_cpu_s:tr_cpu_s busy_before busy_during failed \
-    --ratio trackrelay/postfix:rate --ratio trackrelay/postfix:e2e_rate \
+    --ratio trackrelay/postfix:rate --ratio trackrelay/postfix:e2e_rate --ratio trackrelay/raw:e2e_rate \
     --ratio trackrelay+webhooks/postfix:rate --ratio trackrelay+webhooks/postfix:e2e_rate
   if [ "$SKIP_POSTFIX" != 1 ]; then
     echo "postfix maillog: sent=$(grep -c 'status=sent' "$WORK/postfix/maillog" || true)" \

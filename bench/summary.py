@@ -68,14 +68,18 @@ def main():
         print("  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
+    def ratio(r):
+        # a share of a ceiling (below 1) needs the third digit: 0.298 is not 0.30
+        return f"{r:.3f}" if r < 1 else f"{r:.2f}"
+
     for spec in ratios:
         pair, _, key = spec.partition(":")
         a, _, b = pair.partition("/")
         va, vb = values(a, key), values(b, key)
         if va and vb and statistics.median(vb):
             # runs are interleaved, so the n-th run of each was measured side by side
-            pairs = [f"{x / y:.2f}" for x, y in zip(va, vb) if y]
-            print(f"ratio {a}/{b} {key}: {statistics.median(va) / statistics.median(vb):.2f} of the medians"
+            pairs = [ratio(x / y) for x, y in zip(va, vb) if y]
+            print(f"ratio {a}/{b} {key}: {ratio(statistics.median(va) / statistics.median(vb))} of the medians"
                   f" (run by run: {', '.join(pairs)})")
     return 0
 
