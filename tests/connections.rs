@@ -16,6 +16,19 @@ fn count(relay: &Relay, sql: &str) -> i64 {
     relay.db().query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// A relay taking mail from loopback and delivering example.net to `mx`,
+/// with `delivery` added under [delivery].
+fn relay_to(mx: &TestMx, delivery: &str) -> Relay {
+    Relay::start(Options {
+        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
+        delivery: format!(
+            "routes = {{ \"example.net\" = \"{}\" }}\n{delivery}",
+            mx.addr()
+        ),
+        ..Options::default()
+    })
+}
+
 /// Messages the MX received, by connection.
 fn by_connection(mx: &TestMx) -> HashMap<usize, Vec<String>> {
     let mut seen: HashMap<usize, Vec<String>> = HashMap::new();
@@ -36,15 +49,10 @@ async fn an_open_connection_takes_on_mail_queued_while_it_works() {
         ..MxConfig::default()
     })
     .await;
-    let relay = Relay::start(Options {
-        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
-        delivery: format!(
-            "routes = {{ \"example.net\" = \"{}\" }}\nmax_per_destination = 1\n\
-             max_messages_per_connection = 10\nlease_time = \"2s\"",
-            mx.addr()
-        ),
-        ..Options::default()
-    });
+    let relay = relay_to(
+        &mx,
+        "max_per_destination = 1\nmax_messages_per_connection = 10\nlease_time = \"2s\"",
+    );
     let msg = message("news@example.com", "a@example.net", "first", "hello");
     submit(&relay, "news@example.com", &["a@example.net"], &msg);
     wait_for(
@@ -94,15 +102,10 @@ async fn a_connection_that_runs_dry_takes_half_of_a_siblings_recipients() {
         ..MxConfig::default()
     })
     .await;
-    let relay = Relay::start(Options {
-        submission: "trusted_networks = [\"127.0.0.0/8\"]".into(),
-        delivery: format!(
-            "routes = {{ \"example.net\" = \"{}\" }}\nmax_per_destination = 2\n\
-             max_messages_per_connection = 20",
-            mx.addr()
-        ),
-        ..Options::default()
-    });
+    let relay = relay_to(
+        &mx,
+        "max_per_destination = 2\nmax_messages_per_connection = 20",
+    );
     let msg = message("news@example.com", "solo@example.net", "one", "hello");
     submit(&relay, "news@example.com", &["solo@example.net"], &msg);
     wait_for("the first connection", Duration::from_secs(30), || {
