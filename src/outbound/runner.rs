@@ -71,9 +71,8 @@ pub struct Runner {
     /// Recipient domains the last claim skipped, with their destination:
     /// the next claim skips those still full from its first read.
     busy: Mutex<Vec<(String, String)>>,
-    /// The leases of the batches in flight, with their rows: given back
-    /// when shutdown leaves them unfinished.
-    /// Each working connection's leases, by a serial number of its own.
+    /// Each working connection's leases with their rows, by a serial
+    /// number of its own: given back when shutdown leaves them unfinished.
     active: Mutex<HashMap<u64, Leases>>,
     serial: AtomicU64,
     /// Connections' recipients not yet started, which siblings may take.

@@ -165,8 +165,9 @@ impl MessageSource for Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // Cancelled at shutdown: what is left keeps its lease, given back
-        // or recovered by the runner, but no sibling may take it now.
+        // Done, or cancelled at shutdown: what is left (only then) keeps
+        // its lease, given back or recovered by the runner, but no sibling
+        // may take it now.
         self.runner.close_shelf(&self.shelf);
         tracing::debug!(destination = %self.shelf.key().0, messages = self.given, "connection done");
     }
